@@ -1,0 +1,182 @@
+"""LIIF: encoder + MLP decoder with feature unfolding, local ensemble and cell decoding.
+
+`LIIF.query` is a plain, direct implementation of the official forward pass (`query_rgb` in
+yinboc/liif), kept as the oracle that the fast engine (`liif_cli.engine`) is tested against.
+Pure API: `feat = model.encode(img)` then `rgb = model.query(feat, coord, cell)`; nothing is
+stored between calls and the device always comes from the tensors.
+
+Conventions (all in normalised [-1, 1] coordinates, (row, col) order):
+- coord (B, Q, 2): query points; cell (B, Q, 2): output pixel size (2/H_out, 2/W_out).
+- images are normalised as (x - 0.5) / 0.5 on the way in and back on the way out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CheckpointError
+from .coords import make_coord
+from .encoders import make_encoder
+
+ENSEMBLE_EPS_SHIFT = 1e-6  # nudge off exact latent borders so ties go one way (official value)
+COORD_CLAMP = 1 - 1e-6  # keep shifted queries strictly inside the grid (official value)
+AREA_EPS = 1e-9  # keeps ensemble weights finite when a query sits on a latent centre (official)
+
+
+@dataclass(frozen=True)
+class LiifConfig:
+    """Architecture of a LIIF model; maps one to one onto the official `model` spec."""
+
+    encoder: str = "edsr-baseline"  # official encoder name: edsr-baseline, edsr, rdn
+    encoder_args: dict[str, Any] = field(default_factory=lambda: {"no_upsampling": True})
+    hidden: tuple[int, ...] = (256, 256, 256, 256)  # MLP hidden widths (imnet hidden_list)
+    out_dim: int = 3  # RGB
+    local_ensemble: bool = True  # blend the 4 surrounding latents' predictions
+    feat_unfold: bool = True  # each latent becomes its 3×3 neighbourhood
+    cell_decode: bool = True  # the MLP also sees the output pixel's size
+
+    def to_spec(self) -> dict[str, Any]:
+        """The official `{'name': 'liif', 'args': {...}}` spec (without 'sd')."""
+        return {
+            "name": "liif",
+            "args": {
+                "encoder_spec": {"name": self.encoder, "args": dict(self.encoder_args)},
+                "imnet_spec": {"name": "mlp", "args": {"out_dim": self.out_dim,
+                                                       "hidden_list": list(self.hidden)}},
+                "local_ensemble": self.local_ensemble,
+                "feat_unfold": self.feat_unfold,
+                "cell_decode": self.cell_decode,
+            },
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "LiifConfig":
+        """Read an official model spec; defaults are the official ones."""
+        if not isinstance(spec, dict) or spec.get("name") != "liif":
+            name = spec.get("name") if isinstance(spec, dict) else type(spec).__name__
+            raise CheckpointError(f"model is {name!r}, not a LIIF model ('liif')")
+        args = spec.get("args") or {}
+        enc = args.get("encoder_spec")
+        if not isinstance(enc, dict) or "name" not in enc:
+            raise CheckpointError("model spec has no encoder_spec")
+        imnet = args.get("imnet_spec")
+        if not isinstance(imnet, dict) or imnet.get("name") != "mlp":
+            raise CheckpointError("model spec has no MLP decoder (imnet_spec of name 'mlp')")
+        iargs = imnet.get("args") or {}
+        return cls(
+            encoder=enc["name"],
+            encoder_args=dict(enc.get("args") or {}),
+            hidden=tuple(int(h) for h in iargs.get("hidden_list", ())),
+            out_dim=int(iargs.get("out_dim", 3)),
+            local_ensemble=bool(args.get("local_ensemble", True)),
+            feat_unfold=bool(args.get("feat_unfold", True)),
+            cell_decode=bool(args.get("cell_decode", True)),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+class MLP(nn.Module):
+    """Linear/ReLU stack; parameter names `layers.{0,2,4,...}` as the official `mlp`."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: tuple[int, ...]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        last = in_dim
+        for h in hidden:
+            layers += [nn.Linear(last, h), nn.ReLU()]
+            last = h
+        layers.append(nn.Linear(last, out_dim))
+        self.layers = nn.Sequential(*layers)
+
+    @property
+    def linears(self) -> list[nn.Linear]:
+        return [m for m in self.layers if isinstance(m, nn.Linear)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1]
+        return self.layers(x.reshape(-1, x.shape[-1])).view(*shape, -1)
+
+
+class LIIF(nn.Module):
+    def __init__(self, config: LiifConfig = LiifConfig()):
+        super().__init__()
+        self.config = config
+        self.encoder = make_encoder(config.encoder, config.encoder_args)
+        feat_dim = self.encoder.out_dim * (9 if config.feat_unfold else 1)
+        in_dim = feat_dim + 2 + (2 if config.cell_decode else 0)  # + rel. coord (+ rel. cell)
+        self.imnet = MLP(in_dim, config.out_dim, config.hidden)
+
+    @property
+    def feat_dim(self) -> int:
+        return self.encoder.out_dim
+
+    def encode(self, img: torch.Tensor) -> torch.Tensor:
+        """Normalised image (B, 3, h, w) -> latent grid (B, C, h, w)."""
+        return self.encoder(img)
+
+    def unfold(self, feat: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, C*9, h, w), channel c*9 + ky*3 + kx, zero padding."""
+        if not self.config.feat_unfold:
+            return feat
+        b, c, h, w = feat.shape
+        return F.unfold(feat, 3, padding=1).view(b, c * 9, h, w)
+
+    def query(self, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """Decode (B, Q, 2) coordinates from latent grid `feat`; returns (B, Q, out_dim)."""
+        cfg = self.config
+        if cfg.cell_decode and cell is None:
+            raise ValueError("this model decodes cells: pass `cell`")
+        feat = self.unfold(feat)  # (B, C', h, w)
+        b, _, h, w = feat.shape
+        shifts = [(-1, -1), (-1, 1), (1, -1), (1, 1)] if cfg.local_ensemble else [(0, 0)]
+        eps = ENSEMBLE_EPS_SHIFT if cfg.local_ensemble else 0.0
+        ry, rx = 1 / h, 1 / w  # half a latent cell in [-1, 1] units
+        feat_coord = make_coord((h, w), flatten=False, device=feat.device)
+        feat_coord = feat_coord.permute(2, 0, 1).unsqueeze(0).expand(b, 2, h, w)
+
+        preds, areas = [], []
+        for vy, vx in shifts:
+            shifted = coord.clone()
+            shifted[:, :, 0] += vy * ry + eps
+            shifted[:, :, 1] += vx * rx + eps
+            shifted.clamp_(-COORD_CLAMP, COORD_CLAMP)
+            grid = shifted.flip(-1).unsqueeze(1)  # grid_sample wants (x, y): (B, 1, Q, 2)
+            q_feat = F.grid_sample(feat, grid, mode="nearest", align_corners=False)
+            q_feat = q_feat[:, :, 0, :].permute(0, 2, 1)  # (B, Q, C')
+            q_coord = F.grid_sample(feat_coord, grid, mode="nearest", align_corners=False)
+            q_coord = q_coord[:, :, 0, :].permute(0, 2, 1)  # (B, Q, 2): the latent's centre
+            rel_coord = coord - q_coord
+            rel_coord[:, :, 0] *= h  # in latent-cell units
+            rel_coord[:, :, 1] *= w
+            inp = [q_feat, rel_coord]
+            if cfg.cell_decode:
+                rel_cell = cell.clone()
+                rel_cell[:, :, 0] *= h
+                rel_cell[:, :, 1] *= w
+                inp.append(rel_cell)
+            preds.append(self.imnet(torch.cat(inp, dim=-1)))  # (B, Q, out_dim)
+            areas.append(torch.abs(rel_coord[:, :, 0] * rel_coord[:, :, 1]) + AREA_EPS)
+
+        total = torch.stack(areas).sum(dim=0)
+        if cfg.local_ensemble:
+            # each corner weighted by the area of the rectangle opposite it (local ensemble):
+            # shifts are ordered so that opposite corners are i and 3 - i.
+            areas = areas[::-1]
+        out = 0
+        for pred, area in zip(preds, areas):
+            out = out + pred * (area / total).unsqueeze(-1)
+        return out
+
+    def forward(self, img: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        return self.query(self.encode(img), coord, cell)

@@ -1,0 +1,222 @@
+"""Checkpoints: the official layout, loading by path or name, and the bundled default weights.
+
+File layout (the official `train_liif.py` layout; the official `models.make(sv['model'],
+load_sd=True)` loads ours too):
+    {'model': {'name': 'liif', 'args': {...}, 'sd': state_dict}, 'epoch': int, ...}
+We add a 'liif_cli' entry (metadata: version, training summary) that the official code ignores.
+Files are always read with `weights_only=True` (a checkpoint can never run code) and mapped to
+the CPU first, so files saved on a GPU load anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+from .model import LIIF, LiifConfig
+
+PACKAGE_WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "default"
+
+
+@dataclass(frozen=True)
+class BundledWeights:
+    """Weights shipped inside the package, declared as data."""
+
+    name: str  # what users type after --model
+    file: str  # file name in liif_cli/weights/
+    sha256: str  # of the file, checked on every load
+    description: str  # one line for `liif models`
+
+
+# The trained default (issue 7). Its model card is MODEL_CARD.md at the repository root.
+BUNDLED: dict[str, BundledWeights] = {}
+
+
+def user_models_dir() -> Path:
+    """Where users drop extra checkpoints to load them by name (platformdirs' data dir)."""
+    import platformdirs
+
+    env = os.environ.get("LIIF_MODELS_DIR")
+    return Path(env) if env else Path(platformdirs.user_data_dir("liif-cli")) / "models"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """torch.load a checkpoint safely (weights only, onto the CPU) with one-line errors."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"model file not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"model path is a folder, not a checkpoint file: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"model file is empty: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for non-checkpoints; all mean the same
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason[:160]})"
+                              ) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"{path} is not a LIIF checkpoint: no 'model' entry "
+                              "(expected the official {'model': {'name', 'args', 'sd'}} layout)")
+    spec = ckpt["model"]
+    if not isinstance(spec, dict) or "sd" not in spec:
+        raise CheckpointError(f"{path} is not a LIIF checkpoint: 'model' has no state dict 'sd'")
+    return ckpt
+
+
+def model_from_spec(spec: dict[str, Any], *, source: str = "checkpoint") -> LIIF:
+    """Build the model a spec describes and load its 'sd' strictly."""
+    config = LiifConfig.from_spec(spec)
+    try:
+        model = LIIF(config)
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    sd = spec["sd"]
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{source}: 'sd' is not a state dict")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+        raise CheckpointError(f"{source}: state dict does not match a {config.encoder}-LIIF: "
+                              + "; ".join(parts))
+    for k, v in expected.items():
+        got = sd[k]
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(v.shape):
+            shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            raise CheckpointError(f"{source}: wrong shape for {k}: {shape}, expected "
+                                  f"{tuple(v.shape)}")
+        if not got.is_floating_point():
+            raise CheckpointError(f"{source}: {k} is not a floating-point tensor")
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    return model.eval()
+
+
+@dataclass
+class LoadedModel:
+    """A model and what is known about it."""
+
+    model: LIIF
+    name: str  # what to call it in summaries and tables
+    path: Path | None
+    meta: dict[str, Any]  # the file's 'liif_cli' entry, if any, plus 'epoch'
+
+
+def load_checkpoint(path: str | os.PathLike, *, name: str | None = None) -> LoadedModel:
+    ckpt = read_checkpoint(path)
+    model = model_from_spec(ckpt["model"], source=str(path))
+    meta = dict(ckpt.get("liif_cli") or {})
+    if "epoch" in ckpt:
+        meta.setdefault("epoch", ckpt["epoch"])
+    return LoadedModel(model, name or Path(path).stem, Path(path), meta)
+
+
+def resolve_model_path(model: str | os.PathLike | None) -> tuple[str, Path]:
+    """--model value -> (display name, file). None means the bundled default."""
+    key = DEFAULT_MODEL if model is None else str(model)
+    if key in BUNDLED:
+        w = BUNDLED[key]
+        path = PACKAGE_WEIGHTS_DIR / w.file
+        if not path.exists():
+            raise CheckpointError(f"bundled model file missing: {path}; reinstall liif-cli")
+        digest = sha256_file(path)
+        if digest != w.sha256:
+            raise CheckpointError(f"bundled model {key!r} is corrupt (sha256 {digest[:12]}… "
+                                  f"expected {w.sha256[:12]}…); reinstall liif-cli")
+        return key, path
+    path = Path(key).expanduser()
+    if path.suffix in (".pth", ".pt") or path.exists() or os.sep in key:
+        return path.stem, path
+    for suffix in (".pth", ".pt"):
+        candidate = user_models_dir() / f"{key}{suffix}"
+        if candidate.exists():
+            return key, candidate
+    if model is None:
+        raise CheckpointError("no bundled default model in this build; pass --model PATH to a "
+                              "LIIF checkpoint (e.g. the official edsr-baseline-liif.pth)")
+    raise CheckpointError(f"unknown model {key!r}: not a file, not bundled "
+                          f"({', '.join(BUNDLED) or 'none'}), not in {user_models_dir()}; "
+                          "run `liif models` to list them")
+
+
+def load_model(model: str | os.PathLike | None = None, *, device: str | torch.device = "cpu"
+               ) -> LoadedModel:
+    """Load the bundled default (None), a bundled or user model by name, or any file by path."""
+    name, path = resolve_model_path(model)
+    loaded = load_checkpoint(path, name=name)
+    loaded.model.to(device)
+    return loaded
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Bundled and user-folder models with architecture and size, for `liif models`."""
+    rows = []
+    for w in BUNDLED.values():
+        rows.append({"name": w.name, "path": PACKAGE_WEIGHTS_DIR / w.file, "source": "bundled",
+                     "description": w.description})
+    folder = user_models_dir()
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if p.suffix in (".pth", ".pt") and p.stem not in BUNDLED:
+                rows.append({"name": p.stem, "path": p, "source": "user", "description": ""})
+    for row in rows:
+        try:
+            m = load_checkpoint(row["path"]).model
+            row["encoder"] = m.config.encoder
+            row["params"] = sum(t.numel() for t in m.state_dict().values())
+        except CheckpointError as e:
+            row["encoder"] = "unreadable"
+            row["params"] = 0
+            row["description"] = str(e)
+        row["bytes"] = row["path"].stat().st_size
+    return rows
+
+
+def checkpoint_dict(model: LIIF, *, half: bool = False, **extra: Any) -> dict[str, Any]:
+    """The official layout for `model`, plus our extra top-level entries."""
+    sd = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+          for k, v in model.state_dict().items()}
+    spec = model.config.to_spec()
+    spec["sd"] = sd
+    return {"model": spec, **extra}
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, then rename: never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: LIIF, path: str | os.PathLike, **extra: Any) -> None:
+    atomic_torch_save(checkpoint_dict(model, **extra), path)
