@@ -68,7 +68,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for non-checkpoints; all mean the same
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, MemoryError):
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if "weights_only" in reason or "Unsupported global" in reason:
+            reason = "it holds Python objects that could run code; refusing to load it"
+        elif len(reason) < 8:  # e.g. KeyError('101') for plain text: say what it means
+            reason = "unrecognised content: not a torch.save file"
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason[:160]})"
                               ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
