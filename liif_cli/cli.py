@@ -200,5 +200,85 @@ def models():
     out.print(f"User models folder: {user_models_dir()} (drop official-layout .pth files here)")
 
 
+# ----------------------------------------------------------------------------------------------
+# eval
+
+@app.command(name="eval")
+def eval_(
+    data: Annotated[Path, typer.Option(help="Folder of HR images (or one with an HR/ subfolder).",
+                                       show_default=False)],
+    model: ModelOpt = None,
+    scales: Annotated[str, typer.Option(help="Comma-separated scales, each > 1.")] =
+    "2,3,4,6,12,18,24,30",
+    protocol: Annotated[str, typer.Option(
+        help="div2k (RGB, shave s+6), benchmark (Y, shave s), rgb (no shave), or auto: div2k "
+        "for DIV2K folders, else benchmark.")] = "auto",
+    lr_dir: Annotated[Optional[Path], typer.Option(
+        help="Paired LR folder with X2/ X3/ X4/ (names like babyx2.png); other scales are "
+        "made from HR.")] = None,
+    no_bicubic: Annotated[bool, typer.Option("--no-bicubic", help="Skip the bicubic row.")] = False,
+    ssim: Annotated[bool, typer.Option("--ssim", help="Also report SSIM.")] = False,
+    per_image: Annotated[bool, typer.Option("--per-image", help="Also a per-image table.")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write records as JSON.")] =
+    None,
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write records as CSV.")] = None,
+    save_examples: Annotated[Optional[Path], typer.Option(
+        help="Folder for side-by-side crops (bicubic | model | ground truth).")] = None,
+    device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
+    max_memory: MaxMemoryOpt = "512M", overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
+):
+    """PSNR (and SSIM) of a model on a folder of HR images, under the LIIF paper's protocols.
+
+    Example: liif eval --data Set5/HR --lr-dir Set5/LR_bicubic --model my.pth --scales 2,3,4
+    """
+    from .evaluate import BICUBIC, check_report_path, evaluate, write_csv, write_json
+
+    budget = parse_bytes(max_memory)
+    reports = [(p, w) for p, w in ((json_path, write_json), (csv_path, write_csv)) if p]
+    for path, _ in reports:
+        check_report_path(path, overwrite=overwrite)
+    with progress_bar(f"eval {data.name}", quiet=quiet, unit_scale=1e-6) as on_progress:
+        res = evaluate(model, data, scales=scales, protocol=protocol, lr_dir=lr_dir,
+                       bicubic=not no_bicubic, with_ssim=ssim, device=device,
+                       precision=precision, max_memory=budget, examples_dir=save_examples,
+                       overwrite=overwrite, on_progress=on_progress)
+    for path, write in reports:
+        write(path, res.rows(per_image=per_image))
+
+    def cell(psnr: float, ssim_v: float | None) -> str:
+        return f"{psnr:.2f}" + ("" if ssim_v is None else f" / {ssim_v:.4f}")
+
+    methods = ([BICUBIC] if not no_bicubic else []) + [res.model]
+    by = {(r.scale, r.method): r for r in res.records}
+    table = Table(title=f"{res.dataset}: PSNR (dB){' / SSIM' if ssim else ''}, "
+                        f"{res.protocol} protocol",
+                  caption=f"{res.images} images · {res.seconds:.1f}s · {res.device} "
+                          f"{res.precision}")
+    for col in ("scale", "LR", *methods, *(["gain"] if not no_bicubic else [])):
+        table.add_column(col, justify="left" if col in ("scale", "LR") else "right")
+    for scale in dict.fromkeys(r.scale for r in res.records):
+        mine = by[(scale, res.model)]
+        row = [f"×{scale:g}", mine.lr] + [cell(by[(scale, m)].psnr, by[(scale, m)].ssim)
+                                          for m in methods]
+        if not no_bicubic:
+            row.append(f"{mine.psnr - by[(scale, BICUBIC)].psnr:+.2f}")
+        table.add_row(*row)
+    out.print(table)
+    if per_image:
+        pt = Table(title=f"{res.dataset}: per image")
+        for col in ("image", "scale", *methods):
+            pt.add_column(col, justify="left" if col in ("image", "scale") else "right")
+        scores = {(s.image, s.scale, s.method): s for s in res.per_image}
+        for img, scale in dict.fromkeys((s.image, s.scale) for s in res.per_image):
+            pt.add_row(img, f"×{scale:g}", *(cell(scores[(img, scale, m)].psnr,
+                                                  scores[(img, scale, m)].ssim) for m in methods))
+        out.print(pt)
+    if not quiet:
+        for path, _ in reports:
+            console.print(f"[green]wrote[/] {path}")
+        if res.examples:
+            console.print(f"[green]wrote[/] {len(res.examples)} example crops to {save_examples}")
+
+
 def main() -> None:
     sys.exit(app())
