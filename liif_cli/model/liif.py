@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from .coords import make_coord
+from .coords import coord_seq, make_coord
 from .encoders import make_encoder
 
 ENSEMBLE_EPS_SHIFT = 1e-6  # nudge off exact latent borders so ties go one way (official value)
@@ -177,6 +177,73 @@ class LIIF(nn.Module):
             out = out + pred * (area / total).unsqueeze(-1)
         return out
 
+    def query_fast(self, feat: torch.Tensor, coord: torch.Tensor,
+                   cell: torch.Tensor | None = None) -> torch.Tensor:
+        """Same function as `query` for arbitrary points, with the first layer on the grid.
+
+        The first Linear is split: its latent part becomes a 3×3 convolution of the latent grid
+        (computed once per latent instead of once per query and ensemble member, and without
+        materialising the 9× unfolded grid); the offset and cell parts are added per query.
+        The 4 members then share one matmul per remaining layer. Differentiable (training).
+        """
+        cfg = self.config
+        if cfg.cell_decode and cell is None:
+            raise ValueError("this model decodes cells: pass `cell`")
+        first, rest = self.imnet.linears[0], self.imnet.linears[1:]
+        b, c, h, w = feat.shape
+        k = 3 if cfg.feat_unfold else 1
+        n_feat = c * k * k
+        w_feat = first.weight[:, :n_feat].reshape(-1, c, k, k)  # channel c*9 + ky*3 + kx
+        w_rel = first.weight[:, n_feat:n_feat + 2]  # (hidden, 2)
+        p = F.conv2d(feat, w_feat, first.bias, padding=k // 2)  # (B, hidden, h, w)
+        p = p.flatten(2).transpose(1, 2)  # (B, h*w, hidden)
+        if cfg.cell_decode:
+            w_cell = first.weight[:, n_feat + 2:n_feat + 4]
+            rel_cell = cell * torch.tensor([h, w], dtype=cell.dtype, device=cell.device)
+            cell_term = rel_cell @ w_cell.t()  # (B, Q, hidden)
+        axis_shifts = [-1, 1] if cfg.local_ensemble else [0]
+        eps = ENSEMBLE_EPS_SHIFT if cfg.local_ensemble else 0.0
+        ys = _nearest_axis(coord[..., 0], h, axis_shifts, eps)  # per shift: (index, offset)
+        xs = _nearest_axis(coord[..., 1], w, axis_shifts, eps)
+        members, areas = [], []
+        for iy, ry in ys:  # same member order as `query`: (-1,-1), (-1,1), (1,-1), (1,1)
+            for ix, rx in xs:
+                flat = (iy * w + ix).unsqueeze(-1).expand(-1, -1, p.shape[-1])
+                x = torch.gather(p, 1, flat)  # (B, Q, hidden)
+                x = x + ry.unsqueeze(-1) * w_rel[:, 0] + rx.unsqueeze(-1) * w_rel[:, 1]
+                if cfg.cell_decode:
+                    x = x + cell_term
+                members.append(x)
+                areas.append(torch.abs(ry * rx) + AREA_EPS)
+        x = torch.stack(members)  # (M, B, Q, hidden)
+        for lin in rest:
+            x = F.linear(torch.relu(x), lin.weight, lin.bias)
+        if len(members) == 1:
+            return x[0]
+        total = torch.stack(areas).sum(0)
+        # each corner weighted by the area of the rectangle opposite it (local ensemble)
+        weights = torch.stack(areas[::-1]) / total  # (4, B, Q)
+        return (x * weights.unsqueeze(-1)).sum(0)
+
     def forward(self, img: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        return self.query(self.encode(img), coord, cell)
+        return self.query_fast(self.encode(img), coord, cell)
+
+
+def _nearest_axis(coord: torch.Tensor, n: int, shifts: list[int], eps: float
+                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per shift: (latent index grid_sample 'nearest' picks, offset in latent cells) on one axis.
+
+    Indices come from grid_sample itself on a 1×n ramp, so ties round as in the official code.
+    """
+    centres = coord_seq(n, device=coord.device)
+    ramp = torch.arange(n, dtype=torch.float32, device=coord.device).view(1, 1, 1, n)
+    coord = coord.detach().float()
+    out = []
+    for v in shifts:
+        shifted = (coord + (v * (1 / n) + eps)).clamp_(-COORD_CLAMP, COORD_CLAMP)
+        grid = torch.stack([shifted, torch.zeros_like(shifted)], -1).view(1, 1, -1, 2)
+        idx = F.grid_sample(ramp, grid, mode="nearest", align_corners=False)
+        idx = idx.view(coord.shape).round().long()
+        out.append((idx, (coord - centres[idx]) * n))
+    return out

@@ -1,0 +1,177 @@
+"""Training and validation data: HR image folders, random-scale crops, bicubic degradation.
+
+Sample creation follows the official `sr-implicit-downsampled` wrapper exactly: a random HR crop
+of round(48·s)² with s ~ U(scale_min, scale_max), the LR made by PIL bicubic on uint8 down to
+48×48, random h-flip, v-flip and transpose, and `sample_q` random HR pixels (without replacement)
+as queries with their cells. Images are (3, H, W) float in [0, 1] unless said otherwise.
+
+Randomness is per sample, not per worker: sample `i` of epoch `e` draws from a generator seeded
+with (seed, e, i). Any number of DataLoader workers or DDP ranks then give the same samples
+(the official code repeats query sets across workers), and a resumed run sees the same data.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import DataError
+from .model.coords import make_coord
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})
+
+
+def find_images(folder: str | Path, *, recursive: bool = True) -> list[Path]:
+    """Image files under `folder`, sorted by path; errors if missing or empty."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data folder not found: {folder}")
+    walk = folder.rglob("*") if recursive else folder.glob("*")
+    files = sorted(p for p in walk if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def load_rgb_uint8(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8, as the official ImageFolder does: `Image.open(p).convert('RGB')`."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot read training image {path}: {e}") from None
+
+
+def resize_bicubic(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """PIL bicubic resize of an (H, W, 3) uint8 array: the official `resize_fn`."""
+    h, w = size_hw
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC))
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1] (torchvision's ToTensor)."""
+    return torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1).div_(255)
+
+
+def downsampled_pair(hr: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Official evaluation degradation: (HR crop, LR), uint8 (H, W, 3) arrays.
+
+    h_lr = floor(H / s + 1e-9); the HR is cropped to round(h_lr · s) so the scale is exact.
+    """
+    h_lr = math.floor(hr.shape[0] / scale + 1e-9)
+    w_lr = math.floor(hr.shape[1] / scale + 1e-9)
+    if h_lr < 1 or w_lr < 1:
+        raise DataError(f"image {hr.shape[1]}×{hr.shape[0]} is too small for ×{scale:g}")
+    crop = hr[:round(h_lr * scale), :round(w_lr * scale)]
+    return crop, resize_bicubic(crop, (h_lr, w_lr))
+
+
+class ImageCache:
+    """Decoded training images, kept in memory as uint8 so epochs never re-decode files.
+
+    Built once in the main process; DataLoader workers share it copy-on-write.
+    """
+
+    def __init__(self, files: Sequence[Path], *, min_side: int = 0,
+                 on_progress: Callable[[int, int], None] | None = None):
+        self.images: list[np.ndarray] = []
+        self.files: list[Path] = []
+        self.skipped: list[Path] = []
+        for i, f in enumerate(files):
+            img = load_rgb_uint8(f)
+            if min(img.shape[:2]) < min_side:
+                self.skipped.append(f)
+            else:
+                self.images.append(img)
+                self.files.append(f)
+            if on_progress:
+                on_progress(i + 1, len(files))
+        if not self.images:
+            raise DataError(f"no image is at least {min_side}px on its shorter side "
+                            "(needed for the largest crop: patch size × scale max)")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class RandomScaleSamples(torch.utils.data.Dataset):
+    """Training samples of the official recipe; index = epoch * len(self) + position."""
+
+    def __init__(self, cache: ImageCache, *, repeat: int = 20, patch: int = 48,
+                 scale_min: float = 1.0, scale_max: float = 4.0, sample_q: int | None = 2304,
+                 augment: bool = True, seed: int = 0):
+        self.cache, self.repeat, self.patch = cache, repeat, patch
+        self.scale_min, self.scale_max = scale_min, scale_max
+        self.sample_q, self.augment, self.seed = sample_q, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.cache) * self.repeat
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        epoch, pos = divmod(int(index), len(self))
+        rng = np.random.default_rng([self.seed, epoch, pos])
+        img = self.cache.images[pos % len(self.cache)]
+        s = rng.uniform(self.scale_min, self.scale_max)
+        w_hr = round(self.patch * s)
+        y0 = int(rng.integers(0, img.shape[0] - w_hr + 1))
+        x0 = int(rng.integers(0, img.shape[1] - w_hr + 1))
+        hr = img[y0:y0 + w_hr, x0:x0 + w_hr]
+        lr = resize_bicubic(hr, (self.patch, self.patch))
+        if self.augment:
+            hflip, vflip, dflip = rng.random(3) < 0.5
+            hr, lr = (_augment(a, hflip, vflip, dflip) for a in (hr, lr))
+        hr_t, lr_t = to_tensor(hr), to_tensor(lr)  # (3, w_hr, w_hr), (3, 48, 48)
+        coord = make_coord(hr_t.shape[-2:])  # (w_hr², 2)
+        rgb = hr_t.reshape(3, -1).t()  # (w_hr², 3)
+        if self.sample_q is not None:
+            pick = torch.from_numpy(rng.choice(len(coord), self.sample_q, replace=False))
+            coord, rgb = coord[pick], rgb[pick]
+        cell = torch.empty_like(coord)
+        cell[:, 0] = 2 / hr_t.shape[-2]
+        cell[:, 1] = 2 / hr_t.shape[-1]
+        return {"inp": lr_t, "coord": coord, "cell": cell, "gt": rgb}
+
+
+def _augment(a: np.ndarray, hflip: bool, vflip: bool, dflip: bool) -> np.ndarray:
+    """The official augmentation on (H, W, C): flip rows, flip columns, transpose."""
+    if hflip:
+        a = a[::-1]
+    if vflip:
+        a = a[:, ::-1]
+    if dflip:
+        a = a.transpose(1, 0, 2)
+    return np.ascontiguousarray(a)
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Batches of dataset indices for one epoch: a seeded shuffle, split across DDP ranks.
+
+    Global batch k of a run with `world` ranks holds the same samples as batch k of a
+    single-process run with the same global batch size. `skip` batches are dropped from the
+    front (resuming mid-epoch). The last incomplete global batch is dropped.
+    """
+
+    def __init__(self, n: int, *, batch_size: int, epoch: int, seed: int, rank: int = 0,
+                 world: int = 1, skip: int = 0):
+        if batch_size % world:
+            raise DataError(f"batch size {batch_size} is not divisible by {world} processes")
+        self.n, self.batch, self.epoch, self.seed = n, batch_size, epoch, seed
+        self.rank, self.world, self.skip = rank, world, skip
+
+    def __len__(self) -> int:
+        return max(0, self.n // self.batch - self.skip)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        per_rank = self.batch // self.world
+        offset = self.epoch * self.n  # the dataset reads the epoch from the index
+        for k in range(self.skip, self.n // self.batch):
+            glob = perm[k * self.batch:(k + 1) * self.batch]
+            yield [offset + i for i in glob[self.rank::self.world][:per_rank]]

@@ -1,0 +1,380 @@
+"""Training: the paper's recipe, resumable, on CPU, one GPU or many (DDP via torchrun).
+
+Defaults are the paper's (EDSR-baseline-LIIF on DIV2K): 48×48 LR patches, s ~ U(1, 4), 2304
+queries, L1, Adam lr 1e-4 halved at epochs 200/400/600/800 of 1000, batch 16, repeat 20.
+
+Run folder:
+- last.pth: every epoch and on SIGINT/SIGTERM, atomically. Official layout (`model`, `optimizer`,
+  top-level `epoch` = epochs completed) plus `train_state` (scheduler, iteration within the
+  epoch, RNG state, best PSNR) and `liif_cli` (config, version). `torch.load(weights_only=True)`.
+- best.pth: best validation PSNR (mean over the validation scales); epoch-N.pth snapshots.
+- metrics.jsonl: one JSON record per logged step and per validation.
+Data randomness is a pure function of (seed, epoch, sample), so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__, engine
+from .data import (EpochBatches, ImageCache, RandomScaleSamples, downsampled_pair, find_images,
+                   load_rgb_uint8, to_tensor)
+from .errors import TrainingError, UsageError
+from .model import LIIF, LiifConfig
+from .upscale import resolve_device
+from .weights import atomic_torch_save, checkpoint_dict, load_checkpoint, read_checkpoint
+
+ENCODER_CHOICES = ("edsr-baseline", "edsr", "rdn")
+LOG_EVERY = 10  # iterations between metrics.jsonl records
+VAL_SHAVE_EXTRA = 6  # px beyond the scale shaved before PSNR (official div2k protocol)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; stored in every checkpoint (`liif_cli.config`)."""
+
+    data: str = ""  # folder of HR training images (searched recursively)
+    val_data: str | None = None  # folder of HR validation images
+    out: str = "runs/liif"  # run folder
+    encoder: str = "edsr-baseline"  # edsr-baseline, edsr or rdn (paper's encoders)
+    epochs: int = 1000
+    batch_size: int = 16  # global batch, split across DDP processes
+    patch_size: int = 48  # LR patch side (px)
+    scale_min: float = 1.0
+    scale_max: float = 4.0
+    sample_q: int = 2304  # HR pixels queried per sample
+    lr: float = 1e-4
+    lr_milestones: tuple[int, ...] = (200, 400, 600, 800)  # epochs at which lr *= lr_gamma
+    lr_gamma: float = 0.5
+    repeat: int = 20  # passes over the image list per epoch
+    workers: int = 2  # DataLoader worker processes
+    device: str = "auto"
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 with a grad scaler, GPU only)
+    seed: int = 0
+    init: str | None = None  # checkpoint to start from (fine-tuning)
+    val_every: int = 1  # epochs between validations
+    val_images: int = 10  # first K validation images
+    val_scales: tuple[float, ...] = (2.0, 3.0, 4.0)
+    save_every: int = 100  # epochs between epoch-N.pth snapshots
+    hidden: tuple[int, ...] = (256, 256, 256, 256)  # MLP hidden widths (paper)
+    encoder_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"n_resblocks": 16}
+
+    def model_config(self) -> LiifConfig:
+        return LiifConfig(encoder=self.encoder, encoder_args={"no_upsampling": True,
+                                                              **self.encoder_args},
+                          hidden=tuple(self.hidden))
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def config_from(toml_path: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Paper defaults <- TOML file <- command-line options that were given (not None)."""
+    values: dict[str, Any] = {}
+    if toml_path:
+        try:
+            values.update(tomllib.loads(Path(toml_path).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise UsageError(f"cannot read config {toml_path}: {e}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"unknown training option(s) in config: {', '.join(unknown)}")
+    for k in ("lr_milestones", "val_scales", "hidden"):
+        if k in values:
+            values[k] = tuple(values[k])
+    cfg = TrainConfig(**values)
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: TrainConfig) -> None:
+    if not cfg.data:
+        raise UsageError("say where the training images are: --data DIR")
+    if cfg.encoder not in ENCODER_CHOICES:
+        raise UsageError(f"unknown encoder {cfg.encoder!r}: use {', '.join(ENCODER_CHOICES)}")
+    if not (0 < cfg.scale_min <= cfg.scale_max):
+        raise UsageError("need 0 < --scale-min <= --scale-max")
+    for name in ("epochs", "batch_size", "patch_size", "sample_q", "repeat"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.precision not in ("fp32", "bf16", "fp16"):
+        raise UsageError(f"unknown precision {cfg.precision!r}: use fp32, bf16 or fp16")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise UsageError("--lr must be a positive number")
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+def psnr_rgb(pred: np.ndarray, gt: np.ndarray, shave: int) -> float:
+    """PSNR of (H, W, 3) float arrays in [0, 1] after shaving `shave` px off each border."""
+    diff = (np.clip(pred, 0, 1) - gt)[shave:-shave or None, shave:-shave or None]
+    return float(-10 * np.log10(np.mean(diff.astype(np.float64) ** 2)))
+
+
+def validate(model: LIIF, images: list[np.ndarray], scales: tuple[float, ...]) -> dict[str, float]:
+    """Mean PSNR per scale (official div2k protocol: RGB, shave scale + 6)."""
+    model.eval()
+    res = {}
+    with torch.inference_mode():
+        for s in scales:
+            vals = []
+            for hr in images:
+                crop, lr = downsampled_pair(hr, s)
+                dev = next(model.parameters()).device
+                pred = engine.render(model, to_tensor(lr).to(dev), crop.shape[:2])
+                vals.append(psnr_rgb(pred, crop.astype(np.float32) / 255,
+                                     shave=int(math.ceil(s)) + VAL_SHAVE_EXTRA))
+            res[f"x{s:g}"] = float(np.mean(vals))
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+@dataclass
+class Progress:
+    """What the trainer reports to its `on_event` callback."""
+
+    kind: str  # "start", "step", "val", "epoch", "stop"
+    epoch: int
+    iteration: int = 0  # within the epoch
+    iterations: int = 0  # per epoch
+    loss: float | None = None
+    lr: float | None = None
+    its: float | None = None  # iterations per second
+    psnr: dict[str, float] | None = None
+    message: str = ""
+
+
+class _Stop:
+    """SIGINT/SIGTERM set a flag; the loop saves and stops at the next iteration."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, sig, frame):
+        if self.signal is not None:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = sig
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def train(cfg: TrainConfig, *, resume: bool = False,
+          on_event: Callable[[Progress], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary dict. Only rank 0 writes files."""
+    rank, world, local_rank = _dist_info()
+    emit = on_event if (on_event and rank == 0) else (lambda e: None)
+    if world > 1:
+        import torch.distributed as dist
+
+        dev = resolve_device(cfg.device if cfg.device != "auto" else
+                             ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dev.type == "cuda":
+            dev = torch.device("cuda", local_rank)
+            torch.cuda.set_device(dev)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    else:
+        dev = resolve_device(cfg.device)
+    if cfg.precision == "fp16" and dev.type != "cuda":
+        raise UsageError("fp16 training needs a CUDA GPU; on the CPU use --precision bf16")
+
+    out = Path(cfg.out)
+    last = out / "last.pth"
+    state: dict[str, Any] | None = None
+    if resume:
+        if not last.exists():
+            raise TrainingError(f"nothing to resume: {last} does not exist")
+        state = read_checkpoint(last)
+        saved = (state.get("liif_cli") or {}).get("config") or {}
+        # the run's architecture and data recipe come from the checkpoint; the command line
+        # may change only how it runs (device, workers, epochs, validation, ...)
+        for k in ("encoder", "encoder_args", "hidden", "patch_size", "seed", "batch_size"):
+            if k in saved:
+                v = saved[k]
+                cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v})
+
+    torch.manual_seed(cfg.seed)
+    if state is not None:
+        model = load_checkpoint(last).model
+    elif cfg.init:
+        model = load_checkpoint(cfg.init).model
+    else:
+        model = LIIF(cfg.model_config())
+    model.to(dev).train()
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.lr_milestones),
+                                                 gamma=cfg.lr_gamma)
+    start_epoch, skip, best = 0, 0, -math.inf
+    if state is not None:
+        opt.load_state_dict(state["optimizer"]["sd"])
+        ts = state.get("train_state") or {}
+        sched.load_state_dict(ts.get("scheduler", {}))
+        start_epoch, skip = int(state.get("epoch", 0)), int(ts.get("iteration", 0))
+        best = float(ts.get("best_psnr", -math.inf))
+        if "rng" in ts:
+            torch.set_rng_state(ts["rng"]["torch"])
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    files = find_images(cfg.data)
+    cache = ImageCache(files, min_side=round(cfg.patch_size * cfg.scale_max))
+    dataset = RandomScaleSamples(cache, repeat=cfg.repeat, patch=cfg.patch_size,
+                                 scale_min=cfg.scale_min, scale_max=cfg.scale_max,
+                                 sample_q=cfg.sample_q, seed=cfg.seed)
+    val_imgs = []
+    if cfg.val_data and rank == 0:
+        val_imgs = [load_rgb_uint8(p) for p in find_images(cfg.val_data)[:cfg.val_images]]
+    iters = len(dataset) // cfg.batch_size
+    if iters == 0:
+        raise UsageError(f"{len(dataset)} samples per epoch is less than one batch of "
+                         f"{cfg.batch_size}; lower --batch-size or raise --repeat")
+    emit(Progress("start", start_epoch, skip, iters, message=
+                  f"{len(cache)} training images"
+                  + (f" ({len(cache.skipped)} smaller than {round(cfg.patch_size * cfg.scale_max)}"
+                     f"px skipped, e.g. {cache.skipped[0].name})" if cache.skipped else "")
+                  + ", "
+                  f"{iters} iterations/epoch, device {dev}, {cfg.precision}, world {world}"))
+
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "metrics.jsonl", "a") if rank == 0 else None
+
+    def save(path: Path, epoch_done: int, iteration: int) -> None:
+        if rank != 0:
+            return
+        ckpt = checkpoint_dict(
+            model, optimizer={"name": "adam", "args": {"lr": cfg.lr}, "sd": opt.state_dict()},
+            epoch=epoch_done,
+            train_state={"scheduler": sched.state_dict(), "iteration": iteration,
+                         "best_psnr": best, "rng": _rng_state()},
+            liif_cli={"version": __version__, "config": cfg.as_dict(),
+                      "epoch": epoch_done, "iteration": iteration})
+        atomic_torch_save(ckpt, path)
+
+    def record(**kw) -> None:
+        if log is not None:
+            log.write(json.dumps({"time": time.time(), **kw}) + "\n")
+            log.flush()
+
+    stopped = None
+    epoch = start_epoch
+    t_start = time.time()
+    with _Stop() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            batches = EpochBatches(len(dataset), batch_size=cfg.batch_size, epoch=epoch,
+                                   seed=cfg.seed, rank=rank, world=world, skip=skip)
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches,
+                                                 num_workers=cfg.workers,
+                                                 pin_memory=dev.type == "cuda")
+            net.train()
+            t0, it, n_run = time.time(), skip, 0
+            for batch in loader:
+                inp = (batch["inp"].to(dev, non_blocking=True) - 0.5) / 0.5
+                coord = batch["coord"].to(dev, non_blocking=True)
+                cell = batch["cell"].to(dev, non_blocking=True)
+                gt = (batch["gt"].to(dev, non_blocking=True) - 0.5) / 0.5
+                with torch.autocast(dev.type, dtype=amp_dtype or torch.float32,
+                                    enabled=amp_dtype is not None):
+                    pred = net(inp, coord, cell)
+                loss = F.l1_loss(pred.float(), gt)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"loss became {loss.item()} at epoch {epoch + 1} iteration {it + 1}; "
+                        f"stopped, the last good checkpoint is kept ({last}). Try a lower --lr "
+                        "or --precision fp32")
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                it += 1
+                n_run += 1
+                its = n_run / max(time.time() - t0, 1e-9)
+                if it % LOG_EVERY == 0 or it == iters:
+                    record(kind="step", epoch=epoch + 1, iteration=it, loss=loss.item(),
+                           lr=opt.param_groups[0]["lr"], its=its)
+                emit(Progress("step", epoch, it, iters, loss=loss.item(),
+                              lr=opt.param_groups[0]["lr"], its=its))
+                if stop.signal is not None:
+                    break
+            if stop.signal is not None and it < iters:
+                save(last, epoch, it)
+                stopped = f"stopped by signal {signal.Signals(stop.signal).name} at epoch " \
+                          f"{epoch + 1}, iteration {it}/{iters}; resume with --resume"
+                break
+            skip = 0
+            sched.step()
+            done = epoch + 1
+            psnr = None
+            if val_imgs and (done % cfg.val_every == 0 or done == cfg.epochs):
+                psnr = validate(model, val_imgs, cfg.val_scales)
+                mean = float(np.mean(list(psnr.values())))
+                record(kind="val", epoch=done, psnr=psnr)
+                emit(Progress("val", epoch, it, iters, psnr=psnr))
+                if mean > best:
+                    best = mean
+                    save(out / "best.pth", done, 0)
+            save(last, done, 0)
+            if cfg.save_every and done % cfg.save_every == 0:
+                save(out / f"epoch-{done}.pth", done, 0)
+            emit(Progress("epoch", epoch, it, iters, psnr=psnr))
+            if stop.signal is not None:
+                stopped = f"stopped by signal {signal.Signals(stop.signal).name} after epoch " \
+                          f"{done}; resume with --resume"
+                break
+    if log is not None:
+        log.close()
+    summary = {"epochs_done": epoch + 1 if stopped is None else None, "best_psnr": best,
+               "seconds": time.time() - t_start, "out": str(out), "stopped": stopped}
+    emit(Progress("stop", epoch, message=stopped or "finished"))
+    return summary
