@@ -201,6 +201,104 @@ def models():
 
 
 # ----------------------------------------------------------------------------------------------
+# train
+
+@app.command()
+def train(
+    data: Annotated[Optional[str], typer.Option(help="Folder of HR training images (recursive).")] = None,
+    val_data: Annotated[Optional[str], typer.Option(help="Folder of HR validation images.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run folder. [default: runs/liif]")] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="edsr-baseline, edsr or rdn. [default: edsr-baseline]")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="[default: 1000]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch. [default: 16]")] = None,
+    patch_size: Annotated[Optional[int], typer.Option(help="LR patch side. [default: 48]")] = None,
+    scale_min: Annotated[Optional[float], typer.Option(help="[default: 1]")] = None,
+    scale_max: Annotated[Optional[float], typer.Option(help="[default: 4]")] = None,
+    sample_q: Annotated[Optional[int], typer.Option(help="Queries per sample. [default: 2304]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="[default: 1e-4]")] = None,
+    lr_milestones: Annotated[Optional[str], typer.Option(help="Epochs, comma-separated. [default: 200,400,600,800]")] = None,
+    lr_gamma: Annotated[Optional[float], typer.Option(help="[default: 0.5]")] = None,
+    repeat: Annotated[Optional[int], typer.Option(help="Passes over the images per epoch. [default: 20]")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers. [default: 2]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 or fp16. [default: fp32]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="[default: 0]")] = None,
+    init: Annotated[Optional[str], typer.Option(help="Start from this checkpoint (fine-tune).")] = None,
+    val_every: Annotated[Optional[int], typer.Option(help="Epochs between validations. [default: 1]")] = None,
+    val_images: Annotated[Optional[int], typer.Option(help="Validate on the first K images. [default: 10]")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Epochs between snapshots. [default: 100]")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pth.")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file of these options (keys with _).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Plot RUN_DIR's loss and PSNR to RUN_DIR/curves.png and exit.")] = None,
+    quiet: QuietOpt = False,
+):
+    """Train a LIIF model with the paper's recipe (every default is the paper's).
+
+    Example: liif train --data DIV2K/DIV2K_train_HR --val-data DIV2K/DIV2K_valid_HR
+    """
+    from .train import config_from, train as run_training
+
+    if plot is not None:
+        from .plot import plot_run
+
+        png = plot_run(plot)
+        console.print(f"[green]wrote[/] {png}")
+        return
+    milestones = None if lr_milestones is None else _int_list(lr_milestones, "--lr-milestones")
+    overrides = dict(data=data, val_data=val_data, out=out, encoder=encoder, epochs=epochs,
+                     batch_size=batch_size, patch_size=patch_size, scale_min=scale_min,
+                     scale_max=scale_max, sample_q=sample_q, lr=lr, lr_milestones=milestones,
+                     lr_gamma=lr_gamma, repeat=repeat, workers=workers, device=device,
+                     precision=precision, seed=seed, init=init, val_every=val_every,
+                     val_images=val_images, save_every=save_every)
+    cfg = config_from(str(config) if config else None, overrides)
+    if not quiet and int(os.environ.get("RANK", 0)) == 0:
+        console.print("[bold]liif train[/] " + "  ".join(
+            f"{k}={v}" for k, v in cfg.as_dict().items() if v not in (None, {}, "")),
+            soft_wrap=True)
+    with _train_display(quiet) as on_event:
+        summary = run_training(cfg, resume=resume, on_event=on_event)
+    if summary["stopped"]:
+        console.print(f"[yellow]{summary['stopped']}[/]")
+        raise typer.Exit(130)
+    if not quiet:
+        console.print(f"[green]done[/] {summary['out']}  best val PSNR "
+                      f"{summary['best_psnr']:.2f} dB  {summary['seconds'] / 60:.1f} min")
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{name} takes comma-separated integers, e.g. 200,400") from None
+
+
+@contextmanager
+def _train_display(quiet: bool) -> Iterator:
+    """Rich display of training: a bar per epoch with loss, lr, it/s; lines for validations."""
+    if quiet:
+        yield None
+        return
+    with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TaskProgressColumn(),
+                  TextColumn("loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[its]} it/s"),
+                  TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("train", total=None, epoch="-", loss="-", lr="-", its="-")
+
+        def on_event(ev) -> None:
+            if ev.kind == "start":
+                console.print(ev.message)
+            elif ev.kind == "step":
+                bar.update(task, completed=ev.iteration, total=ev.iterations,
+                           epoch=ev.epoch + 1, loss=f"{ev.loss:.4f}", lr=f"{ev.lr:.2e}",
+                           its=f"{ev.its:.2f}")
+            elif ev.kind == "val":
+                console.print(f"epoch {ev.epoch + 1} validation PSNR: " + "  ".join(
+                    f"{k} {v:.2f} dB" for k, v in ev.psnr.items()))
+
+        yield on_event
+
+
+# ----------------------------------------------------------------------------------------------
 # eval
 
 @app.command(name="eval")
@@ -278,6 +376,186 @@ def eval_(
             console.print(f"[green]wrote[/] {path}")
         if res.examples:
             console.print(f"[green]wrote[/] {len(res.examples)} example crops to {save_examples}")
+
+
+# ----------------------------------------------------------------------------------------------
+# batch
+
+# Not DeviceOpt: batch takes several devices (one worker each) where upscale takes one.
+DevicesOpt = Annotated[str, typer.Option(
+    "--device", help="auto, cpu, cuda:N, mps, a list (cuda:0,cuda:1) or all (every GPU).")]
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[dict]:
+    """First Ctrl-C (or SIGTERM) sets state['stop'] to stop cleanly; a second one stops now."""
+    import signal
+    import threading
+
+    state = {"stop": threading.Event(), "signal": None}
+
+    def handler(signum, frame):
+        if state["stop"].is_set():
+            raise KeyboardInterrupt
+        state["signal"] = signum
+        state["stop"].set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def _batch_display(quiet: bool) -> Iterator:
+    """Rich bar over files with MP/s and ETA; failures as lines above it (even when quiet)."""
+    from rich.progress import MofNCompleteColumn
+
+    def failure_line(ev, printer) -> None:
+        if ev.kind == "file" and ev.record.status == "failed":
+            printer.print(f"[red]failed:[/] {ev.record.input}: {ev.record.reason}",
+                          soft_wrap=True, markup=True, highlight=False)
+
+    if quiet:
+        yield lambda ev: failure_line(ev, console)
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("batch", total=None, rate="")
+        t0, megapixels = time.perf_counter(), 0.0
+
+        def on_event(ev) -> None:
+            nonlocal t0, megapixels
+            if ev.kind == "start":
+                t0 = time.perf_counter()
+                bar.update(task, total=ev.total, description=f"batch on {ev.message}")
+            elif ev.kind == "file":
+                if ev.record.status == "done":
+                    megapixels += ev.record.out_megapixels
+                rate = megapixels / max(time.perf_counter() - t0, 1e-6)
+                bar.update(task, completed=ev.done, rate=f"{rate:.2f} MP/s")
+                failure_line(ev, bar.console)
+            elif ev.kind == "worker" and " failed: " in ev.message:
+                bar.console.print(f"[yellow]worker {ev.message}[/]", soft_wrap=True)
+            elif ev.kind == "stopping":
+                bar.console.print(f"[yellow]stopping ({ev.message}): finishing outputs being "
+                                  "written; Ctrl-C again quits at once[/]")
+
+        yield on_event
+
+
+def _print_plan(plan) -> None:
+    for item in plan.items:
+        why = f"  ({item.reason})" if item.reason else ""
+        out.print(f"{item.action:8} {item.input} → {item.output}{why}", markup=False,
+                  soft_wrap=True)
+    parts = [f"{plan.count('upscale')} to upscale", f"{plan.count('skip')} skipped (output "
+             f"exists)", f"{plan.count('fail')} failing"]
+    if plan.shard[1] > 1:
+        parts.append(f"{plan.other_shards} in other shards")
+    if plan.stale_temps:
+        parts.append(f"{len(plan.stale_temps)} stale temporary file(s) to remove")
+    out.print("dry run: " + ", ".join(parts) + "; nothing written")
+
+
+def _print_batch_summary(res) -> None:
+    from .batch import STATUSES
+
+    done_mp = res.megapixels("done")
+    caption = (f"{res.seconds:.1f}s · {done_mp / max(res.seconds, 1e-6):.2f} output MP/s · "
+               f"model {res.model} on {', '.join(res.workers)}")
+    if res.plan.shard[1] > 1:
+        caption += f" · shard {res.plan.shard[0]}/{res.plan.shard[1]}"
+    if res.removed_temps:
+        caption += f" · removed {res.removed_temps} stale temporary file(s)"
+    table = Table(title=f"liif batch {res.plan.input_dir} → {res.plan.output_dir}",
+                  caption=caption)
+    for col in ("status", "files", "input MP", "output MP", "seconds"):
+        table.add_column(col, justify="left" if col == "status" else "right")
+    for status in STATUSES:
+        rows = [r for r in res.records if r.status == status]
+        if rows or status != "cancelled":
+            table.add_row(status, str(len(rows)), f"{sum(r.in_megapixels for r in rows):.2f}",
+                          f"{sum(r.out_megapixels for r in rows):.2f}",
+                          f"{sum(r.seconds for r in rows):.1f}")
+    out.print(table)
+
+
+@app.command()
+def batch(
+    input_dir: Annotated[Path, typer.Argument(help="Folder of images.", show_default=False)],
+    output_dir: Annotated[Path, typer.Argument(
+        help="Folder for the results (created if missing); mirrors the input tree.",
+        show_default=False)],
+    scale: ScaleOpt = None, size: SizeOpt = None, width: WidthOpt = None,
+    height: HeightOpt = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r",
+                                            help="Descend into subfolders.")] = False,
+    glob: Annotated[Optional[str], typer.Option(
+        help="Only names matching this pattern, e.g. '*.jpg' (case-insensitive; with a / it "
+        "matches the path under INPUT_DIR).")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="png, jpg, webp, tiff, or same as "
+                                     "each input (png for formats we cannot write).")] = "same",
+    suffix: Annotated[str, typer.Option(help="Added to output names, e.g. _x4. Needed when "
+                                        "OUTPUT_DIR is INPUT_DIR.")] = "",
+    overwrite: OverwriteOpt = False, model: ModelOpt = None, device: DevicesOpt = "auto",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Workers per device; on the "
+                                      "CPU, processes sharing its cores.")] = 1,
+    precision: PrecisionOpt = "auto", max_memory: MaxMemoryOpt = "512M",
+    shard: Annotated[Optional[str], typer.Option(
+        help="Do only part I of N (1/4 … 4/4), e.g. one per machine; parts never overlap.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")
+                       ] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failure.")
+                         ] = False,
+    report: Annotated[Optional[Path], typer.Option(
+        help="Write a JSON record per file (input, output, status, reason, seconds).")] = None,
+    quiet: QuietOpt = False, quality: QualityOpt = 95,
+    max_output_pixels: MaxOutOpt = 1_000_000_000, max_input_pixels: MaxInOpt = 200_000_000,
+):
+    """Upscale every image in a folder; run it again to resume. Exit 1 if any file failed.
+
+    Example: liif batch photos/ big/ --scale 4 --recursive --report big.json
+    """
+    from .batch import SizeSpec, parse_shard, plan_batch, run_batch, write_report
+
+    spec = SizeSpec(scale, size, width, height, max_pixels=max_output_pixels)
+    budget = parse_bytes(max_memory)
+    if report is not None and not report.parent.is_dir():
+        raise UsageError(f"--report folder does not exist: {report.parent}")
+    plan = plan_batch(input_dir, output_dir, recursive=recursive, pattern=glob, fmt=fmt,
+                      suffix=suffix, overwrite=overwrite, shard=parse_shard(shard))
+    if dry_run:
+        _print_plan(plan)
+        return
+    if not plan.items and not quiet:
+        hint = "" if recursive else " (add --recursive for subfolders)"
+        console.print(f"[yellow]no images to do in {input_dir}{hint}[/]")
+    with _stop_on_signals() as sig, _batch_display(quiet) as on_event:
+        res = run_batch(plan, model, size=spec, devices=device, jobs=jobs, precision=precision,
+                        max_memory=budget, quality=quality, max_input_pixels=max_input_pixels,
+                        fail_fast=fail_fast, stop=sig["stop"], on_event=on_event)
+    if report is not None:
+        write_report(res, report)
+    if not quiet:
+        _print_batch_summary(res)
+        if res.stopped_early:
+            console.print("[yellow]stopped at the first failure (--fail-fast)[/]")
+        if res.failed:
+            console.print(f"[red]{len(res.failed)} file(s) failed[/] (named above)")
+    if res.interrupted:
+        console.print(f"[yellow]interrupted:[/] {res.count('cancelled')} file(s) not done; "
+                      "run the same command again to resume")
+        raise typer.Exit(143 if sig["signal"] == 15 else 130)  # 128 + SIGTERM / SIGINT
+    if res.failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:
