@@ -414,12 +414,14 @@ def _stop_on_signals() -> Iterator[dict]:
 @contextmanager
 def _batch_display(quiet: bool) -> Iterator:
     """Rich bar over files with MP/s and ETA; failures as lines above it (even when quiet)."""
+    from rich.markup import escape
     from rich.progress import MofNCompleteColumn
 
     def failure_line(ev, printer) -> None:
         if ev.kind == "file" and ev.record.status == "failed":
-            printer.print(f"[red]failed:[/] {ev.record.input}: {ev.record.reason}",
-                          soft_wrap=True, markup=True, highlight=False)
+            r = ev.record
+            text = r.reason if r.input in r.reason else f"{r.input}: {r.reason}"
+            printer.print("[red]failed:[/] " + escape(text), soft_wrap=True, highlight=False)
 
     if quiet:
         yield lambda ev: failure_line(ev, console)
@@ -465,6 +467,8 @@ def _print_plan(plan) -> None:
 
 
 def _print_batch_summary(res) -> None:
+    from rich.markup import escape
+
     from .batch import STATUSES
 
     done_mp = res.megapixels("done")
@@ -474,8 +478,8 @@ def _print_batch_summary(res) -> None:
         caption += f" · shard {res.plan.shard[0]}/{res.plan.shard[1]}"
     if res.removed_temps:
         caption += f" · removed {res.removed_temps} stale temporary file(s)"
-    table = Table(title=f"liif batch {res.plan.input_dir} → {res.plan.output_dir}",
-                  caption=caption)
+    table = Table(title=escape(f"liif batch {res.plan.input_dir} → {res.plan.output_dir}"),
+                  caption=escape(caption))
     for col in ("status", "files", "input MP", "output MP", "seconds"):
         table.add_column(col, justify="left" if col == "status" else "right")
     for status in STATUSES:
@@ -537,7 +541,7 @@ def batch(
         return
     if not plan.items and not quiet:
         hint = "" if recursive else " (add --recursive for subfolders)"
-        console.print(f"[yellow]no images to do in {input_dir}{hint}[/]")
+        console.print(f"[yellow]no images to do in {input_dir}{hint}[/]", markup=False)
     with _stop_on_signals() as sig, _batch_display(quiet) as on_event:
         res = run_batch(plan, model, size=spec, devices=device, jobs=jobs, precision=precision,
                         max_memory=budget, quality=quality, max_input_pixels=max_input_pixels,
