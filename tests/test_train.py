@@ -1,0 +1,188 @@
+"""Training: the recipe's samples, a tiny run end to end, exact resume, NaN stop, DDP on CPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import photo_like
+from liif_cli.cli import app
+from liif_cli.data import EpochBatches, ImageCache, RandomScaleSamples, downsampled_pair, find_images
+from liif_cli.errors import DataError, TrainingError
+from liif_cli.train import TrainConfig, config_from, train
+
+runner = CliRunner()
+TINY = dict(encoder_args={"n_resblocks": 1, "n_feats": 8}, hidden=(16, 16), patch_size=12,
+            scale_max=2.0, sample_q=50, batch_size=2, repeat=2, workers=0, epochs=2,
+            val_images=2, val_scales=(2.0,), precision="fp32", device="cpu")
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    d = tmp_path / "hr"
+    (d / "sub").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(photo_like(40, 44, seed=i)).save(d / ("sub" if i == 2 else "") / f"{i}.png")
+    Image.fromarray(photo_like(10, 10)).save(d / "small.png")  # below the largest crop
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]["sd"]
+
+
+def test_samples_follow_the_recipe(folder):
+    cache = ImageCache(find_images(folder), min_side=24)
+    assert len(cache) == 3 and [p.name for p in cache.skipped] == ["small.png"]
+    ds = RandomScaleSamples(cache, repeat=2, patch=12, scale_max=2.0, sample_q=50)
+    s = ds[3]
+    assert s["inp"].shape == (3, 12, 12) and s["coord"].shape == (50, 2)
+    assert s["gt"].shape == (50, 3) and s["cell"].shape == (50, 2)
+    side = round(2 / s["cell"][0, 0].item())  # HR crop side from the cell: round(12 * s)
+    assert 12 <= side <= 24 and torch.allclose(s["cell"][:, 1], s["cell"][:, 0])
+    assert s["coord"].abs().max() < 1 and 0 <= s["gt"].min() and s["gt"].max() <= 1
+    assert len({tuple(c) for c in s["coord"].tolist()}) == 50  # without replacement
+    # a pure function of (seed, epoch, index): same twice, different for another epoch
+    assert torch.equal(ds[3]["coord"], s["coord"])
+    assert not torch.equal(ds[3 + len(ds)]["coord"], s["coord"])
+
+
+def test_epoch_batches_split_across_ranks_like_one_process():
+    one = list(EpochBatches(20, batch_size=4, epoch=1, seed=0))
+    r0 = list(EpochBatches(20, batch_size=4, epoch=1, seed=0, rank=0, world=2))
+    r1 = list(EpochBatches(20, batch_size=4, epoch=1, seed=0, rank=1, world=2))
+    assert len(one) == 5 and all(min(b) >= 20 for b in one)  # epoch 1 offsets the indices
+    for b, x, y in zip(one, r0, r1):
+        assert sorted(b) == sorted(x + y)
+    assert list(EpochBatches(20, batch_size=4, epoch=1, seed=0, skip=2)) == one[2:]
+
+
+def test_official_downsampling_crops_to_an_exact_scale():
+    hr = photo_like(100, 84)
+    crop, lr = downsampled_pair(hr, 3)
+    assert lr.shape == (33, 28, 3) and crop.shape == (99, 84, 3)
+    crop, lr = downsampled_pair(hr, 6)
+    assert lr.shape == (16, 14, 3) and crop.shape == (96, 84, 3)
+
+
+def test_tiny_run_trains_validates_resumes_and_upscales(folder, tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig(data=str(folder), val_data=str(folder), out=str(out), **TINY)
+    events = []
+    summary = train(cfg, on_event=events.append)
+    assert summary["stopped"] is None
+    assert {"last.pth", "best.pth", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
+    ck = torch.load(out / "last.pth", weights_only=True)
+    assert ck["epoch"] == 2 and ck["liif_cli"]["config"]["patch_size"] == 12
+    assert set(ck["optimizer"]) >= {"sd"} and "scheduler" in ck["train_state"]
+    vals = [e for e in events if e.kind == "val"]
+    assert len(vals) == 2 and np.isfinite(vals[0].psnr["x2"])
+    # more epochs with --resume continue from epoch 2
+    summary = train(TrainConfig(**{**cfg.__dict__, "epochs": 3}), resume=True)
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 3
+    img = tmp_path / "in.png"
+    Image.fromarray(photo_like(9, 11)).save(img)
+    res = runner.invoke(app, ["upscale", str(img), "-s", "2.5", "-m", str(out / "last.pth"),
+                              "-o", str(tmp_path / "up.png"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "up.png").size == (28, 23)  # 27.5 and 22.5 round up
+    res = runner.invoke(app, ["train", "--plot", str(out)])
+    assert res.exit_code == 0 and (out / "curves.png").exists()
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(folder, tmp_path):
+    base = dict(data=str(folder), **TINY)
+    full = tmp_path / "full"
+    train(TrainConfig(out=str(full), **base))
+
+    part = tmp_path / "part"
+    steps = []
+
+    def interrupt(ev):  # a Ctrl-C in the middle of epoch 1
+        if ev.kind == "step":
+            steps.append(ev.iteration)
+            if len(steps) == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    summary = train(TrainConfig(out=str(part), **base), on_event=interrupt)
+    assert summary["stopped"] and "resume" in summary["stopped"]
+    ck = torch.load(part / "last.pth", weights_only=True)
+    assert ck["epoch"] == 0 and ck["train_state"]["iteration"] == 2
+    train(TrainConfig(out=str(part), **base), resume=True)
+    a, b = weights(full / "last.pth"), weights(part / "last.pth")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
+        folder, tmp_path, monkeypatch):
+    import liif_cli.train as tr
+
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real = tr.F.l1_loss
+
+    def poisoned(a, b):
+        calls["n"] += 1
+        loss = real(a, b)
+        return loss * float("nan") if calls["n"] > 6 else loss  # epoch 1 has 3 iterations
+
+    monkeypatch.setattr(tr.F, "l1_loss", poisoned)
+    with pytest.raises(TrainingError, match="loss became nan at epoch 3"):
+        train(TrainConfig(data=str(folder), out=str(out), **{**TINY, "epochs": 4}))
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 2
+
+
+def test_bad_training_input_gets_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for args, msg in [
+        (["--data", str(tmp_path / "nope")], "data folder not found"),
+        (["--data", str(tmp_path / "empty")], "no images in"),
+        (["--data", str(tmp_path), "--encoder", "vgg"], "unknown encoder"),
+        (["--data", str(tmp_path), "--resume", "--out", str(tmp_path / "r")], "nothing to resume"),
+    ]:
+        res = runner.invoke(app, ["train", "-q", "--workers", "0", *args])
+        assert res.exit_code != 0 and msg in res.output, (args, res.output)
+        assert "Traceback" not in res.output
+
+
+def test_config_file_and_overrides(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('data = "x"\nepochs = 5\nlr_milestones = [2, 4]\n')
+    cfg = config_from(str(toml), {"epochs": 7, "lr": None})
+    assert cfg.epochs == 7 and cfg.lr_milestones == (2, 4) and cfg.lr == 1e-4
+    toml.write_text('data = "x"\nbogus = 1\n')
+    with pytest.raises(Exception, match="unknown training option"):
+        config_from(str(toml), {})
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(folder, tmp_path):
+    """torchrun, gloo, 2 ranks × batch 1 == 1 process × batch 2 (same global batch)."""
+    common = ["--data", str(folder), "--epochs", "1", "--batch-size", "2", "--repeat", "2",
+              "--patch-size", "12", "--scale-max", "2", "--sample-q", "50", "--workers", "0",
+              "--device", "cpu", "--quiet"]
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('hidden = [16, 16]\n[encoder_args]\nn_resblocks = 1\nn_feats = 8\n')
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "liif_cli", "train", *common, "--config",
+                          str(tiny), "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", "-m", "liif_cli", "train", *common, "--config",
+                          str(tiny), "--out", str(tmp_path / "two")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = weights(tmp_path / "one" / "last.pth"), weights(tmp_path / "two" / "last.pth")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k

@@ -1,0 +1,163 @@
+"""Checkpoints: official layout both ways, strict keys, GPU-saved files, clear errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import random_model, tiny_config
+from liif_cli.cli import app
+from liif_cli.errors import CheckpointError
+from liif_cli.model import LIIF, LiifConfig, make_cell, make_coord
+from liif_cli.weights import (BUNDLED, checkpoint_dict, load_checkpoint, load_model, list_models,
+                              save_checkpoint)
+
+runner = CliRunner()
+
+
+def test_golden_gpu_saved_checkpoint_loads_on_cpu(golden_dir, golden_manifest):
+    loaded = load_checkpoint(golden_dir / "edsr-baseline-liif-seed0-cudatag.pth")
+    assert loaded.model.config.encoder == "edsr-baseline"
+    raw = torch.load(golden_dir / "edsr-baseline-liif-seed0-cudatag.pth", map_location="cpu",
+                     weights_only=True)
+    assert loaded.meta["epoch"] == raw["epoch"]
+    assert all(t.device.type == "cpu" for t in loaded.model.state_dict().values())
+    n = sum(t.numel() for t in loaded.model.state_dict().values())
+    assert n == golden_manifest["models"]["edsr-baseline-liif"]["n_params"]
+
+
+def test_our_checkpoint_has_the_official_layout_and_round_trips(tmp_path):
+    model = random_model()
+    path = tmp_path / "m.pth"
+    save_checkpoint(model, path, epoch=3)
+    raw = torch.load(path, weights_only=True)
+    assert set(raw) >= {"model", "epoch"} and raw["epoch"] == 3
+    spec = raw["model"]
+    assert spec["name"] == "liif"
+    assert spec["args"]["encoder_spec"] == {"name": "edsr-baseline", "args": {
+        "n_resblocks": 2, "n_feats": 16, "no_upsampling": True}}
+    assert spec["args"]["imnet_spec"] == {"name": "mlp", "args": {"out_dim": 3,
+                                                                  "hidden_list": [32, 32]}}
+    assert list(spec["sd"]) == list(model.state_dict())
+    assert "encoder.sub_mean.weight" in spec["sd"]  # kept, as the official EDSR has it
+    again = load_checkpoint(path).model
+    x = torch.rand(1, 3, 8, 9)
+    coord = make_coord((17, 19))[None]
+    cell = make_cell((17, 19), coord.shape[1])[None]
+    with torch.no_grad():
+        assert torch.equal(model(x, coord, cell), again(x, coord, cell))
+
+
+def test_official_spec_defaults_apply():
+    spec = {"name": "liif", "args": {
+        "encoder_spec": {"name": "edsr-baseline", "args": {"no_upsampling": True}},
+        "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [256] * 4}}}}
+    cfg = LiifConfig.from_spec(spec)
+    assert cfg.local_ensemble and cfg.feat_unfold and cfg.cell_decode
+    assert cfg.hidden == (256, 256, 256, 256)
+
+
+def test_rdn_liif_matches_the_official_key_list(golden_dir, tmp_path):
+    lines = (golden_dir / "rdn-liif-state-dict.txt").read_text().splitlines()
+    import json
+
+    spec = json.loads(next(l for l in lines if l.startswith("# spec:"))[len("# spec:"):])
+    official = [(k, tuple(int(d) for d in s.split("x"))) for k, s in
+                (l.split() for l in lines if l and not l.startswith("#"))]
+    torch.manual_seed(0)
+    model = LIIF(LiifConfig.from_spec(spec))
+    path = tmp_path / "rdn.pth"
+    save_checkpoint(model, path)
+    sd = torch.load(path, weights_only=True)["model"]["sd"]
+    assert [(k, tuple(v.shape)) for k, v in sd.items()] == official
+    assert sum(v.numel() for v in sd.values()) == 22_320_835
+    load_checkpoint(path)  # strict
+
+
+def test_half_precision_storage_loads_as_float32(tmp_path):
+    model = random_model()
+    path = tmp_path / "half.pth"
+    torch.save(checkpoint_dict(model, half=True), path)
+    again = load_checkpoint(path).model
+    assert all(p.dtype == torch.float32 for p in again.parameters())
+
+
+def _bad_files(tmp_path, golden=None):
+    good = checkpoint_dict(random_model())
+    files = {}
+    (tmp_path / "text.pth").write_text("this is not a checkpoint\n")
+    files["text"] = (tmp_path / "text.pth", "not a readable PyTorch checkpoint")
+    (tmp_path / "zeros.pth").write_bytes(b"\0" * 4096)
+    files["zeros"] = (tmp_path / "zeros.pth", "not a readable PyTorch checkpoint")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    files["empty"] = (tmp_path / "empty.pth", "empty")
+    torch.save({"state_dict": good["model"]["sd"]}, tmp_path / "nomodel.pth")
+    files["nomodel"] = (tmp_path / "nomodel.pth", "no 'model' entry")
+    wrong = checkpoint_dict(random_model())
+    wrong["model"]["sd"]["imnet.layers.0.weight"] = torch.zeros(5, 5)
+    torch.save(wrong, tmp_path / "shape.pth")
+    files["shape"] = (tmp_path / "shape.pth", "wrong shape for imnet.layers.0.weight")
+    missing = checkpoint_dict(random_model())
+    del missing["model"]["sd"]["encoder.head.0.bias"]
+    torch.save(missing, tmp_path / "missing.pth")
+    files["missing"] = (tmp_path / "missing.pth", "missing key(s), e.g. encoder.head.0.bias")
+    extra = checkpoint_dict(random_model())
+    extra["model"]["sd"]["encoder.tail.0.weight"] = torch.zeros(1)
+    torch.save(extra, tmp_path / "extra.pth")
+    files["extra"] = (tmp_path / "extra.pth", "unexpected key(s), e.g. encoder.tail.0.weight")
+    other = checkpoint_dict(random_model())
+    other["model"]["name"] = "metasr"
+    torch.save(other, tmp_path / "other.pth")
+    files["other"] = (tmp_path / "other.pth", "not a LIIF model")
+    with open(tmp_path / "code.pth", "wb") as f:  # a pickle that would run code if trusted
+        pickle.dump({"model": np.random.default_rng(0)}, f)
+    files["code"] = (tmp_path / "code.pth", "not a readable PyTorch checkpoint")
+    return files
+
+
+def test_bad_checkpoints_raise_one_clear_error(tmp_path):
+    for kind, (path, message) in _bad_files(tmp_path).items():
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(path)
+        assert message in str(e.value), (kind, str(e.value))
+        assert "\n" not in str(e.value)
+
+
+def test_bad_checkpoints_fail_the_cli_with_one_line_and_no_output(tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "in.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    for kind, (path, message) in _bad_files(tmp_path).items():
+        out = tmp_path / f"out-{kind}.png"
+        res = runner.invoke(app, ["upscale", str(img), "-s", "2", "-m", str(path), "-o", str(out)])
+        assert res.exit_code == 1, (kind, res.output)
+        assert message in res.output and "Traceback" not in res.output
+        assert res.output.strip().count("\n") == 0, res.output
+        assert not out.exists()
+
+
+def test_model_names_resolve_from_the_user_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIIF_MODELS_DIR", str(tmp_path))
+    save_checkpoint(random_model(), tmp_path / "mine.pth")
+    assert load_model("mine").name == "mine"
+    rows = {r["name"]: r for r in list_models()}
+    assert rows["mine"]["encoder"] == "edsr-baseline" and rows["mine"]["source"] == "user"
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0 and "mine" in res.output
+    with pytest.raises(CheckpointError, match="unknown model 'nosuch'"):
+        load_model("nosuch")
+
+
+def test_default_model_is_bundled_and_verified():
+    if not BUNDLED:
+        with pytest.raises(CheckpointError, match="no bundled default model"):
+            load_model(None)
+        return
+    loaded = load_model(None)
+    assert loaded.model.config.encoder == "edsr-baseline"
+    assert loaded.model.config.hidden == (256, 256, 256, 256)
