@@ -11,6 +11,7 @@ the CPU first, so files saved on a GPU load anywhere.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import torch
 from .errors import CheckpointError
 from .model import LIIF, LiifConfig
 
-PACKAGE_WEIGHTS_DIR = Path(__file__).parent / "weights"
+PACKAGE_WEIGHTS_DIR = Path(__file__).parent / "bundled"  # weights shipped in the package
 DEFAULT_MODEL = "default"
 
 
@@ -36,8 +37,18 @@ class BundledWeights:
     description: str  # one line for `liif models`
 
 
-# The trained default (issue 7). Its model card is MODEL_CARD.md at the repository root.
-BUNDLED: dict[str, BundledWeights] = {}
+def _bundled() -> dict[str, BundledWeights]:
+    """The weights the package ships, from bundled/bundled.json (written by
+    tests/bundle_default.py; the model card is the README's "Default model" section)."""
+    manifest = PACKAGE_WEIGHTS_DIR / "bundled.json"
+    if not manifest.exists():
+        return {}
+    entries = json.loads(manifest.read_text())
+    return {e["name"]: BundledWeights(e["name"], e["file"], e["sha256"], e["description"])
+            for e in entries}
+
+
+BUNDLED: dict[str, BundledWeights] = _bundled()
 
 
 def user_models_dir() -> Path:

@@ -1,0 +1,46 @@
+"""Package a trained checkpoint as the bundled default model (maintainers only).
+
+    python tests/bundle_default.py runs/default/best.pth --description "..."
+
+Writes liif_cli/bundled/default.pth (official layout, fp16 storage, training metadata kept,
+optimizer dropped) and records its sha256 in liif_cli/bundled/bundled.json, which
+`liif_cli.weights` checks on every load. Then re-run `liif eval` for the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from liif_cli.weights import (PACKAGE_WEIGHTS_DIR, atomic_torch_save, checkpoint_dict,
+                              load_checkpoint, sha256_file)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--name", default="default")
+    ap.add_argument("--description", default="EDSR-baseline-LIIF trained by liif-cli")
+    args = ap.parse_args()
+
+    loaded = load_checkpoint(args.checkpoint)
+    raw = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    meta = dict(raw.get("liif_cli") or {})
+    meta["source"] = args.checkpoint.name
+    out = PACKAGE_WEIGHTS_DIR / f"{args.name}.pth"
+    atomic_torch_save(checkpoint_dict(loaded.model, half=True, epoch=raw.get("epoch", 0),
+                                      liif_cli=meta), out)
+    manifest = PACKAGE_WEIGHTS_DIR / "bundled.json"
+    entries = json.loads(manifest.read_text()) if manifest.exists() else []
+    entries = [e for e in entries if e["name"] != args.name]
+    entries.append({"name": args.name, "file": out.name, "sha256": sha256_file(out),
+                    "description": args.description})
+    manifest.write_text(json.dumps(entries, indent=1) + "\n")
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) and {manifest}")
+
+
+if __name__ == "__main__":
+    main()
