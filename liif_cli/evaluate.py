@@ -370,6 +370,15 @@ def plan_jobs(dataset: Dataset, scales: Sequence[float], protocol: Protocol,
     return jobs
 
 
+def job_images(job: Job, hr: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ground truth = HR crop, LR input) of a job, both uint8; `hr` if already loaded."""
+    hr = load_rgb(job.hr) if hr is None else hr
+    if job.lr is None:
+        return make_lr(hr, job.scale)
+    H, W = job.hr_hw
+    return np.ascontiguousarray(hr[:H, :W]), load_rgb(job.lr)
+
+
 # ----------------------------------------------------------------------------------------------
 # results
 
@@ -589,12 +598,8 @@ def evaluate(model: Any, data: str | os.PathLike, *,
     for job in jobs:
         if hr_cache is None or hr_cache[0] != job.hr:
             hr_cache = (job.hr, load_rgb(job.hr))
-        hr = hr_cache[1]
         H, W = job.hr_hw
-        if job.lr is None:
-            gt_u8, lr = make_lr(hr, job.scale)
-        else:
-            gt_u8, lr = np.ascontiguousarray(hr[:H, :W]), load_rgb(job.lr)
+        gt_u8, lr = job_images(job, hr_cache[1])
         gt = gt_u8.astype(np.float32) / 255  # (H, W, 3), as ToTensor makes it
         inp = torch.from_numpy(lr).to(dev).permute(2, 0, 1).float() / 255  # (3, h, w)
         pred = np.empty((H, W, 3), np.float32)
