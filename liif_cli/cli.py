@@ -329,6 +329,8 @@ def eval_(
 
     Example: liif eval --data Set5/HR --lr-dir Set5/LR_bicubic --model my.pth --scales 2,3,4
     """
+    from rich.markup import escape
+
     from .evaluate import BICUBIC, check_report_path, evaluate, write_csv, write_json
 
     budget = parse_bytes(max_memory)
@@ -348,12 +350,12 @@ def eval_(
 
     methods = ([BICUBIC] if not no_bicubic else []) + [res.model]
     by = {(r.scale, r.method): r for r in res.records}
-    table = Table(title=f"{res.dataset}: PSNR (dB){' / SSIM' if ssim else ''}, "
-                        f"{res.protocol} protocol",
-                  caption=f"{res.images} images · {res.seconds:.1f}s · {res.device} "
-                          f"{res.precision}")
+    table = Table(title=escape(f"{res.dataset} · {res.protocol} · PSNR dB"
+                               f"{' / SSIM' if ssim else ''}"),
+                  caption=f"{res.images} image{'s' if res.images != 1 else ''} · "
+                          f"{res.seconds:.1f}s · {res.device} {res.precision}")
     for col in ("scale", "LR", *methods, *(["gain"] if not no_bicubic else [])):
-        table.add_column(col, justify="left" if col in ("scale", "LR") else "right")
+        table.add_column(escape(col), justify="left" if col in ("scale", "LR") else "right")
     for scale in dict.fromkeys(r.scale for r in res.records):
         mine = by[(scale, res.model)]
         row = [f"×{scale:g}", mine.lr] + [cell(by[(scale, m)].psnr, by[(scale, m)].ssim)
@@ -363,19 +365,20 @@ def eval_(
         table.add_row(*row)
     out.print(table)
     if per_image:
-        pt = Table(title=f"{res.dataset}: per image")
+        pt = Table(title=escape(f"{res.dataset}: per image"))
         for col in ("image", "scale", *methods):
-            pt.add_column(col, justify="left" if col in ("image", "scale") else "right")
+            pt.add_column(escape(col), justify="left" if col in ("image", "scale") else "right")
         scores = {(s.image, s.scale, s.method): s for s in res.per_image}
         for img, scale in dict.fromkeys((s.image, s.scale) for s in res.per_image):
-            pt.add_row(img, f"×{scale:g}", *(cell(scores[(img, scale, m)].psnr,
+            pt.add_row(escape(img), f"×{scale:g}", *(cell(scores[(img, scale, m)].psnr,
                                                   scores[(img, scale, m)].ssim) for m in methods))
         out.print(pt)
     if not quiet:
         for path, _ in reports:
-            console.print(f"[green]wrote[/] {path}")
+            console.print(f"[green]wrote[/] {escape(str(path))}")
         if res.examples:
-            console.print(f"[green]wrote[/] {len(res.examples)} example crops to {save_examples}")
+            console.print(f"[green]wrote[/] {len(res.examples)} example crops to "
+                          f"{escape(str(save_examples))}")
 
 
 # ----------------------------------------------------------------------------------------------
