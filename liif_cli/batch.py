@@ -57,6 +57,7 @@ FALLBACK_EXT = ".png"  # `--format same` for inputs we can read but not write (g
 DECODE_THREADS = 2  # images decoded in parallel ahead of the model, per worker
 IN_FLIGHT = 4  # files handed to a worker at once: decoding, decoded, computing, writing
 POLL_S = 0.1  # s between checks of the stop flag and of worker health while waiting
+PROGRESS_S = 0.5  # s between a worker's reports of progress within a file
 JOIN_TIMEOUT_S = 30.0  # s to wait for a stopping worker process before killing it
 CRASH_GRACE_S = 2.0  # s a dead worker process gets for its last messages to arrive
 FAIL_FAST_REASON = "stopped after the first failure (--fail-fast)"
@@ -320,11 +321,13 @@ class FileRecord:
 class BatchEvent:
     """What `run_batch` tells its caller, in the caller's thread."""
 
-    kind: str  # "start" | "worker" | "file" | "stopping"
+    kind: str  # "start" | "worker" | "file" | "progress" | "stopping"
     done: int  # files of this run finished so far (any status)
     total: int  # files this run upscales
     record: FileRecord | None = None  # for "file"
     message: str = ""  # for "start", "worker", "stopping"
+    partial: float = 0.0  # files' worth of work done on the files being computed now
+    partial_megapixels: float = 0.0  # output megapixels computed of the files in progress
 
 
 EventFn = Callable[[BatchEvent], None]
@@ -421,14 +424,15 @@ def _describe(e: BaseException) -> str:
 class _Worker:
     """Runs tasks from `tasks` (a queue; None ends) and puts messages on `results`.
 
-    Messages: ("ready", name, description), ("record", index, FileRecord),
-    ("fatal", name, reason), ("exit", name).
+    Messages: ("ready", name, description), ("progress", name, pixels done, pixels),
+    ("record", index, FileRecord), ("fatal", name, reason), ("exit", name).
     """
 
     def __init__(self, cfg: _WorkerConfig, model: LIIF, tasks, results, stop,
                  parent_pid: int | None = None):
         self.cfg, self.model, self.tasks, self.results, self.stop = cfg, model, tasks, results, stop
         self.parent_pid = parent_pid
+        self.last_progress = 0.0  # time.monotonic() of the last progress message
 
     def aborted(self) -> bool:
         orphaned = self.parent_pid is not None and os.getppid() != self.parent_pid
@@ -437,6 +441,10 @@ class _Worker:
     def _check(self, done: int, total: int) -> None:  # engine progress callback
         if self.aborted():
             raise _Cancelled
+        now = time.monotonic()
+        if now - self.last_progress >= PROGRESS_S:
+            self.last_progress = now
+            self.results.put(("progress", self.cfg.name, done, total))
 
     def _record(self, task: Task, status: str, reason: str = "", **kw) -> None:
         idx, src, dst = task
@@ -616,6 +624,7 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
     in_flight: dict[str, set[int]] = {n: set() for n in names}
     fatal: dict[str, str] = {}
     exited_at: dict[str, float] = {}  # when a process was first seen dead without saying so
+    partial: dict[str, tuple[int, int]] = {}  # worker -> (output pixels done, total) of its file
     stopping, todo_reason = False, ""
 
     def feed(name: str) -> None:
@@ -631,12 +640,17 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
             task_qs[name].put(None)
             closed.add(name)
 
+    def event(kind: str, **kw) -> None:
+        emit(BatchEvent(kind, done, total, partial=sum(d / t for d, t in partial.values()),
+                        partial_megapixels=sum(d for d, _ in partial.values()) / 1e6, **kw))
+
     def finish(k: int, rec: FileRecord) -> None:
         nonlocal done
         if records[k] is None:
             records[k] = rec
             done += 1
-            emit(BatchEvent("file", done, total, record=rec))
+            partial.pop(rec.worker, None)
+            event("file", record=rec)
 
     def begin_stop(reason: str) -> None:
         nonlocal stopping, todo_reason
@@ -645,10 +659,11 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
             halt.set()
             for name in sorted(live):
                 feed(name)  # closes it
-            emit(BatchEvent("stopping", done, total, message=reason))
+            event("stopping", message=reason)
 
     def worker_gone(name: str, crashed: bool) -> None:
         live.discard(name)
+        partial.pop(name, None)
         lost, in_flight[name] = sorted(in_flight[name]), set()
         if not crashed:  # it failed to start and never ran them: the others take them over
             todo.extendleft(reversed(lost))
@@ -699,11 +714,15 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
                     result.stopped_early = True
                     begin_stop(FAIL_FAST_REASON)
                 feed(rec.worker)
+            elif kind == "progress":
+                if not stopping:
+                    partial[msg[1]] = (msg[2], max(1, msg[3]))
+                    event("progress")
             elif kind == "ready":
-                emit(BatchEvent("worker", done, total, message=f"{msg[1]}: {msg[2]}"))
+                event("worker", message=f"{msg[1]}: {msg[2]}")
             elif kind == "fatal":
                 fatal[msg[1]] = msg[2]
-                emit(BatchEvent("worker", done, total, message=f"{msg[1]} failed: {msg[2]}"))
+                event("worker", message=f"{msg[1]} failed: {msg[2]}")
             elif kind == "exit" and msg[1] in live:
                 worker_gone(msg[1], crashed=False)
     except KeyboardInterrupt:  # asked twice: stop now, losing only unwritten work

@@ -440,11 +440,12 @@ def _batch_display(quiet: bool) -> Iterator:
             if ev.kind == "start":
                 t0 = time.perf_counter()
                 bar.update(task, total=ev.total, description=f"batch on {ev.message}")
-            elif ev.kind == "file":
-                if ev.record.status == "done":
+            elif ev.kind in ("file", "progress"):
+                if ev.kind == "file" and ev.record.status == "done":
                     megapixels += ev.record.out_megapixels
-                rate = megapixels / max(time.perf_counter() - t0, 1e-6)
-                bar.update(task, completed=ev.done, rate=f"{rate:.2f} MP/s")
+                mp = megapixels + ev.partial_megapixels
+                rate = mp / max(time.perf_counter() - t0, 1e-6)
+                bar.update(task, completed=ev.done + ev.partial, rate=f"{rate:.2f} MP/s")
                 failure_line(ev, bar.console)
             elif ev.kind == "worker" and " failed: " in ev.message:
                 bar.console.print(f"[yellow]worker {ev.message}[/]", soft_wrap=True)
@@ -466,7 +467,9 @@ def _print_plan(plan) -> None:
         parts.append(f"{plan.other_shards} in other shards")
     if plan.stale_temps:
         parts.append(f"{len(plan.stale_temps)} stale temporary file(s) to remove")
-    out.print("dry run: " + ", ".join(parts) + "; nothing written")
+    if plan.ignored:
+        parts.append(f"{plan.ignored} non-image file(s) ignored")
+    out.print("dry run: " + ", ".join(parts) + "; nothing written", soft_wrap=True)
 
 
 def _print_batch_summary(res) -> None:
@@ -481,6 +484,8 @@ def _print_batch_summary(res) -> None:
         caption += f" · shard {res.plan.shard[0]}/{res.plan.shard[1]}"
     if res.removed_temps:
         caption += f" · removed {res.removed_temps} stale temporary file(s)"
+    if res.plan.ignored:
+        caption += f" · {res.plan.ignored} non-image file(s) ignored"
     table = Table(title=escape(f"liif batch {res.plan.input_dir} → {res.plan.output_dir}"),
                   caption=escape(caption))
     for col in ("status", "files", "input MP", "output MP", "seconds"):
@@ -544,7 +549,7 @@ def batch(
         return
     if not plan.items and not quiet:
         hint = "" if recursive else " (add --recursive for subfolders)"
-        console.print(f"[yellow]no images to do in {input_dir}{hint}[/]", markup=False)
+        console.print(f"no images to do in {input_dir}{hint}", style="yellow", markup=False)
     with _stop_on_signals() as sig, _batch_display(quiet) as on_event:
         res = run_batch(plan, model, size=spec, devices=device, jobs=jobs, precision=precision,
                         max_memory=budget, quality=quality, max_input_pixels=max_input_pixels,
