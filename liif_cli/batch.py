@@ -47,8 +47,8 @@ from . import __version__, engine
 from .errors import ImageReadError, ImageWriteError, LiifError, UsageError
 from .imageio import DEFAULT_MAX_INPUT_PIXELS, FORMATS, is_image_name, read_image, write_image
 from .model import LIIF
-from .upscale import (DEFAULT_MAX_OUTPUT_PIXELS, resolve_device, resolve_precision, target_size,
-                      upscale_image)
+from .upscale import (DEFAULT_MAX_OUTPUT_PIXELS, precision_name, resolve_device,
+                      resolve_precision, target_size, upscale_image)
 from .weights import LoadedModel, load_model
 
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff",
@@ -473,7 +473,8 @@ class _Worker:
 
     def _write(self, task: Task, res, spent: float) -> None:
         t0 = time.perf_counter()
-        sizes = {"in_size": (res.in_hw[1], res.in_hw[0]), "out_size": (res.out_hw[1], res.out_hw[0])}
+        sizes = {"in_size": (res.in_hw[1], res.in_hw[0]),
+                 "out_size": (res.out_hw[1], res.out_hw[0])}
         dst = Path(task[2])
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -490,8 +491,8 @@ class _Worker:
 
     def run(self) -> None:
         cfg = self.cfg
-        self.results.put(("ready", cfg.name, f"{cfg.device} "
-                          f"{resolve_precision(cfg.precision, torch.device(cfg.device))}"))
+        dtype = resolve_precision(cfg.precision, torch.device(cfg.device))
+        self.results.put(("ready", cfg.name, f"{cfg.device} {precision_name(dtype)}"))
         decode = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix=f"liif-decode-{cfg.name}")
         writer = ThreadPoolExecutor(1, thread_name_prefix=f"liif-write-{cfg.name}")
         ahead: queue.Queue = queue.Queue()  # (task, Future) in arrival order, then None
@@ -532,7 +533,8 @@ class _Worker:
 def _process_main(cfg: _WorkerConfig, model_ref: str | LIIF, tasks, results, stop,
                   parent_pid: int) -> None:
     """Entry point of a spawned worker process: load the model once, then run tasks."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    for sig in (signal.SIGINT, signal.SIGTERM):  # sent to the whole group: the parent decides
+        signal.signal(sig, signal.SIG_IGN)
     try:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)

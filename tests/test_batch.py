@@ -168,8 +168,14 @@ def test_run_writes_then_skips_then_overwrites(tmp_path, tiny_ckpt):
     _images(inp, names)
     loaded = load_model(str(tiny_ckpt))
     spec = SizeSpec(scale="2")
-    res = run_batch(plan_batch(inp, out, recursive=True), loaded, size=spec, devices="cpu")
+    events = []
+    res = run_batch(plan_batch(inp, out, recursive=True), loaded, size=spec, devices="cpu",
+                    on_event=events.append)
     assert [r.status for r in res.records] == ["done"] * 3 and not res.interrupted
+    assert events[0].kind == "start" and events[0].total == 3
+    files = [e for e in events if e.kind == "file"]
+    assert [e.done for e in files] == [1, 2, 3] and {e.record.input for e in files} == {
+        str(inp / n) for n in names}
     for name, rec in zip(names, res.records):
         want = upscale_image(loaded, read_image(inp / name), out_hw=(40, 48), device="cpu")
         np.testing.assert_array_equal(_pixels(out / name), want.image.pixels)
