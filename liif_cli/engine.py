@@ -3,16 +3,22 @@
 The same function as `LIIF.query` (the oracle), reorganised; nothing here approximates:
 - The MLP's first layer is linear in [unfolded latent, rel. coord, cell]. Its latent part is a
   3×3 convolution of the latent grid (unfold channel order c*9 + ky*3 + kx, zero padding), so we
-  compute it once per latent pixel (`P`, (hidden, h, w)) instead of once per query and ensemble
+  compute it once per latent pixel (`P`, (h, w, hidden)) instead of once per query and ensemble
   member; the cell part is one constant per image, folded into P's bias.
 - Query coordinates are separable: row j of the output only fixes the row latent index and the
   row offset, column i only the column ones. Each chunk's coordinates are generated on the fly
-  from 1-D axes; there are no full-size coordinate or cell tensors.
-- The 4 ensemble members of a chunk go through the remaining layers as one batched matmul each.
+  from 1-D axes; there are no full-size coordinate or cell tensors. The row-offset term is added
+  to the few latent rows a chunk needs before its columns are gathered, so the full-size work of
+  the first layer is one gather, one add (the column-offset term) and one ReLU.
+- The 4 ensemble members of a chunk go through the remaining layers as one batched matmul each;
+  on the CPU through oneDNN with bias and ReLU fused (`torch.ops.mkldnn._linear_pointwise`,
+  checked against `addmm` before use; plain `addmm` + `relu_` elsewhere).
 - The latent grid is encoded in tiles with a halo of `receptive_radius + TILE_MARGIN` input
   pixels, so tiles give the same latents as one whole-image pass; each tile decodes the output
   pixels whose centres fall in it, straight into the caller's output buffer.
 
+Precision: the encoder and P are float32 unless `encoder_dtype` says otherwise; the decoder MLP
+runs in `dtype` (fp32, or bf16/fp16 for speed); the ensemble blend is always float32.
 Tile and chunk sizes come from a memory budget (`max_memory` bytes of working memory), so peak
 memory does not grow with the output beyond the output buffer itself.
 """
@@ -35,11 +41,18 @@ DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes of working memory for tiles and chunks
 # 1 for float disagreement at tile borders, 1 for the 3×3 unfolding.
 TILE_MARGIN = 3
 ENCODER_LIVE_TENSORS = 6  # activations alive at once while encoding, per widest layer (estimate)
-QUERY_LIVE_BUFFERS = 3  # (4Q, hidden) buffers alive at once while decoding a chunk
+# Buffers of (members × queries × hidden) alive at once while decoding a chunk: the gathered
+# first layer, one layer's input and its output, and the gathered rows (≤ 2 members' worth).
+QUERY_LIVE_BUFFERS = 4
 MIN_TILE = 16  # latents per side below which tiling stops shrinking (halo would dominate)
-# Queries per chunk beyond which decoding gets slower, not faster: (4 × chunk × hidden) floats
-# should stay near the CPU's L2/L3 (measured here: 4096 → 15.7 s, 16384 → 19.0 s, 256² → ×4).
-MAX_CHUNK = 4096
+# On the CPU a chunk's (members × queries × hidden) activations should stay near the L2/L3
+# cache: 4 MiB per buffer measured as good as any here (hidden 256: 1024 queries per chunk in
+# fp32, 2048 in bf16; hidden 32 gets 8192, which also amortises per-chunk overhead; 256 to
+# 4096 queries were within noise of each other for hidden 256). GPUs want big chunks.
+CPU_CHUNK_BYTES = 4 * 2**20
+MIN_CHUNK = 256  # queries
+MAX_CHUNK_CPU = 16384  # queries; beyond this, per-chunk overhead no longer matters
+MAX_CHUNK_GPU = 1 << 18  # queries; bounds kernel sizes on GPUs with a large budget
 
 ProgressFn = Callable[[int, int], None]  # (output pixels done, total)
 
@@ -61,15 +74,27 @@ def encoder_bytes_per_pixel(model: LIIF) -> int:
 
 
 def make_plan(model: LIIF, in_hw: tuple[int, int], *, max_memory: int = DEFAULT_MAX_MEMORY,
-              tile: int | None = None, chunk: int | None = None) -> Plan:
-    """Pick the largest tile and chunk that fit half of `max_memory` each."""
+              tile: int | None = None, chunk: int | None = None,
+              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Plan:
+    """Pick the largest tile and chunk that fit half of `max_memory` each.
+
+    On the CPU the chunk is further capped so that one (members × chunk × hidden) buffer in
+    `dtype` is about `CPU_CHUNK_BYTES`: small hidden widths get long chunks, wide ones short.
+    """
     hidden = max(model.config.hidden)
+    members = 4 if model.config.local_ensemble else 1
     if chunk is None:
-        per_query = 4 * hidden * 4 * QUERY_LIVE_BUFFERS  # 4 members, float32
-        chunk = max(256, min(MAX_CHUNK, (max_memory // 2) // per_query))
+        per_query = members * hidden * 4 * QUERY_LIVE_BUFFERS  # float32 upper bound
+        chunk = (max_memory // 2) // per_query
+        if torch.device(device).type == "cpu":
+            esize = torch.empty((), dtype=dtype).element_size()
+            chunk = min(chunk, MAX_CHUNK_CPU, CPU_CHUNK_BYTES // (members * hidden * esize))
+        else:
+            chunk = min(chunk, MAX_CHUNK_GPU)
+        chunk = max(MIN_CHUNK, chunk)
     if tile is None:
         halo = model.encoder.receptive_radius + TILE_MARGIN
-        per_px = encoder_bytes_per_pixel(model) + 4 * hidden  # encoder peak + the P map
+        per_px = encoder_bytes_per_pixel(model) + 2 * 4 * hidden  # encoder peak + P (+ crop)
         side = int(math.isqrt(max(1, (max_memory // 2) // per_px))) - 2 * halo
         tile = max(MIN_TILE, min(side, max(in_hw)))
     return Plan(tile=int(tile), chunk=int(chunk))
@@ -110,63 +135,137 @@ def _nearest_index(coord: torch.Tensor, n: int) -> torch.Tensor:
     return idx.view(-1).round().long()
 
 
+LinearFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _addmm_relu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """relu(x @ w.T + b) for x (M, in), w (out, in), b (out,)."""
+    return torch.addmm(b, x, w.t()).relu_()
+
+
+def _onednn_linear_relu(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "relu", [], "")
+
+
+_FUSED_OK: dict[torch.dtype, bool] = {}
+
+
+def linear_relu_fn(device: torch.device, dtype: torch.dtype) -> LinearFn:
+    """The fastest exact linear+bias+ReLU here: oneDNN's fused kernel on the CPU, else addmm.
+
+    The private oneDNN op is checked once per dtype against addmm; any failure (old PyTorch,
+    a CPU without native bf16) falls back to addmm, which is always correct.
+    """
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return _addmm_relu
+    if dtype not in _FUSED_OK:
+        ok = False
+        try:
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(64, 48, generator=g).to(dtype)
+            w = torch.randn(40, 48, generator=g).to(dtype)
+            b = torch.randn(40, generator=g).to(dtype)
+            got, ref = _onednn_linear_relu(x, w, b).float(), _addmm_relu(x, w, b).float()
+            tol = 1e-4 if dtype == torch.float32 else 0.1
+            ok = got.shape == ref.shape and bool((got - ref).abs().max() <= tol)
+        except Exception:  # noqa: BLE001 - private op missing or unsupported: use addmm
+            ok = False
+        _FUSED_OK[dtype] = ok
+    return _onednn_linear_relu if _FUSED_OK[dtype] else _addmm_relu
+
+
+def fused_linear_in_use(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether the decoder's hidden layers run through oneDNN's fused kernel (for reports)."""
+    return linear_relu_fn(torch.device(device), dtype) is _onednn_linear_relu
+
+
 class FastDecoder:
     """The MLP split for the fast path: P-map weights, offset weights, and remaining layers."""
 
-    def __init__(self, model: LIIF, dtype: torch.dtype):
+    def __init__(self, model: LIIF, dtype: torch.dtype, device: torch.device):
         cfg = model.config
         lin = model.imnet.linears
-        w0, b0 = lin[0].weight.detach(), lin[0].bias.detach()  # (hidden, in_dim)
+        w0, b0 = lin[0].weight.detach().float(), lin[0].bias.detach().float()  # (hidden, in)
         c = model.feat_dim * (9 if cfg.feat_unfold else 1)
         k = 3 if cfg.feat_unfold else 1
         self.conv_w = w0[:, :c].reshape(w0.shape[0], model.feat_dim, k, k)  # c*9 + ky*3 + kx
-        self.w_rel = w0[:, c:c + 2].float()  # (hidden, 2): row, col offset
-        self.w_cell = w0[:, c + 2:c + 4].float() if cfg.cell_decode else None
+        self.w_rel = w0[:, c:c + 2]  # (hidden, 2): row, col offset
+        self.w_cell = w0[:, c + 2:c + 4] if cfg.cell_decode else None
         self.b0 = b0
-        self.layers = [(l.weight.detach().t().contiguous().to(dtype), l.bias.detach().to(dtype))
+        # remaining layers, weights (out, in) as nn.Linear keeps them; the last one has no ReLU
+        self.layers = [(l.weight.detach().to(dtype).contiguous(), l.bias.detach().to(dtype))
                        for l in lin[1:]]
+        self.hidden = w0.shape[0]
         self.dtype = dtype
-        self.ensemble = cfg.local_ensemble
+        self.linear_relu = linear_relu_fn(device, dtype)
 
     def pmap(self, feat: torch.Tensor, rel_cell: tuple[float, float]) -> torch.Tensor:
-        """(1, C, h, w) latents -> (h*w, hidden) first-layer pre-activations minus offsets."""
-        bias = self.b0.clone()
+        """(1, C, h, w) latents -> (h, w, hidden) first-layer pre-activations minus offsets."""
+        bias = self.b0
         if self.w_cell is not None:
             cell = torch.tensor(rel_cell, dtype=torch.float32, device=feat.device)
             bias = bias + self.w_cell @ cell
+        feat = feat.contiguous(memory_format=torch.channels_last)
         p = F.conv2d(feat, self.conv_w, bias, padding=self.conv_w.shape[-1] // 2)
-        return p[0].permute(1, 2, 0).reshape(-1, p.shape[1]).contiguous()  # (h*w, hidden)
+        return p[0].permute(1, 2, 0).contiguous()  # (h, w, hidden); a view when channels_last
 
-    def decode(self, p: torch.Tensor, pw: int, rows: list[tuple[torch.Tensor, torch.Tensor]],
-               cols: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Decode the nr×nc grid of queries given per-axis (local index, offset) per shift.
+    def columns(self, p: torch.Tensor, cols: list[tuple[torch.Tensor, torch.Tensor]]
+                ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Restrict P (ph, pw, hidden) to the latent columns a column range needs.
 
-        Returns (nr, nc, out_dim) float32 in normalised space.
+        `cols` holds, per ensemble column shift, (latent column in P, offset) for each output
+        column. Returns P's needed columns (a view when they are contiguous) and, per shift,
+        (column in that restricted P, the column-offset term (nc, hidden) in `dtype`).
         """
-        nr, nc = rows[0][0].numel(), cols[0][0].numel()
-        members, areas = [], []
+        lo = min(int(ix.min()) for ix, _ in cols)
+        hi = max(int(ix.max()) for ix, _ in cols)
+        used = torch.unique(torch.cat([ix for ix, _ in cols]))  # sorted
+        if used.numel() == hi - lo + 1:  # upscaling: a contiguous band of latent columns
+            p_cols, local = p[:, lo:hi + 1], [ix - lo for ix, _ in cols]
+        else:  # downscaling skips latents: keep only those used
+            p_cols, local = p.index_select(1, used), [torch.searchsorted(used, ix)
+                                                      for ix, _ in cols]
+        terms = [torch.outer(rx, self.w_rel[:, 1]).to(self.dtype) for _, rx in cols]
+        return p_cols, list(zip(local, terms))
+
+    def decode(self, p_cols: torch.Tensor, rows: list[tuple[torch.Tensor, torch.Tensor]],
+               cols: list[tuple[torch.Tensor, torch.Tensor]], areas_cols: list[torch.Tensor],
+               buf: torch.Tensor) -> torch.Tensor:
+        """Decode the nr×nc grid of queries.
+
+        p_cols (ph, nu, hidden) float32 from `columns`; rows: per row shift (row in p_cols,
+        offset) for each output row; cols: per column shift (column in p_cols, column term);
+        areas_cols: per column shift, the column offsets (nc,) for the ensemble areas; buf: a
+        flat scratch tensor in `dtype` with room for members × nr × nc × hidden values.
+        Returns (out_dim, nr, nc) float32 in normalised space.
+        """
+        nr, nc, hid = rows[0][0].numel(), cols[0][0].numel(), self.hidden
+        m = len(rows) * len(cols)
+        x = buf[:m * nr * nc * hid].view(m, nr, nc, hid)
+        k = 0
         for iy, ry in rows:
-            for ix, rx in cols:
-                idx = (iy[:, None] * pw + ix[None, :]).view(-1)
-                h = p.index_select(0, idx).view(nr, nc, -1)  # (nr, nc, hidden)
-                h += (ry[:, None] * self.w_rel[:, 0]).to(h.dtype)[:, None, :]
-                h += (rx[:, None] * self.w_rel[:, 1]).to(h.dtype)[None, :, :]
-                members.append(h.view(nr * nc, -1))
-                areas.append((ry[:, None] * rx[None, :]).abs().view(-1) + AREA_EPS)
-        x = torch.cat(members) if len(members) > 1 else members[0]  # (4Q, hidden)
-        x = x.to(self.dtype).relu_()
-        for i, (w, b) in enumerate(self.layers):
-            x = torch.addmm(b, x, w)
-            if i < len(self.layers) - 1:
-                x.relu_()
-        pred = x.float().view(len(members), nr * nc, -1)  # (4, Q, out_dim)
-        if len(members) == 1:
-            return pred[0].view(nr, nc, -1)
+            # the few latent rows this chunk needs, with the row-offset term added once
+            a = p_cols.index_select(0, iy)  # (nr, nu, hidden) float32
+            a.add_(torch.outer(ry, self.w_rel[:, 0]).unsqueeze(1))
+            a = a.to(self.dtype)
+            for ix, term in cols:
+                torch.index_select(a, 1, ix, out=x[k])  # (nr, nc, hidden)
+                x[k].add_(term)  # + column-offset term, broadcast over rows
+                k += 1
+        h = x.view(m * nr * nc, hid).relu_()
+        for w, b in self.layers[:-1]:
+            h = self.linear_relu(h, w, b)
+        w, b = self.layers[-1]
+        # the last layer (hidden -> 3) computed transposed: a 3-wide GEMM output is slow
+        pred = torch.addmm(b[:, None], w, h.t()).float().view(-1, m, nr, nc)  # (3, m, nr, nc)
+        if m == 1:
+            return pred[:, 0]
+        areas = [(ry[:, None] * rx[None, :]).abs() + AREA_EPS
+                 for _, ry in rows for rx in areas_cols]  # (nr, nc) each
         total = torch.stack(areas).sum(0)
         # each corner weighted by the area of the rectangle opposite it (local ensemble)
-        weights = torch.stack(areas[::-1]) / total  # (4, Q)
-        out = (pred * weights.unsqueeze(-1)).sum(0)
-        return out.view(nr, nc, -1)
+        weights = torch.stack(areas[::-1]) / total  # (4, nr, nc)
+        return (pred * weights).sum(1)
 
 
 def render(model: LIIF, img: torch.Tensor, out_hw: tuple[int, int], out: np.ndarray | None = None,
@@ -177,24 +276,32 @@ def render(model: LIIF, img: torch.Tensor, out_hw: tuple[int, int], out: np.ndar
     """Decode image `img` (3, h, w) in [0, 1] to an H×W RGB image.
 
     `out` may be a preallocated (H, W, 3) array: uint8 or uint16 (values quantised by
-    rounding) or float32 (raw model output in [0, 1] units, unclamped). Returns `out`.
+    rounding) or float32 (raw model output in [0, 1] units, unclamped). An (H, W, 1) `out`
+    receives the mean of the three channels, taken before quantising (greyscale images).
+    Returns `out`. Call under `torch.inference_mode()` (or `no_grad`) to keep autograd out.
     """
     H, W = out_hw
     if out is None:
         out = np.empty((H, W, 3), dtype=np.float32)
-    assert out.shape[:2] == (H, W), (out.shape, out_hw)
+    if out.shape[:2] != (H, W) or out.ndim != 3 or out.shape[2] not in (1, 3):
+        raise ValueError(f"out has shape {out.shape}; expected ({H}, {W}, 3) or ({H}, {W}, 1)")
+    grey = out.shape[2] == 1
     device = img.device
     h, w = img.shape[-2:]
-    plan = make_plan(model, (h, w), max_memory=max_memory, tile=tile, chunk=chunk)
+    plan = make_plan(model, (h, w), max_memory=max_memory, tile=tile, chunk=chunk,
+                     device=device, dtype=dtype)
     cfg = model.config
     shifts = [-1, 1] if cfg.local_ensemble else [0]
     eps = ENSEMBLE_EPS_SHIFT if cfg.local_ensemble else 0.0
     ay, ax = _Axis(H, h, shifts, eps, device), _Axis(W, w, shifts, eps, device)
-    dec = FastDecoder(model, dtype)
+    dec = FastDecoder(model, dtype, device)
+    # the official cell: ones * (2 / H) in float32, then scaled by the latent grid size
     rel_cell = (float(torch.tensor(2 / H) * h), float(torch.tensor(2 / W) * w))
     halo = model.encoder.receptive_radius + TILE_MARGIN
     x = (img.float() - 0.5) / 0.5  # the official input normalisation
     maxval = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(out.dtype)
+    members = len(shifts) ** 2
+    buf = torch.empty(members * plan.chunk * dec.hidden, dtype=dtype, device=device)
 
     done, total = 0, H * W
     for a0 in range(0, h, plan.tile):
@@ -204,41 +311,45 @@ def render(model: LIIF, img: torch.Tensor, out_hw: tuple[int, int], out: np.ndar
             continue
         for b0 in range(0, w, plan.tile):
             b1 = min(w, b0 + plan.tile)
-            c0, c1 = ax.span(b0, b1)
-            if c0 == c1:
+            t0, t1 = ax.span(b0, b1)
+            if t0 == t1:
                 continue
             # input crop with halo; P region = latents [a0 - 2, a1 + 2) clipped to the image
             iy0, iy1 = max(0, a0 - halo), min(h, a1 + halo)
             ix0, ix1 = max(0, b0 - halo), min(w, b1 + halo)
             py0, py1 = max(0, a0 - TILE_MARGIN + 1), min(h, a1 + TILE_MARGIN - 1)
             px0, px1 = max(0, b0 - TILE_MARGIN + 1), min(w, b1 + TILE_MARGIN - 1)
+            crop = x[None, :, iy0:iy1, ix0:ix1].contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=encoder_dtype,
                                 enabled=encoder_dtype != torch.float32):
-                feat = model.encode(x[None, :, iy0:iy1, ix0:ix1])  # (1, C, th, tw)
+                feat = model.encode(crop)  # (1, C, th, tw)
             feat = feat.float()
             # latents one beyond the P region feed its 3×3 unfolding; beyond the image: zeros
             fy0, fy1 = max(0, py0 - 1) - iy0, min(h, py1 + 1) - iy0
             fx0, fx1 = max(0, px0 - 1) - ix0, min(w, px1 + 1) - ix0
-            p = dec.pmap(feat[:, :, fy0:fy1, fx0:fx1], rel_cell)  # ((fy1-fy0)*(fx1-fx0), hid)
+            p = dec.pmap(feat[:, :, fy0:fy1, fx0:fx1], rel_cell)  # (fy1-fy0, fx1-fx0, hidden)
             del feat
-            pw_full = fx1 - fx0
             # crop P to the P region (the extra ring had wrong unfolding at crop borders)
-            p = p.view(fy1 - fy0, pw_full, -1)
             oy, ox = py0 - (fy0 + iy0), px0 - (fx0 + ix0)
-            p = p[oy:oy + (py1 - py0), ox:ox + (px1 - px0)].reshape(-1, p.shape[-1])
-            p = p.to(dtype).contiguous()
-            pw = px1 - px0
-            cols = [(ix[c0:c1] - px0, rx[c0:c1]) for ix, rx in zip(ax.index, ax.rel)]
-            rows_per_chunk = max(1, plan.chunk // (c1 - c0))
-            for j0 in range(r0, r1, rows_per_chunk):
-                j1 = min(r1, j0 + rows_per_chunk)
-                rows = [(iy[j0:j1] - py0, ry[j0:j1]) for iy, ry in zip(ay.index, ay.rel)]
-                pred = dec.decode(p, pw, rows, cols)  # (nr, nc, 3), normalised
-                rgb = pred * 0.5 + 0.5
-                if maxval is not None:
-                    rgb = (rgb.clamp_(0, 1) * maxval).round_()
-                out[j0:j1, c0:c1] = rgb.cpu().numpy().astype(out.dtype, copy=False)
-                done += (j1 - j0) * (c1 - c0)
-                if on_progress is not None:
-                    on_progress(done, total)
+            p = p[oy:oy + (py1 - py0), ox:ox + (px1 - px0)]  # (ph, pw, hidden) view
+            for c0 in range(t0, t1, plan.chunk):  # column pieces of at most one chunk
+                c1 = min(t1, c0 + plan.chunk)
+                p_cols, cols = dec.columns(p, [(ix[c0:c1] - px0, rx[c0:c1])
+                                               for ix, rx in zip(ax.index, ax.rel)])
+                areas_cols = [rx[c0:c1] for rx in ax.rel]
+                rows_per_chunk = max(1, plan.chunk // (c1 - c0))
+                for j0 in range(r0, r1, rows_per_chunk):
+                    j1 = min(r1, j0 + rows_per_chunk)
+                    rows = [(iy[j0:j1] - py0, ry[j0:j1]) for iy, ry in zip(ay.index, ay.rel)]
+                    pred = dec.decode(p_cols, rows, cols, areas_cols, buf)  # (3, nr, nc)
+                    rgb = pred.mul_(0.5).add_(0.5)
+                    if grey:
+                        rgb = rgb.mean(0, keepdim=True)  # (1, nr, nc)
+                    if maxval is not None:
+                        rgb = rgb.clamp_(0, 1).mul_(maxval).round_()
+                    # (nr, nc, C); exact integers when quantised, so numpy's cast is exact
+                    out[j0:j1, c0:c1] = rgb.permute(1, 2, 0).cpu().numpy()
+                    done += (j1 - j0) * (c1 - c0)
+                    if on_progress is not None:
+                        on_progress(done, total)
     return out

@@ -1,0 +1,217 @@
+"""The fast engine is the official forward pass: against the oracle (`LIIF.query`), the official
+golden outputs, itself tiled and untiled, and in its memory plan."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_model, tiny_config
+from liif_cli import engine
+from liif_cli.model import LiifConfig
+from liif_cli.model.coords import make_cell, make_coord
+
+ORACLE_TOL = 1e-4  # max |Δ| on raw [0, 1] outputs: float reordering only (golden README)
+TILED_TOL = 1e-5
+ENC = {"n_resblocks": 2, "n_feats": 16, "no_upsampling": True}  # the tiny encoder
+
+
+def oracle(model, img: torch.Tensor, out_hw: tuple[int, int]) -> np.ndarray:
+    """The plain official forward: encode, then query every output pixel at once."""
+    H, W = out_hw
+    with torch.no_grad():
+        feat = model.encode(((img - 0.5) / 0.5)[None])
+        coord = make_coord((H, W))[None]
+        cell = make_cell((H, W), H * W)[None]
+        pred = model.query(feat, coord, cell)[0] * 0.5 + 0.5  # (H*W, 3)
+    return pred.view(H, W, 3).numpy()
+
+
+def render(model, img, out_hw, out=None, **kw) -> np.ndarray:
+    with torch.inference_mode():
+        return engine.render(model, img, out_hw, out, **kw)
+
+
+# (in h, in w, out H, out W, tile, chunk): up, down, anisotropic, non-integer, ×1, 1-pixel
+# outputs; tiles of 1-5 latents are far below the tiny encoder's receptive radius (6)
+CASES = [
+    (12, 10, 48, 40, 4, 100),  # ×4
+    (9, 13, 31, 47, 3, 37),  # ×3.44 / ×3.6
+    (16, 14, 7, 5, 5, 11),  # downscale
+    (10, 9, 10, 9, 2, 7),  # ×1
+    (7, 11, 50, 12, 1, 300),  # anisotropic: up vertically, ~×1 across
+    (8, 8, 1, 1, 3, 5),  # one pixel
+    (5, 13, 9, 30, 6, 1),  # chunks of one query
+]
+
+
+@pytest.mark.parametrize("flags", list(itertools.product([True, False], repeat=3)),
+                         ids=lambda f: "le{:d}-fu{:d}-cd{:d}".format(*f))
+def test_fast_equals_oracle_every_architecture_switch(flags):
+    le, fu, cd = flags
+    model = random_model(tiny_config(local_ensemble=le, feat_unfold=fu, cell_decode=cd))
+    g = torch.Generator().manual_seed(1)
+    for h, w, H, W, tile, chunk in CASES:
+        img = torch.rand(3, h, w, generator=g)
+        got = render(model, img, (H, W), tile=tile, chunk=chunk)
+        np.testing.assert_allclose(got, oracle(model, img, (H, W)), rtol=0, atol=ORACLE_TOL,
+                                   err_msg=f"{h}x{w} -> {H}x{W}, tile {tile}, chunk {chunk}")
+
+
+def test_fast_equals_oracle_random_sizes_scales_tiles_chunks():
+    model = random_model(seed=2)
+    rng = np.random.default_rng(7)
+    for _ in range(12):
+        h, w = (int(v) for v in rng.integers(2, 28, 2))
+        sy, sx = (float(v) for v in rng.uniform(0.3, 6.0, 2))
+        H, W = max(1, round(h * sy)), max(1, round(w * sx))
+        tile, chunk = int(rng.integers(1, 20)), int(rng.integers(1, 2000))
+        img = torch.rand(3, h, w, generator=torch.Generator().manual_seed(int(h * w)))
+        got = render(model, img, (H, W), tile=tile, chunk=chunk)
+        np.testing.assert_allclose(got, oracle(model, img, (H, W)), rtol=0, atol=ORACLE_TOL,
+                                   err_msg=f"{h}x{w} -> {H}x{W}, tile {tile}, chunk {chunk}")
+
+
+def test_tiled_equals_untiled():
+    model = random_model(seed=3)
+    img = torch.rand(3, 23, 19, generator=torch.Generator().manual_seed(3))
+    whole = render(model, img, (57, 50), tile=1000)
+    for tile in (1, 4, 9, 22):  # receptive radius 6 + margin 3: most are smaller
+        np.testing.assert_allclose(render(model, img, (57, 50), tile=tile), whole, rtol=0,
+                                   atol=TILED_TOL, err_msg=f"tile {tile}")
+
+
+def test_chunked_equals_unchunked():
+    model = random_model(seed=4)
+    img = torch.rand(3, 8, 9, generator=torch.Generator().manual_seed(4))
+    whole = render(model, img, (20, 25), chunk=10**6)
+    for chunk in (1, 7, 25, 26, 49, 300):  # splitting columns, rows, and both
+        np.testing.assert_allclose(render(model, img, (20, 25), chunk=chunk), whole, rtol=0,
+                                   atol=TILED_TOL, err_msg=f"chunk {chunk}")
+
+
+# down, ×1, ×2, non-integer (×3.5, 173×131), anisotropic: the golden cases up to 23k pixels
+GOLDEN_CASES = ["synth_31x57_to_16x28", "synth_31x57_to_31x57", "synth_48x40_to_96x80",
+                "synth_31x57_to_109x200", "synth_48x40_to_173x131", "synth_31x57_to_40x300"]
+
+
+def test_matches_official_golden_outputs(golden_dir, golden_manifest, golden_model):
+    from PIL import Image
+
+    for case in GOLDEN_CASES:
+        raw_path = golden_dir / "edsr-baseline-liif" / f"{case}.raw.npy"
+        name, size = case.split("_to_")
+        H, W = (int(v) for v in size.split("x"))
+        lr = np.asarray(Image.open(golden_dir / "inputs" / f"{name}.png").convert("RGB"))
+        img = torch.from_numpy(lr.copy()).permute(2, 0, 1).float() / 255
+        got = render(golden_model, img, (H, W), tile=16, chunk=999)
+        np.testing.assert_allclose(got, np.load(raw_path), rtol=0, atol=ORACLE_TOL,
+                                   err_msg=raw_path.name)
+    assert json.dumps(golden_manifest)  # the manifest that describes these files is readable
+
+
+def test_quantised_outputs_are_rounded_clamped_raw():
+    model = random_model(seed=5)
+    img = torch.rand(3, 9, 10, generator=torch.Generator().manual_seed(5))
+    raw = render(model, img, (27, 31))
+    assert raw.min() < 0 or raw.max() > 1  # the random model overshoots: clamping matters
+    for dtype, top in ((np.uint8, 255), (np.uint16, 65535)):
+        out = render(model, img, (27, 31), np.empty((27, 31, 3), dtype), tile=4, chunk=50)
+        expected = np.round(np.clip(raw, 0, 1) * top)
+        assert out.dtype == dtype
+        # float reordering may move a value across a rounding boundary: at most one level
+        assert np.abs(out.astype(np.int64) - expected).max() <= 1
+        assert np.mean(out == expected) > 0.99
+
+
+def test_grey_output_is_channel_mean_before_quantising():
+    model = random_model(seed=6)
+    img = torch.rand(1, 8, 9, generator=torch.Generator().manual_seed(6)).expand(3, -1, -1)
+    raw = render(model, img, (20, 21))
+    grey = render(model, img, (20, 21), np.empty((20, 21, 1), np.uint8))
+    expected = np.round(np.clip(raw.mean(axis=2, keepdims=True), 0, 1) * 255)
+    assert np.abs(grey.astype(int) - expected).max() <= 1
+    with pytest.raises(ValueError, match="expected"):
+        render(model, img, (20, 21), np.empty((20, 21, 2), np.uint8))
+
+
+def test_progress_reports_every_pixel_once():
+    model = random_model()
+    calls = []
+    render(model, torch.rand(3, 10, 10), (33, 29), tile=4, chunk=60,
+           on_progress=lambda d, t: calls.append((d, t)))
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == 33 * 29 and {t for _, t in calls} == {33 * 29}
+
+
+def test_bf16_is_close_to_fp32():
+    model = random_model(seed=8)
+    img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(8))
+    fp32 = render(model, img, (64, 64), np.empty((64, 64, 3), np.uint8))
+    bf16 = render(model, img, (64, 64), np.empty((64, 64, 3), np.uint8), dtype=torch.bfloat16,
+                  encoder_dtype=torch.bfloat16)
+    mse = np.mean((fp32.astype(float) - bf16) ** 2)
+    assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 40
+
+
+def test_fused_linear_is_exact_or_not_used():
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(300, 32, generator=g), torch.randn(20, 32, generator=g), torch.randn(20)
+    fn = engine.linear_relu_fn(torch.device("cpu"), torch.float32)
+    np.testing.assert_allclose(fn(x, w, b), torch.relu(x @ w.t() + b), rtol=0, atol=1e-5)
+
+
+def test_plan_follows_the_budget_not_the_output():
+    model = random_model()
+    small = engine.make_plan(model, (100, 100), max_memory=16 * 2**20)
+    large = engine.make_plan(model, (100, 100), max_memory=2**30)
+    assert small.tile <= large.tile and small.chunk <= large.chunk
+    tiny = engine.make_plan(model, (5000, 5000), max_memory=2**20)
+    assert tiny.tile == engine.MIN_TILE and tiny.chunk == engine.MIN_CHUNK
+    assert engine.make_plan(model, (40, 30)).tile == 40  # never bigger than the image
+    # on the CPU a wide MLP gets shorter chunks than a narrow one (cache-sized buffers)
+    wide = random_model(LiifConfig(encoder="edsr-baseline", encoder_args=ENC, hidden=(256, 256)))
+    assert engine.make_plan(wide, (100, 100)).chunk < engine.make_plan(model, (100, 100)).chunk
+
+
+def test_working_memory_does_not_grow_with_output():
+    """The largest tensor allocated while rendering is a chunk, not anything output-sized."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = random_model()
+    img = torch.rand(3, 12, 12)
+
+    def largest_allocation(out_hw):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            render(model, img, out_hw, np.empty((*out_hw, 3), np.uint8), tile=6, chunk=256)
+        return max(e.cpu_memory_usage for e in prof.events())
+
+    small, big = largest_allocation((48, 48)), largest_allocation((256, 256))
+    chunk_bytes = 4 * 256 * 32 * 4  # members × chunk × hidden × float32
+    assert big <= max(small, chunk_bytes), (small, big)
+    assert big < 256 * 256 * 3 * 4 / 1.5  # below one float32 copy of the output
+
+
+@pytest.mark.cuda
+def test_cuda_fp32_equals_cpu():
+    model = random_model(seed=9)
+    img = torch.rand(3, 14, 13, generator=torch.Generator().manual_seed(9))
+    cpu = render(model, img, (50, 41), tile=5)
+    gpu = render(model.cuda(), img.cuda(), (50, 41), tile=5)
+    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=ORACLE_TOL)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_half_precisions_are_close(dtype):
+    model = random_model(seed=10).cuda()
+    img = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(10)).cuda()
+    fp32 = render(model, img, (64, 64), np.empty((64, 64, 3), np.uint8))
+    half = render(model, img, (64, 64), np.empty((64, 64, 3), np.uint8), dtype=dtype,
+                  encoder_dtype=dtype)
+    mse = np.mean((fp32.astype(float) - half) ** 2)
+    assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 35
