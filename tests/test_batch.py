@@ -133,7 +133,8 @@ def test_shards_partition_the_files_stably(tmp_path):
     # the same on every machine and Python (a salted hash() would fail this)
     assert [shard_of(f"img{i}.png", 4) for i in range(8)] == [1, 3, 2, 3, 1, 4, 1, 1]
     assert shard_of("photo 01.JPG", 4) == 4
-    assert shard_of(unicodedata.normalize("NFD", "été/ça.png"), 4) == shard_of("été/ça.png", 4)
+    nfd = unicodedata.normalize("NFD", "été/ça.png")  # as macOS spells names
+    assert shard_of(nfd, 4) == shard_of("été/ça.png", 4)
 
 
 def test_devices_and_worker_names():
