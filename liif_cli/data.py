@@ -12,7 +12,6 @@ with (seed, e, i). Any number of DataLoader workers or DDP ranks then give the s
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -43,9 +42,9 @@ def load_rgb_uint8(path: Path) -> np.ndarray:
     """(H, W, 3) uint8, as the official ImageFolder does: `Image.open(p).convert('RGB')`."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # a writable copy
     except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot read training image {path}: {e}") from None
+        raise DataError(f"cannot read image {path}: {e}") from None
 
 
 def resize_bicubic(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
@@ -57,19 +56,6 @@ def resize_bicubic(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float in [0, 1] (torchvision's ToTensor)."""
     return torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1).div_(255)
-
-
-def downsampled_pair(hr: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Official evaluation degradation: (HR crop, LR), uint8 (H, W, 3) arrays.
-
-    h_lr = floor(H / s + 1e-9); the HR is cropped to round(h_lr · s) so the scale is exact.
-    """
-    h_lr = math.floor(hr.shape[0] / scale + 1e-9)
-    w_lr = math.floor(hr.shape[1] / scale + 1e-9)
-    if h_lr < 1 or w_lr < 1:
-        raise DataError(f"image {hr.shape[1]}×{hr.shape[0]} is too small for ×{scale:g}")
-    crop = hr[:round(h_lr * scale), :round(w_lr * scale)]
-    return crop, resize_bicubic(crop, (h_lr, w_lr))
 
 
 class ImageCache:

@@ -50,6 +50,7 @@ import torch
 from PIL import Image
 
 from . import engine
+from .data import load_rgb_uint8 as load_rgb
 from .errors import DataError, UsageError
 from .imageio import READABLE_SUFFIXES
 from .model import LIIF
@@ -200,15 +201,6 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".")
                   and p.suffix.lower() in READABLE_SUFFIXES)
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8, read as the official ImageFolder does: PIL .convert('RGB')."""
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))  # writable copy
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
 
 
 def _image_size(path: Path) -> tuple[int, int]:

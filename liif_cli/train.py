@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__, engine
-from .data import (EpochBatches, ImageCache, RandomScaleSamples, downsampled_pair, find_images,
-                   load_rgb_uint8, to_tensor)
+from .data import (EpochBatches, ImageCache, RandomScaleSamples, find_images, load_rgb_uint8,
+                   to_tensor)
+from .evaluate import make_lr, psnr
 from .errors import TrainingError, UsageError
 from .model import LIIF, LiifConfig
 from .upscale import resolve_device
@@ -38,7 +39,6 @@ from .weights import atomic_torch_save, checkpoint_dict, load_checkpoint, read_c
 
 ENCODER_CHOICES = ("edsr-baseline", "edsr", "rdn")
 LOG_EVERY = 10  # iterations between metrics.jsonl records
-VAL_SHAVE_EXTRA = 6  # px beyond the scale shaved before PSNR (official div2k protocol)
 
 
 @dataclass(frozen=True)
@@ -121,25 +121,18 @@ def _check(cfg: TrainConfig) -> None:
 # ----------------------------------------------------------------------------------------------
 # validation
 
-def psnr_rgb(pred: np.ndarray, gt: np.ndarray, shave: int) -> float:
-    """PSNR of (H, W, 3) float arrays in [0, 1] after shaving `shave` px off each border."""
-    diff = (np.clip(pred, 0, 1) - gt)[shave:-shave or None, shave:-shave or None]
-    return float(-10 * np.log10(np.mean(diff.astype(np.float64) ** 2)))
-
-
 def validate(model: LIIF, images: list[np.ndarray], scales: tuple[float, ...]) -> dict[str, float]:
-    """Mean PSNR per scale (official div2k protocol: RGB, shave scale + 6)."""
+    """Mean PSNR per scale (official div2k protocol: RGB, shave scale + 6; LR made from HR)."""
     model.eval()
+    dev = next(model.parameters()).device
     res = {}
     with torch.inference_mode():
         for s in scales:
             vals = []
             for hr in images:
-                crop, lr = downsampled_pair(hr, s)
-                dev = next(model.parameters()).device
+                crop, lr = make_lr(hr, s)
                 pred = engine.render(model, to_tensor(lr).to(dev), crop.shape[:2])
-                vals.append(psnr_rgb(pred, crop.astype(np.float32) / 255,
-                                     shave=int(math.ceil(s)) + VAL_SHAVE_EXTRA))
+                vals.append(psnr(np.clip(pred, 0, 1), crop, protocol="div2k", scale=s))
             res[f"x{s:g}"] = float(np.mean(vals))
     return res
 

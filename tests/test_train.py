@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from conftest import photo_like
 from liif_cli.cli import app
-from liif_cli.data import EpochBatches, ImageCache, RandomScaleSamples, downsampled_pair, find_images
+from liif_cli.data import EpochBatches, ImageCache, RandomScaleSamples, find_images
 from liif_cli.errors import DataError, TrainingError
 from liif_cli.train import TrainConfig, config_from, train
 
@@ -65,14 +65,6 @@ def test_epoch_batches_split_across_ranks_like_one_process():
     for b, x, y in zip(one, r0, r1):
         assert sorted(b) == sorted(x + y)
     assert list(EpochBatches(20, batch_size=4, epoch=1, seed=0, skip=2)) == one[2:]
-
-
-def test_official_downsampling_crops_to_an_exact_scale():
-    hr = photo_like(100, 84)
-    crop, lr = downsampled_pair(hr, 3)
-    assert lr.shape == (33, 28, 3) and crop.shape == (99, 84, 3)
-    crop, lr = downsampled_pair(hr, 6)
-    assert lr.shape == (16, 14, 3) and crop.shape == (96, 84, 3)
 
 
 def test_tiny_run_trains_validates_resumes_and_upscales(folder, tmp_path):
