@@ -20,6 +20,7 @@ import os
 import signal
 import time
 import tomllib
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -346,7 +347,11 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                           f"{epoch + 1}, iteration {it}/{iters}; resume with --resume"
                 break
             skip = 0
-            sched.step()
+            with warnings.catch_warnings():
+                # resuming at an epoch's end steps the schedule before this process's first
+                # optimizer step; torch warns, but the order over the whole run is right
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                sched.step()
             done = epoch + 1
             psnr = None
             if val_imgs and (done % cfg.val_every == 0 or done == cfg.epochs):
