@@ -16,10 +16,16 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 from typer.core import TyperGroup
+
+try:  # Typer ≥ 0.23 vendors Click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older Typer uses Click itself
+    from click.exceptions import ClickException
 
 from . import __version__
 from .errors import LiifError, UsageError
@@ -28,15 +34,42 @@ console = Console(stderr=True, highlight=False)
 out = Console(highlight=False)  # results people may pipe: tables, listings
 
 
+def _error_line(message: str) -> None:
+    """The one red line every error ends in (message printed as is, never as markup)."""
+    console.print("[red]error:[/] " + escape(message), soft_wrap=True)
+
+
+def _usage_error(e: ClickException) -> typer.Exit:
+    """A command-line mistake Typer found (missing argument, bad option): one line, exit 2."""
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    _error_line(e.format_message().strip().replace("\n", " ") + hint)
+    return typer.Exit(e.exit_code)
+
+
 class _App(TyperGroup):
-    """Turns library errors into one line and an exit code, for every command."""
+    """Turns library errors into one line and an exit code, for every command.
+
+    Typer's own usage errors (bad options, missing arguments) too: one line, exit 2, instead
+    of Rich's multi-line box. `liif` alone still prints the help.
+    """
+
+    def make_context(self, info_name, args, parent=None, **extra):  # noqa: D102
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except ClickException as e:  # options of `liif` itself
+            if type(e).__name__ == "NoArgsIsHelpError":
+                raise
+            raise _usage_error(e) from None
 
     def invoke(self, ctx):  # noqa: D102
         try:
             return super().invoke(ctx)
         except LiifError as e:
-            console.print(f"[red]error:[/] {e}", soft_wrap=True)
+            _error_line(str(e))
             raise typer.Exit(e.exit_code) from None
+        except ClickException as e:  # a command's arguments and options
+            raise _usage_error(e) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
@@ -126,28 +159,12 @@ def progress_bar(description: str, *, quiet: bool, unit_scale: float = 1.0) -> I
 # ----------------------------------------------------------------------------------------------
 # upscale
 
-def default_output(inp: Path, *, scale: str | None, size: str | None, width: int | None,
-                   height: int | None) -> Path:
-    """photo.jpg --scale 7.5 -> photo_x7.5.jpg; --size 1920x1080 -> photo_1920x1080.jpg."""
-    from .imageio import FORMATS
-
-    if scale is not None:
-        tag = "x" + scale.strip().lower().replace("×", "x")
-    elif size is not None:
-        tag = size.strip().lower().replace("×", "x")
-    else:
-        tag = f"{width or ''}x{height or ''}".strip("x") + ("w" if width and not height else
-                                                            "h" if height and not width else "")
-    suffix = inp.suffix.lower() if inp.suffix.lower() in FORMATS else ".png"
-    return inp.with_name(f"{inp.stem}_{tag}{suffix}")
-
-
 @app.command()
 def upscale(
     input: Annotated[Path, typer.Argument(help="Image to upscale.", show_default=False)],
     output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Output file; format from its extension. "
-        "Default: next to the input, e.g. photo_x7.5.png.")] = None,
+        "--output", "-o", help="Output file; format from its extension (png, jpg, webp, tif, "
+        "bmp). Default: next to the input, e.g. photo_x7.5.png.")] = None,
     scale: ScaleOpt = None, size: SizeOpt = None, width: WidthOpt = None,
     height: HeightOpt = None, model: ModelOpt = None, device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto", max_memory: MaxMemoryOpt = "512M",
@@ -158,27 +175,21 @@ def upscale(
 
     Examples: liif upscale photo.jpg --scale 7.5 · liif upscale scan.png --size 1920x1080
     """
-    from .imageio import check_output_path, read_image, write_image
-    from .upscale import target_size, upscale_image
-    from .weights import load_model
+    from .upscale import upscale_file
 
-    t0 = time.perf_counter()
     budget = parse_bytes(max_memory)
-    dst = output or default_output(input, scale=scale, size=size, width=width, height=height)
-    image = read_image(input, max_pixels=max_input_pixels)
-    out_hw = target_size((image.height, image.width), scale=scale, size=size, width=width,
-                         height=height, max_pixels=max_output_pixels)
-    check_output_path(dst, overwrite=overwrite)
-    loaded = load_model(model)
-    with progress_bar(f"{input.name} → {out_hw[1]}×{out_hw[0]}", quiet=quiet,
-                      unit_scale=1e-6) as on_progress:
-        res = upscale_image(loaded, image, out_hw=out_hw, device=device, precision=precision,
-                            max_memory=budget, on_progress=on_progress)
-    write_image(dst, res.image, quality=quality, overwrite=overwrite)
+    no_bar = quiet or not console.is_terminal  # no bar (nor its blank line) in logs, pipes
+    with progress_bar(f"upscaling {input.name}", quiet=no_bar, unit_scale=1e-6) as on_progress:
+        res = upscale_file(input, output, model=model, scale=scale, size=size, width=width,
+                           height=height, device=device, precision=precision, max_memory=budget,
+                           overwrite=overwrite, quality=quality,
+                           max_input_pixels=max_input_pixels,
+                           max_output_pixels=max_output_pixels, on_progress=on_progress)
     if not quiet:
-        console.print(f"[green]wrote[/] {dst}  {image.width}×{image.height} → "
-                      f"{out_hw[1]}×{out_hw[0]}  model {loaded.name}  {res.device} "
-                      f"{res.precision}  {time.perf_counter() - t0:.1f}s", soft_wrap=True)
+        (h, w), (oh, ow) = res.in_hw, res.out_hw
+        console.print(f"wrote {res.output}  {w}×{h} → {ow}×{oh} {res.kind}  model {res.model}  "
+                      f"{res.device} {res.precision}  {res.seconds:.1f}s", markup=False,
+                      soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,6 +3,11 @@
 An image is held as `ImageData`: `pixels` (H, W, C) with C = 1 (grey) or 3 (RGB), uint8 or
 uint16, plus the optional alpha plane and the metadata worth carrying to the output (ICC
 profile, DPI). EXIF orientation is applied on reading, so pixels are always upright.
+
+Pillow decodes and encodes everything except 16-bit colour, which it only handles at 8 bits:
+those files are read and written with OpenCV, and the metadata OpenCV cannot write (ICC
+profile, DPI) is added to its PNG (iCCP, pHYs chunks) or TIFF (IFD tags) output afterwards.
+16-bit grey+alpha PNGs, which neither library writes, get a small PNG encoder of our own.
 Writes go to a temporary name in the target folder and are renamed into place: a failed or
 interrupted write never leaves a partial file, and an existing file is only replaced when asked.
 """
@@ -13,8 +18,10 @@ import os
 import struct
 import tempfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -31,10 +38,12 @@ FORMATS = {  # output extension -> (PIL format name, supports 16-bit, supports a
     ".webp": ("WEBP", False, True),
     ".tif": ("TIFF", True, True),
     ".tiff": ("TIFF", True, True),
-    ".bmp": ("BMP", False, True),
+    ".bmp": ("BMP", False, False),  # Pillow writes 32-bit BMPs that readers take as RGB
 }
 READABLE_SUFFIXES = frozenset(FORMATS) | {".gif", ".ppm", ".pgm", ".pnm", ".tga", ".jp2"}
 EXIF_ORIENTATION = 0x0112
+CONVERTED_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes we convert to RGB on reading
+METRES_PER_INCH = 0.0254  # PNG pHYs stores pixels per metre
 
 
 @dataclass
@@ -65,13 +74,22 @@ class ImageData:
         return f"{self.width}×{self.height} {kind} {self.bit_depth}-bit"
 
 
+def pixel_count(n: int) -> str:
+    """12_345_678 -> "12.3 MP"; 3000 -> "3,000 pixels" (for messages)."""
+    return f"{n / 1e6:,.1f} MP" if n >= 100_000 else f"{n:,} pixels"
+
+
 def is_image_name(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in READABLE_SUFFIXES
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS
                ) -> ImageData:
-    """Decode an image file into ImageData, with one-line errors for every bad input."""
+    """Decode an image file into ImageData, with one-line errors for every bad input.
+
+    `max_pixels` guards against decompression bombs: the size is checked from the header,
+    before any pixel is decoded (it replaces Pillow's own, fixed, bomb limit).
+    """
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"input not found: {path}")
@@ -80,34 +98,67 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_INPUT_P
     if path.stat().st_size == 0:
         raise ImageReadError(f"input is empty (0 bytes): {path}")
     try:
-        with Image.open(path) as im:
+        with _pil_bomb_limit(None), Image.open(path) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageReadError(
-                    f"{path} is {w}×{h} = {w * h / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP "
-                    "safety limit against decompression bombs; raise it with --max-input-pixels")
-            im.load()
-            return _from_pil(path, im)
+                    f"{path} is {w}×{h} = {pixel_count(w * h)}, over the {pixel_count(max_pixels)} "
+                    "safety limit against decompression bombs; raise it with --max-input-pixels "
+                    "if you trust this file")
+            rawmode = _rawmode(im)  # before load(), which clears the tile list
+            im.load()  # decodes everything: truncated or corrupt data fails here
+            return _from_pil(path, im, rawmode)
     except ImageReadError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{path}: refused as a possible decompression bomb ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        msg = str(e) or type(e).__name__
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types for broken files
+        if isinstance(e, MemoryError):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "cannot identify image file" in msg:
             msg = "not an image file, or a format Pillow cannot read"
         raise ImageReadError(f"cannot read {path}: {msg}") from None
 
 
-def _from_pil(path: Path, im: Image.Image) -> ImageData:
-    icc = im.info.get("icc_profile")
-    dpi = im.info.get("dpi")
-    dpi = (float(dpi[0]), float(dpi[1])) if dpi else None
-    orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+@contextmanager
+def _pil_bomb_limit(limit: int | None) -> Iterator[None]:
+    """Set Pillow's decompression-bomb pixel limit for the duration (None: off)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
-    if _is_16bit_colour(path, im):
+
+def _rawmode(im: Image.Image) -> str:
+    """How the file stores its samples, e.g. 'RGB;16B' (from the not yet decoded tiles)."""
+    for tile in im.tile or []:
+        args = tile[3]
+        raw = args if isinstance(args, str) else (args[0] if args else "")
+        if isinstance(raw, str) and raw:
+            return raw
+    return ""
+
+
+def _from_pil(path: Path, im: Image.Image, rawmode: str) -> ImageData:
+    icc = im.info.get("icc_profile") or None
+    dpi = im.info.get("dpi")
+    dpi = (float(dpi[0]), float(dpi[1])) if dpi and min(dpi) > 0 else None
+    try:
+        orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - unreadable EXIF: take the pixels as they are
+        orientation = 1
+    if im.mode in CONVERTED_TO_RGB:
+        icc = None  # that profile describes the old colour space, not the RGB we make
+
+    if im.format in ("PNG", "TIFF") and ";16" in rawmode and im.mode in ("RGB", "RGBA"):
+        # 16-bit colour or grey+alpha, which Pillow has just decoded to 8 bits (and so
+        # checked): take the full 16 bits from OpenCV
         arr = _read_16bit_cv2(path)
-        data = _from_array(arr, bgr=True)
+        if rawmode.startswith("LA") and arr.ndim == 3 and arr.shape[2] == 4:
+            data = _from_array(arr[:, :, [0, 3]], bgr=False)  # OpenCV made it grey BGRA
+        else:
+            data = _from_array(arr, bgr=True)
     else:
         data = _from_array(_pil_to_array(im), bgr=False)
     if orientation != 1:
@@ -115,23 +166,11 @@ def _from_pil(path: Path, im: Image.Image) -> ImageData:
     return replace(data, icc_profile=icc, dpi=dpi)
 
 
-def _is_16bit_colour(path: Path, im: Image.Image) -> bool:
-    """Pillow reads 16-bit RGB(A) PNG/TIFF as 8-bit; detect them to read with OpenCV instead."""
-    if im.format not in ("PNG", "TIFF") or im.mode not in ("RGB", "RGBA"):
-        return False
-    rawmodes = [t[3] if isinstance(t[3], str) else t[3][0] for t in (im.tile or []) if t[3]]
-    if rawmodes and any(";16" in r or "16" in r.split(";")[-1] for r in rawmodes):
-        return True
-    if im.format == "PNG":
-        return im.info.get("bits", 8) == 16  # not always set; the rawmode check covers most
-    return False
-
-
 def _read_16bit_cv2(path: Path) -> np.ndarray:
     import cv2
 
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-    if arr is None:
+    if arr is None or arr.dtype != np.uint16:
         raise ImageReadError(f"cannot read {path}: OpenCV could not decode this 16-bit file")
     return arr
 
@@ -142,7 +181,7 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
         im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
     elif mode == "1":
         im = im.convert("L")
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+    elif mode in CONVERTED_TO_RGB:
         im = im.convert("RGB")
     elif mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         return np.asarray(im).astype(np.uint16)
@@ -216,9 +255,14 @@ def to_8bit(a: np.ndarray) -> np.ndarray:
 
 def write_image(path: str | os.PathLike, data: ImageData, *, quality: int = 95,
                 overwrite: bool = False) -> Path:
-    """Encode `data` by the extension of `path`, atomically. Returns the path written."""
+    """Encode `data` by the extension of `path`, atomically. Returns the path written.
+
+    Formats without 16 bits get 8 (rounded); formats without alpha drop it (JPEG, BMP);
+    WebP stores grey as RGB and has no DPI; TIFF has no 16-bit grey+alpha here (RGBA instead).
+    """
     path = check_output_path(path, overwrite=overwrite)
-    fmt, allows16, allows_alpha = FORMATS[path.suffix.lower()]
+    suffix = path.suffix.lower()
+    fmt, allows16, allows_alpha = FORMATS[suffix]
     pixels, alpha = data.pixels, data.alpha if allows_alpha else None
     sixteen = allows16 and pixels.dtype == np.uint16
     if not sixteen:
@@ -227,17 +271,25 @@ def write_image(path: str | os.PathLike, data: ImageData, *, quality: int = 95,
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        if sixteen and (pixels.shape[2] == 3 or alpha is not None):
-            _write_16bit_cv2(tmp, path.suffix.lower(), pixels, alpha, data.icc_profile)
+        if sixteen:
+            _write_16bit(tmp, suffix, pixels, alpha, data)
         else:
             _write_pil(tmp, fmt, pixels, alpha, data, quality)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         _publish(tmp, path, overwrite=overwrite)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, (OSError, ValueError)) and not isinstance(e, ImageWriteError):
-            raise ImageWriteError(f"cannot write {path}: {e}") from None
+        if isinstance(e, Exception) and not isinstance(e, (ImageWriteError, MemoryError)):
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ImageWriteError(f"cannot write {path}: {msg}") from None
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _publish(tmp: str, path: Path, *, overwrite: bool) -> None:
@@ -260,14 +312,9 @@ def _publish(tmp: str, path: Path, *, overwrite: bool) -> None:
 
 def _write_pil(tmp: str, fmt: str, pixels: np.ndarray, alpha: np.ndarray | None,
                data: ImageData, quality: int) -> None:
-    if pixels.dtype == np.uint16:  # single-channel 16-bit
-        im = Image.fromarray(pixels[:, :, 0].astype(np.uint16), mode="I;16")
-    else:
-        arr = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
-        if alpha is not None:
-            arr = np.dstack([pixels, alpha]) if pixels.shape[2] == 3 else np.dstack(
-                [pixels[:, :, 0], alpha])
-        im = Image.fromarray(np.ascontiguousarray(arr))
+    """8-bit anything, via Pillow."""
+    arr = pixels if alpha is None else np.dstack([pixels, alpha])
+    im = Image.fromarray(np.ascontiguousarray(arr[:, :, 0] if arr.shape[2] == 1 else arr))
     kwargs: dict = {}
     if data.icc_profile and fmt in ("PNG", "JPEG", "WEBP", "TIFF"):
         kwargs["icc_profile"] = data.icc_profile
@@ -280,28 +327,132 @@ def _write_pil(tmp: str, fmt: str, pixels: np.ndarray, alpha: np.ndarray | None,
     im.save(tmp, format=fmt, **kwargs)
 
 
-def _write_16bit_cv2(tmp: str, suffix: str, pixels: np.ndarray, alpha: np.ndarray | None,
-                     icc: bytes | None) -> None:
+def _write_16bit(tmp: str, suffix: str, pixels: np.ndarray, alpha: np.ndarray | None,
+                 data: ImageData) -> None:
+    """16-bit PNG or TIFF: OpenCV encodes, then the ICC profile and DPI are added."""
     import cv2
 
-    arr = pixels[:, :, ::-1] if pixels.shape[2] == 3 else pixels
-    if alpha is not None:
-        arr = np.dstack([arr, alpha])
-    ext = ".png" if suffix == ".png" else ".tiff"
-    ok, buf = cv2.imencode(ext, np.ascontiguousarray(arr))
-    if not ok:
-        raise ImageWriteError(f"OpenCV could not encode a 16-bit {suffix} image")
-    blob = buf.tobytes()
-    if icc and ext == ".png":
-        blob = _png_insert_iccp(blob, icc)
+    grey = pixels.shape[2] == 1
+    png = suffix == ".png"
+    if grey and alpha is not None and png:
+        blob = _png_encode(np.dstack([pixels, alpha]))  # 16-bit grey+alpha: our own encoder
+    else:
+        if grey and alpha is not None:  # no 16-bit grey+alpha TIFF writer at hand: RGBA
+            pixels = np.repeat(pixels, 3, axis=2)
+        arr = pixels[:, :, ::-1] if pixels.shape[2] == 3 else pixels  # OpenCV wants BGR
+        if alpha is not None:
+            arr = np.dstack([arr, alpha])
+        ok, buf = cv2.imencode(".png" if png else ".tiff", np.ascontiguousarray(arr))
+        if not ok:
+            raise ImageWriteError(f"OpenCV could not encode a 16-bit {suffix} image")
+        blob = buf.tobytes()
+    if png:
+        chunks = []
+        if data.icc_profile:
+            chunks.append(_png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(data.icc_profile)))
+        if data.dpi:
+            ppm = [max(1, round(d / METRES_PER_INCH)) for d in data.dpi]
+            chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
+        blob = _png_insert_after_ihdr(blob, b"".join(chunks))
+    else:
+        blob = _tiff_set_tags(blob, _tiff_meta_tags(data))
     with open(tmp, "wb") as f:
         f.write(blob)
 
 
-def _png_insert_iccp(png: bytes, icc: bytes) -> bytes:
-    """Insert an iCCP chunk right after IHDR (PNG spec §11.3.3.3): name, 0, method 0, zlib."""
-    body = b"icc\x00\x00" + zlib.compress(icc)
-    chunk = struct.pack(">I", len(body)) + b"iCCP" + body
-    chunk += struct.pack(">I", zlib.crc32(b"iCCP" + body) & 0xFFFFFFFF)
+# --- PNG: chunks (PNG spec §5.3) and a minimal encoder for what OpenCV cannot write
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> grey, grey+alpha, RGB, RGBA
+PNG_FILTER_UP = 2  # each byte minus the one above it: cheap, and good on photographs
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+
+def _png_insert_after_ihdr(png: bytes, chunks: bytes) -> bytes:
+    """Insert chunks right after IHDR (where iCCP and pHYs must come before IDAT)."""
     ihdr_end = 8 + 4 + 4 + 13 + 4  # signature, length, type, IHDR data, CRC
-    return png[:ihdr_end] + chunk + png[ihdr_end:]
+    return png[:ihdr_end] + chunks + png[ihdr_end:]
+
+
+def _png_encode(arr: np.ndarray) -> bytes:
+    """(H, W, C) uint8/uint16 -> PNG bytes, every row with the Up filter."""
+    h, w, c = arr.shape
+    depth = 16 if arr.dtype == np.uint16 else 8
+    rows = np.ascontiguousarray(arr.astype(">u2" if depth == 16 else np.uint8))
+    rows = rows.view(np.uint8).reshape(h, w * c * depth // 8)
+    filtered = np.empty((h, rows.shape[1] + 1), np.uint8)  # filter byte + row
+    filtered[:, 0] = PNG_FILTER_UP
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as the filter wants
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, PNG_COLOUR_TYPES[c], 0, 0, 0)
+    return (PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)) + _png_chunk(b"IEND", b""))
+
+
+# --- TIFF: add tags to OpenCV's single-image output by appending a new IFD (TIFF 6.0 §2)
+
+TIFF_SHORT, TIFF_LONG, TIFF_RATIONAL, TIFF_UNDEFINED = 3, 4, 5, 7  # field types
+TIFF_TYPE_BYTES = {1: 1, 2: 1, TIFF_SHORT: 2, TIFF_LONG: 4, TIFF_RATIONAL: 8, 6: 1,
+                   TIFF_UNDEFINED: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
+TAG_X_RESOLUTION, TAG_Y_RESOLUTION, TAG_RESOLUTION_UNIT = 282, 283, 296
+TAG_ICC_PROFILE = 34675
+RESOLUTION_UNIT_INCH = 2
+DPI_DENOMINATOR = 1000  # rational DPI kept to 1/1000
+
+
+def _tiff_meta_tags(data: ImageData) -> dict[int, tuple[int, int, bytes]]:
+    """tag -> (type, count, little-endian value bytes) for the ICC profile and DPI."""
+    tags: dict[int, tuple[int, int, bytes]] = {}
+    if data.icc_profile:
+        tags[TAG_ICC_PROFILE] = (TIFF_UNDEFINED, len(data.icc_profile), data.icc_profile)
+    if data.dpi:
+        for tag, d in ((TAG_X_RESOLUTION, data.dpi[0]), (TAG_Y_RESOLUTION, data.dpi[1])):
+            tags[tag] = (TIFF_RATIONAL, 1, struct.pack("<II", round(d * DPI_DENOMINATOR),
+                                                       DPI_DENOMINATOR))
+        tags[TAG_RESOLUTION_UNIT] = (TIFF_SHORT, 1, struct.pack("<H", RESOLUTION_UNIT_INCH))
+    return tags
+
+
+def _tiff_set_tags(tiff: bytes, tags: dict[int, tuple[int, int, bytes]]) -> bytes:
+    """Return `tiff` with its first IFD replaced by one that also has `tags`.
+
+    The new IFD and any values longer than 4 bytes are appended; the old IFD stays as unused
+    bytes. Values are given little-endian and converted for big-endian files.
+    """
+    if not tags:
+        return tiff
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or struct.unpack(order + "H", tiff[2:4])[0] != 42:
+        raise ImageWriteError("unexpected TIFF layout from OpenCV (BigTIFF?)")
+    (ifd,) = struct.unpack(order + "I", tiff[4:8])
+    (n,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
+    entries = {}
+    for i in range(n):
+        e = tiff[ifd + 2 + 12 * i: ifd + 14 + 12 * i]
+        entries[struct.unpack(order + "H", e[:2])[0]] = e[2:]  # type, count, value/offset
+    (next_ifd,) = struct.unpack(order + "I", tiff[ifd + 2 + 12 * n: ifd + 6 + 12 * n])
+    out = bytearray(tiff)
+    for tag, (kind, count, value) in tags.items():
+        if order == ">":  # convert each element from little- to big-endian
+            size = TIFF_TYPE_BYTES[kind] // (2 if kind == TIFF_RATIONAL else 1)
+            if size > 1:
+                value = b"".join(value[i:i + size][::-1] for i in range(0, len(value), size))
+        if len(value) <= 4:
+            field = value.ljust(4, b"\x00")
+        else:
+            out += b"\x00" * (len(out) % 2)  # values start on a word boundary
+            field = struct.pack(order + "I", len(out))
+            out += value
+        entries[tag] = struct.pack(order + "HI", kind, count) + field
+    out += b"\x00" * (len(out) % 2)
+    new_ifd = len(out)
+    out += struct.pack(order + "H", len(entries))
+    for tag in sorted(entries):  # TIFF wants tags in ascending order
+        out += struct.pack(order + "H", tag) + entries[tag]
+    out += struct.pack(order + "I", next_ifd)
+    out[4:8] = struct.pack(order + "I", new_ifd)
+    return bytes(out)

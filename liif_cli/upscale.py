@@ -1,9 +1,10 @@
 """The library's main job: upscale one image to any scale or size.
 
-`upscale(model, image, scale=7.5)` or `size=(W, H)`. Colour goes through LIIF; alpha is resized
-with bicubic; greyscale goes through the model as RGB and comes back grey; 16-bit images are
-computed in float32 and written back at 16 bits. Devices and precisions are resolved here, the
-pixel work is `engine.render`.
+`upscale(model, image, scale=7.5)`, `size=(W, H)`, `width=` or `height=`. Colour goes through
+LIIF; alpha is resized with bicubic; greyscale goes through the model as RGB and comes back
+grey; 16-bit images are computed in float32 and written back at 16 bits. Sizes, devices and
+precisions are resolved here (`target_size`, `resolve_device`, `resolve_precision`); the pixel
+work is `engine.render`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 
 from . import engine
 from .errors import DeviceError, UsageError
-from .imageio import ImageData, read_image
+from .imageio import (DEFAULT_MAX_INPUT_PIXELS, FORMATS, ImageData, check_output_path,
+                      pixel_count, read_image, write_image)
 from .model import LIIF
 from .weights import LoadedModel, load_model
 
@@ -74,41 +76,92 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def target_size(in_hw: tuple[int, int], *, scale: str | float | tuple[float, float] | None = None,
-                size: str | tuple[int, int] | None = None, width: int | None = None,
-                height: int | None = None,
-                max_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS) -> tuple[int, int]:
-    """Output (H, W) from exactly one of scale, size (W, H), width or height (aspect kept)."""
+@dataclass(frozen=True)
+class SizeRequest:
+    """What the user asked for, checked: a scale (sy, sx), an exact size, or a width/height."""
+
+    scale: tuple[float, float] | None = None  # (vertical, horizontal) factors
+    size: tuple[int, int] | None = None  # (W, H)
+    width: int | None = None
+    height: int | None = None
+
+
+def size_request(*, scale: str | float | tuple[float, float] | None = None,
+                 size: str | tuple[int, int] | None = None, width: int | None = None,
+                 height: int | None = None) -> SizeRequest:
+    """Check and parse the size options without looking at any image (usage errors only)."""
     given = [n for n, v in (("--scale", scale), ("--size", size), ("--width", width),
                             ("--height", height)) if v is not None]
-    if len(given) != 1:
-        if not given:
-            raise UsageError("say how big: --scale S, --size WxH, --width W or --height H")
-        if set(given) != {"--width", "--height"}:
-            raise UsageError(f"give only one of {', '.join(given)}")
-    h, w = in_hw
+    if not given:
+        raise UsageError("say how big: --scale S, --size WxH, --width W or --height H")
+    if len(given) > 1 and set(given) != {"--width", "--height"}:
+        raise UsageError(f"give only one of {', '.join(given)}")
     if scale is not None:
-        sy, sx = scale if isinstance(scale, tuple) else parse_scale(scale)
-        out = (_round_half_up(h * sy), _round_half_up(w * sx))
-    elif size is not None:
-        ow, oh = size if isinstance(size, tuple) else parse_size(size)
-        out = (oh, ow)
-    else:
-        for v, n in ((width, "width"), (height, "height")):
-            if v is not None and v <= 0:
-                raise UsageError(f"--{n} must be at least 1, got {v}")
-        if width is not None and height is not None:
-            out = (height, width)
-        elif width is not None:
-            out = (_round_half_up(h * width / w), width)
+        if isinstance(scale, tuple):
+            sy, sx = (_finite_positive(float(v), "scale") for v in scale)
         else:
-            out = (height, _round_half_up(w * height / h))
+            sy, sx = parse_scale(scale)
+        return SizeRequest(scale=(sy, sx))
+    if size is not None:
+        ow, oh = size if isinstance(size, tuple) else parse_size(size)
+        if ow < 1 or oh < 1:
+            raise UsageError(f"bad size {ow}x{oh}: width and height must be at least 1")
+        return SizeRequest(size=(int(ow), int(oh)))
+    for v, n in ((width, "width"), (height, "height")):
+        if v is not None and v < 1:
+            raise UsageError(f"--{n} must be at least 1, got {v}")
+    return SizeRequest(width=width, height=height)
+
+
+def target_size(in_hw: tuple[int, int], *, scale: str | float | tuple[float, float] | None = None,
+                size: str | tuple[int, int] | None = None, width: int | None = None,
+                height: int | None = None, max_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
+                request: SizeRequest | None = None) -> tuple[int, int]:
+    """Output (H, W) from exactly one of scale, size (W, H), width or height (aspect kept).
+
+    Scales give round(h * sy) × round(w * sx), halves rounded up as the official demo does.
+    """
+    req = request or size_request(scale=scale, size=size, width=width, height=height)
+    h, w = in_hw
+    if req.scale is not None:
+        sy, sx = req.scale
+        out = (_round_half_up(h * sy), _round_half_up(w * sx))
+    elif req.size is not None:
+        out = (req.size[1], req.size[0])
+    elif req.width is not None and req.height is not None:
+        out = (req.height, req.width)
+    elif req.width is not None:
+        out = (_round_half_up(h * req.width / w), req.width)
+    else:
+        out = (req.height, _round_half_up(w * req.height / h))
     if min(out) < 1:
-        raise UsageError(f"output would be {out[1]}×{out[0]}: choose a larger scale")
+        raise UsageError(f"output would be {out[1]}×{out[0]} pixels: ask for a larger size")
     if out[0] * out[1] > max_pixels:
-        raise UsageError(f"output {out[1]}×{out[0]} is {out[0] * out[1] / 1e6:.0f} MP, over the "
-                         f"{max_pixels / 1e6:.0f} MP limit; lift it with --max-output-pixels")
+        raise UsageError(f"output {out[1]}×{out[0]} is {pixel_count(out[0] * out[1])}, over the "
+                         f"{pixel_count(max_pixels)} limit (each MP takes 3 MB of memory); "
+                         "lift it with --max-output-pixels")
     return out
+
+
+def default_output_path(inp: str | os.PathLike, request: SizeRequest,
+                        scale_text: str | None = None) -> Path:
+    """photo.jpg --scale 7.5 -> photo_x7.5.jpg; --size 1920x1080 -> photo_1920x1080.jpg;
+    --width 800 -> photo_800w.jpg. Inputs in a format we cannot write get .png."""
+    inp = Path(inp)
+    if request.scale is not None:
+        sy, sx = request.scale
+        tag = "x" + (scale_text.strip().lower().replace("×", "x") if scale_text else
+                     f"{sx:g}" if sx == sy else f"{sx:g}x{sy:g}")
+    elif request.size is not None:
+        tag = f"{request.size[0]}x{request.size[1]}"
+    elif request.width is not None and request.height is not None:
+        tag = f"{request.width}x{request.height}"
+    elif request.width is not None:
+        tag = f"{request.width}w"
+    else:
+        tag = f"{request.height}h"
+    suffix = inp.suffix.lower() if inp.suffix.lower() in FORMATS else ".png"
+    return inp.with_name(f"{inp.stem}_{tag}{suffix}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,7 +179,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise DeviceError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"device {name} requested but no CUDA GPU is available "
@@ -138,12 +191,16 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise DeviceError("device mps requested but Apple MPS is not available here")
     elif dev.type != "cpu":
-        raise DeviceError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+        raise UsageError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     return dev
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """'auto' is fp32 on CPU (exact), bf16 on GPUs that have it, else fp16."""
+    """'auto' is fp32 on CPU (exact), bf16 on GPUs that have it, else fp16.
+
+    bf16 on the CPU runs encoder and decoder through oneDNN's native bf16 kernels where the
+    CPU has them (AVX512-BF16, AMX); elsewhere it is correct but not faster than fp32.
+    """
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
     if precision == "auto":
@@ -184,31 +241,31 @@ def upscale_image(model: LoadedModel | LIIF | str | os.PathLike | None, image: I
                   out_hw: tuple[int, int], device: str | torch.device | None = "auto",
                   precision: str = "auto", max_memory: int = engine.DEFAULT_MAX_MEMORY,
                   on_progress: engine.ProgressFn | None = None) -> UpscaleResult:
-    """Upscale ImageData to out_hw = (H, W), keeping mode, bit depth and metadata."""
+    """Upscale ImageData to out_hw = (H, W), keeping mode, bit depth and metadata.
+
+    Greyscale goes through the model as R = G = B and comes back as the mean of its three
+    answers; 16-bit images are computed in float32 throughout whatever `precision` says.
+    """
     t0 = time.perf_counter()
-    net = _as_model(model)
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
+    net = _as_model(model)
     if image.bit_depth == 16:
         dtype = torch.float32  # 16-bit in, 16-bit out: computed at full precision
     net = net.to(dev).eval()
     maxval = 65535.0 if image.bit_depth == 16 else 255.0
     H, W = out_hw
-    pixels = torch.from_numpy(image.pixels.astype(np.float32)).to(dev)  # (h, w, C)
-    rgb = pixels.permute(2, 0, 1) / maxval  # (C, h, w) in [0, 1]
-    grey = rgb.shape[0] == 1
-    if grey:
+    px = image.pixels
+    # torch has few uint16 kernels (none on some devices) and warns on read-only arrays
+    px = px.astype(np.float32) if px.dtype == np.uint16 else np.array(px, copy=True)
+    pixels = torch.from_numpy(px).to(dev)  # (h, w, C)
+    rgb = pixels.permute(2, 0, 1).float() / maxval  # (C, h, w) in [0, 1]
+    if rgb.shape[0] == 1:
         rgb = rgb.expand(3, -1, -1)
-    out_rgb = np.empty((H, W, 3), dtype=image.pixels.dtype)
-    enc_dtype = dtype if dev.type != "cpu" else torch.float32
+    out_px = np.empty((H, W, image.channels), dtype=image.pixels.dtype)
     with torch.inference_mode():
-        engine.render(net, rgb, (H, W), out_rgb, max_memory=max_memory, dtype=dtype,
-                      encoder_dtype=enc_dtype, on_progress=on_progress)
-    if grey:  # the model sees grey as R = G = B; average its three answers back to one
-        out_px = np.round(out_rgb.astype(np.float32).mean(axis=2, keepdims=True))
-        out_px = out_px.astype(image.pixels.dtype)
-    else:
-        out_px = out_rgb
+        engine.render(net, rgb, (H, W), out_px, max_memory=max_memory, dtype=dtype,
+                      encoder_dtype=dtype, on_progress=on_progress)
     alpha = None if image.alpha is None else resize_plane(image.alpha, (H, W))
     h, w = image.height, image.width
     dpi = None if image.dpi is None else (image.dpi[0] * W / w, image.dpi[1] * H / h)
@@ -218,41 +275,109 @@ def upscale_image(model: LoadedModel | LIIF | str | os.PathLike | None, image: I
 
 
 def resize_plane(plane: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Bicubic resize of one uint8/uint16 plane (alpha), clipped to its range."""
+    """Bicubic resize of one uint8/uint16 plane (alpha); area averaging where it shrinks."""
     import cv2
 
     H, W = out_hw
     up = H >= plane.shape[0] and W >= plane.shape[1]
     interp = cv2.INTER_CUBIC if up else cv2.INTER_AREA
-    out = cv2.resize(plane.astype(np.float32), (W, H), interpolation=interp)
-    top = 65535 if plane.dtype == np.uint16 else 255
-    return np.clip(np.round(out), 0, top).astype(plane.dtype)
+    # OpenCV rounds and saturates to the plane's own type: no float copy of a big plane
+    return cv2.resize(np.ascontiguousarray(plane), (W, H), interpolation=interp)
+
+
+def _from_array(arr: np.ndarray) -> ImageData:
+    """(H, W) grey, (H, W, 1|2|3|4) grey/grey+alpha/RGB/RGBA uint8 or uint16 -> ImageData."""
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise UsageError(f"image array has dtype {arr.dtype}; give uint8 or uint16 values")
+    a = arr[:, :, None] if arr.ndim == 2 else arr
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or min(a.shape[:2]) < 1:
+        raise UsageError(f"image array has shape {arr.shape}; expected (H, W) or (H, W, C) "
+                         "with C = 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA)")
+    colour = 1 if a.shape[2] <= 2 else 3
+    alpha = np.ascontiguousarray(a[:, :, -1]) if a.shape[2] in (2, 4) else None
+    return ImageData(np.ascontiguousarray(a[:, :, :colour]), alpha)
 
 
 def upscale(model: LoadedModel | LIIF | str | os.PathLike | None,
             image: str | os.PathLike | ImageData | np.ndarray, *,
             scale: float | str | tuple[float, float] | None = None,
-            size: tuple[int, int] | str | None = None, device: str | None = "auto",
+            size: tuple[int, int] | str | None = None, width: int | None = None,
+            height: int | None = None, device: str | torch.device | None = "auto",
             precision: str = "auto", max_memory: int = engine.DEFAULT_MAX_MEMORY,
+            max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
             on_progress: Callable[[int, int], None] | None = None):
-    """Upscale a file, ImageData or (H, W[, C]) uint8/uint16 array by `scale` or to `size` (W, H).
+    """Upscale a file, ImageData or uint8/uint16 array by `scale`, to `size` (W, H), or to a
+    `width` and/or `height` (one alone keeps the aspect ratio).
 
-    Returns the same kind it was given: an array for an array, ImageData otherwise.
+    Returns the same kind it was given: an array of the same layout for an array ((H, W),
+    (H, W, 1|2|3|4)), ImageData (pixels, alpha, ICC profile, DPI) for a path or ImageData.
     """
     if isinstance(image, (str, os.PathLike)):
         data = read_image(Path(image))
     elif isinstance(image, np.ndarray):
-        arr = image if image.ndim == 3 else image[:, :, None]
-        data = ImageData(np.ascontiguousarray(arr[:, :, :3] if arr.shape[2] >= 3 else arr[:, :, :1]),
-                         arr[:, :, 3].copy() if arr.shape[2] == 4 else None)
+        data = _from_array(image)
     else:
         data = image
-    out_hw = target_size((data.height, data.width), scale=scale, size=size)
+    out_hw = target_size((data.height, data.width), scale=scale, size=size, width=width,
+                         height=height, max_pixels=max_output_pixels)
     res = upscale_image(model, data, out_hw=out_hw, device=device, precision=precision,
                         max_memory=max_memory, on_progress=on_progress)
     if isinstance(image, np.ndarray):
         px = res.image.pixels
         if res.image.alpha is not None:
             px = np.dstack([px, res.image.alpha])
-        return px if image.ndim == 3 else px[:, :, 0]
+        return px[:, :, 0] if image.ndim == 2 else px
     return res.image
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+
+@dataclass
+class FileResult:
+    """What `upscale_file` did, for the one-line summary."""
+
+    input: Path
+    output: Path
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    kind: str  # e.g. "RGB+alpha 16-bit"
+    model: str
+    device: str
+    precision: str
+    seconds: float  # everything: reading, model loading, upscaling, writing
+
+
+def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
+                 model: LoadedModel | LIIF | str | os.PathLike | None = None,
+                 scale: str | float | tuple[float, float] | None = None,
+                 size: str | tuple[int, int] | None = None, width: int | None = None,
+                 height: int | None = None, device: str | torch.device | None = "auto",
+                 precision: str = "auto", max_memory: int = engine.DEFAULT_MAX_MEMORY,
+                 overwrite: bool = False, quality: int = 95,
+                 max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+                 max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
+                 on_progress: engine.ProgressFn | None = None) -> FileResult:
+    """Read `input`, upscale it, write `output` (default: next to the input, e.g. photo_x4.png).
+
+    Everything that can be checked is checked before the long part, cheapest first: options,
+    device, input, output path, model. Nothing is written unless the whole job succeeds.
+    """
+    t0 = time.perf_counter()
+    request = size_request(scale=scale, size=size, width=width, height=height)
+    dev = resolve_device(device)
+    resolve_precision(precision, dev)
+    scale_text = scale if isinstance(scale, str) else None
+    dst = Path(output) if output is not None else default_output_path(input, request, scale_text)
+    image = read_image(input, max_pixels=max_input_pixels)
+    out_hw = target_size((image.height, image.width), request=request,
+                         max_pixels=max_output_pixels)
+    check_output_path(dst, overwrite=overwrite)
+    loaded = model if isinstance(model, (LoadedModel, LIIF)) else load_model(model)
+    name = loaded.name if isinstance(loaded, LoadedModel) else "model"
+    res = upscale_image(loaded, image, out_hw=out_hw, device=dev, precision=precision,
+                        max_memory=max_memory, on_progress=on_progress)
+    write_image(dst, res.image, quality=quality, overwrite=overwrite)
+    kind = image.describe().split(" ", 1)[1]  # "RGB 8-bit", "grey+alpha 16-bit"
+    return FileResult(Path(input), dst, res.in_hw, res.out_hw, kind, name, res.device,
+                      res.precision, time.perf_counter() - t0)

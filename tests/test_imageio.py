@@ -1,0 +1,285 @@
+"""Real-world files: modes, alpha, 16 bits, EXIF orientation, ICC, DPI, every format, atomic
+writes, and one-line errors for every bad input."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageCms, ImageOps
+
+from conftest import photo_like
+from liif_cli import imageio
+from liif_cli.errors import ImageReadError, ImageWriteError
+from liif_cli.imageio import FORMATS, ImageData, read_image, write_image
+
+SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def rgb(h=9, w=11, seed=0):
+    return photo_like(h, w, seed)
+
+
+def listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------
+# reading modes
+
+def test_rgba_and_la_keep_alpha(tmp_path):
+    px = rgb()
+    alpha = np.arange(99, dtype=np.uint8).reshape(9, 11)
+    Image.fromarray(np.dstack([px, alpha])).save(tmp_path / "a.png")
+    Image.fromarray(np.dstack([px[:, :, 0], alpha]), mode="LA").save(tmp_path / "la.png")
+    a, la = read_image(tmp_path / "a.png"), read_image(tmp_path / "la.png")
+    assert a.channels == 3 and np.array_equal(a.pixels, px) and np.array_equal(a.alpha, alpha)
+    assert la.channels == 1 and np.array_equal(la.pixels[:, :, 0], px[:, :, 0])
+    assert np.array_equal(la.alpha, alpha) and la.describe() == "11×9 grey+alpha 8-bit"
+
+
+def test_palette_images(tmp_path):
+    px = rgb()
+    Image.fromarray(px).quantize(16).save(tmp_path / "p.png")
+    im = Image.fromarray(px).quantize(16)
+    im.info["transparency"] = 0
+    im.save(tmp_path / "pt.png", transparency=0)
+    p, pt = read_image(tmp_path / "p.png"), read_image(tmp_path / "pt.png")
+    expected = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
+    assert p.channels == 3 and p.alpha is None and np.array_equal(p.pixels, expected)
+    assert pt.channels == 3 and pt.alpha is not None and set(np.unique(pt.alpha)) <= {0, 255}
+    assert (pt.alpha == 0).any()
+
+
+def test_grey_and_bilevel_are_one_channel(tmp_path):
+    px = rgb()[:, :, 0]
+    Image.fromarray(px).save(tmp_path / "g.png")
+    Image.fromarray(px > 128).save(tmp_path / "b.png")
+    g, b = read_image(tmp_path / "g.png"), read_image(tmp_path / "b.png")
+    assert g.channels == 1 and np.array_equal(g.pixels[:, :, 0], px)
+    assert b.channels == 1 and b.pixels.dtype == np.uint8 and set(np.unique(b.pixels)) <= {0, 255}
+
+
+def test_cmyk_becomes_rgb_without_its_profile(tmp_path):
+    Image.fromarray(rgb()).convert("CMYK").save(tmp_path / "c.jpg", icc_profile=b"not rgb")
+    c = read_image(tmp_path / "c.jpg")
+    assert c.channels == 3 and c.icc_profile is None
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_16_bit_in_is_16_bit_out(tmp_path, suffix, channels):
+    rng = np.random.default_rng(channels)
+    arr = rng.integers(0, 65536, (7, 10, channels), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / f"x{suffix}"), arr if channels > 1 else arr[:, :, 0])
+    img = read_image(tmp_path / f"x{suffix}")
+    assert img.bit_depth == 16
+    colour = arr[:, :, 2::-1] if channels >= 3 else arr[:, :, :1]  # OpenCV files are BGR
+    assert np.array_equal(img.pixels, colour)
+    if channels == 4:
+        assert np.array_equal(img.alpha, arr[:, :, 3])
+    write_image(tmp_path / f"y{suffix}", img)
+    back = read_image(tmp_path / f"y{suffix}")
+    assert back.bit_depth == 16 and np.array_equal(back.pixels, img.pixels)
+    assert (back.alpha is None) == (img.alpha is None)
+
+
+def test_16_bit_grey_alpha_png_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    img = ImageData(rng.integers(0, 65536, (6, 5, 1), dtype=np.uint16),
+                    rng.integers(0, 65536, (6, 5), dtype=np.uint16), dpi=(300.0, 300.0))
+    write_image(tmp_path / "la16.png", img)
+    back = read_image(tmp_path / "la16.png")
+    assert back.channels == 1 and back.bit_depth == 16
+    assert np.array_equal(back.pixels, img.pixels) and np.array_equal(back.alpha, img.alpha)
+    assert back.dpi == pytest.approx((300, 300), abs=0.02)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_applied(tmp_path, orientation):
+    px = rgb(6, 10)
+    alpha = np.arange(60, dtype=np.uint8).reshape(6, 10)
+    im = Image.fromarray(np.dstack([px, alpha]))
+    exif = Image.Exif()
+    exif[imageio.EXIF_ORIENTATION] = orientation
+    im.save(tmp_path / "o.png", exif=exif)
+    got = read_image(tmp_path / "o.png")
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "o.png")))
+    assert np.array_equal(got.pixels, upright[:, :, :3])
+    assert np.array_equal(got.alpha, upright[:, :, 3])
+    assert got.pixels.shape[:2] == ((10, 6) if orientation >= 5 else (6, 10))
+
+
+# ----------------------------------------------------------------------------------------------
+# metadata
+
+@pytest.mark.parametrize("suffix,bits", [(".png", 8), (".jpg", 8), (".webp", 8), (".tif", 8),
+                                         (".png", 16), (".tif", 16)])
+def test_icc_profile_carried(tmp_path, suffix, bits):
+    px = rgb().astype(np.uint16) * 257 if bits == 16 else rgb()
+    write_image(tmp_path / f"out{suffix}", ImageData(px, icc_profile=SRGB_ICC))
+    back = read_image(tmp_path / f"out{suffix}")
+    assert back.icc_profile == SRGB_ICC and back.bit_depth == (bits if suffix != ".jpg" else 8)
+    with Image.open(tmp_path / f"out{suffix}") as im:  # other readers see it too
+        assert im.info.get("icc_profile") == SRGB_ICC
+
+
+@pytest.mark.parametrize("suffix,bits", [(".png", 8), (".jpg", 8), (".tif", 8), (".bmp", 8),
+                                         (".png", 16), (".tif", 16)])
+def test_dpi_carried(tmp_path, suffix, bits):
+    px = rgb().astype(np.uint16) * 257 if bits == 16 else rgb()
+    write_image(tmp_path / f"out{suffix}", ImageData(px, dpi=(540.0, 301.5)))
+    tol = 0.5 if suffix == ".jpg" else 0.02  # JPEG stores whole dots per inch; PNG per metre
+    assert read_image(tmp_path / f"out{suffix}").dpi == pytest.approx((540, 301.5), abs=tol)
+
+
+def test_tiff_tags_in_big_endian_files():
+    tiff = io.BytesIO()
+    Image.fromarray(rgb()).save(tiff, format="TIFF")
+    le = tiff.getvalue()
+    # the same image as a big-endian file, via Pillow's own writer
+    be = io.BytesIO()
+    Image.open(io.BytesIO(le)).save(be, format="TIFF", tiffinfo={}, big_endian=True)
+    data = ImageData(rgb(), icc_profile=SRGB_ICC, dpi=(150.0, 75.0))
+    for blob in (le, be.getvalue()):
+        tagged = imageio._tiff_set_tags(blob, imageio._tiff_meta_tags(data))
+        with Image.open(io.BytesIO(tagged)) as im:
+            assert im.info["icc_profile"] == SRGB_ICC
+            assert im.info["dpi"] == pytest.approx((150, 75))
+            assert np.array_equal(np.asarray(im), rgb())
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+@pytest.mark.parametrize("suffix", sorted(FORMATS))
+@pytest.mark.parametrize("kind", ["rgb", "rgba", "grey", "grey+alpha", "rgb16", "rgba16"])
+def test_every_format_writes_every_kind(tmp_path, suffix, kind):
+    px = rgb()
+    if kind.startswith("grey"):
+        px = px[:, :, :1]
+    if kind.endswith("16"):
+        px = px.astype(np.uint16) * 257
+    alpha = np.full(px.shape[:2], 200, px.dtype) if "a" in kind.replace("grey", "") else None
+    path = write_image(tmp_path / f"out{suffix}", ImageData(px, alpha))
+    back = read_image(path)
+    fmt, allows16, allows_alpha = FORMATS[suffix]
+    assert back.pixels.shape[:2] == px.shape[:2]
+    assert back.bit_depth == (16 if allows16 and px.dtype == np.uint16 else 8)
+    assert (back.alpha is not None) == (alpha is not None and allows_alpha)
+    if fmt not in ("JPEG", "WEBP"):  # lossless: exactly the pixels (or their 8-bit rounding)
+        same = back.bit_depth == 16 or px.dtype == np.uint8
+        assert np.array_equal(back.pixels, px if same else imageio.to_8bit(px))
+        if back.alpha is not None:
+            assert np.array_equal(back.alpha, alpha if same else imageio.to_8bit(alpha))
+    if fmt != "WEBP":  # WebP has no grey mode
+        assert back.channels == px.shape[2]
+
+
+def test_existing_output_untouched_without_overwrite(tmp_path):
+    path = tmp_path / "out.png"
+    path.write_bytes(b"precious")
+    with pytest.raises(ImageWriteError, match="exists.*--overwrite"):
+        write_image(path, ImageData(rgb()))
+    assert path.read_bytes() == b"precious" and listing(tmp_path) == ["out.png"]
+    write_image(path, ImageData(rgb()), overwrite=True)
+    assert np.array_equal(read_image(path).pixels, rgb())
+
+
+def test_output_appearing_during_the_write_is_not_clobbered(tmp_path, monkeypatch):
+    path = tmp_path / "out.png"
+    real = imageio._write_pil
+
+    def racing_writer(tmp, *args):
+        real(tmp, *args)
+        path.write_bytes(b"someone else's")  # another process wins the race
+
+    monkeypatch.setattr(imageio, "_write_pil", racing_writer)
+    with pytest.raises(ImageWriteError, match="exists"):
+        write_image(path, ImageData(rgb()))
+    assert path.read_bytes() == b"someone else's" and listing(tmp_path) == ["out.png"]
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch, error):
+    def failing_writer(tmp, *args):
+        with open(tmp, "wb") as f:
+            f.write(b"half an image")
+        raise error
+
+    monkeypatch.setattr(imageio, "_write_pil", failing_writer)
+    expected = ImageWriteError if isinstance(error, OSError) else KeyboardInterrupt
+    with pytest.raises(expected):
+        write_image(tmp_path / "out.png", ImageData(rgb()))
+    assert listing(tmp_path) == []
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_image(tmp_path / "out.png", ImageData(rgb()))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("name,message", [("out.xyz", "unknown output format '.xyz'"),
+                                          ("out", "unknown output format '(no extension)'"),
+                                          ("missing/out.png", "output folder does not exist")])
+def test_unwritable_outputs_fail_before_work(tmp_path, name, message):
+    with pytest.raises(ImageWriteError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        imageio.check_output_path(tmp_path / name, overwrite=False)
+    assert listing(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# bad inputs
+
+def _png_header_only(w: int, h: int) -> bytes:
+    """A PNG that claims w×h pixels and holds almost none: the shape of a decompression bomb."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b""))
+
+
+def test_bad_inputs_one_line_each(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello, not an image\n")
+    Image.fromarray(rgb(64, 64)).save(tmp_path / "full.png")
+    full = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "trunc.png").write_bytes(full[: len(full) // 2])
+    Image.fromarray(rgb(64, 64)).save(tmp_path / "full.jpg")
+    (tmp_path / "trunc.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
+    cases = {"nope.png": "input not found", "empty.png": "empty", "text.png": "not an image",
+             "trunc.png": "truncated", "trunc.jpg": "cannot read", ".": "folder"}
+    for name, message in cases.items():
+        with pytest.raises(ImageReadError, match=message) as e:
+            read_image(tmp_path / name)
+        assert "\n" not in str(e.value)
+
+
+def test_decompression_bomb_refused_before_decoding(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(_png_header_only(30000, 30000))
+    with pytest.raises(ImageReadError, match="900.0 MP, over the 200.0 MP safety limit"):
+        read_image(tmp_path / "bomb.png")
+    Image.fromarray(rgb(20, 20)).save(tmp_path / "small.png")
+    with pytest.raises(ImageReadError, match="--max-input-pixels"):
+        read_image(tmp_path / "small.png", max_pixels=399)
+    assert read_image(tmp_path / "small.png", max_pixels=400).width == 20
+
+
+def test_limit_replaces_pillows_own_bomb_check(tmp_path):
+    # 200 MP is beyond Pillow's own bomb limit (2 × 89 MP): a raised limit must reach the decoder
+    (tmp_path / "big.png").write_bytes(_png_header_only(20000, 10000))
+    with pytest.raises(ImageReadError) as e:
+        read_image(tmp_path / "big.png", max_pixels=10**9)
+    assert "bomb" not in str(e.value)  # it got as far as decoding (and found no data)
+    assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's global left as it was

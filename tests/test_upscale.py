@@ -1,0 +1,325 @@
+"""`upscale` (library) and `liif upscale` (CLI): sizes, devices, precision, real-world files, and
+one line + exit code + nothing written for every bad input."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+from typer.testing import CliRunner
+
+from conftest import photo_like, random_model
+from liif_cli import engine
+from liif_cli.cli import app
+from liif_cli.errors import DeviceError, UsageError
+from liif_cli.imageio import ImageData, read_image, write_image
+from liif_cli.upscale import (default_output_path, resolve_device, resolve_precision,
+                              size_request, target_size, upscale, upscale_file)
+
+runner = CliRunner()
+
+
+def listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def model_output(model, pixels: np.ndarray, out_hw, top=255) -> np.ndarray:
+    """What the engine makes of (h, w, 3) pixels, unquantised, in [0, 1] units."""
+    img = torch.from_numpy(pixels.astype(np.float32) / top).permute(2, 0, 1)
+    with torch.inference_mode():
+        return engine.render(model, img, out_hw)
+
+
+# ----------------------------------------------------------------------------------------------
+# sizes
+
+@pytest.mark.parametrize("kw,expected", [
+    ({"scale": "4"}, (124, 228)),
+    ({"scale": 3.5}, (109, 200)),  # halves round up, as the official demo (golden 31×57 → ×3.5)
+    ({"scale": "3x2.5"}, (78, 171)),  # WxH factors: width ×3, height ×2.5
+    ({"scale": "0.5"}, (16, 29)),
+    ({"scale": (2.0, 1.0)}, (62, 57)),  # (vertical, horizontal)
+    ({"size": "640x480"}, (480, 640)),
+    ({"size": (10, 20)}, (20, 10)),
+    ({"width": 114}, (62, 114)),
+    ({"height": 62}, (62, 114)),
+    ({"width": 100, "height": 7}, (7, 100)),
+])
+def test_target_size(kw, expected):
+    assert target_size((31, 57), **kw) == expected
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({}, "say how big"),
+    ({"scale": "0"}, "positive finite"),
+    ({"scale": "-2"}, "positive finite"),
+    ({"scale": "nan"}, "positive finite"),
+    ({"scale": "inf"}, "positive finite"),
+    ({"scale": (1.0, float("nan"))}, "positive finite"),
+    ({"scale": "2x"}, "bad scale"),
+    ({"scale": "four"}, "bad scale"),
+    ({"size": "0x10"}, "at least 1"),
+    ({"size": "10x"}, "bad size"),
+    ({"size": "1x2x3"}, "bad size"),
+    ({"scale": "2", "size": "10x10"}, "only one of --scale, --size"),
+    ({"scale": "2", "width": 5}, "only one of --scale, --width"),
+    ({"width": 0}, "--width must be at least 1"),
+    ({"scale": "0.001"}, "output would be 0×0"),
+    ({"scale": "1000"}, "over the 1,000.0 MP limit.*--max-output-pixels"),
+])
+def test_bad_sizes(kw, message):
+    with pytest.raises(UsageError, match=message):
+        target_size((31, 57), max_pixels=10**9, **kw)
+
+
+def test_default_output_names():
+    def name(**kw):
+        return default_output_path("/a/photo.JPG", size_request(**kw), kw.get("scale")).name
+
+    assert name(scale="7.5") == "photo_x7.5.jpg"
+    assert name(scale="3X2.5") == "photo_x3x2.5.jpg"
+    assert name(size="1920x1080") == "photo_1920x1080.jpg"
+    assert name(width=800) == "photo_800w.jpg"
+    assert name(height=600) == "photo_600h.jpg"
+    assert default_output_path("a/s.gif", size_request(scale=2.0)).name == "s_x2.png"
+
+
+# ----------------------------------------------------------------------------------------------
+# devices and precision
+
+def test_devices_and_precisions():
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad in ("gpu", "tpu:0", "cuda:x"):
+        with pytest.raises(UsageError, match="use auto, cpu, cuda, cuda:N or mps"):
+            resolve_device(bad)
+    with pytest.raises(DeviceError, match="cuda:7"):
+        resolve_device("cuda:7")  # no machine here has eight GPUs
+    assert resolve_precision("auto", torch.device("cpu")) == torch.float32
+    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(UsageError, match="fp16 is for GPUs"):
+        resolve_precision("fp16", torch.device("cpu"))
+    with pytest.raises(UsageError, match="unknown precision"):
+        resolve_precision("int8", torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_requested_without_cuda():
+    with pytest.raises(DeviceError, match="no CUDA GPU is available.*--device cpu"):
+        resolve_device("cuda")
+
+
+# ----------------------------------------------------------------------------------------------
+# the library
+
+def test_rgb_array_is_the_engine_quantised(tiny_model):
+    px = photo_like(10, 12)
+    out = upscale(tiny_model, px, scale=2.5, device="cpu")
+    assert out.shape == (25, 30, 3) and out.dtype == np.uint8
+    expected = np.round(np.clip(model_output(tiny_model, px, (25, 30)), 0, 1) * 255)
+    assert np.abs(out.astype(int) - expected).max() <= 1
+
+
+def test_alpha_grey_and_layouts_kept(tiny_model):
+    px = photo_like(10, 12)
+    alpha = np.linspace(0, 255, 120).reshape(10, 12).astype(np.uint8)
+    rgba = upscale(tiny_model, np.dstack([px, alpha]), size=(30, 20), device="cpu")
+    assert rgba.shape == (20, 30, 4)
+    assert np.array_equal(rgba[:, :, 3], cv2.resize(alpha, (30, 20),
+                                                    interpolation=cv2.INTER_CUBIC))
+    assert np.array_equal(rgba[:, :, :3], upscale(tiny_model, px, size=(30, 20), device="cpu"))
+    grey = upscale(tiny_model, px[:, :, 0], scale=2, device="cpu")
+    assert grey.shape == (20, 24) and grey.dtype == np.uint8
+    raw = model_output(tiny_model, np.repeat(px[:, :, :1], 3, axis=2), (20, 24))
+    expected = np.round(np.clip(raw.mean(axis=2), 0, 1) * 255)
+    assert np.abs(grey.astype(int) - expected).max() <= 1
+    la = upscale(tiny_model, np.dstack([px[:, :, 0], alpha]), scale=2, device="cpu")
+    assert la.shape == (20, 24, 2) and np.array_equal(la[:, :, 0], grey)
+    with pytest.raises(UsageError, match="uint8 or uint16"):
+        upscale(tiny_model, px.astype(np.float32), scale=2)
+    with pytest.raises(UsageError, match="expected"):
+        upscale(tiny_model, np.zeros((4, 4, 5), np.uint8), scale=2)
+
+
+def test_16_bit_computed_at_full_precision(tiny_model):
+    px16 = (photo_like(8, 9).astype(np.uint16) * 257 + 100)
+    out = upscale(tiny_model, px16, scale=2, device="cpu", precision="bf16")  # fp32 anyway
+    assert out.dtype == np.uint16
+    raw = model_output(tiny_model, px16, (16, 18), top=65535)
+    assert np.abs(out.astype(int) - np.round(np.clip(raw, 0, 1) * 65535)).max() <= 1
+
+
+def test_file_metadata_scaled_and_carried(tmp_path, tiny_model):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(photo_like(10, 12)).save(tmp_path / "in.png", dpi=(72, 144), icc_profile=icc)
+    img = upscale(tiny_model, tmp_path / "in.png", scale="3x2", device="cpu")
+    assert isinstance(img, ImageData) and img.pixels.shape == (20, 36, 3)
+    assert img.dpi == pytest.approx((216, 288), abs=0.1) and img.icc_profile == icc
+
+
+def test_bf16_close_to_fp32(tiny_model):
+    px = photo_like(16, 16)
+    fp32 = upscale(tiny_model, px, scale=4, device="cpu", precision="fp32").astype(float)
+    bf16 = upscale(tiny_model, px, scale=4, device="cpu", precision="bf16")
+    assert 10 * np.log10(255**2 / max(np.mean((fp32 - bf16) ** 2), 1e-12)) > 40
+
+
+def test_upscale_file(tmp_path, tiny_ckpt):
+    Image.fromarray(photo_like(10, 12)).save(tmp_path / "photo.jpg", quality=95)
+    res = upscale_file(tmp_path / "photo.jpg", model=tiny_ckpt, scale="2", device="cpu")
+    assert res.output == tmp_path / "photo_x2.jpg" and res.out_hw == (20, 24)
+    assert res.model == "tiny" and res.precision == "fp32" and res.kind == "RGB 8-bit"
+    assert read_image(res.output).pixels.shape == (20, 24, 3)
+
+
+@pytest.mark.cuda
+def test_cuda_upscale_matches_cpu(tiny_model):
+    px = photo_like(12, 12)
+    cpu = upscale(tiny_model, px, scale=3, device="cpu").astype(int)
+    gpu = upscale(tiny_model, px, scale=3, device="cuda", precision="fp32")
+    assert np.abs(cpu - gpu).max() <= 1
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "auto"])
+def test_cuda_half_precisions(tiny_model, precision):
+    px = photo_like(16, 16)
+    fp32 = upscale(tiny_model, px, scale=4, device="cpu").astype(float)
+    half = upscale(tiny_model, px, scale=4, device="cuda", precision=precision)
+    assert 10 * np.log10(255**2 / max(np.mean((fp32 - half) ** 2), 1e-12)) > 35
+
+
+# ----------------------------------------------------------------------------------------------
+# the command
+
+@pytest.fixture
+def folder(tmp_path):
+    Image.fromarray(photo_like(10, 12)).save(tmp_path / "in.png")
+    return tmp_path
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_cli_writes_and_summarises(folder, tiny_ckpt):
+    r = run("upscale", folder / "in.png", "--scale", "2.5", "--model", tiny_ckpt)
+    assert r.exit_code == 0, r.output
+    assert "in_x2.5.png" in r.stderr and "12×10 → 30×25" in r.stderr and "tiny" in r.stderr
+    assert "cpu fp32" in r.stderr
+    assert read_image(folder / "in_x2.5.png").pixels.shape == (25, 30, 3)
+    r = run("upscale", folder / "in.png", "-o", folder / "o.webp", "--width", "24", "-q",
+            "--model", tiny_ckpt, "--precision", "bf16", "--quality", "80", "--max-memory", "64M")
+    assert r.exit_code == 0 and r.output == ""
+    assert read_image(folder / "o.webp").pixels.shape == (20, 24, 3)
+
+
+def test_cli_overwrite(folder, tiny_ckpt):
+    (folder / "out.png").write_bytes(b"keep me")
+    r = run("upscale", folder / "in.png", "-o", folder / "out.png", "-s", "2", "-m", tiny_ckpt)
+    assert r.exit_code == 1 and "output exists" in r.stderr and "--overwrite" in r.stderr
+    assert (folder / "out.png").read_bytes() == b"keep me"
+    r = run("upscale", folder / "in.png", "-o", folder / "out.png", "-s", "2", "-m", tiny_ckpt,
+            "--overwrite")
+    assert r.exit_code == 0 and read_image(folder / "out.png").width == 24
+
+
+BAD_INPUTS = {  # name -> (args after the input, exit code, message)
+    "missing": ([], 1, "input not found"),
+    "empty": ([], 1, "input is empty"),
+    "truncated": ([], 1, "truncated"),
+    "text": ([], 1, "not an image file"),
+    "scale 0": (["--scale", "0"], 2, "scale must be a positive finite number"),
+    "scale negative": (["--scale", "-3"], 2, "scale must be a positive finite number"),
+    "scale nan": (["--scale", "nan"], 2, "scale must be a positive finite number"),
+    "scale inf": (["--scale", "inf"], 2, "scale must be a positive finite number"),
+    "size 0x10": (["--size", "0x10"], 2, "width and height must be at least 1"),
+    "scale and size": (["--scale", "2", "--size", "10x10"], 2, "give only one of"),
+    "no size": ([], 2, "say how big"),
+    "exists": (["-o", "{d}/exists.png"], 1, "output exists"),
+    "extension": (["-o", "{d}/out.xyz"], 1, "unknown output format '.xyz'"),
+    "bad model file": (["--model", "{d}/bad.pth"], 1, "not a readable PyTorch checkpoint"),
+    "unknown model": (["--model", "no-such-model"], 1, "unknown model 'no-such-model'"),
+    "no model": (["--model", None], 1, "pass --model PATH"),
+    "cuda:7": (["--device", "cuda:7"], 1, "cuda:7"),
+    "bad device": (["--device", "gpu"], 2, "unknown device 'gpu'"),
+    "fp16 on cpu": (["--device", "cpu", "--precision", "fp16"], 2, "fp16 is for GPUs"),
+    "too large": (["--scale", "100", "--max-output-pixels", "1000000"], 2,
+                  "over the 1.0 MP limit.*--max-output-pixels"),
+    "bomb": (["--max-input-pixels", "100"], 1, "safety limit against decompression bombs"),
+    "max memory": (["--max-memory", "1K"], 2, "--max-memory 1K is too small"),
+    "missing argument": (None, 2, "Missing argument 'input'"),
+    "bad option": (["--bogus"], 2, "No such option: --bogus"),
+    "bad quality": (["--quality", "0"], 2, "Invalid value for '--quality'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_cli_bad_input_one_line_and_nothing_written(tmp_path, tiny_ckpt, case):
+    args, code, message = BAD_INPUTS[case]
+    d = tmp_path / "work"
+    d.mkdir()
+    Image.fromarray(photo_like(10, 12)).save(d / "good.png")
+    (d / "exists.png").write_bytes(b"old")
+    (d / "bad.pth").write_text("not a checkpoint")
+    (d / "empty.png").write_bytes(b"")
+    (d / "text.png").write_text("plain text")
+    full = (d / "good.png").read_bytes()
+    (d / "truncated.png").write_bytes(full[: len(full) // 2])
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    inp = {"missing": d / "nope.png", "empty": d / "empty.png", "truncated": d / "truncated.png",
+           "text": d / "text.png"}.get(case, d / "good.png")
+    if args is None:
+        argv = ["upscale"]
+    else:
+        extra = [a.format(d=d) if isinstance(a, str) else a for a in args]
+        size = [] if case == "no size" or any(a in extra for a in ("--scale", "--size")) else [
+            "--scale", "2"]
+        model = [] if "--model" in extra else ["--model", tiny_ckpt]
+        extra = [a for a in extra if a is not None]
+        if case == "no model":
+            extra.remove("--model")
+        argv = ["upscale", inp, *size, *model, *extra]
+    r = run(*argv)
+    assert r.exit_code == code, (r.exit_code, r.output)
+    line = r.stderr.strip()
+    assert line.startswith("error:") and "\n" not in line and "Traceback" not in r.output, line
+    assert __import__("re").search(message, line), line
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before  # nothing written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cli_cuda_without_cuda(folder, tiny_ckpt):
+    r = run("upscale", folder / "in.png", "-s", "2", "-m", tiny_ckpt, "--device", "cuda")
+    assert r.exit_code == 1 and "no CUDA GPU is available" in r.stderr
+    assert listing(folder) == ["in.png", "tiny.pth"]
+
+
+def test_cli_help_still_works():
+    r = run("upscale", "--help")
+    assert r.exit_code == 0 and "--scale" in r.output and "--max-output-pixels" in r.output
+    r = run()
+    assert "Usage" in r.output and "upscale" in r.output  # `liif` alone shows the help
+
+
+def test_cli_root_usage_errors_are_one_line():
+    r = run("--bogus")
+    assert r.exit_code == 2 and r.stderr.startswith("error: No such option: --bogus (see '")
+    assert r.stderr.count("\n") == 1
+    r = run("no-such-command")
+    assert r.exit_code == 2 and "No such command 'no-such-command'" in r.stderr
+    assert r.stderr.count("\n") == 1
+
+
+def test_cli_16bit_grey_alpha_round_trip(tmp_path, tiny_ckpt):
+    rng = np.random.default_rng(0)
+    img = ImageData(rng.integers(0, 65536, (6, 7, 1), dtype=np.uint16),
+                    rng.integers(0, 65536, (6, 7), dtype=np.uint16), dpi=(100.0, 100.0))
+    write_image(tmp_path / "in.png", img)
+    r = run("upscale", tmp_path / "in.png", "-s", "2", "-m", tiny_ckpt, "-o", tmp_path / "o.tif")
+    assert r.exit_code == 0, r.output
+    assert "grey+alpha 16-bit" in r.stderr
+    out = read_image(tmp_path / "o.tif")
+    assert out.bit_depth == 16 and out.alpha is not None and out.width == 14
+    assert out.dpi == pytest.approx((200, 200), abs=0.01)
