@@ -581,5 +581,85 @@ def batch(
         raise typer.Exit(1)
 
 
+# ----------------------------------------------------------------------------------------------
+# bench
+
+@app.command()
+def bench(
+    size: Annotated[int, typer.Option(help="Side of the synthetic square input, in pixels.")
+                    ] = 256,
+    scale: Annotated[float, typer.Option("--scale", "-s", help="Upscaling factor.")] = 4.0,
+    model: ModelOpt = None,
+    random_arch: Annotated[Optional[str], typer.Option(
+        help="Benchmark random weights of an architecture instead of a checkpoint: "
+        "edsr-baseline, edsr-baseline-small (2 blocks, MLP 32-32) or rdn.")] = None,
+    input: Annotated[Optional[Path], typer.Option(
+        "--input", "-i", help="Use this image instead of the synthetic one.")] = None,
+    device: Annotated[str, typer.Option(
+        help="auto (CPU, and CUDA if present), or a list such as cpu,cuda:0.")] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="auto (fp32 and bf16 on CPU, fp32 and the GPU default on GPUs) or a list such "
+        "as fp32,bf16,fp16.")] = "auto",
+    skip_oracle: Annotated[bool, typer.Option(
+        "--skip-oracle", help="Do not run the slow official forward; compare with fp32.")
+    ] = False,
+    max_memory: MaxMemoryOpt = "512M",
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json", help="Also write the results to this JSON file.")] = None,
+    quiet: QuietOpt = False,
+):
+    """Time the engine against the official forward on the same weights.
+
+    Example: liif bench --random-arch edsr-baseline --size 256 --scale 4
+    """
+    import json
+
+    from .bench import TABLE_COLUMNS, iter_table, random_model, run_bench
+
+    if (model is None) == (random_arch is None):
+        raise UsageError("give --model PATH|NAME or --random-arch ARCH (one of them)")
+    budget = parse_bytes(max_memory)
+    image = None
+    if input is not None:
+        from .imageio import read_image
+
+        data = read_image(input)
+        image = data.pixels if data.channels == 3 else data.pixels.repeat(3, axis=2)
+        if data.bit_depth == 16:
+            from .imageio import to_8bit
+
+            image = to_8bit(image)
+    if random_arch is not None:
+        net, name = random_model(random_arch), f"random {random_arch}"
+    else:
+        from .weights import load_model
+
+        loaded = load_model(model)
+        net, name = loaded.model, loaded.name
+
+    def on_stage(text: str) -> None:
+        if not quiet:
+            console.print(f"running {text} …", style="dim", markup=False)
+
+    report = run_bench(net, image=image, size=size, scale=scale, devices=device,
+                       precisions=precision, skip_oracle=skip_oracle, max_memory=budget,
+                       model_name=name, on_stage=on_stage)
+    (h, w), (oh, ow) = report.in_hw, report.out_hw
+    yes_no = {True: "yes", False: "no"}
+    table = Table(title=escape(f"liif bench: {name}, {w}×{h} → {ow}×{oh}"), box=None,
+                  padding=(0, 1), pad_edge=False,
+                  caption=f"{report.threads} CPU threads · native CPU bf16: "
+                  f"{yes_no[report.cpu_bf16_native]} · fused oneDNN linear: "
+                  f"{yes_no[report.fused_linear]} · MiB: peak (CPU: process RSS) +growth")
+    for col in TABLE_COLUMNS:
+        table.add_column(col, justify="left" if col in ("device", "path", "prec") else "right",
+                         header_style="bold", no_wrap=True)
+    for row in iter_table(report):
+        table.add_row(*row)
+    out.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.as_dict(), indent=1))
+
+
 def main() -> None:
     sys.exit(app())

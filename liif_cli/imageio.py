@@ -44,6 +44,9 @@ READABLE_SUFFIXES = frozenset(FORMATS) | {".gif", ".ppm", ".pgm", ".pnm", ".tga"
 EXIF_ORIENTATION = 0x0112
 CONVERTED_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes we convert to RGB on reading
 METRES_PER_INCH = 0.0254  # PNG pHYs stores pixels per metre
+# zlib level for PNG: 4 is 3× faster than Pillow's default 6 (measured: 1.9 s vs 5.9 s for a
+# 4096² upscale) for files 2-10% larger, which matters at the sizes this tool writes
+PNG_COMPRESS_LEVEL = 4
 
 
 @dataclass
@@ -324,6 +327,8 @@ def _write_pil(tmp: str, fmt: str, pixels: np.ndarray, alpha: np.ndarray | None,
         kwargs["quality"] = quality
     if fmt == "TIFF":
         kwargs["compression"] = "tiff_deflate"
+    if fmt == "PNG":
+        kwargs["compress_level"] = PNG_COMPRESS_LEVEL
     im.save(tmp, format=fmt, **kwargs)
 
 
@@ -342,7 +347,8 @@ def _write_16bit(tmp: str, suffix: str, pixels: np.ndarray, alpha: np.ndarray | 
         arr = pixels[:, :, ::-1] if pixels.shape[2] == 3 else pixels  # OpenCV wants BGR
         if alpha is not None:
             arr = np.dstack([arr, alpha])
-        ok, buf = cv2.imencode(".png" if png else ".tiff", np.ascontiguousarray(arr))
+        params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESS_LEVEL] if png else []
+        ok, buf = cv2.imencode(".png" if png else ".tiff", np.ascontiguousarray(arr), params)
         if not ok:
             raise ImageWriteError(f"OpenCV could not encode a 16-bit {suffix} image")
         blob = buf.tobytes()
@@ -390,7 +396,8 @@ def _png_encode(arr: np.ndarray) -> bytes:
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as the filter wants
     ihdr = struct.pack(">IIBBBBB", w, h, depth, PNG_COLOUR_TYPES[c], 0, 0, 0)
     return (PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)) + _png_chunk(b"IEND", b""))
+            + _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), PNG_COMPRESS_LEVEL))
+            + _png_chunk(b"IEND", b""))
 
 
 # --- TIFF: add tags to OpenCV's single-image output by appending a new IFD (TIFF 6.0 §2)

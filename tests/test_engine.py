@@ -215,3 +215,27 @@ def test_cuda_half_precisions_are_close(dtype):
                   encoder_dtype=dtype)
     mse = np.mean((fp32.astype(float) - half) ** 2)
     assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 35
+
+
+def test_bench_reports_engine_against_oracle(tiny_ckpt):
+    from typer.testing import CliRunner
+
+    from liif_cli.bench import oracle_forward, run_bench
+    from liif_cli.cli import app
+
+    model = random_model()
+    img = torch.rand(3, 9, 7, generator=torch.Generator().manual_seed(11))
+    np.testing.assert_array_equal(oracle_forward(model, img, (20, 15), batch=37),
+                                  oracle(model, img, (20, 15)))
+    report = run_bench(model, size=12, scale=2.5, devices="cpu", precisions="fp32,bf16")
+    rows = {(r.path, r.precision): r for r in report.rows}
+    assert report.out_hw == (30, 30) and set(rows) == {("oracle", "fp32"), ("engine", "fp32"),
+                                                       ("engine", "bf16")}
+    assert rows["engine", "fp32"].max_abs_diff < ORACLE_TOL
+    assert rows["engine", "fp32"].max_level_diff <= 1 and rows["engine", "bf16"].psnr_vs_fp32 > 40
+    assert all(r.seconds > 0 and r.peak_memory > 0 for r in report.rows)
+    r = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--size", "10", "--scale",
+                                 "2", "--skip-oracle", "--precision", "fp32", "-q"])
+    assert r.exit_code == 0 and "engine" in r.stdout and "oracle" not in r.stdout
+    r = CliRunner().invoke(app, ["bench", "--size", "10"])
+    assert r.exit_code == 2 and "--random-arch" in r.stderr
