@@ -40,11 +40,17 @@ DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes of working memory for tiles and chunks
 # Latents a tile needs beyond its own, on each side: 1 for the ensemble's neighbour lookups,
 # 1 for float disagreement at tile borders, 1 for the 3×3 unfolding.
 TILE_MARGIN = 3
-ENCODER_LIVE_TENSORS = 6  # activations alive at once while encoding, per widest layer (estimate)
+# activations alive at once while encoding, in units of the widest layer's in+out channels:
+# measured 1.0-1.5 KB per pixel for EDSR-baseline (widest 128 channels), 7-12 KB for RDN (1088)
+ENCODER_LIVE_TENSORS = 3
 # Buffers of (members × queries × hidden) alive at once while decoding a chunk: the gathered
 # first layer, one layer's input and its output, and the gathered rows (≤ 2 members' worth).
 QUERY_LIVE_BUFFERS = 4
 MIN_TILE = 16  # latents per side below which tiling stops shrinking (halo would dominate)
+# When even MIN_TILE's crop overflows the budget (a receptive field as wide as RDN's, 131 px),
+# tiles of HALO_BOUND_TILES halos per side cap the encoder's recomputation at (1 + 2/2)² = 4×
+# instead: the budget cannot be met, so at least do not multiply the work by hundreds.
+HALO_BOUND_TILES = 2
 # On the CPU a chunk's (members × queries × hidden) activations should stay near the L2/L3
 # cache: 4 MiB per buffer measured as good as any here (hidden 256: 1024 queries per chunk in
 # fp32, 2048 in bf16; hidden 32 gets 8192, which also amortises per-chunk overhead; 256 to
@@ -96,7 +102,9 @@ def make_plan(model: LIIF, in_hw: tuple[int, int], *, max_memory: int = DEFAULT_
         halo = model.encoder.receptive_radius + TILE_MARGIN
         per_px = encoder_bytes_per_pixel(model) + 2 * 4 * hidden  # encoder peak + P (+ crop)
         side = int(math.isqrt(max(1, (max_memory // 2) // per_px))) - 2 * halo
-        tile = max(MIN_TILE, min(side, max(in_hw)))
+        if side < MIN_TILE:
+            side = max(MIN_TILE, HALO_BOUND_TILES * halo)
+        tile = min(side, max(in_hw))
     return Plan(tile=int(tile), chunk=int(chunk))
 
 

@@ -12,7 +12,7 @@ import torch
 
 from conftest import random_model, tiny_config
 from liif_cli import engine
-from liif_cli.model import LiifConfig
+from liif_cli.model import LIIF, LiifConfig
 from liif_cli.model.coords import make_cell, make_coord
 
 ORACLE_TOL = 1e-4  # max |Δ| on raw [0, 1] outputs: float reordering only (golden README)
@@ -180,7 +180,13 @@ def test_plan_follows_the_budget_not_the_output():
     large = engine.make_plan(model, (100, 100), max_memory=2**30)
     assert small.tile <= large.tile and small.chunk <= large.chunk
     tiny = engine.make_plan(model, (5000, 5000), max_memory=2**20)
-    assert tiny.tile == engine.MIN_TILE and tiny.chunk == engine.MIN_CHUNK
+    assert tiny.chunk == engine.MIN_CHUNK
+    # the receptive field overflows this budget: tiles bound the recomputation instead
+    halo = model.encoder.receptive_radius + engine.TILE_MARGIN
+    assert tiny.tile == max(engine.MIN_TILE, engine.HALO_BOUND_TILES * halo)
+    rdn = LIIF(LiifConfig(encoder="rdn", encoder_args={"no_upsampling": True}))  # radius 131
+    assert engine.make_plan(rdn, (200, 200)).tile == 200  # one tile, not 169 of 16 pixels
+    assert engine.make_plan(rdn, (900, 900)).tile == engine.HALO_BOUND_TILES * (131 + 3)
     assert engine.make_plan(model, (40, 30)).tile == 40  # never bigger than the image
     # on the CPU a wide MLP gets shorter chunks than a narrow one (cache-sized buffers)
     wide = random_model(LiifConfig(encoder="edsr-baseline", encoder_args=ENC, hidden=(256, 256)))
