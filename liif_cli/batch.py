@@ -47,7 +47,7 @@ from . import __version__, engine
 from .errors import ImageReadError, ImageWriteError, LiifError, UsageError
 from .imageio import DEFAULT_MAX_INPUT_PIXELS, FORMATS, is_image_name, read_image, write_image
 from .model import LIIF
-from .upscale import (DEFAULT_MAX_OUTPUT_PIXELS, precision_name, resolve_device,
+from .upscale import (DEFAULT_MAX_OUTPUT_PIXELS, SizeRequest, precision_name, resolve_device,
                       resolve_precision, target_size, upscale_image)
 from .weights import LoadedModel, load_model
 
@@ -69,28 +69,6 @@ STATUSES = ("done", "skipped", "failed", "cancelled")
 
 # ----------------------------------------------------------------------------------------------
 # options
-
-@dataclass(frozen=True)
-class SizeSpec:
-    """How big each output is: exactly one of scale, size, width, height (or width + height)."""
-
-    scale: str | float | None = None  # '4', '7.5', '3x2.5'
-    size: str | None = None  # 'WxH'
-    width: int | None = None
-    height: int | None = None
-    max_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS  # per output
-
-    def __post_init__(self):
-        # Fail on malformed options before any work: a huge input makes any sane option valid.
-        self.target((10**6, 10**6), max_pixels=10**30)
-
-    def target(self, in_hw: tuple[int, int], *, max_pixels: int | None = None
-               ) -> tuple[int, int]:
-        """Output (H, W) for an input of in_hw = (H, W)."""
-        return target_size(in_hw, scale=self.scale, size=self.size, width=self.width,
-                           height=self.height,
-                           max_pixels=self.max_pixels if max_pixels is None else max_pixels)
-
 
 def parse_shard(text: str | None) -> tuple[int, int]:
     """'2/4' -> (2, 4): the second of four shards, counted from 1. None -> (1, 1)."""
@@ -397,7 +375,8 @@ class _WorkerConfig:
 
     name: str
     device: str
-    size: SizeSpec
+    size: SizeRequest  # checked size options (upscale.size_request)
+    max_output_pixels: int
     precision: str
     max_memory: int
     quality: int
@@ -468,7 +447,8 @@ class _Worker:
     def _decode(self, task: Task):
         t0 = time.perf_counter()
         image = read_image(task[1], max_pixels=self.cfg.max_input_pixels)
-        out_hw = self.cfg.size.target((image.height, image.width))
+        out_hw = target_size((image.height, image.width), request=self.cfg.size,
+                             max_pixels=self.cfg.max_output_pixels)
         return image, out_hw, time.perf_counter() - t0
 
     def _write(self, task: Task, res, spent: float) -> None:
@@ -577,7 +557,8 @@ def _cpu_count() -> int:
 
 
 def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = None, *,
-              size: SizeSpec, devices: str = "auto", jobs: int = 1, precision: str = "auto",
+              size: SizeRequest, max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
+              devices: str = "auto", jobs: int = 1, precision: str = "auto",
               max_memory: int = engine.DEFAULT_MAX_MEMORY, quality: int = 95,
               max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS, fail_fast: bool = False,
               stop: threading.Event | None = None, on_event: EventFn | None = None
@@ -681,8 +662,8 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
     try:
         for name, dev in zip(names, devs):
             task_qs[name] = queue.Queue() if threaded else ctx.Queue()
-            cfg = _WorkerConfig(name, str(dev), size, precision, max_memory, quality,
-                                plan.overwrite, max_input_pixels,
+            cfg = _WorkerConfig(name, str(dev), size, max_output_pixels, precision, max_memory,
+                                quality, plan.overwrite, max_input_pixels,
                                 None if threaded else max(1, _cpu_count() // len(devs)))
             if threaded:
                 w = _Worker(cfg, loaded.model, task_qs[name], results, halt)

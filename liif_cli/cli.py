@@ -547,9 +547,10 @@ def batch(
 
     Example: liif batch photos/ big/ --scale 4 --recursive --report big.json
     """
-    from .batch import SizeSpec, parse_shard, plan_batch, run_batch, write_report
+    from .batch import parse_shard, plan_batch, run_batch, write_report
+    from .upscale import size_request
 
-    spec = SizeSpec(scale, size, width, height, max_pixels=max_output_pixels)
+    spec = size_request(scale=scale, size=size, width=width, height=height)
     budget = parse_bytes(max_memory)
     if report is not None and not report.parent.is_dir():
         raise UsageError(f"--report folder does not exist: {report.parent}")
@@ -562,8 +563,8 @@ def batch(
         hint = "" if recursive else " (add --recursive for subfolders)"
         console.print(f"no images to do in {input_dir}{hint}", style="yellow", markup=False)
     with _stop_on_signals() as sig, _batch_display(quiet) as on_event:
-        res = run_batch(plan, model, size=spec, devices=device, jobs=jobs, precision=precision,
-                        max_memory=budget, quality=quality, max_input_pixels=max_input_pixels,
+        res = run_batch(plan, model, size=spec, max_output_pixels=max_output_pixels,
+                        devices=device, jobs=jobs, precision=precision, max_memory=budget, quality=quality, max_input_pixels=max_input_pixels,
                         fail_fast=fail_fast, stop=sig["stop"], on_event=on_event)
     if report is not None:
         write_report(res, report)

@@ -17,7 +17,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from liif_cli import imageio
-from liif_cli.batch import (TEMP_RE, SizeSpec, parse_devices, parse_shard, plan_batch, run_batch,
+from liif_cli.upscale import size_request
+from liif_cli.batch import (TEMP_RE, parse_devices, parse_shard, plan_batch, run_batch,
                             shard_of, worker_names)
 from liif_cli.cli import app
 from liif_cli.errors import ImageReadError, UsageError
@@ -112,9 +113,9 @@ def test_plan_fails_colliding_outputs_and_bad_options(tmp_path):
             parse_shard(bad)
     assert parse_shard("2/4") == (2, 4) and parse_shard(None) == (1, 1)
     with pytest.raises(UsageError):
-        SizeSpec()  # no size at all
+        size_request()  # no size at all
     with pytest.raises(UsageError):
-        SizeSpec(scale="2", width=10)
+        size_request(scale="2", width=10)
 
 
 def test_shards_partition_the_files_stably(tmp_path):
@@ -168,7 +169,7 @@ def test_run_writes_then_skips_then_overwrites(tmp_path, tiny_ckpt):
     names = ["a.png", "b.png", "sub/c.png"]
     _images(inp, names)
     loaded = load_model(str(tiny_ckpt))
-    spec = SizeSpec(scale="2")
+    spec = size_request(scale="2")
     events = []
     res = run_batch(plan_batch(inp, out, recursive=True), loaded, size=spec, devices="cpu",
                     on_event=events.append)
@@ -187,7 +188,7 @@ def test_run_writes_then_skips_then_overwrites(tmp_path, tiny_ckpt):
     assert [r.status for r in again.records] == ["skipped"] * 3
     assert [(out / n).stat().st_mtime_ns for n in names] == mtimes
 
-    spec3 = SizeSpec(scale="3")
+    spec3 = size_request(scale="3")
     redo = run_batch(plan_batch(inp, out, recursive=True, overwrite=True), loaded, size=spec3,
                      devices="cpu")
     assert [r.status for r in redo.records] == ["done"] * 3
@@ -209,7 +210,7 @@ def test_stale_temps_are_removed_but_nothing_else(tmp_path, tiny_ckpt):
                             "--dry-run"])
     assert r.exit_code == 0 and "1 stale temporary" in r.output and stale.exists()
     assert not (out / "a.png").exists()
-    res = run_batch(plan, str(tiny_ckpt), size=SizeSpec(scale=2), devices="cpu")
+    res = run_batch(plan, str(tiny_ckpt), size=size_request(scale=2), devices="cpu")
     assert res.removed_temps == 1 and not stale.exists() and all(p.exists() for p in keep)
 
 
@@ -298,7 +299,7 @@ def test_two_cpu_workers_share_the_work(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     names = [f"p{i}.png" for i in range(6)]
     _images(inp, names)
-    spec = SizeSpec(scale="2")
+    spec = size_request(scale="2")
     one = run_batch(plan_batch(inp, tmp_path / "one"), str(tiny_ckpt), size=spec,
                     devices="cpu")
     two = run_batch(plan_batch(inp, tmp_path / "two"), str(tiny_ckpt), size=spec,
@@ -367,7 +368,7 @@ def test_sigkill_then_rerun_completes_every_output_whole(tmp_path, tiny_ckpt, sl
     assert counts["skipped"] == len(partial) and counts["done"] == len(names) - len(partial)
 
     clean = run_batch(plan_batch(inp, tmp_path / "clean"), str(tiny_ckpt),
-                      size=SizeSpec(scale="4"), devices="cpu")
+                      size=size_request(scale="4"), devices="cpu")
     assert clean.count("done") == len(names)
     for n in names:
         np.testing.assert_array_equal(_pixels(out / n), _pixels(tmp_path / "clean" / n))
