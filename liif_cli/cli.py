@@ -141,8 +141,11 @@ def parse_bytes(text: str) -> int:
 
 @contextmanager
 def progress_bar(description: str, *, quiet: bool, unit_scale: float = 1.0) -> Iterator:
-    """Yield an `on_progress(done, total)` callback drawing a Rich bar (or doing nothing)."""
-    if quiet:
+    """Yield an `on_progress(done, total)` callback drawing a Rich bar (or doing nothing).
+
+    No bar when stderr is not a terminal (logs, pipes): it would only print blank lines there.
+    """
+    if quiet or not console.is_terminal:
         yield None
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
+import threading
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -122,15 +123,29 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_INPUT_P
         raise ImageReadError(f"cannot read {path}: {msg}") from None
 
 
+_bomb_lock = threading.Lock()
+_bomb_state = {"users": 0, "saved": None}
+
+
 @contextmanager
 def _pil_bomb_limit(limit: int | None) -> Iterator[None]:
-    """Set Pillow's decompression-bomb pixel limit for the duration (None: off)."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = limit
+    """Turn Pillow's global decompression-bomb check off while we decode (we check first).
+
+    Reference-counted under a lock: batch decodes in several threads at once, and a plain
+    save/restore per thread could leave Pillow's global off for good.
+    """
+    with _bomb_lock:
+        if _bomb_state["users"] == 0:
+            _bomb_state["saved"] = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = limit
+        _bomb_state["users"] += 1
     try:
         yield
     finally:
-        Image.MAX_IMAGE_PIXELS = saved
+        with _bomb_lock:
+            _bomb_state["users"] -= 1
+            if _bomb_state["users"] == 0:
+                Image.MAX_IMAGE_PIXELS = _bomb_state["saved"]
 
 
 def _rawmode(im: Image.Image) -> str:

@@ -16,15 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-# OpenMP threads that spin while waiting burn the cores they wait for when anything else runs
-# (measured here beside a training job: 22 µs per output pixel passive, 126 µs spinning).
-# Only takes effect if torch is not imported yet (it is not when liif_cli is imported first,
-# as by the `liif` command: this module is the package's first to import torch); a value the
-# user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 from . import engine
 from .errors import DeviceError, UsageError

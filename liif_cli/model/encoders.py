@@ -42,7 +42,10 @@ class ResBlock(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x).mul(self.res_scale) + x
+        res = self.body(x)
+        if self.res_scale != 1:  # EDSR-baseline has 1: skip a full-size multiply per block
+            res = res * self.res_scale
+        return res + x
 
 
 class EDSR(nn.Module):
