@@ -40,8 +40,8 @@ DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes of working memory for tiles and chunks
 # Latents a tile needs beyond its own, on each side: 1 for the ensemble's neighbour lookups,
 # 1 for float disagreement at tile borders, 1 for the 3×3 unfolding.
 TILE_MARGIN = 3
-# activations alive at once while encoding, in units of the widest layer's in+out channels:
-# measured 1.0-1.5 KB per pixel for EDSR-baseline (widest 128 channels), 7-12 KB for RDN (1088)
+# activations alive at once while encoding, in units of the encoder's `peak_channels`:
+# measured 1.4 KB per pixel for EDSR-baseline (128 channels), 7.4 KB for RDN (832)
 ENCODER_LIVE_TENSORS = 3
 # Buffers of (members × queries × hidden) alive at once while decoding a chunk: the gathered
 # first layer, one layer's input and its output, and the gathered rows (≤ 2 members' worth).
@@ -72,10 +72,15 @@ class Plan:
 
 
 def encoder_bytes_per_pixel(model: LIIF) -> int:
-    """Rough peak bytes per input pixel while encoding (float32), from the widest layer."""
+    """Rough peak bytes per input pixel while encoding (float32).
+
+    From the encoder's own count of channels alive at its peak when it has one, else from the
+    widest convolution.
+    """
     enc = model.encoder
-    widest = max((m.in_channels + m.out_channels for m in enc.modules()
-                  if isinstance(m, torch.nn.Conv2d)), default=64)
+    widest = getattr(enc, "peak_channels", None) or max(
+        (m.in_channels + m.out_channels for m in enc.modules()
+         if isinstance(m, torch.nn.Conv2d)), default=64)
     return 4 * ENCODER_LIVE_TENSORS * widest
 
 

@@ -154,3 +154,19 @@ def test_every_golden_case_reproduces_through_liif_upscale(golden_dir, tmp_path)
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= 1
         assert (got == want).mean() >= 0.999, (name, h, w)
+
+
+def test_rdn_fusion_by_parts_equals_the_concatenated_fusion():
+    """RDN sums per-block slices of its 1×1 fusion conv: the same as fusing the concatenation."""
+    torch.manual_seed(0)
+    rdn = RDN(G0=16, RDNconfig="A").eval()
+    x = torch.rand(1, 3, 10, 12)
+    with torch.no_grad():
+        f1 = rdn.SFENet1(x)
+        h = rdn.SFENet2(f1)
+        outs = []
+        for block in rdn.RDBs:
+            h = block(h)
+            outs.append(h)
+        ref = rdn.GFF(torch.cat(outs, 1)) + f1
+        assert torch.allclose(rdn(x), ref, atol=1e-5)

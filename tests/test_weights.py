@@ -161,3 +161,38 @@ def test_default_model_is_bundled_and_verified():
     loaded = load_model(None)
     assert loaded.model.config.encoder == "edsr-baseline"
     assert loaded.model.config.hidden == (256, 256, 256, 256)
+    assert load_model("default").path == loaded.path
+
+
+def test_readme_first_command_upscales_the_shipped_example_with_no_flags(tmp_path):
+    """`liif upscale liif_cli/assets/example.png --scale ...` works on a fresh install."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    if not BUNDLED:
+        pytest.skip("no bundled model in this build")
+    example = Path(__file__).resolve().parents[1] / "liif_cli" / "assets" / "example.png"
+    out = tmp_path / "example_x2.png"
+    res = runner.invoke(app, ["upscale", str(example), "--scale", "2", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "model default" in res.output
+    big = np.asarray(Image.open(out)).astype(float)
+    assert big.shape == (240, 320, 3)
+    # a trained model reproduces the picture: close to a plain bicubic enlargement
+    ref = np.asarray(Image.open(example).resize((320, 240), Image.BICUBIC)).astype(float)
+    psnr = 10 * np.log10(255**2 / np.mean((big - ref) ** 2))
+    assert psnr > 22, psnr
+
+
+def test_bundled_weights_are_checked_against_their_sha256(tmp_path, monkeypatch):
+    import liif_cli.weights as w
+
+    if not BUNDLED:
+        pytest.skip("no bundled model in this build")
+    entry = BUNDLED["default"]
+    bad = tmp_path / entry.file
+    bad.write_bytes((w.PACKAGE_WEIGHTS_DIR / entry.file).read_bytes()[:-10] + b"0123456789")
+    monkeypatch.setattr(w, "PACKAGE_WEIGHTS_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model(None)
