@@ -237,7 +237,7 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 or fp16. [default: fp32]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="[default: 0]")] = None,
-    init: Annotated[Optional[str], typer.Option(help="Start from this checkpoint (fine-tune).")] = None,
+    init: Annotated[Optional[str], typer.Option(help="Start from this checkpoint or model name (fine-tune).")] = None,
     val_every: Annotated[Optional[int], typer.Option(help="Epochs between validations. [default: 1]")] = None,
     val_images: Annotated[Optional[int], typer.Option(help="Validate on the first K images. [default: 10]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Epochs between snapshots. [default: 100]")] = None,

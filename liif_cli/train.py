@@ -36,7 +36,8 @@ from .evaluate import make_lr, psnr
 from .errors import TrainingError, UsageError
 from .model import LIIF, LiifConfig
 from .upscale import resolve_device
-from .weights import atomic_torch_save, checkpoint_dict, load_checkpoint, read_checkpoint
+from .weights import (atomic_torch_save, checkpoint_dict, load_checkpoint, load_model,
+                      read_checkpoint)
 
 ENCODER_CHOICES = ("edsr-baseline", "edsr", "rdn")
 LOG_EVERY = 10  # iterations between metrics.jsonl records
@@ -231,7 +232,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     if state is not None:
         model = load_checkpoint(last).model
     elif cfg.init:
-        model = load_checkpoint(cfg.init).model
+        model = load_model(cfg.init).model  # a path, or a bundled or user model name
     else:
         model = LIIF(cfg.model_config())
     model.to(dev).train()

@@ -178,3 +178,17 @@ def test_ddp_on_two_cpu_processes_matches_one_process(folder, tmp_path):
     a, b = weights(tmp_path / "one" / "last.pth"), weights(tmp_path / "two" / "last.pth")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_init_fine_tunes_from_a_path_or_a_model_name(folder, tmp_path, monkeypatch):
+    first = tmp_path / "first"
+    train(TrainConfig(data=str(folder), out=str(first), **{**TINY, "epochs": 1}))
+    monkeypatch.setenv("LIIF_MODELS_DIR", str(first))  # last.pth is now the model "last"
+    for init in (str(first / "last.pth"), "last"):
+        out = tmp_path / f"ft-{init[-4:]}"
+        cfg = TrainConfig(data=str(folder), out=str(out), init=init, **{**TINY, "epochs": 1,
+                                                                        "lr": 1e-12})
+        train(cfg)
+        a, b = weights(first / "last.pth"), weights(out / "last.pth")
+        for k in a:  # a negligible learning rate: the weights are where the init put them
+            assert torch.allclose(a[k], b[k], atol=1e-6), (init, k)
