@@ -241,7 +241,7 @@ BAD_INPUTS = {  # name -> (args after the input, exit code, message)
     "extension": (["-o", "{d}/out.xyz"], 1, "unknown output format '.xyz'"),
     "bad model file": (["--model", "{d}/bad.pth"], 1, "not a readable PyTorch checkpoint"),
     "unknown model": (["--model", "no-such-model"], 1, "unknown model 'no-such-model'"),
-    "no model": (["--model", None], 1, "pass --model PATH"),
+    "corrupt bundled model": (["--model", None], 1, "corrupt"),
     "cuda:7": (["--device", "cuda:7"], 1, "cuda:7"),
     "bad device": (["--device", "gpu"], 2, "unknown device 'gpu'"),
     "fp16 on cpu": (["--device", "cpu", "--precision", "fp16"], 2, "fp16 is for GPUs"),
@@ -256,10 +256,19 @@ BAD_INPUTS = {  # name -> (args after the input, exit code, message)
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_cli_bad_input_one_line_and_nothing_written(tmp_path, tiny_ckpt, case):
+def test_cli_bad_input_one_line_and_nothing_written(tmp_path, tiny_ckpt, case, monkeypatch):
     args, code, message = BAD_INPUTS[case]
     d = tmp_path / "work"
     d.mkdir()
+    if case == "corrupt bundled model":
+        import liif_cli.weights as w
+
+        if "default" not in w.BUNDLED:
+            pytest.skip("no bundled model in this build")
+        broken = tmp_path / "bundled"
+        broken.mkdir()
+        (broken / w.BUNDLED["default"].file).write_bytes(b"damaged")
+        monkeypatch.setattr(w, "PACKAGE_WEIGHTS_DIR", broken)
     Image.fromarray(photo_like(10, 12)).save(d / "good.png")
     (d / "exists.png").write_bytes(b"old")
     (d / "bad.pth").write_text("not a checkpoint")
@@ -278,7 +287,7 @@ def test_cli_bad_input_one_line_and_nothing_written(tmp_path, tiny_ckpt, case):
             "--scale", "2"]
         model = [] if "--model" in extra else ["--model", tiny_ckpt]
         extra = [a for a in extra if a is not None]
-        if case == "no model":
+        if case == "corrupt bundled model":
             extra.remove("--model")
         argv = ["upscale", inp, *size, *model, *extra]
     r = run(*argv)
