@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .model.coords import coord_seq
-from .model.liif import AREA_EPS, COORD_CLAMP, ENSEMBLE_EPS_SHIFT, LIIF
+from .model.liif import AREA_EPS, ENSEMBLE_EPS_SHIFT, LIIF, nearest_axis
 
 DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes of working memory for tiles and chunks
 # Latents a tile needs beyond its own, on each side: 1 for the ensemble's neighbour lookups,
@@ -118,14 +118,9 @@ class _Axis:
 
     def __init__(self, n_out: int, n_lat: int, shifts: list[int], eps: float, device):
         coord = coord_seq(n_out, device=device)  # (n_out,) query centres
-        lat_centres = coord_seq(n_lat, device=device)
-        r = 1 / n_lat
-        self.index, self.rel = [], []
-        for v in shifts:
-            shifted = (coord + (v * r + eps)).clamp_(-COORD_CLAMP, COORD_CLAMP)
-            idx = _nearest_index(shifted, n_lat)
-            self.index.append(idx)  # (n_out,) latent index, as grid_sample 'nearest' picks it
-            self.rel.append((coord - lat_centres[idx]) * n_lat)  # offset in latent cells
+        per_shift = nearest_axis(coord, n_lat, shifts, eps)
+        self.index = [idx for idx, _ in per_shift]  # (n_out,) latent index per shift
+        self.rel = [rel for _, rel in per_shift]  # (n_out,) offset in latent cells
         # which latent each output pixel's centre falls in: decides the tile that decodes it
         self.owner = torch.div((2 * torch.arange(n_out, device=device) + 1) * n_lat,
                                2 * n_out, rounding_mode="floor")
@@ -135,17 +130,6 @@ class _Axis:
         lo = int(torch.searchsorted(self.owner, a))
         hi = int(torch.searchsorted(self.owner, b))
         return lo, hi
-
-
-def _nearest_index(coord: torch.Tensor, n: int) -> torch.Tensor:
-    """Latent index grid_sample(mode='nearest', align_corners=False) picks for 1-D coords.
-
-    Uses grid_sample itself on a 1×n ramp, so ties round exactly as in the official code.
-    """
-    ramp = torch.arange(n, dtype=torch.float32, device=coord.device).view(1, 1, 1, n)
-    grid = torch.stack([coord, torch.zeros_like(coord)], dim=-1).view(1, 1, -1, 2)
-    idx = F.grid_sample(ramp, grid, mode="nearest", align_corners=False)
-    return idx.view(-1).round().long()
 
 
 LinearFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -36,7 +36,7 @@ from .evaluate import make_lr, psnr
 from .errors import TrainingError, UsageError
 from .model import LIIF, LiifConfig
 from .upscale import resolve_device
-from .weights import (atomic_torch_save, checkpoint_dict, load_checkpoint, load_model,
+from .weights import (atomic_torch_save, checkpoint_dict, load_model, model_from_spec,
                       read_checkpoint)
 
 ENCODER_CHOICES = ("edsr-baseline", "edsr", "rdn")
@@ -230,7 +230,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
 
     torch.manual_seed(cfg.seed)
     if state is not None:
-        model = load_checkpoint(last).model
+        model = model_from_spec(state["model"], source=str(last))  # the file read above
     elif cfg.init:
         model = load_model(cfg.init).model  # a path, or a bundled or user model name
     else:

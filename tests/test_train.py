@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from conftest import photo_like
 from liif_cli.cli import app
 from liif_cli.data import EpochBatches, ImageCache, RandomScaleSamples, find_images
-from liif_cli.errors import DataError, TrainingError
+from liif_cli.errors import TrainingError
 from liif_cli.train import TrainConfig, config_from, train
 
 runner = CliRunner()

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
-from conftest import photo_like, random_model
+from conftest import photo_like
 from liif_cli import engine
 from liif_cli.cli import app
 from liif_cli.errors import DeviceError, UsageError

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import random_model, tiny_config
+from conftest import random_model
 from liif_cli.cli import app
 from liif_cli.errors import CheckpointError
 from liif_cli.model import LIIF, LiifConfig, make_cell, make_coord

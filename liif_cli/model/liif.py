@@ -203,8 +203,8 @@ class LIIF(nn.Module):
             cell_term = rel_cell @ w_cell.t()  # (B, Q, hidden)
         axis_shifts = [-1, 1] if cfg.local_ensemble else [0]
         eps = ENSEMBLE_EPS_SHIFT if cfg.local_ensemble else 0.0
-        ys = _nearest_axis(coord[..., 0], h, axis_shifts, eps)  # per shift: (index, offset)
-        xs = _nearest_axis(coord[..., 1], w, axis_shifts, eps)
+        ys = nearest_axis(coord[..., 0], h, axis_shifts, eps)  # per shift: (index, offset)
+        xs = nearest_axis(coord[..., 1], w, axis_shifts, eps)
         members, areas = [], []
         for iy, ry in ys:  # same member order as `query`: (-1,-1), (-1,1), (1,-1), (1,1)
             for ix, rx in xs:
@@ -230,7 +230,7 @@ class LIIF(nn.Module):
         return self.query_fast(self.encode(img), coord, cell)
 
 
-def _nearest_axis(coord: torch.Tensor, n: int, shifts: list[int], eps: float
+def nearest_axis(coord: torch.Tensor, n: int, shifts: list[int], eps: float
                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per shift: (latent index grid_sample 'nearest' picks, offset in latent cells) on one axis.
 
