@@ -6,7 +6,8 @@ queries, L1, Adam lr 1e-4 halved at epochs 200/400/600/800 of 1000, batch 16, re
 Run folder:
 - last.pth: every epoch and on SIGINT/SIGTERM, atomically. Official layout (`model`, `optimizer`,
   top-level `epoch` = epochs completed) plus `train_state` (scheduler, iteration within the
-  epoch, RNG state, best PSNR) and `liif_cli` (config, version). `torch.load(weights_only=True)`.
+  epoch, RNG state, best PSNR) and `liif_cli` (config, version, `steps`: optimizer steps in all,
+  counting those behind --init's weights). `torch.load(weights_only=True)`.
 - best.pth: best validation PSNR (mean over the validation scales); epoch-N.pth snapshots.
 - metrics.jsonl: one JSON record per logged step and per validation.
 Data randomness is a pure function of (seed, epoch, sample), so a resumed run continues exactly.
@@ -229,10 +230,12 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v})
 
     torch.manual_seed(cfg.seed)
+    init_steps = 0  # optimizer steps behind --init's weights (their file's 'steps', if any)
     if state is not None:
         model = model_from_spec(state["model"], source=str(last))  # the file read above
     elif cfg.init:
-        model = load_model(cfg.init).model  # a path, or a bundled or user model name
+        init = load_model(cfg.init)  # a path, or a bundled or user model name
+        model, init_steps = init.model, int(init.meta.get("steps") or 0)
     else:
         model = LIIF(cfg.model_config())
     model.to(dev).train()
@@ -249,6 +252,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         sched.load_state_dict(ts.get("scheduler", {}))
         start_epoch, skip = int(state.get("epoch", 0)), int(ts.get("iteration", 0))
         best = float(ts.get("best_psnr", -math.inf))
+        init_steps = int(ts.get("init_steps", 0))
         if "rng" in ts:
             torch.set_rng_state(ts["rng"]["torch"])
     net = model
@@ -288,9 +292,10 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             model, optimizer={"name": "adam", "args": {"lr": cfg.lr}, "sd": opt.state_dict()},
             epoch=epoch_done,
             train_state={"scheduler": sched.state_dict(), "iteration": iteration,
-                         "best_psnr": best, "rng": _rng_state()},
+                         "best_psnr": best, "rng": _rng_state(), "init_steps": init_steps},
             liif_cli={"version": __version__, "config": cfg.as_dict(),
-                      "epoch": epoch_done, "iteration": iteration})
+                      "epoch": epoch_done, "iteration": iteration,
+                      "steps": init_steps + epoch_done * iters + iteration})
         atomic_torch_save(ckpt, path)
 
     def record(**kw) -> None:
@@ -336,7 +341,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 n_run += 1
                 its = n_run / max(time.time() - t0, 1e-9)
                 if it % LOG_EVERY == 0 or it == iters:
-                    record(kind="step", epoch=epoch + 1, iteration=it, loss=loss.item(),
+                    record(kind="step", epoch=epoch + 1, iteration=it,
+                           steps=init_steps + epoch * iters + it, loss=loss.item(),
                            lr=opt.param_groups[0]["lr"], its=its)
                 emit(Progress("step", epoch, it, iters, loss=loss.item(),
                               lr=opt.param_groups[0]["lr"], its=its))
@@ -358,7 +364,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             if val_imgs and (done % cfg.val_every == 0 or done == cfg.epochs):
                 psnr = validate(model, val_imgs, cfg.val_scales)
                 mean = float(np.mean(list(psnr.values())))
-                record(kind="val", epoch=done, psnr=psnr)
+                record(kind="val", epoch=done, steps=init_steps + done * iters, psnr=psnr)
                 emit(Progress("val", epoch, it, iters, psnr=psnr))
                 if mean > best:
                     best = mean

@@ -24,12 +24,15 @@ def main() -> None:
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--name", default="default")
     ap.add_argument("--description", default="EDSR-baseline-LIIF trained by liif-cli")
+    ap.add_argument("--prior-steps", type=int, default=0,
+                    help="optimizer steps behind the run's --init that its file does not record")
     args = ap.parse_args()
 
     loaded = load_checkpoint(args.checkpoint)
     raw = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     meta = dict(raw.get("liif_cli") or {})
     meta["source"] = args.checkpoint.name
+    meta["steps"] = int(meta.get("steps") or 0) + args.prior_steps
     out = PACKAGE_WEIGHTS_DIR / f"{args.name}.pth"
     atomic_torch_save(checkpoint_dict(loaded.model, half=True, epoch=raw.get("epoch", 0),
                                       liif_cli=meta), out)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,10 @@ def folder(tmp_path) -> Path:
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]["sd"]
+
+
+def steps(path: Path) -> int:
+    return torch.load(path, weights_only=True)["liif_cli"]["steps"]
 
 
 def test_samples_follow_the_recipe(folder):
@@ -192,3 +197,15 @@ def test_init_fine_tunes_from_a_path_or_a_model_name(folder, tmp_path, monkeypat
         a, b = weights(first / "last.pth"), weights(out / "last.pth")
         for k in a:  # a negligible learning rate: the weights are where the init put them
             assert torch.allclose(a[k], b[k], atol=1e-6), (init, k)
+        # optimizer steps are counted across the lineage: 3 behind the init, 3 of this run
+        assert steps(first / "last.pth") == 3 and steps(out / "last.pth") == 6, init
+    train(replace(cfg, epochs=2), resume=True)  # a resumed fine-tune keeps counting
+    assert steps(out / "last.pth") == 9
+
+
+def test_help_shows_the_recipe_defaults():
+    # Rich markup would swallow "[default: ...]" as a style tag; the defaults must be visible
+    res = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    for text in ("(default: 1e-4)", "(default: 2304)", "(default: 200,400,600,800)"):
+        assert text in res.output, text
