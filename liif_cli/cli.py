@@ -7,6 +7,7 @@ become one red line on stderr and the error's exit code (1, or 2 for usage), in 
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -276,8 +277,11 @@ def train(
         console.print(f"[yellow]{summary['stopped']}[/]")
         raise typer.Exit(130)
     if not quiet:
-        console.print(f"[green]done[/] {summary['out']}  best val PSNR "
-                      f"{summary['best_psnr']:.2f} dB  {summary['seconds'] / 60:.1f} min")
+        best = summary["best_psnr"]
+        val = (f"best val PSNR {best:.2f} dB" if math.isfinite(best) else
+               "no validation (give --val-data)")
+        console.print(f"[green]done[/] {summary['out']}  {val}  "
+                      f"{summary['seconds'] / 60:.1f} min")
 
 
 def _int_list(text: str, name: str) -> list[int]:
@@ -293,18 +297,21 @@ def _train_display(quiet: bool) -> Iterator:
     if quiet:
         yield None
         return
-    with Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TaskProgressColumn(),
-                  TextColumn("loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[its]} it/s"),
-                  TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task("train", total=None, epoch="-", loss="-", lr="-", its="-")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                  console=console) as bar:
+        task = bar.add_task("starting", total=None, info="")
 
         def on_event(ev) -> None:
-            if ev.kind == "start":
+            if ev.kind == "load":  # decoding the training images into memory
+                bar.update(task, description="decoding images", completed=ev.iteration,
+                           total=ev.iterations, info=f"{ev.iteration}/{ev.iterations}")
+            elif ev.kind == "start":
                 console.print(ev.message)
             elif ev.kind == "step":
-                bar.update(task, completed=ev.iteration, total=ev.iterations,
-                           epoch=ev.epoch + 1, loss=f"{ev.loss:.4f}", lr=f"{ev.lr:.2e}",
-                           its=f"{ev.its:.2f}")
+                bar.update(task, description=f"epoch {ev.epoch + 1}", completed=ev.iteration,
+                           total=ev.iterations, info=f"loss {ev.loss:.4f} lr {ev.lr:.2e} "
+                           f"{ev.its:.2f} it/s")
             elif ev.kind == "val":
                 console.print(f"epoch {ev.epoch + 1} validation PSNR: " + "  ".join(
                     f"{k} {v:.2f} dB" for k, v in ev.psnr.items()))

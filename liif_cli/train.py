@@ -147,10 +147,10 @@ def validate(model: LIIF, images: list[np.ndarray], scales: tuple[float, ...]) -
 class Progress:
     """What the trainer reports to its `on_event` callback."""
 
-    kind: str  # "start", "step", "val", "epoch", "stop"
+    kind: str  # "load" (decoding the images), "start", "step", "val", "epoch", "stop"
     epoch: int
-    iteration: int = 0  # within the epoch
-    iterations: int = 0  # per epoch
+    iteration: int = 0  # within the epoch ("load": images decoded)
+    iterations: int = 0  # per epoch ("load": images in all)
     loss: float | None = None
     lr: float | None = None
     its: float | None = None  # iterations per second
@@ -261,7 +261,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     files = find_images(cfg.data)
-    cache = ImageCache(files, min_side=round(cfg.patch_size * cfg.scale_max))
+    cache = ImageCache(files, min_side=round(cfg.patch_size * cfg.scale_max),
+                       on_progress=lambda i, n: emit(Progress("load", start_epoch, i, n)))
     dataset = RandomScaleSamples(cache, repeat=cfg.repeat, patch=cfg.patch_size,
                                  scale_min=cfg.scale_min, scale_max=cfg.scale_max,
                                  sample_q=cfg.sample_q, seed=cfg.seed)

@@ -84,6 +84,9 @@ def test_tiny_run_trains_validates_resumes_and_upscales(folder, tmp_path):
     assert set(ck["optimizer"]) >= {"sd"} and "scheduler" in ck["train_state"]
     vals = [e for e in events if e.kind == "val"]
     assert len(vals) == 2 and np.isfinite(vals[0].psnr["x2"])
+    loads = [(e.iteration, e.iterations) for e in events if e.kind == "load"]
+    assert loads == [(1, 4), (2, 4), (3, 4), (4, 4)]  # decoding progress, small.png included
+    assert events.index(next(e for e in events if e.kind == "start")) == 4
     # more epochs with --resume continue from epoch 2
     summary = train(TrainConfig(**{**cfg.__dict__, "epochs": 3}), resume=True)
     assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 3
@@ -209,3 +212,13 @@ def test_help_shows_the_recipe_defaults():
     assert res.exit_code == 0
     for text in ("(default: 1e-4)", "(default: 2304)", "(default: 200,400,600,800)"):
         assert text in res.output, text
+
+
+def test_cli_run_without_validation_says_so(folder, tmp_path):
+    res = runner.invoke(app, ["train", "--data", str(folder), "--out", str(tmp_path / "r"),
+                              "--epochs", "1", "--batch-size", "2", "--patch-size", "12",
+                              "--scale-max", "2", "--sample-q", "50", "--repeat", "2",
+                              "--workers", "0"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "no validation (give --val-data)" in res.output and "-inf" not in res.output
+    assert "3 training images" in res.output
