@@ -194,36 +194,32 @@ class LIIF(nn.Module):
         k = 3 if cfg.feat_unfold else 1
         n_feat = c * k * k
         w_feat = first.weight[:, :n_feat].reshape(-1, c, k, k)  # channel c*9 + ky*3 + kx
-        w_rel = first.weight[:, n_feat:n_feat + 2]  # (hidden, 2)
+        w_query = first.weight[:, n_feat:]  # (hidden, 2 or 4): offset (y, x), then cell
         p = F.conv2d(feat, w_feat, first.bias, padding=k // 2)  # (B, hidden, h, w)
         p = p.flatten(2).transpose(1, 2)  # (B, h*w, hidden)
-        if cfg.cell_decode:
-            w_cell = first.weight[:, n_feat + 2:n_feat + 4]
-            rel_cell = cell * torch.tensor([h, w], dtype=cell.dtype, device=cell.device)
-            cell_term = rel_cell @ w_cell.t()  # (B, Q, hidden)
         axis_shifts = [-1, 1] if cfg.local_ensemble else [0]
         eps = ENSEMBLE_EPS_SHIFT if cfg.local_ensemble else 0.0
         ys = nearest_axis(coord[..., 0], h, axis_shifts, eps)  # per shift: (index, offset)
         xs = nearest_axis(coord[..., 1], w, axis_shifts, eps)
-        members, areas = [], []
-        for iy, ry in ys:  # same member order as `query`: (-1,-1), (-1,1), (1,-1), (1,1)
-            for ix, rx in xs:
-                flat = (iy * w + ix).unsqueeze(-1).expand(-1, -1, p.shape[-1])
-                x = torch.gather(p, 1, flat)  # (B, Q, hidden)
-                x = x + ry.unsqueeze(-1) * w_rel[:, 0] + rx.unsqueeze(-1) * w_rel[:, 1]
-                if cfg.cell_decode:
-                    x = x + cell_term
-                members.append(x)
-                areas.append(torch.abs(ry * rx) + AREA_EPS)
-        x = torch.stack(members)  # (M, B, Q, hidden)
+        # members in `query`'s order: (-1,-1), (-1,1), (1,-1), (1,1); all M of them go through
+        # one gather, one small matmul and one add, laid out as (B, M*Q, ...)
+        members = [(iy, ry, ix, rx) for iy, ry in ys for ix, rx in xs]
+        n_mem, q = len(members), coord.shape[1]
+        flat = torch.cat([iy * w + ix for iy, _, ix, _ in members], 1)  # (B, M*Q)
+        x = torch.gather(p, 1, flat.unsqueeze(-1).expand(-1, -1, p.shape[-1]))
+        rel = torch.cat([torch.stack([ry, rx], -1) for _, ry, _, rx in members], 1)
+        if cfg.cell_decode:
+            rel_cell = cell * torch.tensor([h, w], dtype=cell.dtype, device=cell.device)
+            rel = torch.cat([rel, rel_cell.repeat(1, n_mem, 1)], -1)
+        x = (x + F.linear(rel, w_query)).view(b, n_mem, q, -1)  # first layer's output
         for lin in rest:
             x = F.linear(torch.relu(x), lin.weight, lin.bias)
-        if len(members) == 1:
-            return x[0]
-        total = torch.stack(areas).sum(0)
+        if n_mem == 1:
+            return x[:, 0]
+        areas = torch.stack([torch.abs(ry * rx) + AREA_EPS for _, ry, _, rx in members], 1)
         # each corner weighted by the area of the rectangle opposite it (local ensemble)
-        weights = torch.stack(areas[::-1]) / total  # (4, B, Q)
-        return (x * weights.unsqueeze(-1)).sum(0)
+        weights = areas.flip(1) / areas.sum(1, keepdim=True)  # (B, M, Q)
+        return (x * weights.unsqueeze(-1)).sum(1)
 
     def forward(self, img: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor | None = None
                 ) -> torch.Tensor:
