@@ -206,11 +206,11 @@ def models():
 
     rows = list_models()
     table = Table(title="LIIF models")
-    for col in ("name", "source", "encoder", "params", "size", "path"):
+    for col in ("name", "source", "encoder", "params", "trained", "size", "path"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"], r["source"], r["encoder"], f"{r['params'] / 1e6:.2f}M",
-                      f"{r['bytes'] / 2**20:.1f} MiB", str(r["path"]))
+                      r["trained"], f"{r['bytes'] / 2**20:.1f} MiB", str(r["path"]))
     out.print(table)
     out.print(f"User models folder: {user_models_dir()} (drop official-layout .pth files here)")
 

@@ -199,12 +199,17 @@ def list_models() -> list[dict[str, Any]]:
                 rows.append({"name": p.stem, "path": p, "source": "user", "description": ""})
     for row in rows:
         try:
-            m = load_checkpoint(row["path"]).model
+            loaded = load_checkpoint(row["path"])
+            m, meta = loaded.model, loaded.meta
             row["encoder"] = m.config.encoder
             row["params"] = sum(t.numel() for t in m.state_dict().values())
+            # how much training is behind it: our files count steps, official ones epochs
+            row["trained"] = (f"{meta['steps']:,} steps" if meta.get("steps") else
+                              f"{meta['epoch']} epochs" if meta.get("epoch") else "")
         except CheckpointError as e:
             row["encoder"] = "unreadable"
             row["params"] = 0
+            row["trained"] = ""
             row["description"] = str(e)
         row["bytes"] = row["path"].stat().st_size
     return rows

@@ -144,11 +144,16 @@ def test_bad_checkpoints_fail_the_cli_with_one_line_and_no_output(tmp_path):
 def test_model_names_resolve_from_the_user_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("LIIF_MODELS_DIR", str(tmp_path))
     save_checkpoint(random_model(), tmp_path / "mine.pth")
+    torch.save(checkpoint_dict(random_model(), epoch=1000), tmp_path / "official.pth")
+    torch.save(checkpoint_dict(random_model(), epoch=3, liif_cli={"steps": 12345}),
+               tmp_path / "ours.pth")
     assert load_model("mine").name == "mine"
     rows = {r["name"]: r for r in list_models()}
     assert rows["mine"]["encoder"] == "edsr-baseline" and rows["mine"]["source"] == "user"
-    res = runner.invoke(app, ["models"])
-    assert res.exit_code == 0 and "mine" in res.output
+    assert rows["official"]["trained"] == "1000 epochs"
+    assert rows["ours"]["trained"] == "12,345 steps"
+    res = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "mine" in res.output and "12,345 steps" in res.output
     with pytest.raises(CheckpointError, match="unknown model 'nosuch'"):
         load_model("nosuch")
 
