@@ -233,6 +233,9 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="(default: 1e-4)")] = None,
     lr_milestones: Annotated[Optional[str], typer.Option(help="Epochs, comma-separated. (default: 200,400,600,800)")] = None,
     lr_gamma: Annotated[Optional[float], typer.Option(help="(default: 0.5)")] = None,
+    warmup: Annotated[Optional[int], typer.Option(
+        help="Steps of linear lr warm-up at the start of the run, e.g. 100 when fine-tuning "
+        "with --init. (default: 0)")] = None,
     repeat: Annotated[Optional[int], typer.Option(help="Passes over the images per epoch. (default: 20)")] = None,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers. (default: 2)")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N, mps.")] = None,
@@ -263,7 +266,7 @@ def train(
     overrides = dict(data=data, val_data=val_data, out=out, encoder=encoder, epochs=epochs,
                      batch_size=batch_size, patch_size=patch_size, scale_min=scale_min,
                      scale_max=scale_max, sample_q=sample_q, lr=lr, lr_milestones=milestones,
-                     lr_gamma=lr_gamma, repeat=repeat, workers=workers, device=device,
+                     lr_gamma=lr_gamma, warmup=warmup, repeat=repeat, workers=workers, device=device,
                      precision=precision, seed=seed, init=init, val_every=val_every,
                      val_images=val_images, save_every=save_every)
     cfg = config_from(str(config) if config else None, overrides)

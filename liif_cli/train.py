@@ -61,6 +61,7 @@ class TrainConfig:
     lr: float = 1e-4
     lr_milestones: tuple[int, ...] = (200, 400, 600, 800)  # epochs at which lr *= lr_gamma
     lr_gamma: float = 0.5
+    warmup: int = 0  # first optimizer steps of the run with lr rising linearly (0: the paper's)
     repeat: int = 20  # passes over the image list per epoch
     workers: int = 2  # DataLoader worker processes
     device: str = "auto"
@@ -119,6 +120,8 @@ def _check(cfg: TrainConfig) -> None:
         raise UsageError(f"unknown precision {cfg.precision!r}: use fp32, bf16 or fp16")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise UsageError("--lr must be a positive number")
+    if cfg.warmup < 0:
+        raise UsageError("--warmup must be 0 (none) or a number of steps")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,6 +334,12 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                         f"stopped, the last good checkpoint is kept ({last}). Try a lower --lr "
                         "or --precision fp32")
                 opt.zero_grad(set_to_none=True)
+                # linear warm-up over the run's first steps (a fresh Adam on --init weights
+                # otherwise takes full-size steps from noisy moments); the schedule is untouched
+                warm = min(1.0, (epoch * iters + it + 1) / cfg.warmup) if cfg.warmup else 1.0
+                base_lr = [g["lr"] for g in opt.param_groups]
+                for g in opt.param_groups:
+                    g["lr"] *= warm
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.step(opt)
@@ -338,15 +347,17 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 else:
                     loss.backward()
                     opt.step()
+                step_lr = opt.param_groups[0]["lr"]
+                for g, lr in zip(opt.param_groups, base_lr):
+                    g["lr"] = lr
                 it += 1
                 n_run += 1
                 its = n_run / max(time.time() - t0, 1e-9)
                 if it % LOG_EVERY == 0 or it == iters:
                     record(kind="step", epoch=epoch + 1, iteration=it,
                            steps=init_steps + epoch * iters + it, loss=loss.item(),
-                           lr=opt.param_groups[0]["lr"], its=its)
-                emit(Progress("step", epoch, it, iters, loss=loss.item(),
-                              lr=opt.param_groups[0]["lr"], its=its))
+                           lr=step_lr, its=its)
+                emit(Progress("step", epoch, it, iters, loss=loss.item(), lr=step_lr, its=its))
                 if stop.signal is not None:
                     break
             if stop.signal is not None and it < iters:

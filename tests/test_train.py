@@ -222,3 +222,17 @@ def test_cli_run_without_validation_says_so(folder, tmp_path):
     assert res.exit_code == 0, res.output
     assert "no validation (give --val-data)" in res.output and "-inf" not in res.output
     assert "3 training images" in res.output
+
+
+def test_warmup_ramps_the_lr_over_the_runs_first_steps_across_a_resume(folder, tmp_path):
+    cfg = TrainConfig(data=str(folder), out=str(tmp_path / "w"), warmup=5,
+                      **{**TINY, "epochs": 1, "lr": 1e-3})
+    events = []
+    train(cfg, on_event=events.append)  # 3 steps per epoch
+    train(replace(cfg, epochs=2), resume=True, on_event=events.append)
+    lrs = [e.lr for e in events if e.kind == "step"]
+    assert np.allclose(lrs, [2e-4, 4e-4, 6e-4, 8e-4, 1e-3, 1e-3]), lrs
+    ck = torch.load(tmp_path / "w" / "last.pth", weights_only=True)
+    assert ck["optimizer"]["sd"]["param_groups"][0]["lr"] == 1e-3  # the schedule's own lr
+    with pytest.raises(Exception, match="--warmup must be 0"):
+        config_from(None, {"data": "x", "warmup": -1})
