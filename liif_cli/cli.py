@@ -269,7 +269,7 @@ def train(
                      lr_gamma=lr_gamma, warmup=warmup, repeat=repeat, workers=workers, device=device,
                      precision=precision, seed=seed, init=init, val_every=val_every,
                      val_images=val_images, save_every=save_every)
-    cfg = config_from(str(config) if config else None, overrides)
+    cfg = config_from(str(config) if config else None, overrides, resume=resume)
     if not quiet and int(os.environ.get("RANK", 0)) == 0:
         console.print("[bold]liif train[/] " + "  ".join(
             f"{k}={v}" for k, v in cfg.as_dict().items() if v not in (None, {}, "")),

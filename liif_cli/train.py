@@ -22,6 +22,7 @@ import signal
 import time
 import tomllib
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -85,25 +86,58 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def config_from(toml_path: str | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Paper defaults <- TOML file <- command-line options that were given (not None)."""
-    values: dict[str, Any] = {}
-    if toml_path:
-        try:
-            values.update(tomllib.loads(Path(toml_path).read_text()))
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise UsageError(f"cannot read config {toml_path}: {e}") from None
-    values.update({k: v for k, v in overrides.items() if v is not None})
+def config_from(toml_path: str | None, overrides: dict[str, Any], *,
+                resume: bool = False) -> TrainConfig:
+    """Paper defaults <- TOML file <- command-line options that were given (not None).
+
+    With `resume`, the run's saved config (in OUT/last.pth) goes between the defaults and the
+    TOML file: `--resume --out RUN` alone continues the run as it was, and any option given
+    changes it from there on.
+    """
+    given = _read_toml(toml_path) if toml_path else {}
+    given.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(given) - known)
     if unknown:
         raise UsageError(f"unknown training option(s) in config: {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    if resume:
+        last = Path(given.get("out", TrainConfig.out)) / "last.pth"
+        if not last.exists():
+            raise TrainingError(f"nothing to resume: {last} does not exist")
+        saved = (read_checkpoint(last).get("liif_cli") or {}).get("config") or {}
+        values.update({k: v for k, v in saved.items() if k in known and k != "out"})
+    values.update(given)
     for k in ("lr_milestones", "val_scales", "hidden"):
         if k in values:
             values[k] = tuple(values[k])
     cfg = TrainConfig(**values)
     _check(cfg)
     return cfg
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"cannot read config {path}: {e}") from None
+
+
+def _retune_schedule(opt: torch.optim.Optimizer, sched: Any, cfg: TrainConfig,
+                     saved: dict[str, Any]) -> None:
+    """A resumed run takes a new --lr / --lr-milestones / --lr-gamma from here on.
+
+    The optimizer and scheduler states restore the old base lr; a new base lr rescales the
+    current lr by the same factor (decays already applied stay applied).
+    """
+    old_lr = float(saved.get("lr", cfg.lr))
+    if not math.isclose(old_lr, cfg.lr, rel_tol=1e-9):
+        for g in opt.param_groups:
+            g["lr"] *= cfg.lr / old_lr
+            g["initial_lr"] = cfg.lr
+        sched.base_lrs = [cfg.lr for _ in sched.base_lrs]
+    sched.milestones = Counter(cfg.lr_milestones)
+    sched.gamma = cfg.lr_gamma
 
 
 def _check(cfg: TrainConfig) -> None:
@@ -256,6 +290,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         start_epoch, skip = int(state.get("epoch", 0)), int(ts.get("iteration", 0))
         best = float(ts.get("best_psnr", -math.inf))
         init_steps = int(ts.get("init_steps", 0))
+        _retune_schedule(opt, sched, cfg, saved)
         if "rng" in ts:
             torch.set_rng_state(ts["rng"]["torch"])
     net = model

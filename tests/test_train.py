@@ -236,3 +236,29 @@ def test_warmup_ramps_the_lr_over_the_runs_first_steps_across_a_resume(folder, t
     assert ck["optimizer"]["sd"]["param_groups"][0]["lr"] == 1e-3  # the schedule's own lr
     with pytest.raises(Exception, match="--warmup must be 0"):
         config_from(None, {"data": "x", "warmup": -1})
+
+
+def test_resume_keeps_the_runs_options_and_takes_new_ones(folder, tmp_path):
+    out = tmp_path / "r"
+    res = runner.invoke(app, ["train", "-q", "--data", str(folder), "--out", str(out),
+                              "--epochs", "1", "--batch-size", "2", "--patch-size", "12",
+                              "--scale-max", "2", "--sample-q", "50", "--repeat", "2",
+                              "--workers", "0", "--lr", "1e-3"])
+    assert res.exit_code == 0, res.output
+    # --resume --out alone continues the run as it was (its data, recipe and lr 1e-3) ...
+    res = runner.invoke(app, ["train", "-q", "--out", str(out), "--resume", "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    ck = torch.load(out / "last.pth", weights_only=True)
+    assert ck["epoch"] == 2 and ck["liif_cli"]["config"]["data"] == str(folder)
+    assert ck["liif_cli"]["config"]["lr"] == 1e-3
+    assert ck["optimizer"]["sd"]["param_groups"][0]["lr"] == 1e-3
+    # ... and a new --lr (or milestones) applies from the resumed step on
+    cfg = config_from(None, {"out": str(out), "epochs": 4, "lr": 5e-4,
+                             "lr_milestones": [3]}, resume=True)
+    events = []
+    train(cfg, resume=True, on_event=events.append)
+    lrs = [e.lr for e in events if e.kind == "step"]
+    assert np.allclose(lrs, [5e-4] * 3 + [2.5e-4] * 3), lrs
+    ck = torch.load(out / "last.pth", weights_only=True)
+    assert ck["liif_cli"]["config"]["lr"] == 5e-4
+    assert np.isclose(ck["optimizer"]["sd"]["param_groups"][0]["lr"], 2.5e-4)
