@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,13 @@ class BundledWeights:
     """Weights shipped inside the package, declared as data."""
 
     name: str  # what users type after --model
-    file: str  # file name in liif_cli/weights/
+    file: str  # file name in liif_cli/bundled/
     sha256: str  # of the file, checked on every load
     description: str  # one line for `liif models`
+    steps: int = 0  # optimizer steps of training behind the weights
+    recipe: str = ""  # the commands that made them
+    # `liif eval` results behind the model card: dataset -> "x2" -> {"model": dB, "bicubic": dB}
+    metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 def _bundled() -> dict[str, BundledWeights]:
@@ -44,7 +48,8 @@ def _bundled() -> dict[str, BundledWeights]:
     if not manifest.exists():
         return {}
     entries = json.loads(manifest.read_text())
-    return {e["name"]: BundledWeights(e["name"], e["file"], e["sha256"], e["description"])
+    known = {f.name for f in fields(BundledWeights)}
+    return {e["name"]: BundledWeights(**{k: v for k, v in e.items() if k in known})
             for e in entries}
 
 

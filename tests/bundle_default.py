@@ -1,10 +1,13 @@
 """Package a trained checkpoint as the bundled default model (maintainers only).
 
-    python tests/bundle_default.py runs/default/best.pth --description "..."
+    python tests/bundle_default.py runs/default/best.pth --description "..." --recipe "..."
+    # run the model card's `liif eval ... --json /tmp/card/SET.json` commands, then record them:
+    python tests/bundle_default.py runs/default/best.pth ... --eval-json /tmp/card/*.json
 
 Writes liif_cli/bundled/default.pth (official layout, fp16 storage, training metadata kept,
-optimizer dropped) and records its sha256 in liif_cli/bundled/bundled.json, which
-`liif_cli.weights` checks on every load. Then re-run `liif eval` for the model card.
+optimizer dropped) and records its sha256, steps, recipe and eval results in
+liif_cli/bundled/bundled.json, which `liif_cli.weights` checks on every load. Re-bundling
+without --eval-json drops the old results: tests then fail until the card is re-measured.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 from pathlib import Path
 
 import torch
+from card_tables import metrics_from_reports
 
 from liif_cli.weights import (PACKAGE_WEIGHTS_DIR, atomic_torch_save, checkpoint_dict,
                               load_checkpoint, sha256_file)
@@ -26,6 +30,9 @@ def main() -> None:
     ap.add_argument("--description", default="EDSR-baseline-LIIF trained by liif-cli")
     ap.add_argument("--prior-steps", type=int, default=0,
                     help="optimizer steps behind the run's --init that its file does not record")
+    ap.add_argument("--recipe", default="", help="the commands that made the weights")
+    ap.add_argument("--eval-json", type=Path, nargs="*", default=[],
+                    help="`liif eval --json` reports of these weights (the model card)")
     args = ap.parse_args()
 
     loaded = load_checkpoint(args.checkpoint)
@@ -40,7 +47,8 @@ def main() -> None:
     entries = json.loads(manifest.read_text()) if manifest.exists() else []
     entries = [e for e in entries if e["name"] != args.name]
     entries.append({"name": args.name, "file": out.name, "sha256": sha256_file(out),
-                    "description": args.description})
+                    "description": args.description, "steps": meta["steps"],
+                    "recipe": args.recipe, "metrics": metrics_from_reports(args.eval_json)})
     manifest.write_text(json.dumps(entries, indent=1) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) and {manifest}")
 

@@ -4,7 +4,9 @@
         --scales 2,3,4,6,8,12 --protocol benchmark --precision bf16 --json /tmp/card/Set5.json
     python tests/card_tables.py /tmp/card/Set5.json /tmp/card/Set14.json /tmp/card/B100.json
 
-Prints one Markdown row per report: "model / bicubic (gain)" per scale, PSNR in dB.
+Prints one Markdown row per report: "model / bicubic (gain)" per scale, PSNR in dB. The same
+results go into bundled.json (tests/bundle_default.py --eval-json), and a test checks that the
+README shows exactly these rows.
 """
 
 from __future__ import annotations
@@ -13,18 +15,27 @@ import json
 import sys
 from pathlib import Path
 
+Metrics = dict[str, dict[str, dict[str, float]]]  # dataset -> "x2" -> {"model", "bicubic"}
 
-def rows(paths: list[Path]) -> list[str]:
-    lines = []
+
+def metrics_from_reports(paths: list[Path]) -> Metrics:
+    out: Metrics = {}
     for path in paths:
-        recs = json.loads(path.read_text())
-        model = {r["scale"]: r["psnr"] for r in recs if r["method"] != "bicubic"}
-        bic = {r["scale"]: r["psnr"] for r in recs if r["method"] == "bicubic"}
-        cells = [f"{model[s]:.2f} / {bic[s]:.2f} ({model[s] - bic[s]:+.2f})"
-                 for s in sorted(model, key=float)]
-        lines.append(f"| {recs[0]['dataset']} | " + " | ".join(cells) + " |")
+        for r in json.loads(Path(path).read_text()):
+            method = "bicubic" if r["method"] == "bicubic" else "model"
+            out.setdefault(r["dataset"], {}).setdefault(f"x{r['scale']:g}", {})[method] = \
+                r["psnr"]
+    return out
+
+
+def card_rows(metrics: Metrics) -> list[str]:
+    lines = []
+    for dataset, by_scale in metrics.items():
+        cells = [f"{m['model']:.2f} / {m['bicubic']:.2f} ({m['model'] - m['bicubic']:+.2f})"
+                 for _, m in sorted(by_scale.items(), key=lambda kv: float(kv[0][1:]))]
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
     return lines
 
 
 if __name__ == "__main__":
-    print("\n".join(rows([Path(p) for p in sys.argv[1:]])))
+    print("\n".join(card_rows(metrics_from_reports([Path(p) for p in sys.argv[1:]]))))

@@ -201,3 +201,37 @@ def test_bundled_weights_are_checked_against_their_sha256(tmp_path, monkeypatch)
     monkeypatch.setattr(w, "PACKAGE_WEIGHTS_DIR", tmp_path)
     with pytest.raises(CheckpointError, match="corrupt"):
         load_model(None)
+
+
+CARD_RERUN = ("Set5", (2, 4))  # a re-run the suite can afford (~10 s): Set5 at ×2 and ×4
+CARD_TOL_DB = 0.01  # the card prints 2 decimals; bf16 kernels may differ by CPU
+
+
+def test_model_card_shows_the_bundled_models_eval_results():
+    from pathlib import Path
+
+    from card_tables import card_rows
+
+    w = BUNDLED["default"]
+    assert w.metrics, "bundled.json has no eval results: run the card's liif eval commands " \
+                      "and tests/bundle_default.py --eval-json"
+    assert w.steps > 0 and w.recipe
+    assert w.steps == load_model("default").meta["steps"]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for row in card_rows(w.metrics):
+        assert row in readme, f"README's model card lacks: {row}"
+
+
+def test_model_card_numbers_are_what_liif_eval_prints_now():
+    from conftest import DATA
+    from liif_cli.evaluate import evaluate
+
+    name, scales = CARD_RERUN
+    hr, lr = DATA / "val" / name / "HR", DATA / "val" / name / "LR_bicubic"
+    if not hr.is_dir():
+        pytest.skip(f"{hr} not found (../shared is absent outside CI)")
+    card = BUNDLED["default"].metrics[name]
+    res = evaluate(None, hr, scales=scales, protocol="benchmark", lr_dir=lr, precision="bf16")
+    for r in res.records:
+        want = card[f"x{r.scale:g}"]["bicubic" if r.method == "bicubic" else "model"]
+        assert abs(r.psnr - want) <= CARD_TOL_DB, (r, want)
