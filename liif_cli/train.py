@@ -311,6 +311,11 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     if iters == 0:
         raise UsageError(f"{len(dataset)} samples per epoch is less than one batch of "
                          f"{cfg.batch_size}; lower --batch-size or raise --repeat")
+
+    def run_steps(epoch: int, iteration: int) -> int:
+        """Optimizer steps of this run after `iteration` steps of (0-based) `epoch`."""
+        return epoch * iters + iteration
+
     emit(Progress("start", start_epoch, skip, iters, message=
                   f"{len(cache)} training images"
                   + (f" ({len(cache.skipped)} smaller than {round(cfg.patch_size * cfg.scale_max)}"
@@ -334,7 +339,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                          "best_psnr": best, "rng": _rng_state(), "init_steps": init_steps},
             liif_cli={"version": __version__, "config": cfg.as_dict(),
                       "epoch": epoch_done, "iteration": iteration,
-                      "steps": init_steps + epoch_done * iters + iteration})
+                      "steps": init_steps + run_steps(epoch_done, iteration)})
         atomic_torch_save(ckpt, path)
 
     def record(**kw) -> None:
@@ -371,7 +376,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 opt.zero_grad(set_to_none=True)
                 # linear warm-up over the run's first steps (a fresh Adam on --init weights
                 # otherwise takes full-size steps from noisy moments); the schedule is untouched
-                warm = min(1.0, (epoch * iters + it + 1) / cfg.warmup) if cfg.warmup else 1.0
+                warm = min(1.0, run_steps(epoch, it + 1) / cfg.warmup) if cfg.warmup else 1.0
                 base_lr = [g["lr"] for g in opt.param_groups]
                 for g in opt.param_groups:
                     g["lr"] *= warm
@@ -390,7 +395,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 its = n_run / max(time.time() - t0, 1e-9)
                 if it % LOG_EVERY == 0 or it == iters:
                     record(kind="step", epoch=epoch + 1, iteration=it,
-                           steps=init_steps + epoch * iters + it, loss=loss.item(),
+                           steps=init_steps + run_steps(epoch, it), loss=loss.item(),
                            lr=step_lr, its=its)
                 emit(Progress("step", epoch, it, iters, loss=loss.item(), lr=step_lr, its=its))
                 if stop.signal is not None:
@@ -411,7 +416,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             if val_imgs and (done % cfg.val_every == 0 or done == cfg.epochs):
                 psnr = validate(model, val_imgs, cfg.val_scales)
                 mean = float(np.mean(list(psnr.values())))
-                record(kind="val", epoch=done, steps=init_steps + done * iters, psnr=psnr)
+                record(kind="val", epoch=done, steps=init_steps + run_steps(done, 0), psnr=psnr)
                 emit(Progress("val", epoch, it, iters, psnr=psnr))
                 if mean > best:
                     best = mean
