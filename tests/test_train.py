@@ -262,3 +262,19 @@ def test_resume_keeps_the_runs_options_and_takes_new_ones(folder, tmp_path):
     ck = torch.load(out / "last.pth", weights_only=True)
     assert ck["liif_cli"]["config"]["lr"] == 5e-4
     assert np.isclose(ck["optimizer"]["sd"]["param_groups"][0]["lr"], 2.5e-4)
+
+
+def test_validation_runs_in_the_training_precision():
+    from liif_cli.model import LIIF
+    from liif_cli.train import validate
+
+    torch.manual_seed(0)
+    model = LIIF(TrainConfig(**{k: v for k, v in TINY.items()
+                                if k in ("encoder_args", "hidden")}).model_config())
+    imgs = [photo_like(40, 44, seed=i) for i in range(2)]
+    fp32 = validate(model, imgs, (2.0, 3.0))
+    bf16 = validate(model, imgs, (2.0, 3.0), torch.bfloat16)
+    assert fp32.keys() == bf16.keys() == {"x2", "x3"}
+    for k in fp32:  # the same function, in bf16: close, but not the fp32 numbers
+        assert bf16[k] != fp32[k]
+        assert abs(bf16[k] - fp32[k]) < 0.2
