@@ -36,6 +36,7 @@ from .data import (EpochBatches, ImageCache, RandomScaleSamples, find_images, lo
                    to_tensor)
 from .evaluate import make_lr, psnr
 from .errors import TrainingError, UsageError
+from .malloc import keep_freed_memory
 from .model import LIIF, LiifConfig
 from .upscale import resolve_device
 from .weights import (atomic_torch_save, checkpoint_dict, load_model, model_from_spec,
@@ -239,7 +240,12 @@ def _rng_state() -> dict[str, Any]:
 
 def train(cfg: TrainConfig, *, resume: bool = False,
           on_event: Callable[[Progress], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary dict. Only rank 0 writes files."""
+    """Run (or resume) training; returns a summary dict. Only rank 0 writes files.
+
+    Training owns the process: it keeps freed memory for reuse (`malloc.keep_freed_memory`),
+    which saves a quarter of a CPU step's time, and holds its peak memory until exit.
+    """
+    keep_freed_memory()
     rank, world, local_rank = _dist_info()
     emit = on_event if (on_event and rank == 0) else (lambda e: None)
     if world > 1:

@@ -8,7 +8,9 @@ forward + L1 + backward + Adam) on random data, timed after one warm-up step, fo
 - fast: `LIIF.forward`, i.e. `query_fast` (first layer on the latent grid, the ensemble members
   batched) — what `liif train` runs;
 - official: `LIIF.query`, the official per-query formulation (unfold, 4 members one by one).
-Prints seconds per step and the ratio, measured in the same process.
+Prints seconds per step and the ratio, measured in the same process. Both run with freed memory
+kept for reuse, as `liif train` runs (`liif_cli.malloc`); `--malloc glibc` leaves glibc's
+defaults (every large tensor mmap'd and page-faulted in afresh): run it both ways to see that.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from liif_cli.malloc import keep_freed_memory
 from liif_cli.model.liif import LIIF
 
 
@@ -59,12 +62,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--patch", type=int, default=48)
     ap.add_argument("--queries", type=int, default=2304)
+    ap.add_argument("--malloc", choices=["kept", "glibc"], default="kept")
     args = ap.parse_args()
+    kept = args.malloc == "kept" and keep_freed_memory()
     torch.manual_seed(0)
     model = LIIF().train()
     data = batch(args.batch, args.patch, args.queries)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch} × "
-          f"{args.patch}² × {args.queries} queries, {args.steps} timed steps")
+          f"{args.patch}² × {args.queries} queries, {args.steps} timed steps, "
+          f"freed memory {'kept' if kept else 'returned (glibc default)'}")
     for prec in (["fp32", "bf16"] if args.precision == "both" else [args.precision]):
         fast = time_steps(model, data, official=False, precision=prec, steps=args.steps)
         off = time_steps(model, data, official=True, precision=prec, steps=args.steps)
