@@ -243,7 +243,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     """Run (or resume) training; returns a summary dict. Only rank 0 writes files.
 
     Training owns the process: it keeps freed memory for reuse (`malloc.keep_freed_memory`),
-    which saves a quarter of a CPU step's time, and holds its peak memory until exit.
+    (page faults took a quarter of a CPU step's time), and holds its peak memory until exit.
     """
     keep_freed_memory()
     rank, world, local_rank = _dist_info()
