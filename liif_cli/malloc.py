@@ -21,8 +21,6 @@ from typing import Callable
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_MAX = -4
-_DEFAULT_MMAP_MAX = 65536
-_DEFAULT_TRIM_THRESHOLD = 128 * 1024
 
 
 def _mallopt() -> Callable[[int, int], int] | None:
@@ -36,15 +34,10 @@ def _mallopt() -> Callable[[int, int], int] | None:
     return fn
 
 
-def keep_freed_memory(keep: bool = True) -> bool:
-    """Keep freed memory for reuse instead of unmapping it (`keep=False`: glibc's defaults).
+def keep_freed_memory() -> bool:
+    """Keep freed memory for reuse instead of unmapping it, for the rest of the process.
 
     Returns whether it applied: on Linux with glibc; elsewhere it does nothing.
     """
     fn = _mallopt()
-    if fn is None:
-        return False
-    if keep:
-        return bool(fn(M_MMAP_MAX, 0) and fn(M_TRIM_THRESHOLD, 2**31 - 1))
-    return bool(fn(M_MMAP_MAX, _DEFAULT_MMAP_MAX) and
-                fn(M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD))
+    return fn is not None and bool(fn(M_MMAP_MAX, 0) and fn(M_TRIM_THRESHOLD, 2**31 - 1))
