@@ -188,6 +188,33 @@ def test_ddp_on_two_cpu_processes_matches_one_process(folder, tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-5), k
 
 
+LEAVE = """
+import atexit, sys, torch.distributed as dist
+from liif_cli import cli
+if sys.argv[1] == "dist":
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+atexit.register(lambda: print("finalized"))
+sys.argv = ["liif", "train", "--data", sys.argv[2], "--out", sys.argv[3], "--quiet"]
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("mode", ["dist", "single"])
+def test_a_distributed_rank_exits_without_interpreter_finalization(mode, tmp_path):
+    """Under torchrun the CLI ends with os._exit after the run, keeping the command's exit code.
+
+    A gloo worker thread that drops a finished collective during interpreter finalization
+    aborts the rank (SIGABRT); skipping finalization removes that race. The atexit hook tells
+    whether finalization ran; the run fails (no data folder) to show its exit code is kept.
+    """
+    r = subprocess.run([sys.executable, "-c", LEAVE, mode, str(tmp_path / "none"),
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("error: data folder not found")
+    assert ("finalized" in r.stdout) == (mode == "single")
+
+
 def test_init_fine_tunes_from_a_path_or_a_model_name(folder, tmp_path, monkeypatch):
     first = tmp_path / "first"
     train(TrainConfig(data=str(folder), out=str(first), **{**TINY, "epochs": 1}))
