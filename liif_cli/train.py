@@ -244,6 +244,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
 
     Training owns the process: it keeps freed memory for reuse (`malloc.keep_freed_memory`),
     (page faults took a quarter of a CPU step's time), and holds its peak memory until exit.
+    Under torchrun with gloo, end the process with os._exit once done, as `liif train` does
+    (`cli._leave_distributed`): gloo's worker threads can abort a finalizing interpreter.
     """
     keep_freed_memory()
     rank, world, local_rank = _dist_info()
