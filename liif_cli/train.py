@@ -242,8 +242,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
           on_event: Callable[[Progress], None] | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns a summary dict. Only rank 0 writes files.
 
-    Training owns the process: it keeps freed memory for reuse (`malloc.keep_freed_memory`),
-    (page faults took a quarter of a CPU step's time), and holds its peak memory until exit.
+    Training owns the process: it keeps freed memory for reuse (`malloc.keep_freed_memory`;
+    page faults took a quarter of a CPU step's time) and holds its peak memory until exit.
     Under torchrun with gloo, end the process with os._exit once done, as `liif train` does
     (`cli._leave_distributed`): gloo's worker threads can abort a finalizing interpreter.
     """
