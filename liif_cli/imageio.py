@@ -2,20 +2,26 @@
 
 An image is held as `ImageData`: `pixels` (H, W, C) with C = 1 (grey) or 3 (RGB), uint8 or
 uint16, plus the optional alpha plane and the metadata worth carrying to the output (ICC
-profile, DPI). EXIF orientation is applied on reading, so pixels are always upright.
+profile, DPI, EXIF, XMP). EXIF orientation is applied on reading, so pixels are always upright,
+and the EXIF kept says orientation 1 (its thumbnail, which would show the old image, is dropped).
 
 Pillow decodes and encodes everything except 16-bit colour, which it only handles at 8 bits:
-those files are read and written with OpenCV, and the metadata OpenCV cannot write (ICC
-profile, DPI) is added to its PNG (iCCP, pHYs chunks) or TIFF (IFD tags) output afterwards.
-16-bit grey+alpha PNGs, which neither library writes, get a small PNG encoder of our own.
+16-bit PNGs are read and written with OpenCV, and the metadata OpenCV cannot write (ICC
+profile, DPI, EXIF, XMP) is added to its output as PNG chunks; 16-bit grey+alpha PNGs, which
+neither library writes, get a small PNG encoder of our own. 16-bit TIFFs are written (and the
+grey+alpha ones Pillow cannot open are read) with tifffile, tags and all.
+Files can also come from bytes (`read_image_bytes`, stdin) and go to bytes (`encode_image`).
 Writes go to a temporary name in the target folder and are renamed into place: a failed or
 interrupted write never leaves a partial file, and an existing file is only replaced when asked.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import struct
+import sys
 import tempfile
 import threading
 import zlib
@@ -25,9 +31,9 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin, TiffImagePlugin
 
-from .errors import ImageReadError, ImageWriteError
+from .errors import ImageReadError, ImageWriteError, UsageError
 
 # Decompression-bomb guard: refuse inputs above this many pixels unless the caller lifts it.
 DEFAULT_MAX_INPUT_PIXELS = 200_000_000  # ~ 14142 × 14142
@@ -43,6 +49,13 @@ FORMATS = {  # output extension -> (PIL format name, supports 16-bit, supports a
 }
 READABLE_SUFFIXES = frozenset(FORMATS) | {".gif", ".ppm", ".pgm", ".pnm", ".tga", ".jp2"}
 EXIF_ORIENTATION = 0x0112
+EXIF_IFD = 0x8769  # pointer to the Exif sub-IFD
+EXIF_PIXEL_X, EXIF_PIXEL_Y = 0xA002, 0xA003  # PixelXDimension, PixelYDimension (Exif IFD)
+EXIF_X_RESOLUTION, EXIF_Y_RESOLUTION = 0x011A, 0x011B
+EXIF_WRITTEN = ("PNG", "JPEG", "WEBP")  # formats we write EXIF to (TIFF: its own tags; BMP: none)
+XMP_WRITTEN = ("PNG", "JPEG", "WEBP", "TIFF")
+XMP_ORIENTATION = re.compile(rb'(tiff:Orientation\s*=\s*["\']|<tiff:Orientation>)\s*[2-8]')
+STDIO = "-"  # as an input or output name: stdin / stdout
 CONVERTED_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes we convert to RGB on reading
 METRES_PER_INCH = 0.0254  # PNG pHYs stores pixels per metre
 # zlib level for PNG: 4 is 3× faster than Pillow's default 6 (measured: 1.9 s vs 5.9 s for a
@@ -56,6 +69,8 @@ class ImageData:
     alpha: np.ndarray | None = None  # (H, W), same dtype as pixels
     icc_profile: bytes | None = None
     dpi: tuple[float, float] | None = None  # (x, y) dots per inch
+    exif: bytes | None = None  # "Exif\0\0" + TIFF block, orientation 1, no thumbnail
+    xmp: bytes | None = None  # the XMP packet (UTF-8 XML)
 
     @property
     def height(self) -> int:
@@ -101,17 +116,47 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_INPUT_P
         raise ImageReadError(f"input is a folder, not an image: {path} (use `liif batch`)")
     if path.stat().st_size == 0:
         raise ImageReadError(f"input is empty (0 bytes): {path}")
+    return _decode(path, str(path), max_pixels)
+
+
+def read_image_bytes(blob: bytes, *, name: str = "image data",
+                     max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> ImageData:
+    """`read_image` for an encoded file held in memory (`name` is for messages)."""
+    if not blob:
+        raise ImageReadError(f"{name} is empty (0 bytes)")
+    return _decode(bytes(blob), name, max_pixels)
+
+
+def read_stdin(*, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> ImageData:
+    """Read one encoded image from standard input (the input name `-`)."""
+    stream = sys.stdin
+    if stream is None or stream.isatty():
+        raise UsageError("input '-' reads an image from stdin, but stdin is a terminal: pipe "
+                         "one in, e.g. `liif upscale - -s 2 < photo.jpg > big.png`")
+    blob = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+    if not blob:
+        raise ImageReadError("no image on stdin: it was empty (0 bytes)")
+    return read_image_bytes(blob, name="stdin", max_pixels=max_pixels)
+
+
+def _too_big(name: str, w: int, h: int, max_pixels: int) -> ImageReadError:
+    return ImageReadError(
+        f"{name} is {w}×{h} = {pixel_count(w * h)}, over the {pixel_count(max_pixels)} "
+        "safety limit against decompression bombs; raise it with --max-input-pixels "
+        "if you trust this file")
+
+
+def _decode(src: Path | bytes, name: str, max_pixels: int) -> ImageData:
+    """Decode a file (Path) or an encoded file's bytes; `name` is what messages call it."""
     try:
-        with _pil_bomb_limit(None), Image.open(path) as im:
+        with _pil_bomb_limit(None), Image.open(io.BytesIO(src) if isinstance(src, bytes)
+                                               else src) as im:
             w, h = im.size
             if w * h > max_pixels:
-                raise ImageReadError(
-                    f"{path} is {w}×{h} = {pixel_count(w * h)}, over the {pixel_count(max_pixels)} "
-                    "safety limit against decompression bombs; raise it with --max-input-pixels "
-                    "if you trust this file")
+                raise _too_big(name, w, h, max_pixels)
             rawmode = _rawmode(im)  # before load(), which clears the tile list
             im.load()  # decodes everything: truncated or corrupt data fails here
-            return _from_pil(path, im, rawmode)
+            return _from_pil(src, name, im, rawmode)
     except ImageReadError:
         raise
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for broken files
@@ -119,8 +164,54 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_INPUT_P
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "cannot identify image file" in msg:
+            if _head(src)[:4] in (b"II*\x00", b"MM\x00*"):  # a TIFF Pillow has no mode for
+                return _read_tiff(src, name, max_pixels)
             msg = "not an image file, or a format Pillow cannot read"
-        raise ImageReadError(f"cannot read {path}: {msg}") from None
+        raise ImageReadError(f"cannot read {name}: {msg}") from None
+
+
+def _head(src: Path | bytes) -> bytes:
+    if isinstance(src, bytes):
+        return src[:8]
+    with open(src, "rb") as f:
+        return f.read(8)
+
+
+def _read_tiff(src: Path | bytes, name: str, max_pixels: int) -> ImageData:
+    """TIFFs Pillow cannot open (16-bit grey+alpha, as we write them), read with tifffile."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(src) if isinstance(src, bytes) else src) as tif:
+            page = tif.pages.first
+            h, w = page.imagelength, page.imagewidth
+            if w * h > max_pixels:
+                raise _too_big(name, w, h, max_pixels)
+            arr = page.asarray()
+            tags = page.tags
+            icc = tags[TAG_ICC_PROFILE].value if TAG_ICC_PROFILE in tags else None
+            xmp = tags[TAG_XMP].value if TAG_XMP in tags else None
+            dpi = None
+            if TAG_X_RESOLUTION in tags and TAG_Y_RESOLUTION in tags:
+                unit = tags[TAG_RESOLUTION_UNIT].value if TAG_RESOLUTION_UNIT in tags else 2
+                per_inch = {2: 1.0, 3: 2.54}.get(int(unit))
+                if per_inch:
+                    xr, yr = (tags[t].value for t in (TAG_X_RESOLUTION, TAG_Y_RESOLUTION))
+                    dpi = (xr[0] / xr[1] * per_inch, yr[0] / yr[1] * per_inch)
+    except ImageReadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tifffile raises many types for broken files
+        if isinstance(e, MemoryError):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ImageReadError(f"cannot read {name}: {msg}") from None
+    if arr.ndim not in (2, 3) or arr.dtype not in (np.uint8, np.uint16) or (
+            arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
+        raise ImageReadError(f"cannot read {name}: unsupported TIFF layout {arr.shape} "
+                             f"{arr.dtype}")
+    data = _from_array(arr, bgr=False)
+    return replace(data, icc_profile=bytes(icc) if icc else None, xmp=bytes(xmp) if xmp else None,
+                   dpi=dpi if dpi and min(dpi) > 0 else None)
 
 
 _bomb_lock = threading.Lock()
@@ -158,7 +249,7 @@ def _rawmode(im: Image.Image) -> str:
     return ""
 
 
-def _from_pil(path: Path, im: Image.Image, rawmode: str) -> ImageData:
+def _from_pil(src: Path | bytes, name: str, im: Image.Image, rawmode: str) -> ImageData:
     icc = im.info.get("icc_profile") or None
     dpi = im.info.get("dpi")
     dpi = (float(dpi[0]), float(dpi[1])) if dpi and min(dpi) > 0 else None
@@ -172,7 +263,7 @@ def _from_pil(path: Path, im: Image.Image, rawmode: str) -> ImageData:
     if im.format in ("PNG", "TIFF") and ";16" in rawmode and im.mode in ("RGB", "RGBA"):
         # 16-bit colour or grey+alpha, which Pillow has just decoded to 8 bits (and so
         # checked): take the full 16 bits from OpenCV
-        arr = _read_16bit_cv2(path)
+        arr = _read_16bit_cv2(src, name)
         if rawmode.startswith("LA") and arr.ndim == 3 and arr.shape[2] == 4:
             data = _from_array(arr[:, :, [0, 3]], bgr=False)  # OpenCV made it grey BGRA
         else:
@@ -181,15 +272,66 @@ def _from_pil(path: Path, im: Image.Image, rawmode: str) -> ImageData:
         data = _from_array(_pil_to_array(im), bgr=False)
     if orientation != 1:
         data = _apply_orientation(data, orientation)
-    return replace(data, icc_profile=icc, dpi=dpi)
+    return replace(data, icc_profile=icc, dpi=dpi, exif=_kept_exif(im),
+                   xmp=_kept_xmp(im, reset_orientation=orientation != 1))
 
 
-def _read_16bit_cv2(path: Path) -> np.ndarray:
+def _kept_exif(im: Image.Image) -> bytes | None:
+    """The file's EXIF block (JPEG, PNG, WebP) as we keep it: orientation 1, no thumbnail.
+
+    Pillow's `Exif.tobytes` writes IFD0 with its Exif, GPS and Interop sub-IFDs and never
+    IFD1, where the thumbnail lives. Unparseable EXIF is dropped rather than copied blindly.
+    """
+    raw = im.info.get("exif")
+    if not raw or not isinstance(raw, bytes):
+        return None
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        if EXIF_ORIENTATION in exif:
+            exif[EXIF_ORIENTATION] = 1  # the pixels are upright now
+        return exif.tobytes() if len(exif) else None
+    except Exception:  # noqa: BLE001 - broken EXIF: the image is still good
+        return None
+
+
+def _kept_xmp(im: Image.Image, *, reset_orientation: bool) -> bytes | None:
+    xmp = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp")
+    if not xmp:
+        return None
+    xmp = xmp.encode("utf-8") if isinstance(xmp, str) else bytes(xmp)
+    if reset_orientation:
+        xmp = XMP_ORIENTATION.sub(rb"\g<1>1", xmp)
+    return xmp
+
+
+def _exif_for_output(data: ImageData) -> bytes | None:
+    """The kept EXIF with its pixel size and resolution tags (if it has them) made true."""
+    if not data.exif:
+        return None
+    try:
+        exif = Image.Exif()
+        exif.load(data.exif)
+        sub = exif.get_ifd(EXIF_IFD)
+        if EXIF_PIXEL_X in sub or EXIF_PIXEL_Y in sub:
+            sub[EXIF_PIXEL_X], sub[EXIF_PIXEL_Y] = data.width, data.height
+        if data.dpi and EXIF_X_RESOLUTION in exif:
+            exif[EXIF_X_RESOLUTION], exif[EXIF_Y_RESOLUTION] = (round(d, 3) for d in data.dpi)
+        return exif.tobytes()
+    except Exception:  # noqa: BLE001 - keep the image, drop what we cannot rewrite
+        return None
+
+
+def _read_16bit_cv2(src: Path | bytes, name: str) -> np.ndarray:
     import cv2
 
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+    if isinstance(src, bytes):
+        arr = cv2.imdecode(np.frombuffer(src, np.uint8), flags)
+    else:
+        arr = cv2.imread(str(src), flags)
     if arr is None or arr.dtype != np.uint16:
-        raise ImageReadError(f"cannot read {path}: OpenCV could not decode this 16-bit file")
+        raise ImageReadError(f"cannot read {name}: OpenCV could not decode this 16-bit file")
     return arr
 
 
@@ -276,23 +418,14 @@ def write_image(path: str | os.PathLike, data: ImageData, *, quality: int = 95,
     """Encode `data` by the extension of `path`, atomically. Returns the path written.
 
     Formats without 16 bits get 8 (rounded); formats without alpha drop it (JPEG, BMP);
-    WebP stores grey as RGB and has no DPI; TIFF has no 16-bit grey+alpha here (RGBA instead).
+    WebP stores grey as RGB and has no DPI. EXIF goes to PNG, JPEG and WebP, XMP to those and
+    TIFF (see `EXIF_WRITTEN`, `XMP_WRITTEN`).
     """
     path = check_output_path(path, overwrite=overwrite)
-    suffix = path.suffix.lower()
-    fmt, allows16, allows_alpha = FORMATS[suffix]
-    pixels, alpha = data.pixels, data.alpha if allows_alpha else None
-    sixteen = allows16 and pixels.dtype == np.uint16
-    if not sixteen:
-        pixels = to_8bit(pixels)
-        alpha = None if alpha is None else to_8bit(alpha)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        if sixteen:
-            _write_16bit(tmp, suffix, pixels, alpha, data)
-        else:
-            _write_pil(tmp, fmt, pixels, alpha, data, quality)
+        _encode_to(tmp, path.suffix.lower(), data, quality)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         _publish(tmp, path, overwrite=overwrite)
     except BaseException as e:
@@ -302,6 +435,53 @@ def write_image(path: str | os.PathLike, data: ImageData, *, quality: int = 95,
             raise ImageWriteError(f"cannot write {path}: {msg}") from None
         raise
     return path
+
+
+def output_suffix(fmt: str) -> str:
+    """--format name (png, jpg, jpeg, webp, tif, tiff, bmp; any case, dot optional) -> suffix."""
+    suffix = "." + str(fmt).lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise UsageError(f"unknown --format {fmt!r}: use png, jpg, webp, tiff or bmp")
+    return suffix
+
+
+def encode_image(data: ImageData, fmt: str = "png", *, quality: int = 95) -> bytes:
+    """`data` encoded as a whole file of format `fmt` (as for `--format`), in memory."""
+    suffix = output_suffix(fmt)
+    with tempfile.TemporaryDirectory(prefix="liif-") as folder:
+        tmp = os.path.join(folder, "image" + suffix)
+        try:
+            _encode_to(tmp, suffix, data, quality)
+        except (ImageWriteError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - encoders raise many types
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ImageWriteError(f"cannot encode the image as {suffix[1:]}: {msg}") from None
+        with open(tmp, "rb") as f:
+            return f.read()
+
+
+def write_stdout(data: ImageData, fmt: str = "png", *, quality: int = 95) -> int:
+    """Encode, then write the whole file to stdout at once (nothing on failure). Bytes written."""
+    blob = encode_image(data, fmt, quality=quality)
+    stream = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
+    stream.write(blob)
+    stream.flush()
+    return len(blob)
+
+
+def _encode_to(tmp: str, suffix: str, data: ImageData, quality: int) -> None:
+    """Write `data` as a `suffix` file to the (temporary) path `tmp`."""
+    fmt, allows16, allows_alpha = FORMATS[suffix]
+    pixels, alpha = data.pixels, data.alpha if allows_alpha else None
+    sixteen = allows16 and pixels.dtype == np.uint16
+    if not sixteen:
+        pixels = to_8bit(pixels)
+        alpha = None if alpha is None else to_8bit(alpha)
+    if sixteen:
+        _write_16bit(tmp, suffix, pixels, alpha, data)
+    else:
+        _write_pil(tmp, fmt, pixels, alpha, data, quality)
 
 
 def _umask() -> int:
@@ -340,45 +520,81 @@ def _write_pil(tmp: str, fmt: str, pixels: np.ndarray, alpha: np.ndarray | None,
         kwargs["dpi"] = tuple(round(d, 3) for d in data.dpi)
     if fmt in ("JPEG", "WEBP"):
         kwargs["quality"] = quality
+    exif = _exif_for_output(data) if fmt in EXIF_WRITTEN else None
+    if exif:
+        kwargs["exif"] = exif
+    xmp = data.xmp if fmt in XMP_WRITTEN else None
     if fmt == "TIFF":
         kwargs["compression"] = "tiff_deflate"
+        if xmp:
+            info = TiffImagePlugin.ImageFileDirectory_v2()
+            info[TAG_XMP] = xmp
+            info.tagtype[TAG_XMP] = TIFF_BYTE
+            kwargs["tiffinfo"] = info
     if fmt == "PNG":
         kwargs["compress_level"] = PNG_COMPRESS_LEVEL
+        if xmp:
+            info = PngImagePlugin.PngInfo()
+            info.add_itxt(PNG_XMP_KEY, xmp.decode("utf-8", "replace"), zip=False)
+            kwargs["pnginfo"] = info
+    if fmt in ("JPEG", "WEBP") and xmp:
+        kwargs["xmp"] = xmp
     im.save(tmp, format=fmt, **kwargs)
 
 
 def _write_16bit(tmp: str, suffix: str, pixels: np.ndarray, alpha: np.ndarray | None,
                  data: ImageData) -> None:
-    """16-bit PNG or TIFF: OpenCV encodes, then the ICC profile and DPI are added."""
+    """16-bit PNG (OpenCV or our encoder, then metadata chunks) or TIFF (tifffile)."""
+    if suffix != ".png":
+        _write_tiff16(tmp, pixels, alpha, data)
+        return
     import cv2
 
-    grey = pixels.shape[2] == 1
-    png = suffix == ".png"
-    if grey and alpha is not None and png:
+    if pixels.shape[2] == 1 and alpha is not None:
         blob = _png_encode(np.dstack([pixels, alpha]))  # 16-bit grey+alpha: our own encoder
     else:
-        if grey and alpha is not None:  # no 16-bit grey+alpha TIFF writer at hand: RGBA
-            pixels = np.repeat(pixels, 3, axis=2)
         arr = pixels[:, :, ::-1] if pixels.shape[2] == 3 else pixels  # OpenCV wants BGR
         if alpha is not None:
             arr = np.dstack([arr, alpha])
-        params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESS_LEVEL] if png else []
-        ok, buf = cv2.imencode(".png" if png else ".tiff", np.ascontiguousarray(arr), params)
+        params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESS_LEVEL]
+        ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr), params)
         if not ok:
             raise ImageWriteError(f"OpenCV could not encode a 16-bit {suffix} image")
         blob = buf.tobytes()
-    if png:
-        chunks = []
-        if data.icc_profile:
-            chunks.append(_png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(data.icc_profile)))
-        if data.dpi:
-            ppm = [max(1, round(d / METRES_PER_INCH)) for d in data.dpi]
-            chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
-        blob = _png_insert_after_ihdr(blob, b"".join(chunks))
-    else:
-        blob = _tiff_set_tags(blob, _tiff_meta_tags(data))
+    chunks = []
+    if data.icc_profile:
+        chunks.append(_png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(data.icc_profile)))
+    if data.dpi:
+        ppm = [max(1, round(d / METRES_PER_INCH)) for d in data.dpi]
+        chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
+    exif = _exif_for_output(data)
+    if exif:
+        chunks.append(_png_chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00")))
+    if data.xmp:  # iTXt: keyword, NUL, uncompressed, method, no language, no translation
+        chunks.append(_png_chunk(b"iTXt", PNG_XMP_KEY.encode() + b"\x00\x00\x00\x00\x00"
+                                 + data.xmp))
     with open(tmp, "wb") as f:
-        f.write(blob)
+        f.write(_png_insert_after_ihdr(blob, b"".join(chunks)))
+
+
+def _write_tiff16(tmp: str, pixels: np.ndarray, alpha: np.ndarray | None,
+                  data: ImageData) -> None:
+    """16-bit TIFF with tifffile: grey, grey+alpha, RGB or RGBA (unassociated alpha), deflate,
+    with the ICC profile, DPI and XMP as tags. (OpenCV writes no grey+alpha TIFF, and its
+    files needed the ICC and DPI tags patched in by hand.)"""
+    import tifffile
+
+    arr = pixels if alpha is None else np.dstack([pixels, alpha])
+    extratags = [(TAG_XMP, TIFF_BYTE, len(data.xmp), data.xmp, True)] if data.xmp else []
+    kwargs = {}
+    if data.dpi:
+        kwargs = {"resolution": tuple(round(d, 3) for d in data.dpi),
+                  "resolutionunit": "INCH"}
+    tifffile.imwrite(tmp, arr[:, :, 0] if arr.shape[2] == 1 else arr,
+                     photometric="rgb" if pixels.shape[2] == 3 else "minisblack",
+                     planarconfig="contig", extrasamples=None if alpha is None else ["unassalpha"],
+                     compression="zlib", iccprofile=data.icc_profile or None, metadata=None,
+                     extratags=extratags, **kwargs)
 
 
 # --- PNG: chunks (PNG spec §5.3) and a minimal encoder for what OpenCV cannot write
@@ -386,6 +602,7 @@ def _write_16bit(tmp: str, suffix: str, pixels: np.ndarray, alpha: np.ndarray | 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> grey, grey+alpha, RGB, RGBA
 PNG_FILTER_UP = 2  # each byte minus the one above it: cheap, and good on photographs
+PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword XMP lives under
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -415,66 +632,9 @@ def _png_encode(arr: np.ndarray) -> bytes:
             + _png_chunk(b"IEND", b""))
 
 
-# --- TIFF: add tags to OpenCV's single-image output by appending a new IFD (TIFF 6.0 §2)
+# --- TIFF tags we read and write (TIFF 6.0; XMP: Adobe XMP spec part 3)
 
-TIFF_SHORT, TIFF_LONG, TIFF_RATIONAL, TIFF_UNDEFINED = 3, 4, 5, 7  # field types
-TIFF_TYPE_BYTES = {1: 1, 2: 1, TIFF_SHORT: 2, TIFF_LONG: 4, TIFF_RATIONAL: 8, 6: 1,
-                   TIFF_UNDEFINED: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
+TIFF_BYTE = 1  # field type
 TAG_X_RESOLUTION, TAG_Y_RESOLUTION, TAG_RESOLUTION_UNIT = 282, 283, 296
+TAG_XMP = 700
 TAG_ICC_PROFILE = 34675
-RESOLUTION_UNIT_INCH = 2
-DPI_DENOMINATOR = 1000  # rational DPI kept to 1/1000
-
-
-def _tiff_meta_tags(data: ImageData) -> dict[int, tuple[int, int, bytes]]:
-    """tag -> (type, count, little-endian value bytes) for the ICC profile and DPI."""
-    tags: dict[int, tuple[int, int, bytes]] = {}
-    if data.icc_profile:
-        tags[TAG_ICC_PROFILE] = (TIFF_UNDEFINED, len(data.icc_profile), data.icc_profile)
-    if data.dpi:
-        for tag, d in ((TAG_X_RESOLUTION, data.dpi[0]), (TAG_Y_RESOLUTION, data.dpi[1])):
-            tags[tag] = (TIFF_RATIONAL, 1, struct.pack("<II", round(d * DPI_DENOMINATOR),
-                                                       DPI_DENOMINATOR))
-        tags[TAG_RESOLUTION_UNIT] = (TIFF_SHORT, 1, struct.pack("<H", RESOLUTION_UNIT_INCH))
-    return tags
-
-
-def _tiff_set_tags(tiff: bytes, tags: dict[int, tuple[int, int, bytes]]) -> bytes:
-    """Return `tiff` with its first IFD replaced by one that also has `tags`.
-
-    The new IFD and any values longer than 4 bytes are appended; the old IFD stays as unused
-    bytes. Values are given little-endian and converted for big-endian files.
-    """
-    if not tags:
-        return tiff
-    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
-    if order is None or struct.unpack(order + "H", tiff[2:4])[0] != 42:
-        raise ImageWriteError("unexpected TIFF layout from OpenCV (BigTIFF?)")
-    (ifd,) = struct.unpack(order + "I", tiff[4:8])
-    (n,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
-    entries = {}
-    for i in range(n):
-        e = tiff[ifd + 2 + 12 * i: ifd + 14 + 12 * i]
-        entries[struct.unpack(order + "H", e[:2])[0]] = e[2:]  # type, count, value/offset
-    (next_ifd,) = struct.unpack(order + "I", tiff[ifd + 2 + 12 * n: ifd + 6 + 12 * n])
-    out = bytearray(tiff)
-    for tag, (kind, count, value) in tags.items():
-        if order == ">":  # convert each element from little- to big-endian
-            size = TIFF_TYPE_BYTES[kind] // (2 if kind == TIFF_RATIONAL else 1)
-            if size > 1:
-                value = b"".join(value[i:i + size][::-1] for i in range(0, len(value), size))
-        if len(value) <= 4:
-            field = value.ljust(4, b"\x00")
-        else:
-            out += b"\x00" * (len(out) % 2)  # values start on a word boundary
-            field = struct.pack(order + "I", len(out))
-            out += value
-        entries[tag] = struct.pack(order + "HI", kind, count) + field
-    out += b"\x00" * (len(out) % 2)
-    new_ifd = len(out)
-    out += struct.pack(order + "H", len(entries))
-    for tag in sorted(entries):  # TIFF wants tags in ascending order
-        out += struct.pack(order + "H", tag) + entries[tag]
-    out += struct.pack(order + "I", next_ifd)
-    out[4:8] = struct.pack(order + "I", new_ifd)
-    return bytes(out)

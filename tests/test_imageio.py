@@ -7,15 +7,16 @@ import io
 import os
 import struct
 import zlib
+from dataclasses import replace
 
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageCms, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageOps
 
 from conftest import photo_like
 from liif_cli import imageio
-from liif_cli.errors import ImageReadError, ImageWriteError
+from liif_cli.errors import ImageReadError, ImageWriteError, UsageError
 from liif_cli.imageio import FORMATS, ImageData, read_image, write_image
 
 SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -138,27 +139,137 @@ def test_dpi_carried(tmp_path, suffix, bits):
     assert read_image(tmp_path / f"out{suffix}").dpi == pytest.approx((540, 301.5), abs=tol)
 
 
-def test_tiff_tags_in_big_endian_files():
-    tiff = io.BytesIO()
-    Image.fromarray(rgb()).save(tiff, format="TIFF")
-    le = tiff.getvalue()
-    # the same image as a big-endian file, via Pillow's own writer
-    be = io.BytesIO()
-    Image.open(io.BytesIO(le)).save(be, format="TIFF", tiffinfo={}, big_endian=True)
-    data = ImageData(rgb(), icc_profile=SRGB_ICC, dpi=(150.0, 75.0))
-    for blob in (le, be.getvalue()):
-        tagged = imageio._tiff_set_tags(blob, imageio._tiff_meta_tags(data))
-        with Image.open(io.BytesIO(tagged)) as im:
-            assert im.info["icc_profile"] == SRGB_ICC
-            assert im.info["dpi"] == pytest.approx((150, 75))
-            assert np.array_equal(np.asarray(im), rgb())
+def test_16_bit_grey_alpha_tiff_with_icc_dpi_xmp(tmp_path):
+    """tifffile writes what OpenCV could not (16-bit grey+alpha TIFF), with every tag."""
+    import tifffile
+
+    rng = np.random.default_rng(1)
+    img = ImageData(rng.integers(0, 65536, (6, 5, 1), dtype=np.uint16),
+                    rng.integers(0, 65536, (6, 5), dtype=np.uint16), icc_profile=SRGB_ICC,
+                    dpi=(150.0, 75.5))
+    write_image(tmp_path / "la16.tif", replace(img, xmp=PLAIN_XMP))
+    back = read_image(tmp_path / "la16.tif")
+    assert back.describe() == "5×6 grey+alpha 16-bit"
+    assert np.array_equal(back.pixels, img.pixels) and np.array_equal(back.alpha, img.alpha)
+    assert back.icc_profile == SRGB_ICC and back.xmp == PLAIN_XMP
+    assert back.dpi == pytest.approx((150, 75.5), abs=0.01)
+    with tifffile.TiffFile(tmp_path / "la16.tif") as tif:  # another reader sees the same
+        page = tif.pages.first
+        assert page.shape == (6, 5, 2) and page.extrasamples == (2,)  # unassociated alpha
+        assert page.tags[34675].value == SRGB_ICC
+
+
+XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+       b'22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+       b'xmlns:dc="http://purl.org/dc/elements/1.1/" tiff:Orientation="6"><dc:creator>'
+       b'liif test</dc:creator></rdf:Description></rdf:RDF></x:xmpmeta>')
+PLAIN_XMP = XMP.replace(b' tiff:Orientation="6"', b"")  # readers rotate by XMP's orientation too
+THUMB = b"\xff\xd8THUMBNAIL-OF-THE-OLD-IMAGE\xff\xd9"
+
+
+def exif_with_thumbnail(orientation: int, w: int, h: int) -> bytes:
+    """An EXIF block as cameras write it: IFD0 (Make, Orientation), an Exif IFD with the pixel
+    size, and IFD1 pointing at a JPEG thumbnail (little-endian TIFF layout, TIFF 6.0 §2)."""
+    def ifd(entries, next_ifd):
+        body = b"".join(struct.pack("<HHI", tag, kind, count) + value
+                        for tag, kind, count, value in entries)
+        return struct.pack("<H", len(entries)) + body + struct.pack("<I", next_ifd)
+
+    make = b"LiifCam\x00"
+    o_ifd0 = 8
+    o_exif = o_ifd0 + 2 + 12 * 3 + 4
+    o_ifd1 = o_exif + 2 + 12 * 2 + 4
+    o_make = o_ifd1 + 2 + 12 * 2 + 4
+    o_thumb = o_make + len(make)
+    ifd0 = ifd([(0x010F, 2, len(make), struct.pack("<I", o_make)),
+                (0x0112, 3, 1, struct.pack("<HH", orientation, 0)),
+                (0x8769, 4, 1, struct.pack("<I", o_exif))], o_ifd1)
+    exif_ifd = ifd([(0xA002, 4, 1, struct.pack("<I", w)), (0xA003, 4, 1, struct.pack("<I", h))], 0)
+    ifd1 = ifd([(0x0201, 4, 1, struct.pack("<I", o_thumb)),
+                (0x0202, 4, 1, struct.pack("<I", len(THUMB)))], 0)
+    return (b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd0 + exif_ifd + ifd1 + make
+            + THUMB)
+
+
+@pytest.fixture
+def camera_jpeg(tmp_path):
+    """A 10×6 JPEG stored sideways (orientation 6) with EXIF, a thumbnail and XMP."""
+    path = tmp_path / "camera.jpg"
+    Image.fromarray(rgb(6, 10)).save(path, exif=exif_with_thumbnail(6, 10, 6), xmp=XMP,
+                                     quality=95)
+    with Image.open(path) as im:  # the fixture is what it claims to be
+        exif = im.getexif()
+        assert exif[imageio.EXIF_ORIENTATION] == 6 and exif.get_ifd(ExifTags.IFD.IFD1)
+        assert THUMB in path.read_bytes()
+    return path
+
+
+@pytest.mark.parametrize("suffix,bits", [(".png", 8), (".jpg", 8), (".webp", 8), (".png", 16)])
+def test_exif_kept_with_orientation_1_and_no_thumbnail(tmp_path, camera_jpeg, suffix, bits):
+    img = read_image(camera_jpeg)
+    assert img.pixels.shape[:2] == (10, 6)  # orientation 6 applied: now upright
+    if bits == 16:
+        img = ImageData(img.pixels.astype(np.uint16) * 257, exif=img.exif, xmp=img.xmp)
+    big = ImageData(np.repeat(np.repeat(img.pixels, 2, 0), 3, 1), exif=img.exif, xmp=img.xmp,
+                    dpi=(144.0, 144.0))  # a 18×20 "upscale"
+    out = write_image(tmp_path / f"out{suffix}", big)
+    with Image.open(out) as im:  # as any other reader sees it
+        im.load()
+        exif = im.getexif()
+        assert exif[0x010F] == "LiifCam"  # the camera's tags are kept
+        assert exif[imageio.EXIF_ORIENTATION] == 1  # pixels are upright: no second rotation
+        assert dict(exif.get_ifd(ExifTags.IFD.Exif)) == {0xA002: 18, 0xA003: 20}  # true size
+        assert not exif.get_ifd(ExifTags.IFD.IFD1)  # no thumbnail IFD
+        assert np.asarray(ImageOps.exif_transpose(im)).shape[:2] == (20, 18)
+    assert THUMB not in out.read_bytes()
+    back = read_image(out)
+    assert back.pixels.shape[:2] == (20, 18) and back.bit_depth == (bits if suffix == ".png"
+                                                                     else 8)
+    assert b'tiff:Orientation="1"' in back.xmp and b"liif test" in back.xmp
+
+
+@pytest.mark.parametrize("suffix,bits", [(".png", 8), (".jpg", 8), (".webp", 8), (".tif", 8),
+                                         (".png", 16), (".tif", 16)])
+def test_xmp_carried(tmp_path, suffix, bits):
+    px = rgb().astype(np.uint16) * 257 if bits == 16 else rgb()
+    write_image(tmp_path / f"out{suffix}", ImageData(px, xmp=PLAIN_XMP))
+    back = read_image(tmp_path / f"out{suffix}")
+    assert back.xmp == PLAIN_XMP
+    with Image.open(tmp_path / f"out{suffix}") as im:  # where other readers look for it
+        raw = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp")
+        assert (raw.encode() if isinstance(raw, str) else raw) == PLAIN_XMP
+
+
+def test_bmp_keeps_no_exif_or_xmp_and_says_nothing(tmp_path, camera_jpeg):
+    out = write_image(tmp_path / "out.bmp", read_image(camera_jpeg))
+    back = read_image(out)
+    assert back.exif is None and back.xmp is None and back.pixels.shape[:2] == (10, 6)
+
+
+def test_bytes_in_bytes_out(camera_jpeg):
+    img = imageio.read_image_bytes(camera_jpeg.read_bytes(), name="stdin")
+    assert img.pixels.shape[:2] == (10, 6) and img.exif is not None
+    for fmt in ("png", "PNG", ".tif", "jpeg", "webp", "bmp"):
+        blob = imageio.encode_image(img, fmt)
+        back = imageio.read_image_bytes(blob)
+        assert back.pixels.shape == img.pixels.shape
+    assert np.array_equal(imageio.read_image_bytes(imageio.encode_image(img)).pixels, img.pixels)
+    with pytest.raises(UsageError, match="unknown --format 'gif'"):
+        imageio.encode_image(img, "gif")
+    with pytest.raises(ImageReadError, match="stdin is empty"):
+        imageio.read_image_bytes(b"", name="stdin")
+    with pytest.raises(ImageReadError, match="cannot read stdin: not an image"):
+        imageio.read_image_bytes(b"hello", name="stdin")
+    with pytest.raises(ImageReadError, match="cannot read stdin: "):
+        imageio.read_image_bytes(camera_jpeg.read_bytes()[:300], name="stdin")
 
 
 # ----------------------------------------------------------------------------------------------
 # writing
 
 @pytest.mark.parametrize("suffix", sorted(FORMATS))
-@pytest.mark.parametrize("kind", ["rgb", "rgba", "grey", "grey+alpha", "rgb16", "rgba16"])
+@pytest.mark.parametrize("kind", ["rgb", "rgba", "grey", "grey+alpha", "rgb16", "rgba16",
+                                  "grey+alpha16"])
 def test_every_format_writes_every_kind(tmp_path, suffix, kind):
     px = rgb()
     if kind.startswith("grey"):
