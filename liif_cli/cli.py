@@ -125,6 +125,10 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or su
 QualityOpt = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.")]
 MaxOutOpt = Annotated[int, typer.Option(help="Refuse outputs above this many pixels.")]
 MaxInOpt = Annotated[int, typer.Option(help="Refuse inputs above this many pixels.")]
+DenoiseOpt = Annotated[Optional[float], typer.Option(
+    help="0 to 1: blend the default model (0, keeps grain and detail) into the real-world "
+    "model (1, removes JPEG blocks and noise). Picks that pair; --model real alone runs at 1.",
+    show_default=False)]
 
 
 def parse_bytes(text: str) -> int:
@@ -174,12 +178,18 @@ def upscale(
     precision: PrecisionOpt = "auto", max_memory: MaxMemoryOpt = "512M",
     overwrite: OverwriteOpt = False, quiet: QuietOpt = False, quality: QualityOpt = 95,
     max_output_pixels: MaxOutOpt = 1_000_000_000, max_input_pixels: MaxInOpt = 200_000_000,
+    denoise: DenoiseOpt = None,
 ):
     """Upscale one image to any scale or size.
 
     Examples: liif upscale photo.jpg --scale 7.5 · liif upscale scan.png --size 1920x1080
     """
     from .upscale import upscale_file
+
+    if denoise is not None:
+        from .weights import load_model
+
+        model = load_model(model, denoise=denoise)
 
     budget = parse_bytes(max_memory)
     no_bar = quiet or not console.is_terminal  # no bar (nor its blank line) in logs, pipes
@@ -206,10 +216,10 @@ def models():
 
     rows = list_models()
     table = Table(title="LIIF models")
-    for col in ("name", "source", "encoder", "params", "trained", "size", "path"):
+    for col in ("name", "source", "arch", "encoder", "params", "trained", "size", "path"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["source"], r["encoder"], f"{r['params'] / 1e6:.2f}M",
+        table.add_row(r["name"], r["source"], r["arch"], r["encoder"], f"{r['params'] / 1e6:.2f}M",
                       r["trained"], f"{r['bytes'] / 2**20:.1f} MiB", str(r["path"]))
     out.print(table)
     out.print(f"User models folder: {user_models_dir()} (drop official-layout .pth files here)")
@@ -245,6 +255,8 @@ def train(
     val_every: Annotated[Optional[int], typer.Option(help="Epochs between validations. (default: 1)")] = None,
     val_images: Annotated[Optional[int], typer.Option(help="Validate on the first K images. (default: 10)")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Epochs between snapshots. (default: 100)")] = None,
+    degrade: Annotated[Optional[str], typer.Option(help="real: train on blurred, noisy, JPEG-compressed LR (ranges: TOML [degrade_ranges]).")] = None,
+    val_degrade: Annotated[Optional[str], typer.Option(help="Also validate on LR degraded by this spec, e.g. noise=5,jpeg=75.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pth.")] = False,
     config: Annotated[Optional[Path], typer.Option(help="TOML file of these options (keys with _).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Plot RUN_DIR's loss and PSNR to RUN_DIR/curves.png and exit.")] = None,
@@ -268,7 +280,8 @@ def train(
                      scale_max=scale_max, sample_q=sample_q, lr=lr, lr_milestones=milestones,
                      lr_gamma=lr_gamma, warmup=warmup, repeat=repeat, workers=workers, device=device,
                      precision=precision, seed=seed, init=init, val_every=val_every,
-                     val_images=val_images, save_every=save_every)
+                     val_images=val_images, save_every=save_every, degrade=degrade,
+                     val_degrade=val_degrade)
     cfg = config_from(str(config) if config else None, overrides, resume=resume)
     if not quiet and int(os.environ.get("RANK", 0)) == 0:
         console.print("[bold]liif train[/] " + "  ".join(
@@ -346,6 +359,9 @@ def eval_(
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write records as CSV.")] = None,
     save_examples: Annotated[Optional[Path], typer.Option(
         help="Folder for side-by-side crops (bicubic | model | ground truth).")] = None,
+    degrade: Annotated[Optional[str], typer.Option(
+        help="Degrade every LR input, in this order, seeded per image: e.g. jpeg=70, "
+        "noise=5,jpeg=80, blur=1.5 (keys blur, noise, gray, poisson, jpeg).")] = None,
     device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
     max_memory: MaxMemoryOpt = "512M", overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
 ):
@@ -365,7 +381,7 @@ def eval_(
         res = evaluate(model, data, scales=scales, protocol=protocol, lr_dir=lr_dir,
                        bicubic=not no_bicubic, with_ssim=ssim, device=device,
                        precision=precision, max_memory=budget, examples_dir=save_examples,
-                       overwrite=overwrite, on_progress=on_progress)
+                       overwrite=overwrite, degrade=degrade, on_progress=on_progress)
     for path, write in reports:
         write(path, res.rows(per_image=per_image))
 
@@ -375,7 +391,9 @@ def eval_(
     methods = ([BICUBIC] if not no_bicubic else []) + [res.model]
     by = {(r.scale, r.method): r for r in res.records}
     table = Table(title=escape(f"{res.dataset} · {res.protocol} · PSNR dB"
-                               f"{' / SSIM' if ssim else ''}"),
+                               f"{' / SSIM' if ssim else ''}"
+                               + (f" · LR degraded: {res.degrade}" if res.degrade != "none"
+                                  else "")),
                   caption=f"{res.images} image{'s' if res.images != 1 else ''} · "
                           f"{res.seconds:.1f}s · {res.device} {res.precision}")
     for col in ("scale", "LR", *methods, *(["gain"] if not no_bicubic else [])):
@@ -523,12 +541,14 @@ def _print_batch_summary(res) -> None:
     out.print(table)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})  # --summary r1.jsonl r2.jsonl r3…
 def batch(
-    input_dir: Annotated[Path, typer.Argument(help="Folder of images.", show_default=False)],
-    output_dir: Annotated[Path, typer.Argument(
+    ctx: typer.Context,
+    input_dir: Annotated[Optional[Path], typer.Argument(
+        help="Folder of images.", show_default=False, metavar="INPUT_DIR")] = None,
+    output_dir: Annotated[Optional[Path], typer.Argument(
         help="Folder for the results (created if missing); mirrors the input tree.",
-        show_default=False)],
+        show_default=False, metavar="OUTPUT_DIR")] = None,
     scale: ScaleOpt = None, size: SizeOpt = None, width: WidthOpt = None,
     height: HeightOpt = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r",
@@ -545,41 +565,74 @@ def batch(
                                       "CPU, processes sharing its cores.")] = 1,
     precision: PrecisionOpt = "auto", max_memory: MaxMemoryOpt = "512M",
     shard: Annotated[Optional[str], typer.Option(
-        help="Do only part I of N (1/4 … 4/4), e.g. one per machine; parts never overlap.")
+        help="Do only part I of N (1/4 … 4/4), e.g. one per machine; parts never overlap. "
+        "auto: from the job engine (Slurm array, srun, torchrun, Kubernetes Indexed Job).")
     ] = None,
+    shards: Annotated[Optional[int], typer.Option(
+        help="With --shard auto in a Kubernetes Indexed Job: its completions (or set "
+        "LIIF_SHARD_COUNT).")] = None,
+    files_from: Annotated[Optional[str], typer.Option(
+        help="Do the paths listed in this file (- for stdin), relative to INPUT_DIR, one per "
+        "line (or NUL-separated), instead of walking INPUT_DIR.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")
                        ] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failure.")
                          ] = False,
     report: Annotated[Optional[Path], typer.Option(
-        help="Write a JSON record per file (input, output, status, reason, seconds).")] = None,
+        help="Record each file (input, output, status, reason, seconds …): FILE.jsonl gets "
+        "a line as each file ends (appended); FILE.json one document at the end.")] = None,
+    summary: Annotated[bool, typer.Option(
+        "--summary", help="Print the merged table of the reports given instead of folders: "
+        "liif batch --summary r*.jsonl.")] = False,
     quiet: QuietOpt = False, quality: QualityOpt = 95,
     max_output_pixels: MaxOutOpt = 1_000_000_000, max_input_pixels: MaxInOpt = 200_000_000,
+    denoise: DenoiseOpt = None,
 ):
     """Upscale every image in a folder; run it again to resume. Exit 1 if any file failed.
 
     Example: liif batch photos/ big/ --scale 4 --recursive --report big.json
     """
-    from .batch import parse_shard, plan_batch, run_batch, write_report
+    from .batch import (JsonlReport, is_jsonl, plan_batch, read_file_list, resolve_shard,
+                        run_batch, write_report)
     from .upscale import size_request
 
+    paths = [p for p in (input_dir, output_dir, *map(Path, ctx.args)) if p is not None]
+    if summary:
+        _print_report_summary(paths)
+        return
+    if len(paths) != 2:
+        raise UsageError("liif batch takes INPUT_DIR and OUTPUT_DIR" + (
+            f" (got {len(paths)} paths; --summary reads reports)" if len(paths) > 2 else ""))
     spec = size_request(scale=scale, size=size, width=width, height=height)
     budget = parse_bytes(max_memory)
+    if denoise is not None:
+        from .weights import load_model
+
+        model = load_model(model, denoise=denoise)
     if report is not None and not report.parent.is_dir():
         raise UsageError(f"--report folder does not exist: {report.parent}")
+    part = resolve_shard(shard, count=shards)
+    if part.auto and not quiet:  # the run's first line says what --shard auto found
+        console.print(f"shard {part.index}/{part.count} from {part.found}", markup=False,
+                      soft_wrap=True)
+    listed = None if files_from is None else read_file_list(files_from)
     plan = plan_batch(input_dir, output_dir, recursive=recursive, pattern=glob, fmt=fmt,
-                      suffix=suffix, overwrite=overwrite, shard=parse_shard(shard))
+                      suffix=suffix, overwrite=overwrite, shard=part.shard, files=listed)
     if dry_run:
         _print_plan(plan)
         return
     if not plan.items and not quiet:
         hint = "" if recursive else " (add --recursive for subfolders)"
         console.print(f"no images to do in {input_dir}{hint}", style="yellow", markup=False)
-    with _stop_on_signals() as sig, _batch_display(quiet) as on_event:
+    stream = JsonlReport(report, shard=part.shard) if report and is_jsonl(report) else None
+    with _stop_on_signals() as sig, _batch_display(quiet) as on_event, _closing(stream):
         res = run_batch(plan, model, size=spec, max_output_pixels=max_output_pixels,
                         devices=device, jobs=jobs, precision=precision, max_memory=budget, quality=quality, max_input_pixels=max_input_pixels,
-                        fail_fast=fail_fast, stop=sig["stop"], on_event=on_event)
-    if report is not None:
+                        fail_fast=fail_fast, stop=sig["stop"], on_event=on_event,
+                        on_record=stream.write if stream else None)
+    if stream is not None and stream.error:
+        _error_line(f"{stream.error} ({stream.lost} record(s) not written)")
+    elif report is not None and stream is None:
         write_report(res, report)
     if not quiet:
         _print_batch_summary(res)
@@ -591,7 +644,66 @@ def batch(
         console.print(f"[yellow]interrupted:[/] {res.count('cancelled')} file(s) not done; "
                       "run the same command again to resume")
         raise typer.Exit(143 if sig["signal"] == 15 else 130)  # 128 + SIGTERM / SIGINT
-    if res.failed:
+    if res.failed or (stream is not None and stream.error):
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _closing(thing) -> Iterator:
+    try:
+        yield thing
+    finally:
+        if thing is not None:
+            thing.close()
+
+
+def _print_report_summary(paths: list[Path]) -> None:
+    """`liif batch --summary r*.jsonl`: reports of many tasks as one table; exit 1 when a file
+    is still failed or cancelled (it failed, or no run has finished it)."""
+    import glob as globbing
+
+    from rich.markup import escape
+
+    from .batch import STATUSES, summarize_reports, summary_totals
+
+    files: list[str] = []
+    for p in paths:  # patterns the shell left alone (quoted, or matching nothing) are ours
+        matches = sorted(globbing.glob(str(p))) if not p.exists() and globbing.has_magic(
+            str(p)) else [str(p)]
+        if not matches:
+            raise UsageError(f"--summary: no report matches {p}")
+        files.extend(matches)
+    res = summarize_reports(files)
+    caption = [f"{res.reports} report(s)", f"{res.lines} record(s)",
+               f"{len(res.files)} file(s)"]
+    if res.shards:
+        caption.append("shards " + ", ".join(res.shards))
+    if res.hosts:
+        caption.append(f"{len(res.hosts)} host(s)")
+    if res.bad_lines:
+        caption.append(f"{res.bad_lines} unreadable line(s) skipped")
+    table = Table(title="liif batch reports", caption=escape(" · ".join(caption)))
+    for col in ("status", "files", "input MP", "output MP", "seconds"):
+        table.add_column(col, justify="left" if col == "status" else "right")
+    for status in STATUSES:
+        rows = res.rows(status)
+        if rows or status != "cancelled":
+            t = summary_totals(rows)
+            table.add_row(status, str(len(rows)), f"{t['in_mp']:.2f}", f"{t['out_mp']:.2f}",
+                          f"{t['seconds']:.1f}")
+    for rec in res.rows("failed"):
+        reason = rec.get("reason") or ""
+        text = reason if rec["input"] in reason else f"{rec['input']}: {reason}"
+        console.print("[red]failed:[/] " + escape(text), soft_wrap=True)
+    out.print(table)
+    if res.done_twice:
+        console.print(f"[yellow]{len(res.done_twice)} file(s) done more than once[/] "
+                      f"(overlapping shards, or reruns with --overwrite), e.g. "
+                      f"{escape(res.done_twice[0])}", soft_wrap=True)
+    left = res.count("failed") + res.count("cancelled")
+    if left:
+        console.print(f"[red]{left} file(s) not done[/] (failed or cancelled); rerun the "
+                      "tasks to resume", soft_wrap=True)
         raise typer.Exit(1)
 
 

@@ -3,7 +3,9 @@
 Sample creation follows the official `sr-implicit-downsampled` wrapper exactly: a random HR crop
 of round(48·s)² with s ~ U(scale_min, scale_max), the LR made by PIL bicubic on uint8 down to
 48×48, random h-flip, v-flip and transpose, and `sample_q` random HR pixels (without replacement)
-as queries with their cells. Images are (3, H, W) float in [0, 1] unless said otherwise.
+as queries with their cells. With `degrade`, the LR then goes through the real-world
+pipeline of `degrade.py` (blur, noise, JPEG) from a generator of its own. Images are
+(3, H, W) float in [0, 1] unless said otherwise.
 
 Randomness is per sample, not per worker: sample `i` of epoch `e` draws from a generator seeded
 with (seed, e, i). Any number of DataLoader workers or DDP ranks then give the same samples
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .degrade import RealRanges, random_degrade
 from .errors import DataError
 from .model.coords import make_coord
 
@@ -91,8 +94,9 @@ class RandomScaleSamples(torch.utils.data.Dataset):
 
     def __init__(self, cache: ImageCache, *, repeat: int = 20, patch: int = 48,
                  scale_min: float = 1.0, scale_max: float = 4.0, sample_q: int | None = 2304,
-                 augment: bool = True, seed: int = 0):
+                 augment: bool = True, seed: int = 0, degrade: RealRanges | None = None):
         self.cache, self.repeat, self.patch = cache, repeat, patch
+        self.degrade = degrade
         self.scale_min, self.scale_max = scale_min, scale_max
         self.sample_q, self.augment, self.seed = sample_q, augment, seed
 
@@ -109,6 +113,10 @@ class RandomScaleSamples(torch.utils.data.Dataset):
         x0 = int(rng.integers(0, img.shape[1] - w_hr + 1))
         hr = img[y0:y0 + w_hr, x0:x0 + w_hr]
         lr = resize_bicubic(hr, (self.patch, self.patch))
+        if self.degrade is not None:
+            # its own stream, so the crops, flips and queries stay those of a clean run
+            lr = random_degrade(lr, np.random.default_rng([self.seed, epoch, pos, 1]),
+                                self.degrade)
         if self.augment:
             hflip, vflip, dflip = rng.random(3) < 0.5
             hr, lr = (_augment(a, hflip, vflip, dflip) for a in (hr, lr))

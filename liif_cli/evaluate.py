@@ -51,6 +51,7 @@ from PIL import Image
 
 from . import engine
 from .data import load_rgb_uint8 as load_rgb
+from .degrade import apply_spec, parse_spec, spec_seed, spec_text
 from .errors import DataError, UsageError
 from .imageio import READABLE_SUFFIXES
 from .model import LIIF
@@ -388,6 +389,7 @@ class ImageScore:
     psnr: float
     ssim: float | None
     lr: str  # "paired" (from --lr-dir) or "made" (PIL bicubic from the HR image)
+    degrade: str = "none"  # the --degrade spec applied to the LR (degrade.spec_text)
 
 
 @dataclass
@@ -402,6 +404,7 @@ class Record:
     images: int
     protocol: str
     lr: str  # "paired", "made", or "mixed"
+    degrade: str = "none"  # the --degrade spec applied to the LR, "none" for clean inputs
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -419,6 +422,7 @@ class EvalResult:
     device: str
     precision: str
     examples: list[Path] = field(default_factory=list)
+    degrade: str = "none"  # the --degrade spec applied to every LR input
 
     def rows(self, *, per_image: bool = False) -> list[dict[str, Any]]:
         """Records as dicts for JSON/CSV; with per_image, image-level rows follow (images=1)."""
@@ -427,7 +431,8 @@ class EvalResult:
             for s in self.per_image:
                 rows.append({"dataset": s.dataset, "scale": s.scale, "method": s.method,
                              "psnr": s.psnr, "ssim": s.ssim, "images": 1,
-                             "protocol": self.protocol, "lr": s.lr, "image": s.image})
+                             "protocol": self.protocol, "lr": s.lr, "degrade": s.degrade,
+                             "image": s.image})
         return rows
 
 
@@ -444,7 +449,8 @@ def aggregate(scores: Sequence[ImageScore], protocol: str) -> list[Record]:
             dataset=group[0].dataset, scale=scale, method=method,
             psnr=float(np.mean([g.psnr for g in group])),
             ssim=None if any(v is None for v in ssims) else float(np.mean(ssims)),
-            images=len(group), protocol=protocol, lr=lrs.pop() if len(lrs) == 1 else "mixed"))
+            images=len(group), protocol=protocol, lr=lrs.pop() if len(lrs) == 1 else "mixed",
+            degrade=group[0].degrade))
     return out
 
 
@@ -452,7 +458,7 @@ def aggregate(scores: Sequence[ImageScore], protocol: str) -> list[Record]:
 # reports and examples
 
 REPORT_FIELDS = ("dataset", "scale", "method", "psnr", "ssim", "images", "protocol", "lr",
-                 "image")
+                 "degrade", "image")
 
 
 def check_report_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
@@ -548,15 +554,20 @@ def evaluate(model: Any, data: str | os.PathLike, *,
              precision: str = "fp32", max_memory: int = engine.DEFAULT_MAX_MEMORY,
              examples_dir: str | os.PathLike | None = None,
              examples: int = EXAMPLE_IMAGES, overwrite: bool = False,
+             degrade: str | None = None,
              on_progress: ProgressFn | None = None) -> EvalResult:
     """Score `model` (LoadedModel, LIIF, name or path; None: bundled) on the HR folder `data`.
 
+    `degrade`: a spec such as "noise=5,jpeg=80" (`degrade.parse_spec`); every LR input, made or
+    paired, is degraded by it, seeded by image name and scale, so reruns score the same pixels.
     Everything is checked (folders, LR files and sizes, output paths) before the model runs.
     """
     from .imageio import ImageData, write_image
     from .upscale import precision_name, resolve_device, resolve_precision
 
     t0 = time.perf_counter()
+    steps = parse_spec(degrade) if degrade is not None else ()
+    degrade_name = spec_text(steps)
     scale_list = parse_scales(scales)
     if protocol not in PROTOCOL_NAMES:
         raise UsageError(f"unknown protocol {protocol!r}: use {', '.join(PROTOCOL_NAMES)}")
@@ -595,6 +606,9 @@ def evaluate(model: Any, data: str | os.PathLike, *,
             hr_cache = (job.hr, load_rgb(job.hr))
         H, W = job.hr_hw
         gt_u8, lr = job_images(job, hr_cache[1])
+        if steps:
+            rng = np.random.default_rng(spec_seed(job.hr.name, job.scale, steps))
+            lr = apply_spec(lr, steps, rng)
         gt = gt_u8.astype(np.float32) / 255  # (H, W, 3), as ToTensor makes it
         inp = torch.from_numpy(lr).to(dev).permute(2, 0, 1).float() / 255  # (3, h, w)
         pred = np.empty((H, W, 3), np.float32)
@@ -619,7 +633,8 @@ def evaluate(model: Any, data: str | os.PathLike, *,
             scores.append(ImageScore(
                 ds.name, job.hr.name, job.scale, method,
                 psnr(out, gt, protocol=proto, scale=job.scale),
-                ssim(out, gt, protocol=proto, scale=job.scale) if with_ssim else None, lr_kind))
+                ssim(out, gt, protocol=proto, scale=job.scale) if with_ssim else None, lr_kind,
+                degrade_name))
         if ex_dir is not None and job.hr in shown:
             panel = example_panel([bic, pred, gt_u8], [BICUBIC, name, "ground truth"])
             target = ex_dir / example_name(ds.name, job.hr, job.scale)
@@ -627,4 +642,5 @@ def evaluate(model: Any, data: str | os.PathLike, *,
     return EvalResult(
         dataset=ds.name, protocol=proto.name, model=name, records=aggregate(scores, proto.name),
         per_image=scores, images=len(ds.images), seconds=time.perf_counter() - t0,
-        device=str(dev), precision=precision_name(dtype), examples=written)
+        device=str(dev), precision=precision_name(dtype), examples=written,
+        degrade=degrade_name)

@@ -35,6 +35,8 @@ from . import __version__, engine
 from .data import (EpochBatches, ImageCache, RandomScaleSamples, find_images, load_rgb_uint8,
                    to_tensor)
 from .evaluate import make_lr, psnr
+from .degrade import (DEGRADE_RECIPES, RealRanges, apply_spec, parse_spec, real_ranges,
+                      spec_seed, spec_text)
 from .errors import TrainingError, UsageError
 from .malloc import keep_freed_memory
 from .model import LIIF, LiifConfig
@@ -76,11 +78,17 @@ class TrainConfig:
     save_every: int = 100  # epochs between epoch-N.pth snapshots
     hidden: tuple[int, ...] = (256, 256, 256, 256)  # MLP hidden widths (paper)
     encoder_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"n_resblocks": 16}
+    degrade: str | None = None  # "real": LR through degrade.py's blur/noise/JPEG pipeline
+    degrade_ranges: dict[str, Any] = field(default_factory=dict)  # RealRanges fields to change
+    val_degrade: str | None = None  # also validate on LR degraded by this spec (e.g. jpeg=75)
 
     def model_config(self) -> LiifConfig:
         return LiifConfig(encoder=self.encoder, encoder_args={"no_upsampling": True,
                                                               **self.encoder_args},
                           hidden=tuple(self.hidden))
+
+    def degrade_ranges_obj(self) -> RealRanges | None:
+        return real_ranges(self.degrade_ranges) if self.degrade else None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -157,30 +165,42 @@ def _check(cfg: TrainConfig) -> None:
         raise UsageError("--lr must be a positive number")
     if cfg.warmup < 0:
         raise UsageError("--warmup must be 0 (none) or a number of steps")
+    if cfg.degrade is not None and cfg.degrade not in DEGRADE_RECIPES:
+        raise UsageError(f"unknown --degrade {cfg.degrade!r}: use {', '.join(DEGRADE_RECIPES)}")
+    if cfg.degrade_ranges and not cfg.degrade:
+        raise UsageError("degrade_ranges given without degrade = \"real\"")
+    cfg.degrade_ranges_obj()  # checks the ranges
+    if cfg.val_degrade is not None:
+        parse_spec(cfg.val_degrade)
 
 
 # ----------------------------------------------------------------------------------------------
 # validation
 
 def validate(model: LIIF, images: list[np.ndarray], scales: tuple[float, ...],
-             dtype: torch.dtype = torch.float32) -> dict[str, float]:
+             dtype: torch.dtype = torch.float32, degrade: str | None = None) -> dict[str, float]:
     """Mean PSNR per scale (official div2k protocol: RGB, shave scale + 6; LR made from HR).
 
     `dtype` is the precision of the whole forward pass, as `liif upscale --precision` sets it
     (a bf16 run validates in bf16: within ~0.01 dB of fp32, and faster on the CPU).
+    `degrade`: a spec (`degrade.parse_spec`); the LR is also degraded by it, seeded per image,
+    and those scores are added under keys such as "x2 jpeg=75".
     """
     model.eval()
     dev = next(model.parameters()).device
     res = {}
+    specs = [()] + ([parse_spec(degrade)] if degrade else [])
     with torch.inference_mode():
-        for s in scales:
+        for steps, s in [(st, s) for st in specs for s in scales]:
             vals = []
-            for hr in images:
+            for i, hr in enumerate(images):
                 crop, lr = make_lr(hr, s)
+                if steps:
+                    lr = apply_spec(lr, steps, np.random.default_rng(spec_seed(str(i), s, steps)))
                 pred = engine.render(model, to_tensor(lr).to(dev), crop.shape[:2], dtype=dtype,
                                      encoder_dtype=dtype)
                 vals.append(psnr(np.clip(pred, 0, 1), crop, protocol="div2k", scale=s))
-            res[f"x{s:g}"] = float(np.mean(vals))
+            res[f"x{s:g}" + (f" {spec_text(steps)}" if steps else "")] = float(np.mean(vals))
     return res
 
 
@@ -275,7 +295,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         saved = (state.get("liif_cli") or {}).get("config") or {}
         # the run's architecture and data recipe come from the checkpoint; the command line
         # may change only how it runs (device, workers, epochs, validation, ...)
-        for k in ("encoder", "encoder_args", "hidden", "patch_size", "seed", "batch_size"):
+        for k in ("encoder", "encoder_args", "hidden", "patch_size", "seed", "batch_size",
+                  "degrade", "degrade_ranges"):
             if k in saved:
                 v = saved[k]
                 cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v})
@@ -317,7 +338,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                        on_progress=lambda i, n: emit(Progress("load", start_epoch, i, n)))
     dataset = RandomScaleSamples(cache, repeat=cfg.repeat, patch=cfg.patch_size,
                                  scale_min=cfg.scale_min, scale_max=cfg.scale_max,
-                                 sample_q=cfg.sample_q, seed=cfg.seed)
+                                 sample_q=cfg.sample_q, seed=cfg.seed,
+                                 degrade=cfg.degrade_ranges_obj())
     val_imgs = []
     if cfg.val_data and rank == 0:
         val_imgs = [load_rgb_uint8(p) for p in find_images(cfg.val_data)[:cfg.val_images]]
@@ -428,7 +450,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
             done = epoch + 1
             psnr = None
             if val_imgs and (done % cfg.val_every == 0 or done == cfg.epochs):
-                psnr = validate(model, val_imgs, cfg.val_scales, amp_dtype or torch.float32)
+                psnr = validate(model, val_imgs, cfg.val_scales, amp_dtype or torch.float32,
+                                cfg.val_degrade)
                 mean = float(np.mean(list(psnr.values())))
                 record(kind="val", epoch=done, steps=init_steps + run_steps(done, 0), psnr=psnr)
                 emit(Progress("val", epoch, it, iters, psnr=psnr))

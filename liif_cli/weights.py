@@ -6,6 +6,9 @@ load_sd=True)` loads ours too):
 We add a 'liif_cli' entry (metadata: version, training summary) that the official code ignores.
 Files are always read with `weights_only=True` (a checkpoint can never run code) and mapped to
 the CPU first, so files saved on a GPU load anywhere.
+
+`.safetensors` files (no pickle at all) hold the same state dict, with the official spec in the
+file's string metadata: 'name' ("liif"), 'args' (JSON), and our 'liif_cli' entry (JSON).
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
-from .model import LIIF, LiifConfig
+from .errors import CheckpointError, UsageError
+from .model import SRModel, arch_name, build_model, config_from_spec
 
 PACKAGE_WEIGHTS_DIR = Path(__file__).parent / "bundled"  # weights shipped in the package
 DEFAULT_MODEL = "default"
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # what --model and the models folder load
+SAFETENSORS_SUFFIX = ".safetensors"
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,13 @@ class BundledWeights:
     recipe: str = ""  # the commands that made them
     # `liif eval` results behind the model card: dataset -> "x2" -> {"model": dB, "bicubic": dB}
     metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # --denoise S blends the weights (1 - S)·partner + S·these (Real-ESRGAN's denoise strength);
+    # denoise_default is the S that `--model NAME` alone runs at
+    denoise_partner: str = ""
+    denoise_default: float = 1.0
+    # more `liif eval` results: degradation spec -> dataset -> "x2" -> {method: dB}
+    degraded_metrics: dict[str, dict[str, dict[str, dict[str, float]]]] = field(
+        default_factory=dict)
 
 
 def _bundled() -> dict[str, BundledWeights]:
@@ -73,7 +85,10 @@ def sha256_file(path: Path) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """torch.load a checkpoint safely (weights only, onto the CPU) with one-line errors."""
+    """torch.load a checkpoint safely (weights only, onto the CPU) with one-line errors.
+
+    A .safetensors file is read without pickle and returned in the same layout.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"model file not found: {path}")
@@ -81,6 +96,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"model path is a folder, not a checkpoint file: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"model file is empty: {path}")
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path} is an ONNX graph, for runtimes such as onnxruntime; "
+                              "liif loads .pth or .safetensors models")
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:
+        return read_safetensors(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for non-checkpoints; all mean the same
@@ -102,11 +122,43 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def model_from_spec(spec: dict[str, Any], *, source: str = "checkpoint") -> LIIF:
-    """Build the model a spec describes and load its 'sd' strictly."""
-    config = LiifConfig.from_spec(spec)
+def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
+    """A .safetensors model -> the official checkpoint layout; its spec comes from metadata."""
+    from safetensors import safe_open
+
+    path = Path(path)
     try:
-        model = LIIF(config)
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - SafetensorError and friends for broken files
+        if isinstance(e, MemoryError):
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or "
+                              f"corrupt: {reason[:160]})") from None
+    if "name" not in meta or "args" not in meta:
+        raise CheckpointError(f"{path} has weights but no LIIF spec in its metadata ('name' "
+                              "and 'args'); make one with `liif export MODEL --format "
+                              "safetensors`")
+    try:
+        args = json.loads(meta["args"])
+        extra = json.loads(meta.get("liif_cli") or "{}")
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: its 'args' or 'liif_cli' metadata is not JSON") from None
+    if not isinstance(args, dict) or not isinstance(extra, dict):
+        raise CheckpointError(f"{path}: its 'args' metadata is not a JSON object")
+    ckpt: dict[str, Any] = {"model": {"name": meta["name"], "args": args, "sd": sd}}
+    if extra:
+        ckpt["liif_cli"] = extra
+    return ckpt
+
+
+def model_from_spec(spec: dict[str, Any], *, source: str = "checkpoint") -> SRModel:
+    """Build the model a spec describes (LIIF 'liif' or LM-LIIF 'lmliif'); load 'sd' strictly."""
+    config = config_from_spec(spec)
+    try:
+        model = build_model(config)
     except CheckpointError as e:
         raise CheckpointError(f"{source}: {e}") from None
     sd = spec["sd"]
@@ -121,7 +173,8 @@ def model_from_spec(spec: dict[str, Any], *, source: str = "checkpoint") -> LIIF
             parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
-        raise CheckpointError(f"{source}: state dict does not match a {config.encoder}-LIIF: "
+        raise CheckpointError(f"{source}: state dict does not match a {config.encoder}-"
+                              f"{arch_name(config)}: "
                               + "; ".join(parts))
     for k, v in expected.items():
         got = sd[k]
@@ -139,7 +192,7 @@ def model_from_spec(spec: dict[str, Any], *, source: str = "checkpoint") -> LIIF
 class LoadedModel:
     """A model and what is known about it."""
 
-    model: LIIF
+    model: SRModel
     name: str  # what to call it in summaries and tables
     path: Path | None
     meta: dict[str, Any]  # the file's 'liif_cli' entry, if any, plus 'epoch'
@@ -168,9 +221,9 @@ def resolve_model_path(model: str | os.PathLike | None) -> tuple[str, Path]:
                                   f"expected {w.sha256[:12]}…); reinstall liif-cli")
         return key, path
     path = Path(key).expanduser()
-    if path.suffix in (".pth", ".pt") or path.exists() or os.sep in key:
+    if path.suffix.lower() in (*CHECKPOINT_SUFFIXES, ".onnx") or path.exists() or os.sep in key:
         return path.stem, path
-    for suffix in (".pth", ".pt"):
+    for suffix in CHECKPOINT_SUFFIXES:
         candidate = user_models_dir() / f"{key}{suffix}"
         if candidate.exists():
             return key, candidate
@@ -182,13 +235,68 @@ def resolve_model_path(model: str | os.PathLike | None) -> tuple[str, Path]:
                           "run `liif models` to list them")
 
 
-def load_model(model: str | os.PathLike | None = None, *, device: str | torch.device = "cpu"
-               ) -> LoadedModel:
-    """Load the bundled default (None), a bundled or user model by name, or any file by path."""
+def load_model(model: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
+               denoise: float | None = None) -> LoadedModel:
+    """Load the bundled default (None), a bundled or user model by name, or any file by path.
+
+    `denoise` (0 to 1): the weights of a model that has a denoise partner (`real`, partner
+    `default`) blended as (1 - S)·partner + S·model before the run, one forward pass at no
+    extra cost; S = 0 is exactly the partner, 1 exactly the model. With `denoise` given, None,
+    `default` and `real` all mean that pair. Without it, such a model runs at its
+    `denoise_default`.
+    """
+    if denoise is not None:
+        return load_denoise_blend(model, denoise, device=device)
     name, path = resolve_model_path(model)
+    if name in BUNDLED and BUNDLED[name].denoise_partner and BUNDLED[name].denoise_default != 1:
+        return load_denoise_blend(name, BUNDLED[name].denoise_default, device=device)
     loaded = load_checkpoint(path, name=name)
     loaded.model.to(device)
     return loaded
+
+
+def denoise_pair(model: str | os.PathLike | None) -> tuple[str, str]:
+    """(partner, model) names of the bundled pair that --denoise blends, or a UsageError."""
+    key = DEFAULT_MODEL if model is None else str(model)
+    pairs = {w.name: w.denoise_partner for w in BUNDLED.values() if w.denoise_partner}
+    if key in pairs:
+        return pairs[key], key
+    partners = {v: k for k, v in pairs.items()}
+    if key in partners:  # `--model default --denoise S`: the same pair, seen from its start
+        return key, partners[key]
+    raise UsageError(f"--denoise needs a model with a denoise partner "
+                     f"({', '.join(pairs) or 'none bundled'}); {key!r} has none")
+
+
+def load_denoise_blend(model: str | os.PathLike | None, strength: float, *,
+                       device: str | torch.device = "cpu") -> LoadedModel:
+    """The pair's weights blended at `strength` (see `load_model`)."""
+    import math
+
+    if not (isinstance(strength, (int, float)) and math.isfinite(strength)
+            and 0 <= strength <= 1):
+        raise UsageError(f"--denoise must be between 0 and 1, not {strength}")
+    start, end = denoise_pair(model)
+    if strength == 0 or strength == 1:  # exactly one model's pixels, no arithmetic
+        name = start if strength == 0 else end
+        loaded = load_checkpoint(resolve_model_path(name)[1], name=name)
+    else:
+        a = load_checkpoint(resolve_model_path(start)[1], name=start)
+        b = load_checkpoint(resolve_model_path(end)[1], name=end)
+        blend = interpolate_state(a.model.state_dict(), b.model.state_dict(), strength)
+        a.model.load_state_dict(blend, strict=True)
+        loaded = LoadedModel(a.model, f"{end}@{strength:g}", None,
+                             {"denoise": strength, "pair": [start, end]})
+    loaded.model.to(device)
+    return loaded
+
+
+def interpolate_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                      t: float) -> dict[str, torch.Tensor]:
+    """(1 - t)·a + t·b, key by key; the two must be the same architecture."""
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        raise CheckpointError("cannot blend models of different architectures")
+    return {k: torch.lerp(a[k].float(), b[k].float(), float(t)) for k in a}
 
 
 def list_models() -> list[dict[str, Any]]:
@@ -200,19 +308,21 @@ def list_models() -> list[dict[str, Any]]:
     folder = user_models_dir()
     if folder.is_dir():
         for p in sorted(folder.iterdir()):
-            if p.suffix in (".pth", ".pt") and p.stem not in BUNDLED:
+            if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.stem not in BUNDLED:
                 rows.append({"name": p.stem, "path": p, "source": "user", "description": ""})
     for row in rows:
         try:
             loaded = load_checkpoint(row["path"])
             m, meta = loaded.model, loaded.meta
             row["encoder"] = m.config.encoder
+            row["arch"] = arch_name(m)
             row["params"] = sum(t.numel() for t in m.state_dict().values())
             # how much training is behind it: our files count steps, official ones epochs
             row["trained"] = (f"{meta['steps']:,} steps" if meta.get("steps") else
                               f"{meta['epoch']} epochs" if meta.get("epoch") else "")
         except CheckpointError as e:
             row["encoder"] = "unreadable"
+            row["arch"] = ""
             row["params"] = 0
             row["trained"] = ""
             row["description"] = str(e)
@@ -220,7 +330,7 @@ def list_models() -> list[dict[str, Any]]:
     return rows
 
 
-def checkpoint_dict(model: LIIF, *, half: bool = False, **extra: Any) -> dict[str, Any]:
+def checkpoint_dict(model: SRModel, *, half: bool = False, **extra: Any) -> dict[str, Any]:
     """The official layout for `model`, plus our extra top-level entries."""
     sd = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
           for k, v in model.state_dict().items()}
@@ -248,5 +358,22 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
-def save_checkpoint(model: LIIF, path: str | os.PathLike, **extra: Any) -> None:
+def save_checkpoint(model: SRModel, path: str | os.PathLike, **extra: Any) -> None:
     atomic_torch_save(checkpoint_dict(model, **extra), path)
+
+
+def safetensors_bytes(ckpt: dict[str, Any]) -> bytes:
+    """A checkpoint (official layout) as a .safetensors file: its 'sd' tensors as they are
+    (dtype kept), the spec's 'name' and 'args' and our 'liif_cli' entry as JSON metadata."""
+    from safetensors.torch import save
+
+    spec = ckpt["model"]
+    tensors = {k: v.detach().cpu().contiguous() for k, v in spec["sd"].items()}
+    meta = {"format": "pt", "name": str(spec["name"]),
+            "args": json.dumps(spec.get("args") or {}, sort_keys=True)}
+    extra = dict(ckpt.get("liif_cli") or {})
+    if "epoch" in ckpt:
+        extra.setdefault("epoch", ckpt["epoch"])
+    if extra:
+        meta["liif_cli"] = json.dumps(extra, sort_keys=True, default=str)
+    return save(tensors, metadata=meta)

@@ -1,0 +1,286 @@
+"""Real-world degradations: determinism, ranges, specs; eval --degrade; train --degrade; --denoise."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import photo_like, random_model
+from PIL import Image
+from typer.testing import CliRunner
+
+from liif_cli import degrade as dg
+from liif_cli.cli import app
+from liif_cli.errors import UsageError
+
+runner = CliRunner()
+
+
+# ----------------------------------------------------------------------------------------------
+# the pipeline
+
+def test_random_degrade_is_a_pure_function_of_its_seed():
+    img = photo_like(48, 48)
+    r = dg.RealRanges()
+    a = [dg.random_degrade(img, np.random.default_rng([0, 3, i, 1]), r) for i in range(30)]
+    b = [dg.random_degrade(img, np.random.default_rng([0, 3, i, 1]), r) for i in range(30)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    # different seeds give different degradations, and some samples stay exactly clean
+    assert len({x.tobytes() for x in a}) > 20
+    assert any(np.array_equal(x, img) for x in a)
+    assert all(x.shape == img.shape and x.dtype == np.uint8 for x in a)
+
+
+def test_clean_and_light_shares_follow_their_probabilities():
+    img = photo_like(48, 48)
+    r = dg.RealRanges(clean_prob=0.3, light_prob=0.0)
+    n = 400
+    clean = sum(np.array_equal(dg.random_degrade(img, np.random.default_rng(i), r), img)
+                for i in range(n))
+    assert abs(clean / n - 0.3) < 0.07  # binomial sd ~0.023
+    never = dg.RealRanges(clean_prob=1.0, light_prob=0.0)
+    assert all(np.array_equal(dg.random_degrade(img, np.random.default_rng(i), never), img)
+               for i in range(20))
+
+
+def test_degradations_hurt_as_much_as_their_strength_says():
+    img = photo_like(64, 64, seed=1)
+
+    def err(x):
+        return float(np.abs(x.astype(float) - img).mean())
+
+    rng = np.random.default_rng(0)
+    n5, n15 = (dg.add_gaussian_noise(img, s, np.random.default_rng(0)) for s in (5, 15))
+    assert 2.5 < err(n5) < 5 and err(n15) > 2.5 * err(n5)  # mean |N(0, σ)| = 0.8σ
+    diff = dg.add_gaussian_noise(img, 10, rng, gray=True).astype(int) - img
+    assert np.array_equal(diff[..., 0], diff[..., 1]) or np.mean(diff[..., 0] == diff[..., 1]) > .9
+    assert err(dg.jpeg(img, 30)) > err(dg.jpeg(img, 95)) > 0
+    assert err(dg.blur(img, dg.gaussian_kernel(2.0))) > err(dg.blur(img, dg.gaussian_kernel(0.5)))
+    dim, bright = np.full((32, 32, 3), 40, np.uint8), np.full((32, 32, 3), 200, np.uint8)
+    sd = [dg.add_poisson_noise(x, 200, np.random.default_rng(0)).std() for x in (dim, bright)]
+    assert sd[1] > 1.8 * sd[0]  # shot noise grows with the signal: sqrt(200/40) = 2.2
+
+
+def test_kernels_sum_to_one_and_rotate():
+    k = dg.gaussian_kernel(1.5, 0.5, 0.0)
+    assert math.isclose(float(k.sum()), 1.0, rel_tol=1e-5)
+    assert k.shape[0] == k.shape[1] and k.shape[0] % 2 == 1
+    assert k[k.shape[0] // 2].sum() > k[:, k.shape[1] // 2].sum()  # wide along x
+    kr = dg.gaussian_kernel(1.5, 0.5, math.pi / 2)
+    np.testing.assert_allclose(kr, k.T, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [{"clean_prob": 1.5}, {"jpeg_quality": (50, 120)},
+                                 {"noise_sigma": (9, 3)}, {"blur_sigma": (0, 1)},
+                                 {"clean_prob": 0.7, "light_prob": 0.5}])
+def test_bad_ranges_are_refused(bad):
+    with pytest.raises(UsageError):
+        dg.real_ranges(bad)
+
+
+def test_unknown_range_is_named():
+    with pytest.raises(UsageError, match="jpeg_qualty"):
+        dg.real_ranges({"jpeg_qualty": [10, 20]})
+
+
+# ----------------------------------------------------------------------------------------------
+# specs
+
+def test_spec_parsing_keeps_order_and_canonical_text():
+    steps = dg.parse_spec(" noise=5, JPEG=80 ")
+    assert steps == (dg.Step("noise", 5.0), dg.Step("jpeg", 80))
+    assert dg.spec_text(steps) == "noise=5,jpeg=80"
+    assert dg.parse_spec("none") == () and dg.spec_text(()) == "none"
+    assert [s.kind for s in dg.parse_spec("jpeg=70,blur=1.5,gray=3,poisson=300")] == [
+        "jpeg", "blur", "gray", "poisson"]
+
+
+@pytest.mark.parametrize("bad, words", [("jpeg=101", "1-100"), ("jpeg=70.5", "whole"),
+                                        ("sharpen=2", "KEY=VALUE"), ("noise", "KEY=VALUE"),
+                                        ("blur=-1", "positive"), ("noise=abc", "not a number"),
+                                        ("", "empty"), ("noise=nan", "finite")])
+def test_bad_specs_say_what_is_wrong(bad, words):
+    with pytest.raises(UsageError, match=words):
+        dg.parse_spec(bad)
+
+
+def test_degrade_image_is_deterministic_and_order_matters():
+    img = photo_like(40, 40)
+    a = dg.degrade_image(img, "noise=5,jpeg=80", name="x.png", scale=2)
+    assert np.array_equal(a, dg.degrade_image(img, "noise=5,jpeg=80", name="x.png", scale=2))
+    assert not np.array_equal(a, dg.degrade_image(img, "noise=5,jpeg=80", name="y.png", scale=2))
+    assert not np.array_equal(a, dg.degrade_image(img, "jpeg=80,noise=5", name="x.png", scale=2))
+    assert np.array_equal(dg.degrade_image(img, "none"), img)
+
+
+# ----------------------------------------------------------------------------------------------
+# liif eval --degrade
+
+@pytest.fixture
+def hr_folder(tmp_path):
+    folder = tmp_path / "Mini" / "HR"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(photo_like(48, 40, seed=i)).save(folder / f"im{i}.png")
+    return folder
+
+
+def test_eval_degrade_changes_the_lr_and_says_so(hr_folder, tiny_ckpt, tmp_path):
+    from liif_cli.evaluate import evaluate
+
+    clean = evaluate(str(tiny_ckpt), hr_folder, scales="2", protocol="rgb")
+    hurt = evaluate(str(tiny_ckpt), hr_folder, scales="2", protocol="rgb", degrade="noise=12")
+    again = evaluate(str(tiny_ckpt), hr_folder, scales="2", protocol="rgb", degrade="noise=12")
+    bic = {r.degrade: r.psnr for res in (clean, hurt) for r in res.records
+           if r.method == "bicubic"}
+    assert bic["none"] > bic["noise=12"] + 1  # the bicubic of a noisy LR is worse
+    assert [r.psnr for r in hurt.records] == [r.psnr for r in again.records]  # seeded
+    assert hurt.degrade == "noise=12" and all(r.degrade == "noise=12" for r in hurt.records)
+
+    out = tmp_path / "r.json"
+    res = runner.invoke(app, ["eval", "--data", str(hr_folder), "--model", str(tiny_ckpt),
+                              "--scales", "2", "--protocol", "rgb", "--degrade", "jpeg=60",
+                              "--json", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "LR degraded: jpeg=60" in " ".join(res.output.split())
+    rows = json.loads(out.read_text())
+    assert {r["degrade"] for r in rows} == {"jpeg=60"}
+
+
+def test_eval_bad_degrade_is_one_line_exit_2_before_any_work(hr_folder, tiny_ckpt, tmp_path):
+    out = tmp_path / "r.json"
+    res = runner.invoke(app, ["eval", "--data", str(hr_folder), "--model", str(tiny_ckpt),
+                              "--scales", "2", "--degrade", "jpeg=0", "--json", str(out)])
+    assert res.exit_code == 2
+    assert "jpeg quality" in res.output and "Traceback" not in res.output
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# training data
+
+def test_training_samples_with_degrade_keep_crops_and_queries(tmp_path):
+    from liif_cli.data import ImageCache, RandomScaleSamples
+
+    path = tmp_path / "a.png"
+    Image.fromarray(photo_like(200, 200)).save(path)
+    cache = ImageCache([path])
+    clean = RandomScaleSamples(cache, repeat=4, sample_q=64, seed=3)
+    real = RandomScaleSamples(cache, repeat=4, sample_q=64, seed=3, degrade=dg.RealRanges())
+    differ = 0
+    for i in range(8):
+        a, b, c = clean[i], real[i], real[i]
+        for k in ("coord", "cell", "gt"):  # the degradation draws from its own stream
+            assert torch.equal(a[k], b[k])
+        assert torch.equal(b["inp"], c["inp"])  # and is seeded per sample
+        differ += not torch.equal(a["inp"], b["inp"])
+    assert differ >= 4
+
+
+def test_train_config_checks_degrade(tmp_path):
+    from liif_cli.train import config_from
+
+    cfg = config_from(None, {"data": "d", "degrade": "real", "val_degrade": "jpeg=75",
+                             "degrade_ranges": {"jpeg_quality": [50, 90]}})
+    assert cfg.degrade_ranges_obj().jpeg_quality == (50, 90)
+    with pytest.raises(UsageError, match="unknown --degrade"):
+        config_from(None, {"data": "d", "degrade": "bsrgan"})
+    with pytest.raises(UsageError, match="without degrade"):
+        config_from(None, {"data": "d", "degrade_ranges": {"jpeg_quality": [50, 90]}})
+    with pytest.raises(UsageError, match="1-100"):
+        config_from(None, {"data": "d", "val_degrade": "jpeg=300"})
+    toml = tmp_path / "c.toml"
+    toml.write_text('data = "d"\ndegrade = "real"\n[degrade_ranges]\nnoise_sigma = [1, 4]\n')
+    assert config_from(str(toml), {}).degrade_ranges_obj().noise_sigma == (1, 4)
+
+
+def test_validation_reports_degraded_scores_too():
+    from liif_cli.train import validate
+
+    imgs = [photo_like(40, 40, seed=i) for i in range(2)]
+    res = validate(random_model(), imgs, (2.0,), degrade="noise=8")
+    assert set(res) == {"x2", "x2 noise=8"}
+    assert res["x2"] != res["x2 noise=8"]
+
+
+# ----------------------------------------------------------------------------------------------
+# --denoise: weight blending between a model and its partner
+
+@pytest.fixture
+def pair(tmp_path, monkeypatch):
+    """A bundled pair like default/real made of two tiny random models."""
+    from liif_cli import weights as w
+
+    for name, seed in (("default", 0), ("real", 1)):
+        w.save_checkpoint(random_model(seed=seed), tmp_path / f"{name}.pth")
+    bundled = {
+        "default": w.BundledWeights("default", "default.pth",
+                                    w.sha256_file(tmp_path / "default.pth"), "d"),
+        "real": w.BundledWeights("real", "real.pth", w.sha256_file(tmp_path / "real.pth"),
+                                 "r", denoise_partner="default"),
+    }
+    monkeypatch.setattr(w, "PACKAGE_WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(w, "BUNDLED", bundled)
+    return w
+
+
+def test_denoise_ends_are_exactly_the_two_models(pair):
+    sd0 = pair.load_model("default").model.state_dict()
+    sd1 = pair.load_model("real").model.state_dict()
+    for model in (None, "default", "real"):
+        a = pair.load_model(model, denoise=0).model.state_dict()
+        b = pair.load_model(model, denoise=1).model.state_dict()
+        assert all(torch.equal(a[k], sd0[k]) and torch.equal(b[k], sd1[k]) for k in sd0)
+    mid = pair.load_model("real", denoise=0.25)
+    k = next(iter(sd0))
+    torch.testing.assert_close(mid.model.state_dict()[k], 0.75 * sd0[k] + 0.25 * sd1[k])
+    assert mid.name == "real@0.25"
+
+
+def test_denoise_zero_gives_the_default_models_pixels(pair, tmp_path):
+    img = tmp_path / "in.png"
+    Image.fromarray(photo_like(20, 24)).save(img)
+    outs = {}
+    for tag, extra in (("plain", ["--model", "default"]), ("zero", ["--denoise", "0"]),
+                       ("half", ["--denoise", "0.5"])):
+        outs[tag] = tmp_path / f"{tag}.png"
+        res = runner.invoke(app, ["upscale", str(img), "--scale", "2", "-o", str(outs[tag]),
+                                  *extra])
+        assert res.exit_code == 0, res.output
+    px = {k: np.asarray(Image.open(v)) for k, v in outs.items()}
+    assert np.array_equal(px["plain"], px["zero"])
+    assert not np.array_equal(px["plain"], px["half"])
+
+
+@pytest.mark.parametrize("args, words", [(["--denoise", "1.5"], "between 0 and 1"),
+                                         (["--denoise", "-0.1"], "between 0 and 1"),
+                                         (["--denoise", "0.5", "--model", "X"], "no")])
+def test_denoise_errors_are_one_line_exit_2(pair, tmp_path, args, words, tiny_ckpt):
+    img = tmp_path / "in.png"
+    Image.fromarray(photo_like(20, 24)).save(img)
+    args = [str(tiny_ckpt) if a == "X" else a for a in args]
+    out = tmp_path / "o.png"
+    for cmd in (["upscale", str(img), "--scale", "2", "-o", str(out)],
+                ["batch", str(tmp_path), str(tmp_path / "big"), "--scale", "2"]):
+        res = runner.invoke(app, cmd + args)
+        assert res.exit_code == 2, res.output
+        assert words in res.output and "Traceback" not in res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "big").exists()
+
+
+def test_batch_runs_the_blend(pair, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(photo_like(20, 24)).save(src / "a.png")
+    res = runner.invoke(app, ["batch", str(src), str(tmp_path / "b"), "--scale", "2",
+                              "--denoise", "0.5", "--quiet"])
+    assert res.exit_code == 0, res.output
+    one = tmp_path / "one.png"
+    assert runner.invoke(app, ["upscale", str(src / "a.png"), "--scale", "2", "-o", str(one),
+                               "--denoise", "0.5", "--quiet"]).exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(one)),
+                          np.asarray(Image.open(tmp_path / "b" / "a.png")))
