@@ -1,4 +1,5 @@
-"""Memory-bounded LIIF inference: tiled encoding, first layer on the latent grid, chunked queries.
+"""Memory-bounded LIIF and LM-LIIF inference: tiled encoding, first layer on the latent grid,
+chunked queries.
 
 The same function as `LIIF.query` (the oracle), reorganised; nothing here approximates:
 - The MLP's first layer is linear in [unfolded latent, rel. coord, cell]. Its latent part is a
@@ -17,6 +18,10 @@ The same function as `LIIF.query` (the oracle), reorganised; nothing here approx
   pixels, so tiles give the same latents as one whole-image pass; each tile decodes the output
   pixels whose centres fall in it, straight into the caller's output buffer.
 
+LM-LIIF models (`model/lmf.py`) take the same tiles and chunks through `LmfDecoder`: P is then
+the latent MLP's output (modulations) plus the render MLP's first layer, computed per latent
+in the tiled pass, and only the 16-wide render MLP runs per query.
+
 Precision: the encoder and P are float32 unless `encoder_dtype` says otherwise; the decoder MLP
 runs in `dtype` (fp32, or bf16/fp16 for speed); the ensemble blend is always float32.
 Tile and chunk sizes come from a memory budget (`max_memory` bytes of working memory), so peak
@@ -33,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .model import LMLIIF, SRModel
 from .model.coords import coord_seq
 from .model.liif import AREA_EPS, ENSEMBLE_EPS_SHIFT, LIIF, nearest_axis
 
@@ -71,7 +77,7 @@ class Plan:
     chunk: int
 
 
-def encoder_bytes_per_pixel(model: LIIF) -> int:
+def encoder_bytes_per_pixel(model: SRModel) -> int:
     """Rough peak bytes per input pixel while encoding (float32).
 
     From the encoder's own count of channels alive at its peak when it has one, else from the
@@ -84,28 +90,34 @@ def encoder_bytes_per_pixel(model: LIIF) -> int:
     return 4 * ENCODER_LIVE_TENSORS * widest
 
 
-def make_plan(model: LIIF, in_hw: tuple[int, int], *, max_memory: int = DEFAULT_MAX_MEMORY,
+def make_plan(model: SRModel, in_hw: tuple[int, int], *, max_memory: int = DEFAULT_MAX_MEMORY,
               tile: int | None = None, chunk: int | None = None,
               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Plan:
     """Pick the largest tile and chunk that fit half of `max_memory` each.
 
-    On the CPU the chunk is further capped so that one (members × chunk × hidden) buffer in
-    `dtype` is about `CPU_CHUNK_BYTES`: small hidden widths get long chunks, wide ones short.
+    On the CPU the chunk is further capped so that one (members × chunk × width) buffer in
+    `dtype` is about `CPU_CHUNK_BYTES`: small widths get long chunks, wide ones short. The
+    width is LIIF's widest hidden layer, or LM-LIIF's gathered per-latent channels.
     """
-    hidden = max(model.config.hidden)
+    if isinstance(model, LMLIIF):
+        width = LmfDecoder.channels_of(model.config)  # gathered per member and query
+        per_member = 4 * (width + LMF_QUERY_LIVE_HIDDEN * model.config.render_hidden)
+        p_width = width + max(model.config.latent_hidden, default=0) + model.config.latent_out
+    else:
+        width = p_width = max(model.config.hidden)
+        per_member = width * 4 * QUERY_LIVE_BUFFERS  # float32 upper bound
     members = 4 if model.config.local_ensemble else 1
     if chunk is None:
-        per_query = members * hidden * 4 * QUERY_LIVE_BUFFERS  # float32 upper bound
-        chunk = (max_memory // 2) // per_query
+        chunk = (max_memory // 2) // (members * per_member)
         if torch.device(device).type == "cpu":
             esize = torch.empty((), dtype=dtype).element_size()
-            chunk = min(chunk, MAX_CHUNK_CPU, CPU_CHUNK_BYTES // (members * hidden * esize))
+            chunk = min(chunk, MAX_CHUNK_CPU, CPU_CHUNK_BYTES // (members * width * esize))
         else:
             chunk = min(chunk, MAX_CHUNK_GPU)
         chunk = max(MIN_CHUNK, chunk)
     if tile is None:
         halo = model.encoder.receptive_radius + TILE_MARGIN
-        per_px = encoder_bytes_per_pixel(model) + 2 * 4 * hidden  # encoder peak + P (+ crop)
+        per_px = encoder_bytes_per_pixel(model) + 2 * 4 * p_width  # encoder peak + P (+ crop)
         side = int(math.isqrt(max(1, (max_memory // 2) // per_px))) - 2 * halo
         if side < MIN_TILE:
             side = max(MIN_TILE, HALO_BOUND_TILES * halo)
@@ -196,6 +208,13 @@ class FastDecoder:
         self.dtype = dtype
         self.linear_relu = linear_relu_fn(device, dtype)
 
+    def buffer_numel(self, members: int, chunk: int) -> int:
+        return members * chunk * self.hidden
+
+    @staticmethod
+    def crop(p: torch.Tensor, y0: int, ph: int, x0: int, pw: int) -> torch.Tensor:
+        return p[y0:y0 + ph, x0:x0 + pw]  # P is (h, w, hidden)
+
     def pmap(self, feat: torch.Tensor, rel_cell: tuple[float, float]) -> torch.Tensor:
         """(1, C, h, w) latents -> (h, w, hidden) first-layer pre-activations minus offsets."""
         bias = self.b0
@@ -265,7 +284,157 @@ class FastDecoder:
         return (pred * weights).sum(1)
 
 
-def render(model: LIIF, img: torch.Tensor, out_hw: tuple[int, int], out: np.ndarray | None = None,
+# (members × queries × render width) buffers alive at once in LmfDecoder.decode beyond the
+# gathered channels: the hidden activations, one layer's output and the blend's inputs
+LMF_QUERY_LIVE_HIDDEN = 3
+
+
+class LmfDecoder:
+    """LM-LIIF split for the engine: the latent MLP on the grid, the render MLP per query.
+
+    Per latent (`pmap`, in the tiled encoder pass): the latent MLP (its first layer a 3×3
+    convolution, the cell part a per-image bias), then the render MLP's first layer on the
+    compressed latent (a 1×1 convolution; its cell part also a bias). P holds, channel-major,
+        [layer-0 pre-activation (hidden) | scale + 1 (depth × hidden) | shift (depth × hidden)]
+    (208 channels for the EDSR-baseline LM-LIIF). Per query (`decode`): the 4 members' latents
+    are gathered with one row and one column `index_select` (row shifts stacked along rows,
+    column shifts along columns), the offset terms added, and all members go through each
+    16-wide layer as one (hidden, members × queries) matmul, modulation and ReLU.
+    """
+
+    def __init__(self, model: LMLIIF, dtype: torch.dtype, device: torch.device):
+        cfg = model.config
+        self.cfg, self.dtype = cfg, dtype
+        c, hd = model.feat_dim, cfg.render_hidden
+        k = 3 if cfg.feat_unfold else 1
+        hyper = model.hypernet.linears
+        w0 = hyper[0].weight.detach().float()
+        self.h_conv = w0[:, :c * k * k].reshape(-1, c, k, k)  # channel c*9 + ky*3 + kx
+        self.h_cell = w0[:, c * k * k:] if cfg.cell_decode else None
+        self.h_bias = hyper[0].bias.detach().float()
+        self.h_rest = [(l.weight.detach().float()[:, :, None, None], l.bias.detach().float())
+                       for l in hyper[1:]]
+        render = model.imnet.linears
+        r0 = render[0].weight.detach().float()  # (hidden, z + 2 [+ 2])
+        zc = hd if cfg.mod_input else c
+        self.r_z = r0[:, :zc, None, None]
+        self.w_rel = r0[:, zc:zc + 2]  # (hidden, 2): row, col offset
+        self.r_cell = r0[:, zc + 2:zc + 4] if cfg.cell_decode else None
+        self.r_bias = render[0].bias.detach().float()
+        # hidden layers 1.. and the output layer, (out, in) weights and (out, 1) biases
+        self.layers = [(l.weight.detach().to(dtype).contiguous(),
+                        l.bias.detach().to(dtype)[:, None]) for l in render[1:]]
+        self.hidden = hd
+        self.channels = self.channels_of(cfg)
+        self.scale_at = hd if cfg.mod_scale else None  # P channel of layer 0's scale + 1
+        self.shift_at = hd * (1 + (cfg.render_depth if cfg.mod_scale else 0)) if cfg.mod_shift \
+            else None
+
+    @staticmethod
+    def channels_of(cfg) -> int:
+        """P channels: first-layer pre-activation plus every layer's modulations."""
+        return cfg.render_hidden + cfg.mod_dim
+
+    def buffer_numel(self, members: int, chunk: int) -> int:
+        return self.channels * members * chunk
+
+    @staticmethod
+    def crop(p: torch.Tensor, y0: int, ph: int, x0: int, pw: int) -> torch.Tensor:
+        return p[:, y0:y0 + ph, x0:x0 + pw]  # P is (channels, h, w)
+
+    def pmap(self, feat: torch.Tensor, rel_cell: tuple[float, float]) -> torch.Tensor:
+        """(1, C, h, w) latents -> P (channels, h, w) in `dtype`."""
+        cfg = self.cfg
+        cell = torch.tensor(rel_cell, dtype=torch.float32, device=feat.device)
+        bias = self.h_bias + self.h_cell @ cell if self.h_cell is not None else self.h_bias
+        feat = feat.contiguous(memory_format=torch.channels_last)
+        x = F.conv2d(feat, self.h_conv, bias, padding=self.h_conv.shape[-1] // 2)
+        for w, b in self.h_rest:
+            x = F.conv2d(x.relu_(), w, b)
+        mod = x[0]  # (latent_out, h, w)
+        z = mod[cfg.mod_dim:] if cfg.mod_input else feat[0]
+        r_bias = self.r_bias + self.r_cell @ cell if self.r_cell is not None else self.r_bias
+        parts = [F.conv2d(z[None], self.r_z, r_bias)[0]]  # (hidden, h, w)
+        n = cfg.render_depth * cfg.render_hidden
+        if cfg.mod_scale:
+            parts.append(mod[:n] + 1.0)  # the official `x *= (scale + 1.0)`
+        if cfg.mod_shift:
+            at = n if cfg.mod_scale else 0
+            parts.append(mod[at:at + n])
+        return torch.cat(parts).to(self.dtype).contiguous()
+
+    def columns(self, p: torch.Tensor, cols: list[tuple[torch.Tensor, torch.Tensor]]
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Restrict P to the latent columns a column range needs; `cols` as in FastDecoder.
+
+        Returns P's needed columns and (column in them for each shift's output columns,
+        concatenated; the column-offset term (hidden, shifts × nc) in `dtype`).
+        """
+        lo = min(int(ix.min()) for ix, _ in cols)
+        hi = max(int(ix.max()) for ix, _ in cols)
+        used = torch.unique(torch.cat([ix for ix, _ in cols]))  # sorted
+        if used.numel() == hi - lo + 1:  # upscaling: a contiguous band of latent columns
+            p_cols, local = p[:, :, lo:hi + 1], [ix - lo for ix, _ in cols]
+        else:  # downscaling skips latents: keep only those used
+            p_cols, local = p.index_select(2, used), [torch.searchsorted(used, ix)
+                                                      for ix, _ in cols]
+        rx = torch.cat([rx for _, rx in cols])
+        term = torch.outer(self.w_rel[:, 1], rx).to(self.dtype)  # (hidden, shifts × nc)
+        return p_cols, (torch.cat(local), term)
+
+    def _modulate(self, h: torch.Tensor, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """h (hidden, n) of render layer `layer` -> relu(h * (scale + 1) + shift), in place."""
+        hd, n = self.hidden, h.shape[1]
+        if self.scale_at is not None:
+            a = self.scale_at + layer * hd
+            h.mul_(x[a:a + hd].view(hd, n))
+        if self.shift_at is not None:
+            a = self.shift_at + layer * hd
+            h.add_(x[a:a + hd].view(hd, n))
+        return h.relu_()
+
+    def decode(self, p_cols: torch.Tensor, rows: list[tuple[torch.Tensor, torch.Tensor]],
+               cols: tuple[torch.Tensor, torch.Tensor], areas_cols: list[torch.Tensor],
+               buf: torch.Tensor) -> torch.Tensor:
+        """Decode the nr×nc grid of queries; arguments as FastDecoder.decode, `cols` from
+        `columns`. Returns (out_dim, nr, nc) float32 in normalised space."""
+        n_r, n_c = len(rows), len(areas_cols)
+        nr, nc = rows[0][0].numel(), areas_cols[0].numel()
+        hd, ch = self.hidden, self.channels
+        iy = torch.cat([iy for iy, _ in rows])  # (n_r × nr,): row shifts stacked
+        ry = torch.cat([ry for _, ry in rows])
+        a = p_cols.index_select(1, iy)  # (channels, n_r × nr, nu)
+        a[:hd].add_(torch.outer(self.w_rel[:, 0], ry).to(self.dtype).unsqueeze(-1))
+        ix, term = cols
+        n = n_r * nr * n_c * nc  # members × queries
+        x = buf[:ch * n].view(ch, n_r * nr, n_c * nc)
+        torch.index_select(a, 2, ix, out=x)  # members laid out as (row shift, row, col shift, col)
+        del a
+        x[:hd].add_(term.unsqueeze(1))  # + column-offset term, broadcast over rows
+        x = x.view(ch, n)
+        h = self._modulate(x[:hd], x, 0)  # a view of x: layer 0 in place
+        for layer, (w, b) in enumerate(self.layers[:-1], start=1):
+            h = self._modulate(torch.addmm(b, w, h), x, layer)
+        w, b = self.layers[-1]
+        pred = torch.addmm(b, w, h).float().view(-1, n_r, nr, n_c, nc)  # (3, R, nr, C, nc)
+        if n_r * n_c == 1:
+            return pred[:, 0, :, 0]
+        ry_s = torch.stack([r for _, r in rows])  # (R, nr)
+        rx_s = torch.stack(areas_cols)  # (C, nc)
+        areas = (ry_s[:, :, None, None] * rx_s[None, None]).abs() + AREA_EPS  # (R, nr, C, nc)
+        # each corner weighted by the area of the rectangle opposite it (local ensemble)
+        weights = areas.flip(0, 2) / areas.sum((0, 2))[None, :, None]
+        return (pred * weights).sum((1, 3))
+
+
+def make_decoder(model: SRModel, dtype: torch.dtype, device: torch.device
+                 ) -> FastDecoder | LmfDecoder:
+    return LmfDecoder(model, dtype, device) if isinstance(model, LMLIIF) else FastDecoder(
+        model, dtype, device)
+
+
+def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
+           out: np.ndarray | None = None,
            *, max_memory: int = DEFAULT_MAX_MEMORY, tile: int | None = None,
            chunk: int | None = None, dtype: torch.dtype = torch.float32,
            encoder_dtype: torch.dtype = torch.float32, on_progress: ProgressFn | None = None
@@ -291,14 +460,14 @@ def render(model: LIIF, img: torch.Tensor, out_hw: tuple[int, int], out: np.ndar
     shifts = [-1, 1] if cfg.local_ensemble else [0]
     eps = ENSEMBLE_EPS_SHIFT if cfg.local_ensemble else 0.0
     ay, ax = _Axis(H, h, shifts, eps, device), _Axis(W, w, shifts, eps, device)
-    dec = FastDecoder(model, dtype, device)
+    dec = make_decoder(model, dtype, device)
     # the official cell: ones * (2 / H) in float32, then scaled by the latent grid size
     rel_cell = (float(torch.tensor(2 / H) * h), float(torch.tensor(2 / W) * w))
     halo = model.encoder.receptive_radius + TILE_MARGIN
     x = (img.float() - 0.5) / 0.5  # the official input normalisation
     maxval = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(out.dtype)
     members = len(shifts) ** 2
-    buf = torch.empty(members * plan.chunk * dec.hidden, dtype=dtype, device=device)
+    buf = torch.empty(dec.buffer_numel(members, plan.chunk), dtype=dtype, device=device)
 
     done, total = 0, H * W
     for a0 in range(0, h, plan.tile):
@@ -328,7 +497,7 @@ def render(model: LIIF, img: torch.Tensor, out_hw: tuple[int, int], out: np.ndar
             del feat
             # crop P to the P region (the extra ring had wrong unfolding at crop borders)
             oy, ox = py0 - (fy0 + iy0), px0 - (fx0 + ix0)
-            p = p[oy:oy + (py1 - py0), ox:ox + (px1 - px0)]  # (ph, pw, hidden) view
+            p = dec.crop(p, oy, py1 - py0, ox, px1 - px0)  # a view
             for c0 in range(t0, t1, plan.chunk):  # column pieces of at most one chunk
                 c1 = min(t1, c0 + plan.chunk)
                 p_cols, cols = dec.columns(p, [(ix[c0:c1] - px0, rx[c0:c1])

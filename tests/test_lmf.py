@@ -1,0 +1,199 @@
+"""LM-LIIF (`lmf.py`) is the official function: official golden outputs, official key names and
+shapes loading strictly, and the engine's fast path equal to the plain reference forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import REPO, photo_like
+from liif_cli import engine
+from liif_cli.cli import app
+from liif_cli.errors import CheckpointError
+from liif_cli.model import LMLIIF, LmfConfig, config_from_spec, make_cell, make_coord
+from liif_cli.weights import checkpoint_dict, load_checkpoint, model_from_spec, save_checkpoint
+
+GOLDEN = REPO / "tests" / "data" / "lmf_golden"  # made by tests/make_lmf_golden.py
+ENGINE_TOL = 1e-4  # max |Δ| on raw [0, 1] outputs: float reordering only
+TILED_TOL = 1e-5
+ENC = {"n_resblocks": 2, "n_feats": 16, "no_upsampling": True}
+
+# The official EDSR-baseline LM-LIIF (configs/train-lmf/train_edsr-baseline-lmliif.yaml),
+# written out as its file holds it, and its decoder's parameter names and shapes.
+OFFICIAL_SPEC = {
+    "name": "lmliif",
+    "args": {
+        "encoder_spec": {"name": "edsr-baseline", "args": {"no_upsampling": True}},
+        "imnet_spec": {"name": "lmmlp", "args": {"out_dim": 3, "hidden_dim": 16,
+                                                 "hidden_depth": 6, "mod_scale": True,
+                                                 "mod_shift": True}},
+        "hypernet_spec": {"name": "mlp", "args": {"out_dim": 208, "hidden_list": [208]}},
+        "local_ensemble": True, "feat_unfold": True, "cell_decode": True, "mod_input": True,
+    },
+}
+OFFICIAL_DECODER_SHAPES = {
+    "hypernet.layers.0.weight": (208, 64 * 9 + 2), "hypernet.layers.0.bias": (208,),
+    "hypernet.layers.2.weight": (208, 208), "hypernet.layers.2.bias": (208,),
+    "imnet.layers.0.weight": (16, 16 + 2 + 2), "imnet.layers.0.bias": (16,),
+    **{f"imnet.layers.{i}.{p}": (16, 16) if p == "weight" else (16,)
+       for i in (2, 4, 6, 8, 10) for p in ("weight", "bias")},
+    "imnet.layers.12.weight": (3, 16), "imnet.layers.12.bias": (3,),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_lmf(seed: int = 0, **kw) -> LMLIIF:
+    """A tiny-encoder LM-LIIF with the official decoder sizes, outputs far from flat."""
+    torch.manual_seed(seed)
+    model = LMLIIF(LmfConfig(encoder_args=ENC, **kw))
+    for lin in model.imnet.linears + model.hypernet.linears:
+        torch.nn.init.kaiming_normal_(lin.weight)
+        torch.nn.init.normal_(lin.bias, std=0.1)
+    return model.eval()
+
+
+def reference(model, img: torch.Tensor, out_hw: tuple[int, int]) -> np.ndarray:
+    """The plain reference forward on every output pixel at once, raw [0, 1] units."""
+    H, W = out_hw
+    with torch.no_grad():
+        feat = model.encode(((img - 0.5) / 0.5)[None])
+        coord = make_coord((H, W))[None]
+        pred = model.query(feat, coord, make_cell((H, W), H * W)[None])[0] * 0.5 + 0.5
+    return pred.view(H, W, 3).numpy()
+
+
+def test_official_spec_and_key_names_load_strictly_both_ways():
+    cfg = config_from_spec(OFFICIAL_SPEC)
+    assert cfg == LmfConfig()  # our defaults are the official EDSR-baseline LM-LIIF
+    assert cfg.latent_out == 208 and cfg.mod_dim == 192
+    model = LMLIIF(cfg)
+    sd = model.state_dict()
+    decoder = {k: tuple(v.shape) for k, v in sd.items() if not k.startswith("encoder.")}
+    assert decoder == OFFICIAL_DECODER_SHAPES
+    # a state dict built from the official names and shapes alone (encoder: LIIF's EDSR keys)
+    torch.manual_seed(1)
+    official_sd = {k: torch.randn(v.shape) for k, v in sd.items()}
+    loaded = model_from_spec({**OFFICIAL_SPEC, "sd": official_sd}, source="official.pth")
+    assert all(torch.equal(loaded.state_dict()[k], official_sd[k]) for k in official_sd)
+    # ours in the official layout: the same spec the official code builds from, same keys
+    ours = checkpoint_dict(loaded)["model"]
+    assert {k: v for k, v in ours.items() if k != "sd"} == OFFICIAL_SPEC
+    assert list(ours["sd"]) == list(official_sd)
+
+
+def test_official_checkpoint_with_cmsr_spec_and_wrong_shapes(tmp_path):
+    spec = {**OFFICIAL_SPEC, "args": {**OFFICIAL_SPEC["args"], "cmsr_spec": None}}
+    assert config_from_spec(spec) == LmfConfig()  # demo.py adds cmsr_spec: a test-time option
+    sd = LMLIIF().state_dict()
+    sd["imnet.layers.0.weight"] = torch.zeros(16, 22)
+    with pytest.raises(CheckpointError, match=r"wrong shape for imnet\.layers\.0\.weight"):
+        model_from_spec({**OFFICIAL_SPEC, "sd": sd})
+    del sd["hypernet.layers.2.bias"]
+    with pytest.raises(CheckpointError, match="does not match a edsr-baseline-LM-LIIF: 1 missing"):
+        model_from_spec({**OFFICIAL_SPEC, "sd": sd})
+    bad = {**OFFICIAL_SPEC, "args": {**OFFICIAL_SPEC["args"], "hypernet_spec": None}}
+    with pytest.raises(CheckpointError, match="no latent MLP"):
+        config_from_spec(bad)
+
+
+def test_reference_forward_is_the_official_one():
+    """tests/data/lmf_golden: the official code's own file and outputs (eval and train mode)."""
+    model = load_checkpoint(GOLDEN / "model.pth").model
+    assert isinstance(model, LMLIIF)
+    g = np.load(GOLDEN / "golden.npz")
+    cases = [k for k in g.files if k.startswith("eval_")]
+    assert len(cases) == 5
+    for key in cases:
+        _, name, hw = key.split("_")
+        H, W = map(int, hw.split("x"))
+        x = (torch.from_numpy(g[f"inp_{name}"]) - 0.5) / 0.5
+        coord, cell = make_coord((H, W))[None], make_cell((H, W), H * W)[None]
+        with torch.no_grad():
+            ref = model.query(model.encode(x[None]), coord, cell)[0].numpy()
+            fwd = model(x[None], coord, cell)[0].numpy()
+            fast = engine.render(model, torch.from_numpy(g[f"inp_{name}"]), (H, W))
+        assert g[key].std() > 0.5  # far from flat
+        assert np.abs(ref - g[key]).max() <= 1e-6, key
+        assert np.abs(fwd - g[key]).max() <= 2 * ENGINE_TOL, key  # normalised units
+        assert np.abs(fast - (g[key].reshape(H, W, 3) * 0.5 + 0.5)).max() <= ENGINE_TOL, key
+    for name in ("a", "b"):  # train mode, random queries
+        x = (torch.from_numpy(g[f"inp_{name}"]) - 0.5) / 0.5
+        with torch.no_grad():
+            pred = model.train()(x[None], torch.from_numpy(g[f"coord_{name}"])[None],
+                                 torch.from_numpy(g[f"cell_{name}"])[None])[0].numpy()
+        assert np.abs(pred - g[f"train_{name}"]).max() <= 2 * ENGINE_TOL
+
+
+def test_conv_modulations_equal_the_plain_latent_mlp():
+    model = random_lmf()
+    feat = torch.randn(2, 16, 7, 9)
+    cell = torch.rand(2, 5, 2)
+    with torch.no_grad():
+        a, b = model.modulations(feat, cell), model.modulations_reference(feat, cell)
+    assert a.shape == (2, 208, 7, 9)
+    assert (a - b).abs().max() <= 1e-5 and a.abs().max() > 1
+
+
+SIZES = [(26, 22), (45, 31), (13, 11), (6, 5), (13, 40), (52, 44)]  # ×2, ×3.5ish, ×1, down,
+#                                                                      anisotropic, ×4
+
+
+@pytest.mark.parametrize("kw", [{}, {"mod_input": False}, {"mod_shift": False},
+                                {"mod_scale": False}, {"local_ensemble": False},
+                                {"cell_decode": False}, {"feat_unfold": False}])
+def test_engine_equals_reference_tiled_and_chunked(kw):
+    model = random_lmf(**kw)
+    img = torch.from_numpy(photo_like(13, 11)).permute(2, 0, 1).float() / 255
+    for H, W in SIZES:
+        ref = reference(model, img, (H, W))
+        with torch.inference_mode():
+            whole = engine.render(model, img, (H, W), tile=100, chunk=1 << 20)
+            tiled = engine.render(model, img, (H, W), tile=4, chunk=7)
+        assert ref.std() > 0.05, (kw, H, W)
+        assert np.abs(whole - ref).max() <= ENGINE_TOL, (kw, H, W)
+        assert np.abs(tiled - whole).max() <= TILED_TOL, (kw, H, W)
+
+
+def test_engine_reduced_precision_and_memory_plan():
+    model = random_lmf()
+    img = torch.from_numpy(photo_like(20, 16)).permute(2, 0, 1).float() / 255
+    ref = reference(model, img, (60, 48))
+    with torch.inference_mode():
+        bf16 = engine.render(model, img, (60, 48), dtype=torch.bfloat16)
+    assert np.abs(bf16 - ref).max() < 0.1 and np.abs(bf16 - ref).mean() < 0.01
+    small = engine.make_plan(model, (4000, 4000), max_memory=16 * 2**20)
+    large = engine.make_plan(model, (4000, 4000), max_memory=2**30)
+    assert small.tile < large.tile and small.chunk <= large.chunk
+    # one chunk's gathered channels stay within the budget's half
+    dec = engine.LmfDecoder(model, torch.float32, torch.device("cpu"))
+    assert dec.buffer_numel(4, small.chunk) * 4 <= 8 * 2**20
+
+
+def test_lmf_checkpoint_through_load_and_the_cli(tmp_path):
+    model = random_lmf()
+    path = tmp_path / "fast.pth"
+    save_checkpoint(model, path)
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded.model, LMLIIF) and loaded.model.config == model.config
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(),
+                                                 model.state_dict().values()))
+    Image.fromarray(photo_like(10, 12)).save(tmp_path / "in.png")
+    r = CliRunner().invoke(app, ["upscale", str(tmp_path / "in.png"), "--scale", "2",
+                                 "--model", str(path), "--precision", "fp32"])
+    assert r.exit_code == 0, r.output
+    got = np.asarray(Image.open(tmp_path / "in_x2.png"))
+    img = torch.from_numpy(photo_like(10, 12)).permute(2, 0, 1).float() / 255
+    want = np.round(np.clip(reference(model, img, (20, 24)), 0, 1) * 255)
+    assert got.shape == (20, 24, 3) and np.abs(got.astype(int) - want).max() <= 1
+    r = CliRunner().invoke(app, ["models"], env={"LIIF_MODELS_DIR": str(tmp_path)})
+    assert r.exit_code == 0 and "fast" in r.output and "LM-LIIF" in r.output, r.output
