@@ -46,7 +46,7 @@ import torch
 from . import __version__, engine
 from .errors import ImageReadError, ImageWriteError, LiifError, UsageError
 from .imageio import DEFAULT_MAX_INPUT_PIXELS, FORMATS, is_image_name, read_image, write_image
-from .model import LIIF
+from .model import LIIF, SRModel
 from .upscale import (DEFAULT_MAX_OUTPUT_PIXELS, SizeRequest, precision_name, resolve_device,
                       resolve_precision, target_size, upscale_image)
 from .weights import LoadedModel, load_model
@@ -518,7 +518,7 @@ def _process_main(cfg: _WorkerConfig, model_ref: str | LIIF, tasks, results, sto
     try:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        model = model_ref if isinstance(model_ref, LIIF) else load_model(model_ref).model
+        model = model_ref if isinstance(model_ref, SRModel) else load_model(model_ref).model
         _Worker(cfg, model, tasks, results, stop, parent_pid).run()
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which carries on
         results.put(("fatal", cfg.name, _describe(e)))

@@ -54,7 +54,7 @@ from .data import load_rgb_uint8 as load_rgb
 from .degrade import apply_spec, parse_spec, spec_seed, spec_text
 from .errors import DataError, UsageError
 from .imageio import READABLE_SUFFIXES
-from .model import LIIF
+from .model import LIIF, SRModel
 
 DEFAULT_SCALES = (2, 3, 4, 6, 12, 18, 24, 30)  # the paper's Table 1 (DIV2K) columns
 PROTOCOL_NAMES = ("auto", "div2k", "benchmark", "rgb")
@@ -539,7 +539,7 @@ def example_panel(panels: Sequence[np.ndarray], labels: Sequence[str]) -> np.nda
 def _model_and_name(model: Any) -> tuple[LIIF, str]:
     from .weights import LoadedModel, load_model
 
-    if isinstance(model, LIIF):
+    if isinstance(model, SRModel):  # LIIF or LM-LIIF
         return model, "liif"
     if isinstance(model, LoadedModel):
         return model.model, model.name

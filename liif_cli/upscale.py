@@ -24,7 +24,7 @@ from . import engine
 from .errors import DeviceError, UsageError
 from .imageio import (DEFAULT_MAX_INPUT_PIXELS, FORMATS, ImageData, check_output_path,
                       pixel_count, read_image, write_image)
-from .model import LIIF
+from .model import LIIF, SRModel
 from .weights import LoadedModel, load_model
 
 DEFAULT_MAX_OUTPUT_PIXELS = 1_000_000_000  # 1 gigapixel: ~3 GB of RGB output buffer
@@ -231,7 +231,7 @@ class UpscaleResult:
 
 
 def _as_model(model: LoadedModel | LIIF | str | os.PathLike | None) -> LIIF:
-    if isinstance(model, LIIF):
+    if isinstance(model, SRModel):  # LIIF or LM-LIIF
         return model
     if isinstance(model, LoadedModel):
         return model.model
@@ -374,7 +374,7 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
     out_hw = target_size((image.height, image.width), request=request,
                          max_pixels=max_output_pixels)
     check_output_path(dst, overwrite=overwrite)
-    loaded = model if isinstance(model, (LoadedModel, LIIF)) else load_model(model)
+    loaded = model if isinstance(model, LoadedModel | SRModel) else load_model(model)
     name = loaded.name if isinstance(loaded, LoadedModel) else "model"
     res = upscale_image(loaded, image, out_hw=out_hw, device=dev, precision=precision,
                         max_memory=max_memory, on_progress=on_progress)
