@@ -234,6 +234,7 @@ def train(
     val_data: Annotated[Optional[str], typer.Option(help="Folder of HR validation images.")] = None,
     out: Annotated[Optional[str], typer.Option(help="Run folder. (default: runs/liif)")] = None,
     encoder: Annotated[Optional[str], typer.Option(help="edsr-baseline, edsr or rdn. (default: edsr-baseline)")] = None,
+    decoder: Annotated[Optional[str], typer.Option(help="liif, or lmf (LM-LIIF: the fast model's). With --init of the other kind, its encoder is copied. (default: liif, or --init's)")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="(default: 1000)")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch. (default: 16)")] = None,
     patch_size: Annotated[Optional[int], typer.Option(help="LR patch side. (default: 48)")] = None,
@@ -275,7 +276,8 @@ def train(
         console.print(f"[green]wrote[/] {png}")
         return
     milestones = None if lr_milestones is None else _int_list(lr_milestones, "--lr-milestones")
-    overrides = dict(data=data, val_data=val_data, out=out, encoder=encoder, epochs=epochs,
+    overrides = dict(data=data, val_data=val_data, out=out, encoder=encoder, decoder=decoder,
+                     epochs=epochs,
                      batch_size=batch_size, patch_size=patch_size, scale_min=scale_min,
                      scale_max=scale_max, sample_q=sample_q, lr=lr, lr_milestones=milestones,
                      lr_gamma=lr_gamma, warmup=warmup, repeat=repeat, workers=workers, device=device,

@@ -39,12 +39,13 @@ from .degrade import (DEGRADE_RECIPES, RealRanges, apply_spec, parse_spec, real_
                       spec_seed, spec_text)
 from .errors import TrainingError, UsageError
 from .malloc import keep_freed_memory
-from .model import LIIF, LiifConfig
+from .model import LiifConfig, LmfConfig, ModelConfig, SRModel, build_model
 from .upscale import resolve_device
 from .weights import (atomic_torch_save, checkpoint_dict, load_model, model_from_spec,
                       read_checkpoint)
 
 ENCODER_CHOICES = ("edsr-baseline", "edsr", "rdn")
+DECODER_CHOICES = ("liif", "lmf")  # LIIF's MLP, or LM-LIIF's two MLPs (model/lmf.py)
 LOG_EVERY = 10  # iterations between metrics.jsonl records
 
 
@@ -77,14 +78,19 @@ class TrainConfig:
     val_scales: tuple[float, ...] = (2.0, 3.0, 4.0)
     save_every: int = 100  # epochs between epoch-N.pth snapshots
     hidden: tuple[int, ...] = (256, 256, 256, 256)  # MLP hidden widths (paper)
+    # liif, or lmf: LM-LIIF with the official EDSR-baseline LM-LIIF decoder. None: liif, or
+    # --init's architecture; the run stores the one it built
+    decoder: str | None = None
     encoder_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"n_resblocks": 16}
     degrade: str | None = None  # "real": LR through degrade.py's blur/noise/JPEG pipeline
     degrade_ranges: dict[str, Any] = field(default_factory=dict)  # RealRanges fields to change
     val_degrade: str | None = None  # also validate on LR degraded by this spec (e.g. jpeg=75)
 
-    def model_config(self) -> LiifConfig:
-        return LiifConfig(encoder=self.encoder, encoder_args={"no_upsampling": True,
-                                                              **self.encoder_args},
+    def model_config(self) -> ModelConfig:
+        encoder_args = {"no_upsampling": True, **self.encoder_args}
+        if self.decoder == "lmf":
+            return LmfConfig(encoder=self.encoder, encoder_args=encoder_args)
+        return LiifConfig(encoder=self.encoder, encoder_args=encoder_args,
                           hidden=tuple(self.hidden))
 
     def degrade_ranges_obj(self) -> RealRanges | None:
@@ -149,11 +155,32 @@ def _retune_schedule(opt: torch.optim.Optimizer, sched: Any, cfg: TrainConfig,
     sched.gamma = cfg.lr_gamma
 
 
+def decoder_of(model: SRModel) -> str:
+    return "lmf" if isinstance(model.config, LmfConfig) else "liif"
+
+
+def _init_model(cfg: TrainConfig, init: SRModel) -> tuple[SRModel, TrainConfig]:
+    """The model --init starts from: its own weights, or with another --decoder, its trained
+    encoder under a fresh decoder (e.g. `--decoder lmf --init default`)."""
+    if cfg.decoder is None or cfg.decoder == decoder_of(init):
+        return init, cfg
+    enc = init.config
+    cfg = replace(cfg, encoder=enc.encoder, encoder_args={
+        k: v for k, v in enc.encoder_args.items() if k != "no_upsampling"})
+    model = build_model(cfg.model_config())
+    model.encoder.load_state_dict(init.encoder.state_dict(), strict=True)
+    return model, cfg
+
+
 def _check(cfg: TrainConfig) -> None:
     if not cfg.data:
         raise UsageError("say where the training images are: --data DIR")
     if cfg.encoder not in ENCODER_CHOICES:
         raise UsageError(f"unknown encoder {cfg.encoder!r}: use {', '.join(ENCODER_CHOICES)}")
+    if cfg.decoder is not None and cfg.decoder not in DECODER_CHOICES:
+        raise UsageError(f"unknown decoder {cfg.decoder!r}: use {', '.join(DECODER_CHOICES)}")
+    if cfg.decoder == "lmf" and tuple(cfg.hidden) != TrainConfig.hidden:
+        raise UsageError("hidden sets LIIF's MLP; the lmf decoder has the official sizes")
     if not (0 < cfg.scale_min <= cfg.scale_max):
         raise UsageError("need 0 < --scale-min <= --scale-max")
     for name in ("epochs", "batch_size", "patch_size", "sample_q", "repeat"):
@@ -177,7 +204,7 @@ def _check(cfg: TrainConfig) -> None:
 # ----------------------------------------------------------------------------------------------
 # validation
 
-def validate(model: LIIF, images: list[np.ndarray], scales: tuple[float, ...],
+def validate(model: SRModel, images: list[np.ndarray], scales: tuple[float, ...],
              dtype: torch.dtype = torch.float32, degrade: str | None = None) -> dict[str, float]:
     """Mean PSNR per scale (official div2k protocol: RGB, shave scale + 6; LR made from HR).
 
@@ -295,8 +322,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         saved = (state.get("liif_cli") or {}).get("config") or {}
         # the run's architecture and data recipe come from the checkpoint; the command line
         # may change only how it runs (device, workers, epochs, validation, ...)
-        for k in ("encoder", "encoder_args", "hidden", "patch_size", "seed", "batch_size",
-                  "degrade", "degrade_ranges"):
+        for k in ("encoder", "encoder_args", "hidden", "decoder", "patch_size", "seed",
+                  "batch_size", "degrade", "degrade_ranges"):
             if k in saved:
                 v = saved[k]
                 cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v})
@@ -307,9 +334,12 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         model = model_from_spec(state["model"], source=str(last))  # the file read above
     elif cfg.init:
         init = load_model(cfg.init)  # a path, or a bundled or user model name
-        model, init_steps = init.model, int(init.meta.get("steps") or 0)
+        model, cfg = _init_model(cfg, init.model)
+        if model is init.model:
+            init_steps = int(init.meta.get("steps") or 0)
     else:
-        model = LIIF(cfg.model_config())
+        model = build_model(cfg.model_config())
+    cfg = replace(cfg, decoder=decoder_of(model))  # stored: resume rebuilds the same
     model.to(dev).train()
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

@@ -197,3 +197,50 @@ def test_lmf_checkpoint_through_load_and_the_cli(tmp_path):
     assert got.shape == (20, 24, 3) and np.abs(got.astype(int) - want).max() <= 1
     r = CliRunner().invoke(app, ["models"], env={"LIIF_MODELS_DIR": str(tmp_path)})
     assert r.exit_code == 0 and "fast" in r.output and "LM-LIIF" in r.output, r.output
+
+
+def test_train_lmf_on_a_liif_encoder_resume_and_cli(tmp_path):
+    """A smoke run (a few steps, tiny images): `--decoder lmf --init LIIF` copies the encoder,
+    the run stores its decoder, resume keeps it, and the CLI takes --decoder."""
+    from liif_cli.train import TrainConfig, train
+
+    data = tmp_path / "hr"
+    data.mkdir()
+    for i in range(3):
+        Image.fromarray(photo_like(40, 44, seed=i)).save(data / f"{i}.png")
+    tiny = dict(encoder_args={"n_resblocks": 1, "n_feats": 8}, patch_size=12, scale_max=2.0,
+                sample_q=50, batch_size=2, repeat=2, workers=0, epochs=1, val_images=2,
+                val_scales=(2.0,), precision="fp32", device="cpu")
+    liif_run, lmf_run = tmp_path / "liif", tmp_path / "lmf"
+    train(TrainConfig(data=str(data), out=str(liif_run), hidden=(16, 16), **tiny))
+    src = torch.load(liif_run / "last.pth", weights_only=True)
+    assert src["model"]["name"] == "liif"
+    # a negligible lr: the encoder is where --init put it; the decoder is a fresh LM-LIIF one
+    cfg = TrainConfig(data=str(data), val_data=str(data), out=str(lmf_run), decoder="lmf",
+                      init=str(liif_run / "last.pth"), lr=1e-12,
+                      **{**tiny, "encoder_args": {}})  # the encoder comes from --init
+    events = []
+    train(cfg, on_event=events.append)
+    ck = torch.load(lmf_run / "last.pth", weights_only=True)
+    assert ck["model"]["name"] == "lmliif" and ck["liif_cli"]["config"]["decoder"] == "lmf"
+    assert ck["model"]["args"]["encoder_spec"]["args"]["n_feats"] == 8
+    enc = {k: v for k, v in src["model"]["sd"].items() if k.startswith("encoder.")}
+    assert enc and all(torch.allclose(ck["model"]["sd"][k], v, atol=1e-6) for k, v in enc.items())
+    assert ck["model"]["sd"]["hypernet.layers.0.weight"].shape == (208, 8 * 9 + 2)
+    assert ck["liif_cli"]["steps"] == 3  # the decoder's own steps only
+    val = [e for e in events if e.kind == "val"]
+    assert len(val) == 1 and np.isfinite(val[0].psnr["x2"])
+    # resume with a real lr, no --decoder: still LM-LIIF, and the weights move
+    from dataclasses import replace
+
+    train(replace(cfg, epochs=2, lr=1e-3, decoder=None, val_data=None), resume=True)
+    ck2 = torch.load(lmf_run / "last.pth", weights_only=True)
+    assert ck2["model"]["name"] == "lmliif" and ck2["epoch"] == 2
+    assert ck2["liif_cli"]["config"]["decoder"] == "lmf"
+    moved = ck2["model"]["sd"]["imnet.layers.12.weight"] - ck["model"]["sd"]["imnet.layers.12.weight"]
+    assert moved.abs().max() > 1e-5
+    assert isinstance(load_checkpoint(lmf_run / "last.pth").model, LMLIIF)
+    # the CLI: --decoder is an option, an unknown one one clear line and exit code 2
+    r = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "x"),
+                                 "--decoder", "mlp"])
+    assert r.exit_code == 2 and "unknown decoder 'mlp': use liif, lmf" in r.output, r.output
