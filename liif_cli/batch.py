@@ -31,6 +31,7 @@ import os
 import queue
 import re
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -39,7 +40,7 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -77,10 +78,137 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     try:
         i, n = (int(p) for p in str(text).split("/"))
     except ValueError:
-        raise UsageError(f"bad --shard {text!r}: use I/N, e.g. 1/4 … 4/4") from None
+        raise UsageError(f"bad --shard {text!r}: use I/N, e.g. 1/4 … 4/4, or auto") from None
     if n < 1 or not 1 <= i <= n:
         raise UsageError(f"bad --shard {text!r}: need 1 <= I <= N (shards count from 1)")
     return i, n
+
+
+# What `--shard auto` reads, outer (one task of a job array) times inner (ranks of one launch).
+SHARD_COUNT_ENV = "LIIF_SHARD_COUNT"  # the count for a Kubernetes Indexed Job (its completions)
+SHARD_ENV_NAMES = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX", "RANK/WORLD_SIZE",
+                   "SLURM_PROCID/SLURM_NTASKS")
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """Which shard this process does, and what said so (for the run's first line)."""
+
+    index: int  # I, counted from 1
+    count: int  # N
+    found: str  # e.g. "Slurm array task 5 of ids 4-6"
+    auto: bool = False  # found by --shard auto (the CLI says so in its first line)
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return self.index, self.count
+
+
+def _env_int(env: Mapping[str, str], name: str, *, needed_for: str) -> int:
+    text = env.get(name)
+    if text is None or not text.strip():
+        raise UsageError(f"--shard auto: {needed_for} is set but {name} is not; give --shard I/N")
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--shard auto: {name}={text!r} is not a whole number") from None
+
+
+def _array_task(env: Mapping[str, str]) -> tuple[int, int, str]:
+    """(0-based index, count, text) of a Slurm array task; ids may start anywhere and step."""
+    why = "SLURM_ARRAY_TASK_ID"
+    tid = _env_int(env, "SLURM_ARRAY_TASK_ID", needed_for=why)
+    lo = _env_int(env, "SLURM_ARRAY_TASK_MIN", needed_for=why)
+    count = _env_int(env, "SLURM_ARRAY_TASK_COUNT", needed_for=why)
+    step = _env_int(env, "SLURM_ARRAY_TASK_STEP", needed_for=why) \
+        if env.get("SLURM_ARRAY_TASK_STEP") else 1
+    hi = _env_int(env, "SLURM_ARRAY_TASK_MAX", needed_for=why) \
+        if env.get("SLURM_ARRAY_TASK_MAX") else lo + step * (count - 1)
+    # a list (--array=1,5,9) or a range with holes cannot be numbered from these alone
+    if count < 1 or step < 1 or hi != lo + step * (count - 1):
+        raise UsageError(f"--shard auto: Slurm array ids {lo}-{hi} (step {step}) are not "
+                         f"{count} evenly spaced ids; submit a range such as --array=0-"
+                         f"{count - 1} (a %N limit is fine), or give --shard I/N")
+    if (tid - lo) % step or not lo <= tid <= hi:
+        raise UsageError(f"--shard auto: Slurm array task id {tid} is not one of "
+                         f"{lo}-{hi}:{step}")
+    ids = f"{lo}-{hi}" + (f":{step}" if step > 1 else "")
+    return (tid - lo) // step, count, f"Slurm array task {tid} of ids {ids}"
+
+
+def _ranks(env: Mapping[str, str]) -> tuple[int, int, str] | None:
+    """(rank, ranks, text) of a multi-process launch: torchrun's RANK/WORLD_SIZE, else srun's.
+
+    A Slurm batch script (SLURM_JOB_ID but no SLURM_STEP_ID) has SLURM_PROCID=0 and the job's
+    SLURM_NTASKS without being one of those tasks: there it is one process, rank 0 of 1.
+    """
+    if env.get("SLURM_JOB_ID") and not env.get("SLURM_STEP_ID") \
+            and not env.get("RANK") and env.get("SLURM_PROCID") is not None:
+        return 0, 1, f"the batch script of Slurm job {env['SLURM_JOB_ID']} (no array, no srun)"
+    for rank, size, who in (("RANK", "WORLD_SIZE", "torchrun"),
+                            ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "srun"),
+                            ("SLURM_PROCID", "SLURM_NTASKS", "srun")):
+        if env.get(rank) is not None and env.get(size) is not None:
+            r, n = _env_int(env, rank, needed_for=size), _env_int(env, size, needed_for=rank)
+            if n < 1 or not 0 <= r < n:
+                raise UsageError(f"--shard auto: {rank}={r} is not a rank of {size}={n}")
+            return r, n, f"{who} rank {r} of {n}"
+    return None
+
+
+def detect_shard(env: Mapping[str, str] | None = None, *, count: int | None = None
+                 ) -> ShardSource:
+    """The shard of this process from what its job engine set, for `--shard auto`.
+
+    Outer: a Slurm array task (SLURM_ARRAY_TASK_ID - MIN, of SLURM_ARRAY_TASK_COUNT) or a
+    Kubernetes Indexed Job pod (JOB_COMPLETION_INDEX, of `count` or LIIF_SHARD_COUNT). Inner:
+    ranks of one launch (torchrun's RANK/WORLD_SIZE, else srun's SLURM_PROCID of
+    SLURM_STEP_NUM_TASKS or SLURM_NTASKS). Both present: each array task's share is split
+    among its ranks. `count`, when given, must agree with the total found.
+    """
+    env = os.environ if env is None else env
+    if count is not None and count < 1:
+        raise UsageError(f"--shards must be at least 1, got {count}")
+    outer: tuple[int, int, str] | None = None
+    if env.get("SLURM_ARRAY_TASK_ID"):
+        outer = _array_task(env)
+    elif env.get("JOB_COMPLETION_INDEX"):
+        idx = _env_int(env, "JOB_COMPLETION_INDEX", needed_for="JOB_COMPLETION_INDEX")
+        n = count
+        if n is None and env.get(SHARD_COUNT_ENV):
+            n = _env_int(env, SHARD_COUNT_ENV, needed_for="JOB_COMPLETION_INDEX")
+        if n is None:
+            raise UsageError("--shard auto: JOB_COMPLETION_INDEX is set (a Kubernetes Indexed "
+                             "Job) but not how many pods share the work; give --shards N (the "
+                             f"Job's completions) or set {SHARD_COUNT_ENV}")
+        if not 0 <= idx < n:
+            raise UsageError(f"--shard auto: JOB_COMPLETION_INDEX={idx} is not an index of "
+                             f"{n} completions (0 to {n - 1})")
+        outer = idx, n, f"Kubernetes Indexed Job index {idx} of {n}"
+    inner = _ranks(env)
+    if inner is not None and inner[1] == 1 and outer is not None:
+        inner = None  # one rank per array task: nothing more to split
+    if outer is None and inner is None:
+        raise UsageError("--shard auto found no job array or ranks in the environment ("
+                         + ", ".join(SHARD_ENV_NAMES) + "); give --shard I/N")
+    (o, on, otext), (r, rn, rtext) = outer or (0, 1, ""), inner or (0, 1, "")
+    index, total = o * rn + r + 1, on * rn
+    if count is not None and count != total:
+        raise UsageError(f"--shards {count} does not match the {total} shard(s) found "
+                         f"({' × '.join(t for t in (otext, rtext) if t)})")
+    return ShardSource(index, total, " × ".join(t for t in (otext, rtext) if t), auto=True)
+
+
+def resolve_shard(text: str | None, *, count: int | None = None,
+                  env: Mapping[str, str] | None = None) -> ShardSource:
+    """`--shard` as given: None (all files), 'I/N', or 'auto' (from the environment)."""
+    if text is not None and text.strip().lower() == "auto":
+        return detect_shard(env, count=count)
+    if count is not None:
+        raise UsageError("--shards N goes with --shard auto (a Kubernetes Indexed Job's "
+                         "completions); with --shard I/N the count is N")
+    i, n = parse_shard(text)
+    return ShardSource(i, n, "--shard" if text is not None else "")
 
 
 def shard_of(rel: str, n: int) -> int:
@@ -194,11 +322,60 @@ def discover(input_dir: Path, *, recursive: bool = False, pattern: str | None = 
     return sorted(found), ignored
 
 
+def read_file_list(source: str | os.PathLike, *, stdin=None) -> list[str]:
+    """The paths of a `--files-from` list: one per line, or NUL-separated (`find -print0`);
+    '-' reads standard input. Blank lines are skipped; names are otherwise taken as they are."""
+    if str(source) == "-":
+        text = (stdin or sys.stdin).read()
+    else:
+        try:
+            text = Path(source).read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as e:
+            raise ImageReadError(f"cannot read --files-from {source}: {e.strerror}") from None
+    entries = text.split("\0") if "\0" in text else text.splitlines()
+    return [e for e in entries if e.strip()]
+
+
+def listed_files(input_dir: Path, entries: Iterable[str], *, pattern: str | None = None
+                 ) -> list[str]:
+    """Sorted, unique relative POSIX paths of a `--files-from` list, each under `input_dir`.
+
+    Entries are relative to INPUT_DIR (a leading ./ is fine) or absolute paths inside it.
+    """
+    root = input_dir.resolve()
+    rels = set()
+    for entry in entries:
+        p = Path(entry)
+        if p.is_absolute():
+            for base in (input_dir.absolute(), root):
+                try:
+                    p = p.relative_to(base)
+                    break
+                except ValueError:
+                    pass
+            else:
+                raise UsageError(f"--files-from: {entry} is not inside {input_dir}; list paths "
+                                 "relative to INPUT_DIR")
+        if ".." in p.parts:
+            raise UsageError(f"--files-from: {entry} goes outside INPUT_DIR (..); list paths "
+                             "relative to INPUT_DIR")
+        rel = p.as_posix()
+        if rel in ("", "."):
+            continue
+        if pattern is None or _matches(rel, pattern):
+            rels.add(rel)
+    return sorted(rels)
+
+
 def plan_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
                recursive: bool = False, pattern: str | None = None, fmt: str = "same",
-               suffix: str = "", overwrite: bool = False, shard: tuple[int, int] = (1, 1)
-               ) -> BatchPlan:
-    """Name every output, decide what to do with each file; reads names only, writes nothing."""
+               suffix: str = "", overwrite: bool = False, shard: tuple[int, int] = (1, 1),
+               files: Iterable[str] | None = None) -> BatchPlan:
+    """Name every output, decide what to do with each file; reads names only, writes nothing.
+
+    `files`: relative paths to do (a `--files-from` list) instead of walking `input_dir`; a
+    listed file that is missing or not an image by name fails, alone.
+    """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.exists():
         raise ImageReadError(f"input folder not found: {input_dir}")
@@ -218,7 +395,11 @@ def plan_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
         raise UsageError("the output folder is the input folder: give a --suffix (e.g. _x4) so "
                          "outputs never replace the originals, or choose another output folder")
     exclude = out_res if in_res in out_res.parents else None
-    rels, ignored = discover(input_dir, recursive=recursive, pattern=pattern, exclude=exclude)
+    if files is None:
+        rels, ignored = discover(input_dir, recursive=recursive, pattern=pattern,
+                                 exclude=exclude)
+    else:
+        rels, ignored = listed_files(input_dir, files, pattern=pattern), 0
 
     def out_rel(rel: str) -> str:
         p = PurePosixPath(rel)
@@ -234,11 +415,19 @@ def plan_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
     for rel in rels:
         o = outs[rel]
         first = writer_of.setdefault(o, rel)
+        if n > 1 and shard_of(rel, n) != i:  # before any stat: other shards' files cost nothing
+            other += 1
+            continue
         src, dst = input_dir / rel, output_dir / o
         victim = inputs.get(out_res / o)
         if first != rel:
             action, reason = "fail", (f"same output {dst} as {input_dir / first}; use --format "
                                       "same or a --suffix to tell them apart")
+        elif files is not None and not is_image_name(rel):
+            action, reason = "fail", (f"{src} is not an image by its name (listed in "
+                                      "--files-from)")
+        elif files is not None and not src.is_file():
+            action, reason = "fail", f"input not found: {src} (listed in --files-from)"
         elif victim is not None:
             action, reason = "fail", (f"output {dst} would replace the input {input_dir / victim}"
                                       "; choose another output folder or a --suffix")
@@ -246,9 +435,6 @@ def plan_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
             action, reason = "skip", "output exists"
         else:
             action, reason = "upscale", ""
-        if n > 1 and shard_of(rel, n) != i:
-            other += 1
-            continue
         items.append(PlanItem(rel, src, dst, action, reason))
     return BatchPlan(input_dir, output_dir, items, overwrite, (i, n), other, ignored,
                      find_stale_temps(items))
@@ -364,6 +550,156 @@ def write_report(result: BatchResult, path: str | os.PathLike) -> Path:
             raise ImageWriteError(f"cannot write report {path}: {e}") from None
         raise
     return path
+
+
+def is_jsonl(path: str | os.PathLike) -> bool:
+    """Reports named *.jsonl (or *.ndjson) are streamed line by line; others are one document."""
+    return Path(path).suffix.lower() in (".jsonl", ".ndjson")
+
+
+def record_line(rec: FileRecord, *, shard: tuple[int, int] = (1, 1), host: str = "") -> str:
+    """One finished file as one line of JSON (with its newline), as `JsonlReport` writes it."""
+    d = {**asdict(rec), "seconds": round(rec.seconds, 3), "shard": "/".join(map(str, shard)),
+         "host": host, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return json.dumps(d, ensure_ascii=False) + "\n"
+
+
+class JsonlReport:
+    """Appends one JSON line per finished file, handed to the OS at once (`run_batch`'s
+    `on_record`): a task killed even with SIGKILL leaves every file it finished recorded.
+
+    Each line is one `write` on a file opened for appending, so a report is never cut inside a
+    line by a kill, and lines of reports joined with `cat` are the same lines. A requeued task
+    given the same report adds to it. Write errors never stop the batch: the first is kept in
+    `error`, for the caller to report at the end.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, shard: tuple[int, int] = (1, 1),
+                 host: str | None = None):
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise ImageWriteError(f"report folder does not exist: {self.path.parent}")
+        try:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        except OSError as e:
+            raise ImageWriteError(f"cannot open report {self.path}: {e.strerror}") from None
+        self.shard, self.host = shard, host if host is not None else _hostname()
+        self.lines, self.lost, self.error = 0, 0, ""
+
+    def write(self, rec: FileRecord) -> None:
+        data = record_line(rec, shard=self.shard, host=self.host).encode("utf-8")
+        try:
+            while data:  # a regular file takes it whole; the loop is for the odd short write
+                data = data[os.write(self.fd, data):]
+            self.lines += 1
+        except OSError as e:
+            self.lost += 1
+            self.error = self.error or f"cannot write report {self.path}: {e.strerror}"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "JsonlReport":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+# ----------------------------------------------------------------------------------------------
+# merged reports: `liif batch --summary r*.jsonl`
+
+STATUS_RANK = {"done": 3, "skipped": 2, "failed": 1, "cancelled": 0}  # which line of a file wins
+
+
+@dataclass
+class ReportSummary:
+    """Reports of many tasks (or runs) merged: one record per input, its best outcome."""
+
+    files: list[dict[str, Any]]  # per input, in input order: the line that wins
+    lines: int  # records read
+    reports: int  # files read
+    done_twice: list[str]  # inputs done by more than one line (overlapping shards, --overwrite)
+    bad_lines: int  # lines that were not records (e.g. a file cut by a full disk)
+    shards: list[str]  # shards seen ("2/3"), sorted
+    hosts: list[str]
+
+    def count(self, status: str) -> int:
+        return sum(f["status"] == status for f in self.files)
+
+    def rows(self, status: str) -> list[dict[str, Any]]:
+        return [f for f in self.files if f["status"] == status]
+
+
+def _megapixels(size) -> float:
+    return size[0] * size[1] / 1e6 if size else 0.0
+
+
+def summarize_reports(paths: Iterable[str | os.PathLike]) -> ReportSummary:
+    """Merge `--report` files (JSON lines, or the one-document .json): for each input the best
+    status of its lines wins (done > skipped > failed > cancelled), so a file that failed or was
+    cancelled and was done by a later run counts as done, once."""
+    best: dict[str, dict[str, Any]] = {}
+    done: Counter = Counter()
+    lines = bad = reports = 0
+    shards, hosts = set(), set()
+    for path in paths:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ImageReadError(f"cannot read report {path}: {e.strerror}") from None
+        reports += 1
+        if is_jsonl(path):
+            recs = []
+            for line in text.splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    recs.append(json.loads(line))
+                except json.JSONDecodeError:
+                    bad += 1
+        else:
+            try:
+                doc = json.loads(text)
+                recs = doc["files"]
+                shards.add(doc.get("shard", ""))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ImageReadError(f"{path} is not a liif batch report (a .jsonl of records "
+                                     "or a .json with \"files\")") from None
+        for rec in recs:
+            if not isinstance(rec, dict) or rec.get("status") not in STATUS_RANK \
+                    or "input" not in rec:
+                bad += 1
+                continue
+            lines += 1
+            shards.add(rec.get("shard", ""))
+            hosts.add(rec.get("host", ""))
+            key = rec["input"]
+            done[key] += rec["status"] == "done"
+            old = best.get(key)
+            if old is None or STATUS_RANK[rec["status"]] >= STATUS_RANK[old["status"]]:
+                best[key] = rec
+    if not reports:
+        raise UsageError("--summary needs report files, e.g. liif batch --summary r*.jsonl")
+    files = [best[k] for k in sorted(best)]
+    return ReportSummary(files, lines, reports, sorted(k for k, c in done.items() if c > 1),
+                         bad, sorted(s for s in shards if s), sorted(h for h in hosts if h))
+
+
+def summary_totals(files: list[dict[str, Any]]) -> dict[str, float]:
+    """Input and output megapixels and seconds of some merged records."""
+    return {"in_mp": sum(_megapixels(f.get("in_size")) for f in files),
+            "out_mp": sum(_megapixels(f.get("out_size")) for f in files),
+            "seconds": sum(float(f.get("seconds") or 0.0) for f in files)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,16 +897,19 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
               devices: str = "auto", jobs: int = 1, precision: str = "auto",
               max_memory: int = engine.DEFAULT_MAX_MEMORY, quality: int = 95,
               max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS, fail_fast: bool = False,
-              stop: threading.Event | None = None, on_event: EventFn | None = None
-              ) -> BatchResult:
+              stop: threading.Event | None = None, on_event: EventFn | None = None,
+              on_record: Callable[[FileRecord], None] | None = None) -> BatchResult:
     """Carry out a plan: every item ends with a record, whatever happens (bar a SIGKILL).
 
     `devices` as for `parse_devices`; `jobs` workers per device. Returns early, with the
     unstarted files cancelled, when `stop` is set or (fail_fast) a file fails. A
     KeyboardInterrupt here (e.g. a second Ctrl-C) kills the workers at once and still returns.
+    `on_record` gets each item's record once, in this thread, as soon as it is final (planned
+    skips and failures first, cancellations last), e.g. `JsonlReport.write`.
     """
     t_start = time.perf_counter()
     emit = on_event or (lambda e: None)
+    record = on_record or (lambda r: None)
     stop = stop or threading.Event()
     devs = parse_devices(devices, jobs=jobs)
     for d in set(devs):
@@ -586,15 +925,16 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
         else:
             status = "skipped" if item.action == "skip" else "failed"
             records[k] = FileRecord(str(item.input), str(item.output), status, item.reason)
+            record(records[k])
     result = BatchResult(plan, [], 0.0, loaded.name, names)
     total, done = len(todo), 0
     result.removed_temps = remove_stale_temps(plan)
     emit(BatchEvent("start", 0, total, message=", ".join(names)))
     if fail_fast and plan.count("fail"):
         result.stopped_early = True
-        return _finish(result, records, t_start, FAIL_FAST_REASON)
+        return _finish(result, records, t_start, FAIL_FAST_REASON, record)
     if not todo:
-        return _finish(result, records, t_start, "")
+        return _finish(result, records, t_start, "", record)
 
     threaded = len(devs) == 1  # one worker: threads in this process, no start-up cost
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
@@ -631,6 +971,7 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
         nonlocal done
         if records[k] is None:
             records[k] = rec
+            record(rec)
             done += 1
             partial.pop(rec.worker, None)
             event("file", record=rec)
@@ -732,15 +1073,18 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
             item = plan.items[k]
             finish(k, FileRecord(str(item.input), str(item.output), "failed",
                                  f"not processed: workers failed ({why})"))
-    return _finish(result, records, t_start, todo_reason)
+    return _finish(result, records, t_start, todo_reason, record)
 
 
 def _finish(result: BatchResult, records: list[FileRecord | None], t_start: float,
-            reason: str) -> BatchResult:
+            reason: str, on_record: Callable[[FileRecord], None]) -> BatchResult:
     """Unfinished items become 'cancelled' with `reason`; fill in the result."""
     items = result.plan.items
-    result.records = [r if r is not None else
-                      FileRecord(str(items[k].input), str(items[k].output), "cancelled", reason)
-                      for k, r in enumerate(records)]
+    for k, r in enumerate(records):
+        if r is None:
+            records[k] = FileRecord(str(items[k].input), str(items[k].output), "cancelled",
+                                    reason)
+            on_record(records[k])
+    result.records = list(records)
     result.seconds = time.perf_counter() - t_start
     return result
