@@ -28,7 +28,7 @@ import torch
 
 from . import engine
 from .errors import UsageError
-from .model import LIIF, LiifConfig
+from .model import LMLIIF, LiifConfig, LmfConfig, ModelConfig, SRModel, build_model
 from .model.coords import make_cell, make_coord
 from .upscale import precision_name, resolve_device, resolve_precision
 
@@ -38,20 +38,21 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 # Architectures to benchmark without a checkpoint: random weights, Kaiming-normal MLP as in the
 # golden outputs (outputs far from flat, so differences show).
-RANDOM_ARCHS: dict[str, LiifConfig] = {
+RANDOM_ARCHS: dict[str, ModelConfig] = {
     "edsr-baseline": LiifConfig(),  # the paper's EDSR-baseline-LIIF
     "edsr-baseline-small": LiifConfig(  # 2 blocks, MLP 32-32: the 8192² memory case
         encoder_args={"n_resblocks": 2, "n_feats": 64, "no_upsampling": True}, hidden=(32, 32)),
     "rdn": LiifConfig(encoder="rdn", encoder_args={"no_upsampling": True}),
+    "lmf": LmfConfig(),  # the official EDSR-baseline LM-LIIF (the `fast` model's architecture)
 }
 
 
-def random_model(arch: str, seed: int = 0) -> LIIF:
+def random_model(arch: str, seed: int = 0) -> SRModel:
     if arch not in RANDOM_ARCHS:
         raise UsageError(f"unknown --random-arch {arch!r}; use one of {', '.join(RANDOM_ARCHS)}")
     torch.manual_seed(seed)
-    model = LIIF(RANDOM_ARCHS[arch])
-    for m in model.imnet.linears:
+    model = build_model(RANDOM_ARCHS[arch])
+    for m in model.imnet.linears + (model.hypernet.linears if isinstance(model, LMLIIF) else []):
         torch.nn.init.kaiming_normal_(m.weight)
     return model.eval()
 
@@ -67,16 +68,24 @@ def synthetic_image(size: int, seed: int = 0) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
-def oracle_forward(model: LIIF, img: torch.Tensor, out_hw: tuple[int, int], *,
+def oracle_forward(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int], *,
                    batch: int = OFFICIAL_BATCH) -> np.ndarray:
-    """The official demo path: (3, h, w) in [0, 1] -> raw (H, W, 3) float32 in [0, 1] units."""
+    """The official demo path: (3, h, w) in [0, 1] -> raw (H, W, 3) float32 in [0, 1] units.
+
+    LM-LIIF: the plain latent MLP once, then the render MLP in batches (as the official
+    `batched_query_rgb` does)."""
     H, W = out_hw
     with torch.no_grad():
         feat = model.encode(((img - 0.5) / 0.5).unsqueeze(0))
         coord = make_coord((H, W), device=img.device).unsqueeze(0)  # (1, H*W, 2)
         cell = make_cell((H, W), H * W, device=img.device).unsqueeze(0)
-        preds = [model.query(feat, coord[:, q:q + batch], cell[:, q:q + batch])
-                 for q in range(0, H * W, batch)]
+        if isinstance(model, LMLIIF):
+            mod = model.modulations_reference(feat, cell[:, :1])
+            preds = [model.render(mod, feat, coord[:, q:q + batch], cell[:, q:q + batch])
+                     for q in range(0, H * W, batch)]
+        else:
+            preds = [model.query(feat, coord[:, q:q + batch], cell[:, q:q + batch])
+                     for q in range(0, H * W, batch)]
         pred = torch.cat(preds, dim=1)[0] * 0.5 + 0.5  # (H*W, 3)
     return pred.view(H, W, 3).cpu().numpy()
 
@@ -204,7 +213,7 @@ def _memory_kind(device: torch.device) -> str:
     return "cuda" if device.type == "cuda" else "rss"
 
 
-def _warm_up(net: LIIF, device: torch.device, dtypes: list[torch.dtype], oracle: bool) -> None:
+def _warm_up(net: SRModel, device: torch.device, dtypes: list[torch.dtype], oracle: bool) -> None:
     """One tiny run of each path first, so one-time costs (kernel JIT, probes) are not timed."""
     img = torch.rand(3, 12, 12, device=device)
     if oracle:
@@ -219,7 +228,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_bench(model: LIIF, *, image: np.ndarray | None = None, size: int = 256,
+def run_bench(model: SRModel, *, image: np.ndarray | None = None, size: int = 256,
               scale: float = 4.0, devices: str = "auto", precisions: str = "auto",
               skip_oracle: bool = False, max_memory: int = engine.DEFAULT_MAX_MEMORY,
               model_name: str = "model", on_stage: Callable[[str], None] | None = None

@@ -720,7 +720,8 @@ def bench(
     model: ModelOpt = None,
     random_arch: Annotated[Optional[str], typer.Option(
         help="Benchmark random weights of an architecture instead of a checkpoint: "
-        "edsr-baseline, edsr-baseline-small (2 blocks, MLP 32-32) or rdn.")] = None,
+        "edsr-baseline, edsr-baseline-small (2 blocks, MLP 32-32), rdn, or lmf (LM-LIIF, the "
+        "fast model's).")] = None,
     input: Annotated[Optional[Path], typer.Option(
         "--input", "-i", help="Use this image instead of the synthetic one.")] = None,
     device: Annotated[str, typer.Option(

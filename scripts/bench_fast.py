@@ -1,0 +1,150 @@
+"""The fast model's cost and speed: LM-LIIF (`--decoder lmf`) against exact LIIF, same encoder.
+
+1. Multiply-adds per output pixel, by part (encoder, per-latent decoder work, per-query decoder
+   work), from the architectures, and checked against torch's FLOP counter on a real
+   `engine.render` of a small input (matmuls and convolutions; elementwise work not counted).
+2. Whole-process `liif upscale` seconds, random weights, fp32, for one input (default: a
+   500×500 synthetic photo at ×4, a 4-megapixel output), LIIF then LM-LIIF, one run each.
+
+    python scripts/bench_fast.py [--size 500] [--scale 4] [--no-timing] [--json out.json]
+
+Run it on a quiet machine for figures to quote (`nice` and a busy CPU slow both runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from liif_cli import engine
+from liif_cli.bench import random_model, synthetic_image
+from liif_cli.model import LMLIIF
+from liif_cli.model.encoders import MeanShift
+from liif_cli.weights import save_checkpoint
+
+ARCHS = {"liif": "edsr-baseline", "lmf": "lmf"}  # liif_cli.bench.RANDOM_ARCHS names
+
+
+def encoder_macs_per_pixel(model) -> int:
+    """Multiply-adds per input pixel of the encoder's convolutions (all keep the size)."""
+    return sum(m.weight.numel() for m in model.encoder.modules()
+               if isinstance(m, torch.nn.Conv2d) and not isinstance(m, MeanShift))  # unused
+
+
+def decoder_macs(model) -> tuple[int, int]:
+    """(per latent, per output pixel) multiply-adds of the engine's decoder.
+
+    LIIF: the first layer's latent part per latent (a 3×3 convolution), its offset part and
+    the other layers per query and member. LM-LIIF: the latent MLP and the render MLP's first
+    layer per latent; per query and member the offset terms, the hidden layers, the
+    modulations (a multiply and an add per hidden unit) and the output layer.
+    """
+    members = 4 if model.config.local_ensemble else 1
+    if isinstance(model, LMLIIF):
+        cfg = model.config
+        lat = sum(l.weight.numel() for l in model.hypernet.linears)
+        r = model.imnet.linears
+        zc = cfg.render_hidden if cfg.mod_input else model.feat_dim
+        lat += r[0].weight.shape[0] * zc  # first render layer on the compressed latent
+        per_member = (2 * cfg.render_hidden  # offset terms
+                      + sum(l.weight.numel() for l in r[1:])
+                      + cfg.render_depth * cfg.render_hidden)  # scale multiplies
+        return lat, members * per_member
+    lin = model.imnet.linears
+    c = model.feat_dim * (9 if model.config.feat_unfold else 1)
+    lat = lin[0].weight.shape[0] * c
+    per_member = lin[0].weight.shape[0] * 2 + sum(l.weight.numel() for l in lin[1:])
+    return lat, members * per_member
+
+
+def counted_macs(model, size: int, scale: float) -> float:
+    """Matmul and convolution multiply-adds of one engine.render, per output pixel."""
+    img = torch.from_numpy(synthetic_image(size)).permute(2, 0, 1).float() / 255
+    out_hw = (round(size * scale), round(size * scale))
+    fused = dict(engine._FUSED_OK)
+    engine._FUSED_OK[torch.float32] = False  # the counter sees addmm, not oneDNN's fused op
+    try:
+        with FlopCounterMode(display=False) as fc, torch.inference_mode():
+            engine.render(model, img, out_hw)
+    finally:
+        engine._FUSED_OK.clear()
+        engine._FUSED_OK.update(fused)
+    return fc.get_total_flops() / 2 / (out_hw[0] * out_hw[1])
+
+
+def cost_table(scales: list[float]) -> dict:
+    rows = {}
+    for name, arch in ARCHS.items():
+        m = random_model(arch)
+        enc = encoder_macs_per_pixel(m)
+        lat, query = decoder_macs(m)
+        for s in scales:
+            per_out = {"encoder": enc / s**2, "decoder_per_latent": lat / s**2,
+                       "decoder_per_query": query}
+            per_out["decoder"] = per_out["decoder_per_latent"] + query
+            per_out["total"] = per_out["decoder"] + per_out["encoder"]
+            per_out["counted_total"] = counted_macs(m, 24, s)
+            rows[f"{name} x{s:g}"] = per_out
+    return rows
+
+
+def time_upscale(size: int, scale: float, threads: int | None) -> dict[str, float]:
+    """Whole-process `liif upscale` seconds for each architecture (random weights, fp32)."""
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        Image.fromarray(synthetic_image(size)).save(tmp / "in.png")
+        for name, arch in ARCHS.items():
+            save_checkpoint(random_model(arch), tmp / f"{name}.pth")
+            cmd = [sys.executable, "-m", "liif_cli", "upscale", str(tmp / "in.png"),
+                   "--model", str(tmp / f"{name}.pth"), "--scale", f"{scale:g}",
+                   "--precision", "fp32", "--device", "cpu", "-o", str(tmp / f"{name}.png"),
+                   "-q"]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True)
+            res[name] = time.perf_counter() - t0
+            print(f"{name}: {res[name]:.1f} s", flush=True)
+    res["speedup"] = res["liif"] / res["lmf"]
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=500)
+    ap.add_argument("--scale", type=float, default=4.0)
+    ap.add_argument("--no-timing", action="store_true", help="Only the multiply-add counts.")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    report = {"threads": torch.get_num_threads(), "macs_per_output_pixel": cost_table([2, 4])}
+    for k, r in report["macs_per_output_pixel"].items():
+        print(f"{k:9s} encoder {r['encoder'] / 1e3:8.1f}k  decoder {r['decoder'] / 1e3:8.1f}k "
+              f"(per latent {r['decoder_per_latent'] / 1e3:.1f}k + per query "
+              f"{r['decoder_per_query'] / 1e3:.1f}k)  total {r['total'] / 1e3:8.1f}k  "
+              f"counted {r['counted_total'] / 1e3:8.1f}k")
+    t = report["macs_per_output_pixel"]
+    for s in ("x2", "x4"):
+        ratio = t[f"liif {s}"]["decoder"] / t[f"lmf {s}"]["decoder"]
+        print(f"{s}: LM-LIIF decoder = 1/{ratio:.0f} of LIIF's; whole model 1/"
+              f"{t[f'liif {s}']['total'] / t[f'lmf {s}']['total']:.1f}")
+    if not args.no_timing:
+        report["upscale_seconds"] = time_upscale(args.size, args.scale, None)
+        report["upscale_input"] = [args.size, args.size, args.scale]
+        print(f"liif upscale {args.size}² ×{args.scale:g} fp32: LIIF "
+              f"{report['upscale_seconds']['liif']:.1f} s, LM-LIIF "
+              f"{report['upscale_seconds']['lmf']:.1f} s, "
+              f"{report['upscale_seconds']['speedup']:.2f}×")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
