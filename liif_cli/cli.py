@@ -626,6 +626,11 @@ def batch(
     if not plan.items and not quiet:
         hint = "" if recursive else " (add --recursive for subfolders)"
         console.print(f"no images to do in {input_dir}{hint}", style="yellow", markup=False)
+    for item in plan.items:  # failures the plan found from names alone (even when quiet)
+        if item.action == "fail":
+            text = item.reason if str(item.input) in item.reason else \
+                f"{item.input}: {item.reason}"
+            console.print("[red]failed:[/] " + escape(text), soft_wrap=True)
     stream = JsonlReport(report, shard=part.shard) if report and is_jsonl(report) else None
     with _stop_on_signals() as sig, _batch_display(quiet) as on_event, _closing(stream):
         res = run_batch(plan, model, size=spec, max_output_pixels=max_output_pixels,
