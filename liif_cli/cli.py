@@ -88,7 +88,7 @@ class _App(TyperGroup):
             raise typer.Exit(1) from None
 
 
-app = typer.Typer(cls=_App, no_args_is_help=True, add_completion=False,
+app = typer.Typer(cls=_App, no_args_is_help=True, add_completion=True,
                   pretty_exceptions_enable=False,
                   help="Upscale images to any scale or size with LIIF.")
 
@@ -108,21 +108,32 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 # ----------------------------------------------------------------------------------------------
 # shared options
 
+# Common options also come from LIIF_* environment variables (the command line wins).
+_MODEL_HELP = ("Bundled or user model name, or a checkpoint path (.pth, .safetensors). "
+               "Default: bundled.")
 ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="Bundled or user model name, or a checkpoint path. Default: bundled.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+    "--model", "-m", help=_MODEL_HELP, envvar="LIIF_MODEL", show_envvar=True)]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.",
+                                        envvar="LIIF_DEVICE", show_envvar=True)]
 PrecisionOpt = Annotated[str, typer.Option(
-    help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16 or fp16.")]
+    help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16 or fp16.", envvar="LIIF_PRECISION",
+    show_envvar=True)]
 ScaleOpt = Annotated[Optional[str], typer.Option(
     "--scale", "-s", help="Factor (4, 7.5) or WxH factors (3x2.5).")]
 SizeOpt = Annotated[Optional[str], typer.Option(help="Exact output size WxH, e.g. 1920x1080.")]
 WidthOpt = Annotated[Optional[int], typer.Option(help="Output width; height keeps the aspect.")]
 HeightOpt = Annotated[Optional[int], typer.Option(help="Output height; width keeps the aspect.")]
 MaxMemoryOpt = Annotated[str, typer.Option(
-    help="Working-memory budget for tiles and chunks, e.g. 256M, 2G.")]
+    help="Working-memory budget for tiles and chunks, e.g. 256M, 2G.", envvar="LIIF_MAX_MEMORY",
+    show_envvar=True)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")]
-QualityOpt = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.")]
+QualityOpt = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.",
+                                         envvar="LIIF_QUALITY", show_envvar=True)]
+FitOpt = Annotated[Optional[str], typer.Option(
+    help="How --size is met: fill (exactly WxH, the default), contain (largest inside WxH, "
+    "aspect kept) or cover (smallest covering WxH), as ImageMagick's WxH!, WxH and WxH^.",
+    show_default=False)]
 MaxOutOpt = Annotated[int, typer.Option(help="Refuse outputs above this many pixels.")]
 MaxInOpt = Annotated[int, typer.Option(help="Refuse inputs above this many pixels.")]
 DenoiseOpt = Annotated[Optional[float], typer.Option(
@@ -169,12 +180,18 @@ def progress_bar(description: str, *, quiet: bool, unit_scale: float = 1.0) -> I
 
 @app.command()
 def upscale(
-    input: Annotated[Path, typer.Argument(help="Image to upscale.", show_default=False)],
+    input: Annotated[Path, typer.Argument(help="Image to upscale, or - to read stdin.",
+                                          show_default=False)],
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Output file; format from its extension (png, jpg, webp, tif, "
-        "bmp). Default: next to the input, e.g. photo_x7.5.png.")] = None,
+        "bmp), or - for stdout. Default: next to the input, e.g. photo_x7.5.png (stdout when "
+        "the input is -).")] = None,
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", "-f", help="png, jpg, webp, tiff or bmp: stdout's format (default png), or "
+        "the default output name's.", show_default=False)] = None,
     scale: ScaleOpt = None, size: SizeOpt = None, width: WidthOpt = None,
-    height: HeightOpt = None, model: ModelOpt = None, device: DeviceOpt = "auto",
+    height: HeightOpt = None, fit: FitOpt = None, model: ModelOpt = None,
+    device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto", max_memory: MaxMemoryOpt = "512M",
     overwrite: OverwriteOpt = False, quiet: QuietOpt = False, quality: QualityOpt = 95,
     max_output_pixels: MaxOutOpt = 1_000_000_000, max_input_pixels: MaxInOpt = 200_000_000,
@@ -183,6 +200,7 @@ def upscale(
     """Upscale one image to any scale or size.
 
     Examples: liif upscale photo.jpg --scale 7.5 · liif upscale scan.png --size 1920x1080
+    --fit contain · cat a.jpg | liif upscale - -s 2 --format webp > b.webp
     """
     from .upscale import upscale_file
 
@@ -193,15 +211,18 @@ def upscale(
 
     budget = parse_bytes(max_memory)
     no_bar = quiet or not console.is_terminal  # no bar (nor its blank line) in logs, pipes
-    with progress_bar(f"upscaling {input.name}", quiet=no_bar, unit_scale=1e-6) as on_progress:
+    shown = "stdin" if str(input) == "-" else input.name
+    with progress_bar(f"upscaling {shown}", quiet=no_bar, unit_scale=1e-6) as on_progress:
         res = upscale_file(input, output, model=model, scale=scale, size=size, width=width,
-                           height=height, device=device, precision=precision, max_memory=budget,
+                           height=height, fit=fit, fmt=fmt, device=device, precision=precision,
+                           max_memory=budget,
                            overwrite=overwrite, quality=quality,
                            max_input_pixels=max_input_pixels,
                            max_output_pixels=max_output_pixels, on_progress=on_progress)
     if not quiet:
         (h, w), (oh, ow) = res.in_hw, res.out_hw
-        console.print(f"wrote {res.output}  {w}×{h} → {ow}×{oh} {res.kind}  model {res.model}  "
+        where = "stdout" if str(res.output) == "-" else res.output
+        console.print(f"wrote {where}  {w}×{h} → {ow}×{oh} {res.kind}  model {res.model}  "
                       f"{res.device} {res.precision}  {res.seconds:.1f}s", markup=False,
                       soft_wrap=True)
 
@@ -210,11 +231,28 @@ def upscale(
 # models
 
 @app.command()
-def models():
-    """List the bundled models and those in your models folder."""
+def models(
+    json_out: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+):
+    """List the bundled models and those in your models folder.
+
+    A table in a terminal; piped, one tab-separated row per model (name, source, arch, encoder,
+    parameters, trained, bytes, path) with no header; --json for everything as JSON.
+    """
+    import json
+
     from .weights import list_models, user_models_dir
 
     rows = list_models()
+    if json_out:
+        # plain print: Rich would wrap long lines at the console width
+        print(json.dumps([{**r, "path": str(r["path"])} for r in rows], indent=1))
+        return
+    if not out.is_terminal:  # scripts: plain rows, easy to cut and grep
+        for r in rows:
+            print("\t".join(str(v) for v in (r["name"], r["source"], r["arch"], r["encoder"],
+                                             r["params"], r["trained"], r["bytes"], r["path"])))
+        return
     table = Table(title="LIIF models")
     for col in ("name", "source", "arch", "encoder", "params", "trained", "size", "path"):
         table.add_column(col)
@@ -222,7 +260,40 @@ def models():
         table.add_row(r["name"], r["source"], r["arch"], r["encoder"], f"{r['params'] / 1e6:.2f}M",
                       r["trained"], f"{r['bytes'] / 2**20:.1f} MiB", str(r["path"]))
     out.print(table)
-    out.print(f"User models folder: {user_models_dir()} (drop official-layout .pth files here)")
+    out.print(f"User models folder: {user_models_dir()} (drop official-layout .pth or "
+              ".safetensors files here)")
+
+
+# ----------------------------------------------------------------------------------------------
+# export
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(
+        help="Model name (see `liif models`) or checkpoint path.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Output file. Default: MODEL.safetensors/.onnx/.pth here.")
+    ] = None,
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", "-f", help="safetensors, onnx (needs the [onnx] extra) or pth. Default: "
+        "from -o's extension, else safetensors.", show_default=False)] = None,
+    overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
+):
+    """Write a model as .safetensors (no pickle), an ONNX graph, or the official .pth.
+
+    Examples: liif export default -o default.safetensors · liif export default -f onnx
+    """
+    from .export import export_format, export_model
+
+    kind = export_format(fmt, output)
+    if kind == "onnx" and not quiet:
+        console.print("tracing the model for ONNX (takes a few seconds) …", style="dim",
+                      markup=False)
+    res = export_model(model, output, fmt=kind, overwrite=overwrite)
+    if not quiet:
+        console.print(f"wrote {res.path}  {res.format}  {res.bytes / 2**20:.1f} MiB  model "
+                      f"{res.model}  {res.check}  {res.seconds:.1f}s", markup=False,
+                      soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,7 +501,8 @@ def eval_(
 
 # Not DeviceOpt: batch takes several devices (one worker each) where upscale takes one.
 DevicesOpt = Annotated[str, typer.Option(
-    "--device", help="auto, cpu, cuda:N, mps, a list (cuda:0,cuda:1) or all (every GPU).")]
+    "--device", help="auto, cpu, cuda:N, mps, a list (cuda:0,cuda:1) or all (every GPU).",
+    envvar="LIIF_DEVICE", show_envvar=True)]
 
 
 @contextmanager
@@ -552,7 +624,7 @@ def batch(
         help="Folder for the results (created if missing); mirrors the input tree.",
         show_default=False, metavar="OUTPUT_DIR")] = None,
     scale: ScaleOpt = None, size: SizeOpt = None, width: WidthOpt = None,
-    height: HeightOpt = None,
+    height: HeightOpt = None, fit: FitOpt = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r",
                                             help="Descend into subfolders.")] = False,
     glob: Annotated[Optional[str], typer.Option(
@@ -605,7 +677,7 @@ def batch(
     if len(paths) != 2:
         raise UsageError("liif batch takes INPUT_DIR and OUTPUT_DIR" + (
             f" (got {len(paths)} paths; --summary reads reports)" if len(paths) > 2 else ""))
-    spec = size_request(scale=scale, size=size, width=width, height=height)
+    spec = size_request(scale=scale, size=size, width=width, height=height, fit=fit)
     budget = parse_bytes(max_memory)
     if denoise is not None:
         from .weights import load_model
@@ -722,7 +794,8 @@ def bench(
     size: Annotated[int, typer.Option(help="Side of the synthetic square input, in pixels.")
                     ] = 256,
     scale: Annotated[float, typer.Option("--scale", "-s", help="Upscaling factor.")] = 4.0,
-    model: ModelOpt = None,
+    model: Annotated[Optional[str], typer.Option(  # no LIIF_MODEL here: --random-arch
+        "--model", "-m", help=_MODEL_HELP)] = None,
     random_arch: Annotated[Optional[str], typer.Option(
         help="Benchmark random weights of an architecture instead of a checkpoint: "
         "edsr-baseline, edsr-baseline-small (2 blocks, MLP 32-32), rdn, or lmf (LM-LIIF, the "

@@ -38,5 +38,9 @@ class DataError(LiifError):
     """A training or evaluation dataset that is missing, empty, or inconsistent."""
 
 
+class ExportError(LiifError):
+    """A model that cannot be exported, or an export target that cannot be written."""
+
+
 class TrainingError(LiifError):
     """Training cannot continue (non-finite loss, incompatible resume state)."""

@@ -22,8 +22,9 @@ import torch
 
 from . import engine
 from .errors import DeviceError, UsageError
-from .imageio import (DEFAULT_MAX_INPUT_PIXELS, FORMATS, ImageData, check_output_path,
-                      pixel_count, read_image, write_image)
+from .imageio import (DEFAULT_MAX_INPUT_PIXELS, FORMATS, STDIO, ImageData, check_output_path,
+                      output_suffix, pixel_count, read_image, read_stdin, write_image,
+                      write_stdout)
 from .model import LIIF, SRModel
 from .weights import LoadedModel, load_model
 
@@ -77,6 +78,31 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
+# --fit: how an image meets a --size box, as ImageMagick's -resize WxH, WxH^ and WxH!
+FITS = ("contain", "cover", "fill")
+
+
+def fit_size(in_hw: tuple[int, int], box: tuple[int, int], fit: str = "fill") -> tuple[int, int]:
+    """Output (H, W) for an h×w image and a W×H box (`box` is (W, H)).
+
+    contain: the largest size inside the box with the image's aspect (`-resize WxH`);
+    cover: the smallest size covering it (`-resize WxH^`); fill: exactly the box (`WxH!`).
+    One factor for both sides, each side floor(factor * side + 0.5) and at least 1, as
+    ImageMagick's ParseMetaGeometry rounds.
+    """
+    h, w = in_hw
+    bw, bh = box
+    if fit == "fill":
+        return bh, bw
+    if fit not in FITS:
+        raise UsageError(f"unknown --fit {fit!r}: use contain, cover or fill")
+    if (bw, bh) == (w, h):
+        return h, w
+    pick = min if fit == "contain" else max
+    factor = pick(bw / w, bh / h)
+    return max(1, _round_half_up(factor * h)), max(1, _round_half_up(factor * w))
+
+
 @dataclass(frozen=True)
 class SizeRequest:
     """What the user asked for, checked: a scale (sy, sx), an exact size, or a width/height."""
@@ -85,12 +111,17 @@ class SizeRequest:
     size: tuple[int, int] | None = None  # (W, H)
     width: int | None = None
     height: int | None = None
+    fit: str = "fill"  # how `size` is met: one of FITS
 
 
 def size_request(*, scale: str | float | tuple[float, float] | None = None,
                  size: str | tuple[int, int] | None = None, width: int | None = None,
-                 height: int | None = None) -> SizeRequest:
+                 height: int | None = None, fit: str | None = None) -> SizeRequest:
     """Check and parse the size options without looking at any image (usage errors only)."""
+    if fit is not None and fit not in FITS:
+        raise UsageError(f"unknown --fit {fit!r}: use contain, cover or fill")
+    if fit is not None and size is None:
+        raise UsageError(f"--fit {fit} needs --size WxH: the box to fit the image to")
     given = [n for n, v in (("--scale", scale), ("--size", size), ("--width", width),
                             ("--height", height)) if v is not None]
     if not given:
@@ -107,7 +138,7 @@ def size_request(*, scale: str | float | tuple[float, float] | None = None,
         ow, oh = size if isinstance(size, tuple) else parse_size(size)
         if ow < 1 or oh < 1:
             raise UsageError(f"bad size {ow}x{oh}: width and height must be at least 1")
-        return SizeRequest(size=(int(ow), int(oh)))
+        return SizeRequest(size=(int(ow), int(oh)), fit=fit or "fill")
     for v, n in ((width, "width"), (height, "height")):
         if v is not None and v < 1:
             raise UsageError(f"--{n} must be at least 1, got {v}")
@@ -116,19 +147,21 @@ def size_request(*, scale: str | float | tuple[float, float] | None = None,
 
 def target_size(in_hw: tuple[int, int], *, scale: str | float | tuple[float, float] | None = None,
                 size: str | tuple[int, int] | None = None, width: int | None = None,
-                height: int | None = None, max_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
+                height: int | None = None, fit: str | None = None,
+                max_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
                 request: SizeRequest | None = None) -> tuple[int, int]:
     """Output (H, W) from exactly one of scale, size (W, H), width or height (aspect kept).
 
-    Scales give round(h * sy) × round(w * sx), halves rounded up as the official demo does.
+    Scales give round(h * sy) × round(w * sx), halves rounded up as the official demo does;
+    a size is met as `fit` says (`fit_size`).
     """
-    req = request or size_request(scale=scale, size=size, width=width, height=height)
+    req = request or size_request(scale=scale, size=size, width=width, height=height, fit=fit)
     h, w = in_hw
     if req.scale is not None:
         sy, sx = req.scale
         out = (_round_half_up(h * sy), _round_half_up(w * sx))
     elif req.size is not None:
-        out = (req.size[1], req.size[0])
+        out = fit_size((h, w), req.size, req.fit)
     elif req.width is not None and req.height is not None:
         out = (req.height, req.width)
     elif req.width is not None:
@@ -303,12 +336,14 @@ def upscale(model: LoadedModel | LIIF | str | os.PathLike | None,
             image: str | os.PathLike | ImageData | np.ndarray, *,
             scale: float | str | tuple[float, float] | None = None,
             size: tuple[int, int] | str | None = None, width: int | None = None,
-            height: int | None = None, device: str | torch.device | None = "auto",
+            height: int | None = None, fit: str | None = None,
+            device: str | torch.device | None = "auto",
             precision: str = "auto", max_memory: int = engine.DEFAULT_MAX_MEMORY,
             max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
             on_progress: Callable[[int, int], None] | None = None):
     """Upscale a file, ImageData or uint8/uint16 array by `scale`, to `size` (W, H), or to a
-    `width` and/or `height` (one alone keeps the aspect ratio).
+    `width` and/or `height` (one alone keeps the aspect ratio). `fit` says how `size` is met:
+    "fill" (exactly, the default), "contain" (inside it) or "cover" (covering it).
 
     Returns the same kind it was given: an array of the same layout for an array ((H, W),
     (H, W, 1|2|3|4)), ImageData (pixels, alpha, ICC profile, DPI) for a path or ImageData.
@@ -320,7 +355,7 @@ def upscale(model: LoadedModel | LIIF | str | os.PathLike | None,
     else:
         data = image
     out_hw = target_size((data.height, data.width), scale=scale, size=size, width=width,
-                         height=height, max_pixels=max_output_pixels)
+                         height=height, fit=fit, max_pixels=max_output_pixels)
     res = upscale_image(model, data, out_hw=out_hw, device=device, precision=precision,
                         max_memory=max_memory, on_progress=on_progress)
     if isinstance(image, np.ndarray):
@@ -353,7 +388,8 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
                  model: LoadedModel | LIIF | str | os.PathLike | None = None,
                  scale: str | float | tuple[float, float] | None = None,
                  size: str | tuple[int, int] | None = None, width: int | None = None,
-                 height: int | None = None, device: str | torch.device | None = "auto",
+                 height: int | None = None, fit: str | None = None, fmt: str | None = None,
+                 device: str | torch.device | None = "auto",
                  precision: str = "auto", max_memory: int = engine.DEFAULT_MAX_MEMORY,
                  overwrite: bool = False, quality: int = 95,
                  max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
@@ -361,24 +397,47 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
                  on_progress: engine.ProgressFn | None = None) -> FileResult:
     """Read `input`, upscale it, write `output` (default: next to the input, e.g. photo_x4.png).
 
+    `input` "-" reads stdin; `output` "-" writes stdout, as does no output with input "-".
+    `fmt` (png, jpg, webp, tiff, bmp) is stdout's format (default png); with a file output it
+    must agree with the extension, and with no output it sets the default name's.
     Everything that can be checked is checked before the long part, cheapest first: options,
     device, input, output path, model. Nothing is written unless the whole job succeeds.
     """
     t0 = time.perf_counter()
-    request = size_request(scale=scale, size=size, width=width, height=height)
+    request = size_request(scale=scale, size=size, width=width, height=height, fit=fit)
+    suffix = None if fmt is None else output_suffix(fmt)
     dev = resolve_device(device)
     resolve_precision(precision, dev)
-    scale_text = scale if isinstance(scale, str) else None
-    dst = Path(output) if output is not None else default_output_path(input, request, scale_text)
-    image = read_image(input, max_pixels=max_input_pixels)
+    from_stdin = str(input) == STDIO
+    to_stdout = str(output) == STDIO if output is not None else from_stdin
+    if to_stdout:
+        dst = Path(STDIO)
+    elif output is not None:
+        dst = Path(output)
+        if suffix is not None and dst.suffix.lower() != suffix and not (
+                {dst.suffix.lower(), suffix} <= {".jpg", ".jpeg"} or
+                {dst.suffix.lower(), suffix} <= {".tif", ".tiff"}):
+            raise UsageError(f"--format {fmt} disagrees with the output's extension {dst}; "
+                             "drop one of them")
+    else:
+        scale_text = scale if isinstance(scale, str) else None
+        dst = default_output_path(input, request, scale_text)
+        if suffix is not None:
+            dst = dst.with_suffix(suffix)
+    image = (read_stdin(max_pixels=max_input_pixels) if from_stdin else
+             read_image(input, max_pixels=max_input_pixels))
     out_hw = target_size((image.height, image.width), request=request,
                          max_pixels=max_output_pixels)
-    check_output_path(dst, overwrite=overwrite)
+    if not to_stdout:
+        check_output_path(dst, overwrite=overwrite)
     loaded = model if isinstance(model, LoadedModel | SRModel) else load_model(model)
     name = loaded.name if isinstance(loaded, LoadedModel) else "model"
     res = upscale_image(loaded, image, out_hw=out_hw, device=dev, precision=precision,
                         max_memory=max_memory, on_progress=on_progress)
-    write_image(dst, res.image, quality=quality, overwrite=overwrite)
+    if to_stdout:
+        write_stdout(res.image, suffix or ".png", quality=quality)
+    else:
+        write_image(dst, res.image, quality=quality, overwrite=overwrite)
     kind = image.describe().split(" ", 1)[1]  # "RGB 8-bit", "grey+alpha 16-bit"
     return FileResult(Path(input), dst, res.in_hw, res.out_hw, kind, name, res.device,
                       res.precision, time.perf_counter() - t0)

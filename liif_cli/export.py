@@ -1,0 +1,333 @@
+"""`liif export`: a model as .safetensors (no pickle), .pth (the official layout) or ONNX.
+
+safetensors: the checkpoint's tensors as they are (dtype kept, so pixels are identical to the
+.pth), the official spec in the file's metadata ('name', 'args' as JSON; see `weights`).
+
+ONNX: one graph with the official query signature (`query_rgb` in yinboc/liif, after
+`gen_feat`), the normalisation inside, batch 1, h, w and N dynamic:
+    image float32 [1, 3, h, w] in [0, 1]
+    coord float32 [1, N, 2]  (row, col) pixel centres in [-1, 1]: -1 + (2i + 1) / H
+    cell  float32 [1, N, 2]  (2 / H, 2 / W) for an H×W output
+    ->  rgb float32 [1, N, 3] in [0, 1] (clamped, as the official demo does)
+The encoder runs on each call, so a caller that chunks N (as our engine does, for memory)
+re-encodes the image per chunk; the README shows that loop. The graph computes the first
+MLP layer on the latent grid (a 3×3 convolution) and gathers it per query, as our engine does.
+
+Every file is written to a temporary name, checked by reading it back, then renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .errors import ExportError, LiifError, UsageError
+from .model.liif import AREA_EPS, COORD_CLAMP, ENSEMBLE_EPS_SHIFT, LIIF
+from .weights import (LoadedModel, checkpoint_dict, load_model, model_from_spec,
+                      read_checkpoint, read_safetensors, safetensors_bytes)
+
+EXPORT_FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx", "pth": ".pth"}
+SUFFIX_FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pth": "pth", ".pt": "pth"}
+ONNX_INPUTS = ("image", "coord", "cell")
+ONNX_OUTPUT = "rgb"
+# the example input torch.export traces with (any size works; dims are declared dynamic)
+TRACE_HW, TRACE_OUT_HW = (12, 14), (29, 31)
+ONNX_CHECK_TOLERANCE = 1e-3  # onnxruntime vs torch on the example, in [0, 1] units
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    model: str
+    bytes: int
+    seconds: float
+    check: str  # what was verified on the written file
+
+
+def export_format(fmt: str | None, output: str | os.PathLike | None) -> str:
+    """--format (or the output's extension) -> 'safetensors', 'onnx' or 'pth'."""
+    if fmt is not None:
+        key = str(fmt).lower().lstrip(".")
+        if key not in EXPORT_FORMATS:
+            raise UsageError(f"unknown --format {fmt!r}: use safetensors, onnx or pth")
+        if output is not None:
+            suffix = Path(output).suffix.lower()
+            if SUFFIX_FORMATS.get(suffix, key) != key:
+                raise UsageError(f"--format {key} disagrees with the output's extension "
+                                 f"{Path(output)}; drop one of them")
+        return key
+    if output is None:
+        return "safetensors"
+    suffix = Path(output).suffix.lower()
+    if suffix not in SUFFIX_FORMATS:
+        raise UsageError(f"cannot tell the format of {Path(output)} from its extension: pass "
+                         "--format safetensors, onnx or pth")
+    return SUFFIX_FORMATS[suffix]
+
+
+def export_model(model: str | os.PathLike | LoadedModel | None, output: str | os.PathLike
+                 | None = None, *, fmt: str | None = None, overwrite: bool = False
+                 ) -> ExportResult:
+    """Write `model` (a name, a path, None for the bundled default) as `fmt` to `output`
+    (default: NAME.safetensors / .onnx / .pth in the current folder)."""
+    t0 = time.perf_counter()
+    key = export_format(fmt, output)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    dst = Path(output) if output is not None else Path(loaded.name + EXPORT_FORMATS[key])
+    _check_output(dst, overwrite=overwrite)
+    if key == "onnx":
+        check = _publish(dst, lambda tmp: _write_onnx(loaded, tmp), overwrite=overwrite)
+    else:
+        ckpt = _checkpoint_of(loaded)
+        if key == "safetensors":
+            blob = safetensors_bytes(ckpt)
+
+            def write(tmp: str) -> str:
+                Path(tmp).write_bytes(blob)
+                return _check_checkpoint(tmp, read_safetensors(tmp), ckpt)
+        else:
+            def write(tmp: str) -> str:
+                with open(tmp, "wb") as f:
+                    torch.save(ckpt, f)
+                return _check_checkpoint(tmp, read_checkpoint(tmp), ckpt)
+        check = _publish(dst, write, overwrite=overwrite)
+    return ExportResult(dst, key, loaded.name, dst.stat().st_size, time.perf_counter() - t0,
+                        check)
+
+
+def _checkpoint_of(loaded: LoadedModel) -> dict[str, Any]:
+    """The file's own checkpoint when there is one (its dtypes kept), else the model's."""
+    if loaded.path is not None:
+        try:
+            return read_checkpoint(loaded.path)
+        except LiifError:
+            pass
+    return checkpoint_dict(loaded.model, liif_cli=dict(loaded.meta))
+
+
+def _check_checkpoint(tmp: str, back: dict[str, Any], ckpt: dict[str, Any]) -> str:
+    """The written file must rebuild the same model with the same tensors."""
+    model_from_spec(back["model"], source=tmp)  # architecture and shapes, strictly
+    want, got = ckpt["model"]["sd"], back["model"]["sd"]
+    if want.keys() != got.keys() or any(not torch.equal(want[k].cpu(), got[k]) for k in want):
+        raise ExportError("the written file does not read back to the same weights")
+    return f"read back: {len(got)} tensors equal"
+
+
+def _check_output(dst: Path, *, overwrite: bool) -> None:
+    if dst.exists() and not overwrite:
+        raise ExportError(f"output exists: {dst} (pass --overwrite to replace it)")
+    if dst.is_dir():
+        raise ExportError(f"output is a folder: {dst}")
+    parent = dst.parent if str(dst.parent) else Path(".")
+    if not parent.is_dir():
+        raise ExportError(f"output folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK):
+        raise ExportError(f"output folder is not writable: {parent}")
+
+
+def _publish(dst: Path, write: Callable[[str], str], *, overwrite: bool) -> str:
+    """write(tmp) then rename onto dst: never a partial file, never a clobber unless asked."""
+    parent = dst.parent if str(dst.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=parent)
+    os.close(fd)
+    try:
+        check = write(tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        if overwrite:
+            os.replace(tmp, dst)
+        else:
+            try:
+                os.link(tmp, dst)  # atomic create-if-absent
+            except FileExistsError:
+                raise ExportError(f"output exists: {dst} (pass --overwrite to replace it)"
+                                  ) from None
+            except OSError:  # no hard links here
+                if dst.exists():
+                    raise ExportError(f"output exists: {dst} (pass --overwrite to replace it)"
+                                      ) from None
+                os.replace(tmp, dst)
+            Path(tmp).unlink(missing_ok=True)
+        return check
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX
+
+class LiifQueryGraph(nn.Module):
+    """image (1, 3, h, w) in [0, 1], coord (1, N, 2), cell (1, N, 2) -> rgb (1, N, 3) in [0, 1].
+
+    The official `gen_feat` + `query_rgb`, written with ops every ONNX runtime has: the nearest
+    latent of each ensemble member by arithmetic (grid_sample's unnormalisation, then round
+    half to even as its nearest mode does), the first MLP layer's latent part as a 3×3
+    convolution on the grid, gathered per query (as `LIIF.query_fast`).
+    """
+
+    def __init__(self, model: LIIF):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor
+                ) -> torch.Tensor:
+        m, cfg = self.model, self.model.config
+        feat = m.encode((image - 0.5) / 0.5)  # (1, C, h, w); the official normalisation
+        first, rest = m.imnet.linears[0], m.imnet.linears[1:]
+        _, c, h, w = feat.shape
+        k = 3 if cfg.feat_unfold else 1
+        n_feat = c * k * k
+        w_feat = first.weight[:, :n_feat].reshape(-1, c, k, k)  # channel c*9 + ky*3 + kx
+        p = F.conv2d(feat, w_feat, first.bias, padding=k // 2)  # (1, hidden, h, w)
+        p = p.flatten(2).transpose(1, 2)  # (1, h*w, hidden)
+        w_query = first.weight[:, n_feat:]  # (hidden, 2 or 4): offset (y, x), then cell
+        shifts = [-1, 1] if cfg.local_ensemble else [0]
+        eps = ENSEMBLE_EPS_SHIFT if cfg.local_ensemble else 0.0
+        one = torch.ones_like(coord[:, :1, 0])  # (1, 1): shapes as float tensors, dynamically
+        nh, nw = one * h, one * w
+
+        def axis(x: torch.Tensor, n: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            out = []
+            for v in shifts:
+                s = (x + (v / n + eps)).clamp(-COORD_CLAMP, COORD_CLAMP)
+                idx = torch.round(((s + 1) * n - 1) / 2)  # the latent grid_sample picks
+                centre = -1 + 1 / n + (2 / n) * idx
+                out.append((idx.long(), (x - centre) * n))  # offset in latent cells
+            return out
+
+        ys, xs = axis(coord[..., 0], nh), axis(coord[..., 1], nw)  # (1, N) each
+        rel_cell = cell * torch.stack([nh, nw], -1)  # (1, N, 2)
+        preds, areas = [], []
+        for iy, ry in ys:  # members in the official order: (-1,-1), (-1,1), (1,-1), (1,1)
+            for ix, rx in xs:
+                flat = (iy * w + ix).unsqueeze(-1).expand(-1, -1, p.shape[-1])
+                x = torch.gather(p, 1, flat)  # (1, N, hidden)
+                rel = torch.stack([ry, rx], -1)
+                if cfg.cell_decode:
+                    rel = torch.cat([rel, rel_cell], -1)
+                x = x + F.linear(rel, w_query)
+                for lin in rest:
+                    x = F.linear(torch.relu(x), lin.weight, lin.bias)
+                preds.append(x)  # (1, N, 3)
+                areas.append(torch.abs(ry * rx) + AREA_EPS)
+        if len(preds) == 1:
+            out = preds[0]
+        else:
+            total = areas[0] + areas[1] + areas[2] + areas[3]
+            # each corner weighted by the area of the rectangle opposite it (local ensemble)
+            out = sum(pr * (a / total).unsqueeze(-1) for pr, a in zip(preds, areas[::-1]))
+        return (out * 0.5 + 0.5).clamp(0, 1)
+
+
+class QueryGraph(nn.Module):
+    """The same signature for any model with `encode` and `query` (e.g. LM-LIIF)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor
+                ) -> torch.Tensor:
+        feat = self.model.encode((image - 0.5) / 0.5)
+        return (self.model.query(feat, coord, cell) * 0.5 + 0.5).clamp(0, 1)
+
+
+def query_graph(model: nn.Module) -> nn.Module:
+    return (LiifQueryGraph(model) if isinstance(model, LIIF) else QueryGraph(model)).eval()
+
+
+def example_inputs(in_hw: tuple[int, int] = TRACE_HW, out_hw: tuple[int, int] = TRACE_OUT_HW,
+                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random image and the full query grid of an out_hw output, in the graph's layout."""
+    from .model.coords import make_cell, make_coord
+
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, 3, *in_hw, generator=g)
+    n = out_hw[0] * out_hw[1]
+    return image, make_coord(out_hw).unsqueeze(0), make_cell(out_hw, n).unsqueeze(0)
+
+
+def _onnx_modules():
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 - torch's ONNX exporter needs it
+    except ImportError as e:
+        raise ExportError(f"ONNX export needs the onnx extra ({e.name} is missing): "
+                          "pip install 'liif-cli[onnx]'") from None
+    return onnx
+
+
+def _write_onnx(loaded: LoadedModel, tmp: str) -> str:
+    onnx = _onnx_modules()
+    graph = query_graph(loaded.model.float().cpu())
+    inputs = example_inputs()
+    h, w, n = (torch.export.Dim(d, min=1) for d in ("h", "w", "N"))
+    shapes = {"image": {2: h, 3: w}, "coord": {1: n}, "cell": {1: n}}
+    quiet = io.StringIO()
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), \
+                contextlib.redirect_stderr(quiet), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(graph, inputs, input_names=list(ONNX_INPUTS),
+                                        output_names=[ONNX_OUTPUT], dynamic_shapes=shapes,
+                                        dynamo=True, external_data=False, verbose=False)
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"ONNX export of {loaded.name} failed: {msg[:200]}") from None
+    finally:
+        exporter_log.setLevel(level)
+    proto = program.model_proto
+    proto.doc_string = ("LIIF query: image [1,3,h,w] in [0,1], coord [1,N,2] (row, col) pixel "
+                        "centres in [-1,1], cell [1,N,2] = (2/H, 2/W) -> rgb [1,N,3] in [0,1]")
+    spec = loaded.model.config.to_spec()
+    for key, value in (("liif_cli_version", __version__), ("model", loaded.name),
+                       ("name", spec["name"]), ("args", json.dumps(spec["args"]))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save_model(proto, tmp)
+    return _check_onnx(tmp, graph, inputs)
+
+
+def _check_onnx(path: str, graph: nn.Module, inputs) -> str:
+    """onnx.checker on the file, and onnxruntime against torch on an example not traced."""
+    onnx = _onnx_modules()
+    try:
+        onnx.checker.check_model(path, full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"the written ONNX graph does not pass onnx.checker: {e}") from None
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnx.checker passed (onnxruntime not installed: not run)"
+    image, coord, cell = example_inputs((9, 17), (20, 23), seed=1)  # other sizes than traced
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = session.run([ONNX_OUTPUT], {"image": image.numpy(), "coord": coord.numpy(),
+                                      "cell": cell.numpy()})[0]
+    with torch.no_grad():
+        want = graph(image, coord, cell).numpy()
+    diff = float(abs(got - want).max()) if got.shape == want.shape else float("inf")
+    if not diff <= ONNX_CHECK_TOLERANCE:
+        raise ExportError(f"onnxruntime's output differs from torch's by {diff:.3g} on a test "
+                          "input; not writing the graph")
+    return f"onnx.checker passed; onnxruntime matches torch to {diff:.1e}"
