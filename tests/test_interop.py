@@ -351,6 +351,25 @@ def test_onnx_graph_matches_liif_upscale(tmp_path, ort, tiny_ckpt, photo):
                   .astype(int)).max() <= 1
 
 
+def test_readme_onnx_snippet_runs(tmp_path, ort, tiny_ckpt, photo, monkeypatch):
+    """The README's onnxruntime example, as printed, gives `liif upscale`'s pixels."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("From Python with onnxruntime", 1)[1].split("```python", 1)[1]
+    code = "\n".join(line[2:] for line in block.split("```", 1)[0].splitlines())
+    assert 'InferenceSession("default.onnx")' in code and "chunk" in code
+    r = run("export", tiny_ckpt, "-f", "onnx", "-o", tmp_path / "default.onnx", "-q")
+    assert r.exit_code == 0, r.output
+    (tmp_path / "photo.png").write_bytes(photo.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace("chunk = 65536", "chunk = 100"), "README.md", "exec"), {})
+    r = run("upscale", "photo.png", "-s", "2", "-m", tiny_ckpt, "-o", "ref.png")
+    assert r.exit_code == 0, r.output
+    got, ref = (read_image(tmp_path / n).pixels.astype(int) for n in ("photo_x2.png", "ref.png"))
+    assert got.shape == ref.shape and np.abs(got - ref).max() <= 1
+
+
 def test_corrupt_onnx_target_is_not_left_behind(tmp_path, tiny_ckpt, monkeypatch):
     """A graph that fails its check after writing is never published."""
     import liif_cli.export as export
