@@ -254,6 +254,12 @@ def test_bytes_in_bytes_out(camera_jpeg):
         back = imageio.read_image_bytes(blob)
         assert back.pixels.shape == img.pixels.shape
     assert np.array_equal(imageio.read_image_bytes(imageio.encode_image(img)).pixels, img.pixels)
+    deep = ImageData(np.arange(60, dtype=np.uint16).reshape(5, 4, 3) * 1000,
+                     np.full((5, 4), 65535, np.uint16), icc_profile=SRGB_ICC)
+    for fmt in ("png", "tiff"):  # 16 bits through bytes both ways (OpenCV / tifffile)
+        back = imageio.read_image_bytes(imageio.encode_image(deep, fmt))
+        assert back.bit_depth == 16 and np.array_equal(back.pixels, deep.pixels)
+        assert np.array_equal(back.alpha, deep.alpha) and back.icc_profile == SRGB_ICC
     with pytest.raises(UsageError, match="unknown --format 'gif'"):
         imageio.encode_image(img, "gif")
     with pytest.raises(ImageReadError, match="stdin is empty"):

@@ -110,6 +110,14 @@ def test_stdin_to_stdout_png_by_default(photo, tiny_ckpt, tmp_path):
     assert np.array_equal(got, np.asarray(Image.open(ref)))  # same pixels as a file run
 
 
+def test_stdin_to_a_file(photo, tiny_ckpt, tmp_path):
+    r = run("upscale", "-", "-s", "2", "-m", tiny_ckpt, "-o", tmp_path / "o.tif",
+            input=photo.read_bytes())
+    assert r.exit_code == 0, r.output
+    assert r.stdout_bytes == b"" and f"wrote {tmp_path / 'o.tif'}" in r.stderr
+    assert read_image(tmp_path / "o.tif").pixels.shape == (24, 32, 3)
+
+
 @pytest.mark.parametrize("fmt,magic", [("webp", b"RIFF"), ("jpg", b"\xff\xd8"),
                                        ("tiff", b"II*\x00"), ("bmp", b"BM")])
 def test_stdout_format_from_format_option(photo, tiny_ckpt, fmt, magic):
