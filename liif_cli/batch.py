@@ -7,7 +7,10 @@ Conventions:
   (e.g. two inputs would write one output). Files are only *named* here, never decoded.
 - Sharding: a file belongs to shard 1 + (sha256 of its NFC relative path mod N). That depends on
   the file's own name only, so N machines agree with no coordination, on any OS and Python, and
-  adding files to the folder never moves the others to another shard.
+  adding files to the folder never moves the others to another shard. `--shard auto` reads
+  I and N from the job engine (`detect_shard`: Slurm array × srun/torchrun ranks, or a
+  Kubernetes Indexed Job). `files` (`--files-from`) replaces the walk with a list of relative
+  paths; a list and a walk of the same files are sharded alike.
 - Workers: `jobs` per device. A single worker runs inside this process (threads); more run as
   spawned processes, each loading the model once. The dispatcher gives each worker at most
   IN_FLIGHT files and the next as each one finishes, so faster devices take more. Inside a
@@ -17,6 +20,8 @@ Conventions:
   that the next run over the same outputs deletes before it starts.
 - Records: every planned file ends with one `FileRecord`, status done / skipped / failed /
   cancelled (not started or abandoned because of Ctrl-C or --fail-fast). A bad file fails alone.
+  `on_record` sees each as soon as it is final; `JsonlReport` appends it as one JSON line, so
+  a SIGKILL loses no finished file's record. `summarize_reports` merges many tasks' reports.
 - Stopping: when `stop` is set (the CLI sets it on Ctrl-C) workers abandon the file being
   computed at its next chunk, finish writing what is already computed, and return.
 """

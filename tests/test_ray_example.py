@@ -1,0 +1,71 @@
+"""examples/ray_upscale.py on a local one-node Ray (skipped unless the [ray] extra is installed):
+16-bit and ICC survive Ray, outputs equal the library's, bad files fail alone."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from liif_cli.imageio import ImageData, read_image, write_image
+from liif_cli.upscale import upscale_image
+from liif_cli.weights import load_model
+
+from conftest import REPO, photo_like
+
+ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
+pytest.importorskip("ray.data", reason="the [ray] extra is not installed")
+sys.path.insert(0, str(REPO / "examples"))
+import ray_upscale  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A single-node Ray on this machine (Ray 2.x removed `local_mode=True`)."""
+    import ray.cloudpickle
+
+    # the example is no installed module: ship it to the workers by value, not by name
+    ray.cloudpickle.register_pickle_by_value(ray_upscale)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # actor + a reader
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_example_keeps_16_bit_and_icc_and_matches_the_library(tmp_path, tiny_ckpt,
+                                                                  ray_local):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    deep = photo_like(12, 14, seed=1).astype(np.uint16) * 257 + 3  # all 16 bits in use
+    write_image(inp / "deep.png", ImageData(deep, icc_profile=icc))
+    rgba = np.dstack([photo_like(10, 9, seed=2), photo_like(10, 9, seed=3)[..., :1]])
+    Image.fromarray(rgba, "RGBA").save(inp / "alpha.png")
+    Image.fromarray(photo_like(8, 8, seed=4)).save(inp / "old.png")
+    (inp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out.mkdir()
+    (out / "old.png").write_bytes(b"an earlier output")
+
+    recs = ray_upscale.upscale_folder(inp, out, scale=2, model=str(tiny_ckpt), workers=1,
+                                      batch_size=2, device="cpu")
+    by = {r.input.rsplit("/", 1)[-1]: r for r in recs}
+    assert {n: r.status for n, r in by.items()} == {
+        "alpha.png": "done", "broken.png": "failed", "deep.png": "done", "old.png": "skipped"}
+    assert "cannot read" in by["broken.png"].reason and not (out / "broken.png").exists()
+    assert (out / "old.png").read_bytes() == b"an earlier output"
+    assert by["deep.png"].in_size == (14, 12) and by["deep.png"].out_size == (28, 24)
+
+    model = load_model(str(tiny_ckpt))
+    got = read_image(out / "deep.png")
+    assert got.pixels.dtype == np.uint16 and got.icc_profile == icc
+    want = upscale_image(model, read_image(inp / "deep.png"), out_hw=(24, 28), device="cpu")
+    np.testing.assert_array_equal(got.pixels, want.image.pixels)
+    got = read_image(out / "alpha.png")
+    want = upscale_image(model, read_image(inp / "alpha.png"), out_hw=(20, 18), device="cpu")
+    assert got.alpha is not None
+    np.testing.assert_array_equal(got.pixels, want.image.pixels)
+    np.testing.assert_array_equal(got.alpha, want.image.alpha)
+    assert not [p for p in out.iterdir() if p.name.endswith(".part")]
