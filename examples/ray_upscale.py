@@ -12,8 +12,10 @@ back is one record per file with the fields of a `liif batch --report` line.
     pip install 'liif-cli[ray]'
     python examples/ray_upscale.py photos/ big/ --scale 4 --workers 4 --report big.jsonl
 
-On a Ray cluster, `ray.init(address="auto")` (or RAY_ADDRESS) picks it up; the folders must
-be visible to every node (shared file system), as for `liif batch --shard`.
+On a Ray cluster, set RAY_ADDRESS (or call `ray.init(address="auto")`); the folders must be
+visible to every node (shared file system), as for `liif batch --shard`. Leave Ray a CPU
+beyond workers × cpus-per-worker: its read tasks need one too, and with every CPU held by an
+actor the reads (and so the whole pipeline) wait forever.
 """
 
 from __future__ import annotations
@@ -140,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", help="WxH")
     p.add_argument("--model", "-m")
     p.add_argument("--workers", type=int, default=1, help="actors, each with one model")
+    p.add_argument("--cpus-per-worker", type=float, default=1)
     p.add_argument("--gpus-per-worker", type=float, default=0)
+    p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--recursive", "-r", action="store_true")
     p.add_argument("--report", help="write the records as JSON lines to this file")
@@ -148,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    ray.init(address=os.environ.get("RAY_ADDRESS"))
+    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
     try:
         recs = upscale_folder(args.input_dir, args.output_dir, scale=args.scale, size=args.size,
                               model=args.model, workers=args.workers, batch_size=args.batch_size,
-                              recursive=args.recursive, gpus_per_worker=args.gpus_per_worker)
+                              recursive=args.recursive, device=args.device,
+                              cpus_per_worker=args.cpus_per_worker,
+                              gpus_per_worker=args.gpus_per_worker)
     except LiifError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -677,6 +677,10 @@ def batch(
     if len(paths) != 2:
         raise UsageError("liif batch takes INPUT_DIR and OUTPUT_DIR" + (
             f" (got {len(paths)} paths; --summary reads reports)" if len(paths) > 2 else ""))
+    part = resolve_shard(shard, count=shards)
+    if part.auto:  # the run's first line (even with --quiet: it belongs in a task's log)
+        console.print(f"shard {part.index}/{part.count} from {part.found}", markup=False,
+                      soft_wrap=True)
     spec = size_request(scale=scale, size=size, width=width, height=height, fit=fit)
     budget = parse_bytes(max_memory)
     if denoise is not None:
@@ -685,10 +689,6 @@ def batch(
         model = load_model(model, denoise=denoise)
     if report is not None and not report.parent.is_dir():
         raise UsageError(f"--report folder does not exist: {report.parent}")
-    part = resolve_shard(shard, count=shards)
-    if part.auto and not quiet:  # the run's first line says what --shard auto found
-        console.print(f"shard {part.index}/{part.count} from {part.found}", markup=False,
-                      soft_wrap=True)
     listed = None if files_from is None else read_file_list(files_from)
     plan = plan_batch(input_dir, output_dir, recursive=recursive, pattern=glob, fmt=fmt,
                       suffix=suffix, overwrite=overwrite, shard=part.shard, files=listed)

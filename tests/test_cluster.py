@@ -142,6 +142,9 @@ def test_cli_says_what_it_found_first_or_fails_in_one_line(tmp_path, tiny_ckpt):
                       env={"JOB_COMPLETION_INDEX": "1"})
     assert r.exit_code == 0, r.output
     assert r.output.splitlines()[0] == "shard 2/2 from Kubernetes Indexed Job index 1 of 2"
+    r = runner.invoke(app, [*base, "--quiet", "--shards", "2"], env={"JOB_COMPLETION_INDEX": "1"})
+    assert r.exit_code == 0 and r.output.splitlines() == [  # a task's log says it even so
+        "shard 2/2 from Kubernetes Indexed Job index 1 of 2"]
     r = runner.invoke(app, ["batch", str(inp), str(out), "-s", "2", "--shard", "1/2",
                             "--shards", "2"])
     assert r.exit_code == 2 and "--shards N goes with --shard auto" in r.output

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,3 +71,21 @@ def test_ray_example_keeps_16_bit_and_icc_and_matches_the_library(tmp_path, tiny
     np.testing.assert_array_equal(got.pixels, want.image.pixels)
     np.testing.assert_array_equal(got.alpha, want.image.alpha)
     assert not [p for p in out.iterdir() if p.name.endswith(".part")]
+
+
+@pytest.mark.slow
+def test_ray_example_command_line_writes_a_report(tmp_path, tiny_ckpt, ray_local, capsys):
+    inp, out, report = tmp_path / "in", tmp_path / "out", tmp_path / "r.jsonl"
+    inp.mkdir()
+    for k in range(3):
+        Image.fromarray(photo_like(8, 10, seed=k)).save(inp / f"p{k}.png")
+    (inp / "bad.png").write_bytes(b"")
+    code = ray_upscale.main([str(inp), str(out), "-s", "2", "-m", str(tiny_ckpt), "--device",
+                             "cpu", "--report", str(report)])
+    assert code == 1  # bad.png failed, alone
+    assert capsys.readouterr().out.strip() == '{"done": 3, "skipped": 0, "failed": 1}'
+    lines = [json.loads(ln) for ln in report.read_text().splitlines()]
+    assert sorted((Path(r["input"]).name, r["status"]) for r in lines) == [
+        ("bad.png", "failed"), ("p0.png", "done"), ("p1.png", "done"), ("p2.png", "done")]
+    assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p1.png", "p2.png"]
+    assert ray_upscale.main([str(inp), str(out), "-s", "2", "--size", "4x4"]) == 2
