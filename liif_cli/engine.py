@@ -294,12 +294,17 @@ class LmfDecoder:
 
     Per latent (`pmap`, in the tiled encoder pass): the latent MLP (its first layer a 3×3
     convolution, the cell part a per-image bias), then the render MLP's first layer on the
-    compressed latent (a 1×1 convolution; its cell part also a bias). P holds, channel-major,
-        [layer-0 pre-activation (hidden) | scale + 1 (depth × hidden) | shift (depth × hidden)]
-    (208 channels for the EDSR-baseline LM-LIIF). Per query (`decode`): the 4 members' latents
-    are gathered with one row and one column `index_select` (row shifts stacked along rows,
-    column shifts along columns), the offset terms added, and all members go through each
-    16-wide layer as one (hidden, members × queries) matmul, modulation and ReLU.
+    compressed latent (its cell part also a bias). P holds, per latent,
+        [layer-0 pre-activation (hidden) | S: scale + 1 (depth × hidden) | T (depth × hidden)]
+    with layer l's bias folded into its shift, T_l = b_l·S_l + shift_l (l ≥ 1; layer 0's bias
+    is in its pre-activation), so that a layer is relu((W_l h)·S_l + T_l): a matmul without a
+    bias and one addcmul. 208 channels for the EDSR-baseline LM-LIIF, channels last so that a
+    lookup copies one contiguous vector. Per query (`decode`): the members' latents are
+    gathered with one row and one column `index_select` (row shifts stacked along rows, column
+    shifts along columns), the offset terms added, and all members go through each 16-wide
+    layer as one (members × queries, hidden) matmul, one addcmul and one ReLU.
+    Measured on 2 busy cores (CPU time per 2048 queries × 4 members): 2.8 ms this way, 12 ms
+    channel-major (its column gather runs along the innermost dimension).
     """
 
     def __init__(self, model: LMLIIF, dtype: torch.dtype, device: torch.device):
@@ -312,85 +317,90 @@ class LmfDecoder:
         self.h_conv = w0[:, :c * k * k].reshape(-1, c, k, k)  # channel c*9 + ky*3 + kx
         self.h_cell = w0[:, c * k * k:] if cfg.cell_decode else None
         self.h_bias = hyper[0].bias.detach().float()
-        self.h_rest = [(l.weight.detach().float()[:, :, None, None], l.bias.detach().float())
-                       for l in hyper[1:]]
+        self.h_rest = [(l.weight.detach().float(), l.bias.detach().float()) for l in hyper[1:]]
         render = model.imnet.linears
         r0 = render[0].weight.detach().float()  # (hidden, z + 2 [+ 2])
         zc = hd if cfg.mod_input else c
-        self.r_z = r0[:, :zc, None, None]
+        self.r_z = r0[:, :zc]
         self.w_rel = r0[:, zc:zc + 2]  # (hidden, 2): row, col offset
         self.r_cell = r0[:, zc + 2:zc + 4] if cfg.cell_decode else None
         self.r_bias = render[0].bias.detach().float()
-        # hidden layers 1.. and the output layer, (out, in) weights and (out, 1) biases
-        self.layers = [(l.weight.detach().to(dtype).contiguous(),
-                        l.bias.detach().to(dtype)[:, None]) for l in render[1:]]
+        # hidden layers 1..: weights transposed (in, out) for h @ W.T, biases (folded into T)
+        self.layers = [l.weight.detach().t().to(dtype).contiguous() for l in render[1:-1]]
+        # (depth × hidden) biases per layer, layer 0's zero (its bias is in the pre-activation)
+        self.biases = torch.cat([torch.zeros(hd, device=r0.device)]
+                                + [l.bias.detach().float() for l in render[1:-1]])
+        self.out_w = render[-1].weight.detach().to(dtype).contiguous()  # (out_dim, hidden)
+        self.out_b = render[-1].bias.detach().to(dtype)[:, None]
         self.hidden = hd
         self.channels = self.channels_of(cfg)
-        self.scale_at = hd if cfg.mod_scale else None  # P channel of layer 0's scale + 1
-        self.shift_at = hd * (1 + (cfg.render_depth if cfg.mod_scale else 0)) if cfg.mod_shift \
-            else None
+        self.scale_at = hd if cfg.mod_scale else None  # P channel of layer 0's S
+        self.shift_at = hd * (1 + (cfg.render_depth if cfg.mod_scale else 0))  # ... of its T
 
     @staticmethod
     def channels_of(cfg) -> int:
-        """P channels: first-layer pre-activation plus every layer's modulations."""
-        return cfg.render_hidden + cfg.mod_dim
+        """P channels: layer 0's pre-activation, S (with scale modulations) and T per layer."""
+        return cfg.render_hidden * (1 + cfg.render_depth * (1 + int(cfg.mod_scale)))
 
     def buffer_numel(self, members: int, chunk: int) -> int:
         return self.channels * members * chunk
 
     @staticmethod
     def crop(p: torch.Tensor, y0: int, ph: int, x0: int, pw: int) -> torch.Tensor:
-        return p[:, y0:y0 + ph, x0:x0 + pw]  # P is (channels, h, w)
+        return p[y0:y0 + ph, x0:x0 + pw]  # P is (h, w, channels)
 
     def pmap(self, feat: torch.Tensor, rel_cell: tuple[float, float]) -> torch.Tensor:
-        """(1, C, h, w) latents -> P (channels, h, w) in `dtype`."""
+        """(1, C, h, w) latents -> P (h, w, channels) in `dtype`."""
         cfg = self.cfg
         cell = torch.tensor(rel_cell, dtype=torch.float32, device=feat.device)
         bias = self.h_bias + self.h_cell @ cell if self.h_cell is not None else self.h_bias
         feat = feat.contiguous(memory_format=torch.channels_last)
         x = F.conv2d(feat, self.h_conv, bias, padding=self.h_conv.shape[-1] // 2)
-        for w, b in self.h_rest:
-            x = F.conv2d(x.relu_(), w, b)
-        mod = x[0]  # (latent_out, h, w)
-        z = mod[cfg.mod_dim:] if cfg.mod_input else feat[0]
+        x = x[0].permute(1, 2, 0)  # (h, w, hidden): a view, the convolution is channels last
+        for w, b in self.h_rest:  # the latent MLP's other layers, per latent
+            x = F.linear(x.relu(), w, b)
+        mod = x  # (h, w, latent_out)
+        z = mod[..., cfg.mod_dim:] if cfg.mod_input else feat[0].permute(1, 2, 0)
         r_bias = self.r_bias + self.r_cell @ cell if self.r_cell is not None else self.r_bias
-        parts = [F.conv2d(z[None], self.r_z, r_bias)[0]]  # (hidden, h, w)
-        n = cfg.render_depth * cfg.render_hidden
+        parts = [F.linear(z, self.r_z, r_bias)]  # (h, w, hidden): layer 0 before offsets
+        hd, n = cfg.render_hidden, cfg.render_depth * cfg.render_hidden
         if cfg.mod_scale:
-            parts.append(mod[:n] + 1.0)  # the official `x *= (scale + 1.0)`
-        if cfg.mod_shift:
-            at = n if cfg.mod_scale else 0
-            parts.append(mod[at:at + n])
-        return torch.cat(parts).to(self.dtype).contiguous()
+            scale = mod[..., :n] + 1.0  # the official `x *= (scale + 1.0)`
+            parts.append(scale)
+        else:
+            scale = torch.ones((), device=mod.device)
+        shift = mod[..., (n if cfg.mod_scale else 0):][..., :n] if cfg.mod_shift else 0.0
+        parts.append((self.biases * scale + shift).expand(*mod.shape[:2], n))  # T_l
+        return torch.cat(parts, -1).to(self.dtype).contiguous()
 
     def columns(self, p: torch.Tensor, cols: list[tuple[torch.Tensor, torch.Tensor]]
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Restrict P to the latent columns a column range needs; `cols` as in FastDecoder.
 
         Returns P's needed columns and (column in them for each shift's output columns,
-        concatenated; the column-offset term (hidden, shifts × nc) in `dtype`).
+        concatenated; the column-offset term (shifts × nc, hidden) in `dtype`).
         """
         lo = min(int(ix.min()) for ix, _ in cols)
         hi = max(int(ix.max()) for ix, _ in cols)
         used = torch.unique(torch.cat([ix for ix, _ in cols]))  # sorted
         if used.numel() == hi - lo + 1:  # upscaling: a contiguous band of latent columns
-            p_cols, local = p[:, :, lo:hi + 1], [ix - lo for ix, _ in cols]
+            p_cols, local = p[:, lo:hi + 1], [ix - lo for ix, _ in cols]
         else:  # downscaling skips latents: keep only those used
-            p_cols, local = p.index_select(2, used), [torch.searchsorted(used, ix)
+            p_cols, local = p.index_select(1, used), [torch.searchsorted(used, ix)
                                                       for ix, _ in cols]
         rx = torch.cat([rx for _, rx in cols])
-        term = torch.outer(self.w_rel[:, 1], rx).to(self.dtype)  # (hidden, shifts × nc)
+        term = torch.outer(rx, self.w_rel[:, 1]).to(self.dtype)  # (shifts × nc, hidden)
         return p_cols, (torch.cat(local), term)
 
     def _modulate(self, h: torch.Tensor, x: torch.Tensor, layer: int) -> torch.Tensor:
-        """h (hidden, n) of render layer `layer` -> relu(h * (scale + 1) + shift), in place."""
-        hd, n = self.hidden, h.shape[1]
+        """h (n, hidden) of render layer `layer` -> relu(h * (scale + 1) + shift), in place;
+        x (n, channels): the gathered P."""
+        hd = self.hidden
+        shift = x[:, self.shift_at + layer * hd:][:, :hd]
         if self.scale_at is not None:
-            a = self.scale_at + layer * hd
-            h.mul_(x[a:a + hd].view(hd, n))
-        if self.shift_at is not None:
-            a = self.shift_at + layer * hd
-            h.add_(x[a:a + hd].view(hd, n))
+            torch.addcmul(shift, h, x[:, self.scale_at + layer * hd:][:, :hd], out=h)
+        else:
+            h.add_(shift)
         return h.relu_()
 
     def decode(self, p_cols: torch.Tensor, rows: list[tuple[torch.Tensor, torch.Tensor]],
@@ -403,20 +413,22 @@ class LmfDecoder:
         hd, ch = self.hidden, self.channels
         iy = torch.cat([iy for iy, _ in rows])  # (n_r × nr,): row shifts stacked
         ry = torch.cat([ry for _, ry in rows])
-        a = p_cols.index_select(1, iy)  # (channels, n_r × nr, nu)
-        a[:hd].add_(torch.outer(self.w_rel[:, 0], ry).to(self.dtype).unsqueeze(-1))
+        a = p_cols.index_select(0, iy)  # (n_r × nr, nu, channels)
+        a[..., :hd].add_(torch.outer(ry, self.w_rel[:, 0]).to(self.dtype).unsqueeze(1))
         ix, term = cols
         n = n_r * nr * n_c * nc  # members × queries
-        x = buf[:ch * n].view(ch, n_r * nr, n_c * nc)
-        torch.index_select(a, 2, ix, out=x)  # members laid out as (row shift, row, col shift, col)
+        x = buf[:ch * n].view(n_r * nr, n_c * nc, ch)
+        torch.index_select(a, 1, ix, out=x)  # members as (row shift, row, col shift, col)
         del a
-        x[:hd].add_(term.unsqueeze(1))  # + column-offset term, broadcast over rows
-        x = x.view(ch, n)
-        h = self._modulate(x[:hd], x, 0)  # a view of x: layer 0 in place
-        for layer, (w, b) in enumerate(self.layers[:-1], start=1):
-            h = self._modulate(torch.addmm(b, w, h), x, layer)
-        w, b = self.layers[-1]
-        pred = torch.addmm(b, w, h).float().view(-1, n_r, nr, n_c, nc)  # (3, R, nr, C, nc)
+        # layer 0: + column-offset term (broadcast over rows), into a contiguous tensor
+        h = torch.add(x[..., :hd], term.unsqueeze(0)).view(n, hd)
+        x = x.view(n, ch)
+        h = self._modulate(h, x, 0)
+        for layer, w in enumerate(self.layers, start=1):
+            h = self._modulate(torch.mm(h, w), x, layer)  # the bias is in T
+        # the output layer computed transposed: a 3-wide GEMM output is slow
+        pred = torch.addmm(self.out_b, self.out_w, h.t()).float()
+        pred = pred.view(-1, n_r, nr, n_c, nc)  # (3, R, nr, C, nc)
         if n_r * n_c == 1:
             return pred[:, 0, :, 0]
         ry_s = torch.stack([r for _, r in rows])  # (R, nr)
@@ -424,7 +436,10 @@ class LmfDecoder:
         areas = (ry_s[:, :, None, None] * rx_s[None, None]).abs() + AREA_EPS  # (R, nr, C, nc)
         # each corner weighted by the area of the rectangle opposite it (local ensemble)
         weights = areas.flip(0, 2) / areas.sum((0, 2))[None, :, None]
-        return (pred * weights).sum((1, 3))
+        out = pred[:, 0, :, 0] * weights[0, :, 0]
+        for r, c in [(r, c) for r in range(n_r) for c in range(n_c)][1:]:
+            out.addcmul_(pred[:, r, :, c], weights[r, :, c])  # (a strided sum((1, 3)) is slow)
+        return out
 
 
 def make_decoder(model: SRModel, dtype: torch.dtype, device: torch.device
