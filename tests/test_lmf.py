@@ -244,3 +244,14 @@ def test_train_lmf_on_a_liif_encoder_resume_and_cli(tmp_path):
     r = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "x"),
                                  "--decoder", "mlp"])
     assert r.exit_code == 2 and "unknown decoder 'mlp': use liif, lmf" in r.output, r.output
+
+
+def test_bench_knows_lmf_and_its_oracle_agrees():
+    from liif_cli.bench import RANDOM_ARCHS, random_model, run_bench
+
+    assert RANDOM_ARCHS["lmf"] == LmfConfig()
+    report = run_bench(random_model("lmf"), size=12, scale=2.5, devices="cpu",
+                       precisions="fp32", model_name="random lmf")
+    paths = {r.path: r for r in report.rows}
+    assert set(paths) == {"oracle", "engine"} and report.out_hw == (30, 30)
+    assert paths["engine"].max_abs_diff <= ENGINE_TOL and paths["engine"].max_level_diff <= 1
