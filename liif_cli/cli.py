@@ -120,7 +120,8 @@ PrecisionOpt = Annotated[str, typer.Option(
     show_envvar=True)]
 ScaleOpt = Annotated[Optional[str], typer.Option(
     "--scale", "-s", help="Factor (4, 7.5) or WxH factors (3x2.5).")]
-SizeOpt = Annotated[Optional[str], typer.Option(help="Exact output size WxH, e.g. 1920x1080.")]
+SizeOpt = Annotated[Optional[str], typer.Option(
+    help="Output size WxH, e.g. 1920x1080: exactly, or as --fit says.")]
 WidthOpt = Annotated[Optional[int], typer.Option(help="Output width; height keeps the aspect.")]
 HeightOpt = Annotated[Optional[int], typer.Option(help="Output height; width keeps the aspect.")]
 MaxMemoryOpt = Annotated[str, typer.Option(
