@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import torch
-from card_tables import metrics_from_reports
+from card_tables import degraded_metrics_from_reports, metrics_from_reports
 
 from liif_cli.weights import (PACKAGE_WEIGHTS_DIR, atomic_torch_save, checkpoint_dict,
                               load_checkpoint, sha256_file)
@@ -33,6 +33,11 @@ def main() -> None:
     ap.add_argument("--recipe", default="", help="the commands that made the weights")
     ap.add_argument("--eval-json", type=Path, nargs="*", default=[],
                     help="`liif eval --json` reports of these weights (the model card)")
+    ap.add_argument("--denoise-partner", default="",
+                    help="the model --denoise S blends these weights with (real: default)")
+    ap.add_argument("--degraded-json", type=Path, nargs="*", default=[],
+                    help="`liif eval --degrade ... --json` reports of these weights and of "
+                    "the partner (the real-world model card)")
     args = ap.parse_args()
 
     loaded = load_checkpoint(args.checkpoint)
@@ -49,6 +54,10 @@ def main() -> None:
     entries.append({"name": args.name, "file": out.name, "sha256": sha256_file(out),
                     "description": args.description, "steps": meta["steps"],
                     "recipe": args.recipe, "metrics": metrics_from_reports(args.eval_json)})
+    if args.denoise_partner:
+        entries[-1]["denoise_partner"] = args.denoise_partner
+    if args.degraded_json:
+        entries[-1]["degraded_metrics"] = degraded_metrics_from_reports(args.degraded_json)
     manifest.write_text(json.dumps(entries, indent=1) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) and {manifest}")
 
