@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 import unicodedata
+import warnings
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from . import __version__, engine
+from .device import PrecisionWarning
 from .errors import ImageReadError, ImageWriteError, LiifError, UsageError
 from .imageio import DEFAULT_MAX_INPUT_PIXELS, FORMATS, is_image_name, read_image, write_image
 from .model import LIIF, SRModel
@@ -856,6 +858,8 @@ def _process_main(cfg: _WorkerConfig, model_ref: str | LIIF, tasks, results, sto
     """Entry point of a spawned worker process: load the model once, then run tasks."""
     for sig in (signal.SIGINT, signal.SIGTERM):  # sent to the whole group: the parent decides
         signal.signal(sig, signal.SIG_IGN)
+    # run_batch has already told the user (in the parent) about a precision fallback
+    warnings.simplefilter("ignore", PrecisionWarning)
     try:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)

@@ -30,7 +30,7 @@ from . import engine
 from .errors import UsageError
 from .model import LMLIIF, LiifConfig, LmfConfig, ModelConfig, SRModel, build_model
 from .model.coords import make_cell, make_coord
-from .upscale import precision_name, resolve_device, resolve_precision
+from .device import cpu_bf16_native, precision_name, resolve_device, resolve_precision
 
 OFFICIAL_BATCH = 30000  # queries per call in the official batched_predict (demo.py, test.py)
 RSS_SAMPLE_S = 0.005  # seconds between resident-set samples on the CPU
@@ -200,6 +200,8 @@ def _precisions(spec: str, device: torch.device) -> list[torch.dtype]:
         if name == "auto":
             dts = [torch.float32, torch.bfloat16] if device.type == "cpu" else [
                 torch.float32, resolve_precision("auto", device)]
+        elif name == "bf16" and device.type == "cpu":  # measured even where it is emulated
+            dts = [torch.bfloat16]
         else:
             dts = [resolve_precision(name, device)]
         out += [d for d in dts if d not in out]
@@ -247,8 +249,7 @@ def run_bench(model: SRModel, *, image: np.ndarray | None = None, size: int = 25
     out_hw = (max(1, math.floor(h * scale + 0.5)), max(1, math.floor(w * scale + 0.5)))
     n_out = out_hw[0] * out_hw[1]
     report = BenchReport(model_name, (h, w), out_hw, torch.get_num_threads(),
-                         bool(torch.backends.mkldnn.is_available()
-                              and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                         cpu_bf16_native(),
                          engine.fused_linear_in_use("cpu", torch.float32))
     stage = on_stage or (lambda _s: None)
     for dev in _devices(devices):

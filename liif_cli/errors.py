@@ -44,3 +44,10 @@ class ExportError(LiifError):
 
 class TrainingError(LiifError):
     """Training cannot continue (non-finite loss, incompatible resume state)."""
+
+
+class LiifWarning(UserWarning):
+    """Something the user should know that does not stop the task (e.g. a precision fallback).
+
+    Library code warns with `warnings.warn`; `cli.py` prints each as one `note:` line.
+    """

@@ -40,7 +40,7 @@ from .degrade import (DEGRADE_RECIPES, RealRanges, apply_spec, parse_spec, real_
 from .errors import TrainingError, UsageError
 from .malloc import keep_freed_memory
 from .model import LiifConfig, LmfConfig, ModelConfig, SRModel, build_model
-from .upscale import resolve_device
+from .device import resolve_device, resolve_precision
 from .weights import (atomic_torch_save, checkpoint_dict, load_model, model_from_spec,
                       read_checkpoint)
 
@@ -389,7 +389,9 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                   + ", "
                   f"{iters} iterations/epoch, device {dev}, {cfg.precision}, world {world}"))
 
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+    # bf16 on a CPU without native bf16 trains in fp32 (emulated bf16 is 6-7x slower), with a note
+    amp_dtype = resolve_precision(cfg.precision, dev)
+    amp_dtype = None if amp_dtype == torch.float32 else amp_dtype
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

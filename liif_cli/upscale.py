@@ -3,7 +3,7 @@
 `upscale(model, image, scale=7.5)`, `size=(W, H)`, `width=` or `height=`. Colour goes through
 LIIF; alpha is resized with bicubic; greyscale goes through the model as RGB and comes back
 grey; 16-bit images are computed in float32 and written back at 16 bits. Sizes, devices and
-precisions are resolved here (`target_size`, `resolve_device`, `resolve_precision`); the pixel
+output sizes are resolved here (`target_size`), devices and precisions in `device`; the pixel
 work is `engine.render`.
 """
 
@@ -21,7 +21,10 @@ import numpy as np
 import torch
 
 from . import engine
-from .errors import DeviceError, UsageError
+# re-exported: they lived here before liif_cli.device, and other code imports them from here
+from .device import (DTYPES, PRECISIONS, precision_name, resolve_device,  # noqa: F401
+                     resolve_precision)
+from .errors import UsageError
 from .imageio import (DEFAULT_MAX_INPUT_PIXELS, FORMATS, STDIO, ImageData, check_output_path,
                       output_suffix, pixel_count, read_image, read_stdin, write_image,
                       write_stdout)
@@ -29,8 +32,6 @@ from .model import LIIF, SRModel
 from .weights import LoadedModel, load_model
 
 DEFAULT_MAX_OUTPUT_PIXELS = 1_000_000_000  # 1 gigapixel: ~3 GB of RGB output buffer
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,58 +197,6 @@ def default_output_path(inp: str | os.PathLike, request: SizeRequest,
         tag = f"{request.height}h"
     suffix = inp.suffix.lower() if inp.suffix.lower() in FORMATS else ".png"
     return inp.with_name(f"{inp.stem}_{tag}{suffix}")
-
-
-# ----------------------------------------------------------------------------------------------
-# devices and precision
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' picks CUDA, then MPS, then CPU; 'cuda:N' and 'mps' are checked to exist."""
-    name = "auto" if device is None else str(device)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {name} requested but no CUDA GPU is available "
-                              "(this PyTorch build or machine has none); use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {name} does not exist: this machine has "
-                              f"{torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise DeviceError("device mps requested but Apple MPS is not available here")
-    elif dev.type != "cpu":
-        raise UsageError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """'auto' is fp32 on CPU (exact), bf16 on GPUs that have it, else fp16.
-
-    bf16 on the CPU runs encoder and decoder through oneDNN's native bf16 kernels where the
-    CPU has them (AVX512-BF16, AMX); elsewhere it is correct but not faster than fp32.
-    """
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float16 if device.type == "mps" else torch.float32
-    if precision == "fp16" and device.type == "cpu":
-        raise UsageError("fp16 is for GPUs; on the CPU use --precision bf16 (fast) or fp32")
-    return DTYPES[precision]
-
-
-def precision_name(dtype: torch.dtype) -> str:
-    return {v: k for k, v in DTYPES.items()}[dtype]
 
 
 # ----------------------------------------------------------------------------------------------

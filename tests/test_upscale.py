@@ -97,7 +97,7 @@ def test_devices_and_precisions():
     with pytest.raises(DeviceError, match="cuda:7"):
         resolve_device("cuda:7")  # no machine here has eight GPUs
     assert resolve_precision("auto", torch.device("cpu")) == torch.float32
-    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
+    # bf16 on the CPU depends on what the CPU can do: tests/test_device.py covers both cases
     with pytest.raises(UsageError, match="fp16 is for GPUs"):
         resolve_precision("fp16", torch.device("cpu"))
     with pytest.raises(UsageError, match="unknown precision"):
