@@ -1,0 +1,75 @@
+"""Fast start: `liif --help`, `--version` and usage errors never import torch, and importing
+the package changes nothing in the process (no environment variables, no torch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import liif_cli
+
+# Runs in a fresh interpreter: each command line through the real entry point, `main()`,
+# recording its exit code, its output and whether torch was imported by then.
+PROBE = r"""
+import contextlib, io, json, os, sys
+env_before = dict(os.environ)
+import liif_cli
+after_import = {"torch": "torch" in sys.modules, "env_changed": dict(os.environ) != env_before}
+from liif_cli.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    sys.argv = ["liif", *argv]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    results.append({"argv": argv, "code": code, "out": out.getvalue(), "err": err.getvalue(),
+                    "torch": "torch" in sys.modules})
+print(json.dumps({"import": after_import, "runs": results}))
+"""
+
+COMMANDS = [["--version"], ["--help"], ["upscale", "--help"], ["upscale"],
+            ["upscale", "in.png", "--no-such-option"], ["eval", "--scales"]]
+
+
+def test_help_version_and_usage_errors_never_import_torch(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(COMMANDS)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["import"] == {"torch": False, "env_changed": False}
+    runs = {" ".join(r["argv"]): r for r in report["runs"]}
+    for argv, run in runs.items():
+        assert run["torch"] is False, f"liif {argv} imported torch"
+    assert runs["--version"]["code"] == 0
+    assert runs["--version"]["out"] == f"liif-cli {liif_cli.__version__}\n"
+    assert runs["--help"]["code"] == 0 and "upscale" in runs["--help"]["out"]
+    assert runs["upscale --help"]["code"] == 0 and "--scale" in runs["upscale --help"]["out"]
+    missing = runs["upscale"]
+    assert missing["code"] == 2 and missing["err"].startswith("error: Missing argument 'input'")
+    bad = runs["upscale in.png --no-such-option"]
+    assert bad["code"] == 2 and "No such option: --no-such-option" in bad["err"]
+    assert len(bad["err"].strip().splitlines()) == 1
+    assert runs["eval --scales"]["code"] == 2
+
+
+def test_the_public_names_load_lazily_and_upscale_stays_the_function():
+    proc = subprocess.run([sys.executable, "-c", (
+        "import sys, liif_cli\n"
+        "assert 'torch' not in sys.modules\n"
+        "import liif_cli.upscale, liif_cli.batch  # the modules of the same names, imported\n"
+        "from liif_cli import upscale, load_model\n"
+        "from liif_cli.upscale import upscale_file\n"
+        "assert callable(upscale) and upscale.__module__ == 'liif_cli.upscale', upscale\n"
+        "assert liif_cli.upscale is upscale and load_model.__module__ == 'liif_cli.weights'\n"
+        "assert set(liif_cli.__all__) <= set(dir(liif_cli))\n"
+        "try:\n    liif_cli.no_such_name\nexcept AttributeError as e:\n    print(e)\n")],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "module 'liif_cli' has no attribute 'no_such_name'\n"
