@@ -1,7 +1,7 @@
 """The `liif` command: a thin Typer layer over the library.
 
 This is the only module that prints, colours or picks exit codes. Library errors (`LiifError`)
-become one red line on stderr and the error's exit code (1, or 2 for usage), in exactly one place:
+become one red line on stderr and the error's exit code (the contract in errors.py), in one place:
 `_App.invoke`. Options shared by several commands are declared once, as `Annotated` aliases.
 """
 
@@ -30,7 +30,8 @@ except ImportError:  # pragma: no cover - older Typer uses Click itself
     from click.exceptions import ClickException
 
 from . import __version__
-from .errors import LiifError, LiifWarning, UsageError
+from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, LiifError, LiifWarning, UsageError,
+                     signal_exit_code)
 
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False)  # results people may pipe: tables, listings
@@ -87,10 +88,10 @@ class _App(TyperGroup):
             raise _usage_error(e) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except MemoryError:
             console.print("[red]error:[/] out of memory; lower --max-memory or the output size")
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_FAILURE) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as e:  # a bug: still one line, with a way to get the details
@@ -99,7 +100,7 @@ class _App(TyperGroup):
             console.print(f"[red]internal error:[/] {type(e).__name__}: {e} "
                           "(rerun with LIIF_DEBUG=1 for the traceback, and please report it)",
                           soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_FAILURE) from None
 
 
 app = typer.Typer(cls=_App, no_args_is_help=True, add_completion=True,
@@ -379,7 +380,7 @@ def train(
         summary = run_training(cfg, resume=resume, on_event=on_event)
     if summary["stopped"]:
         console.print(f"[yellow]{summary['stopped']}[/]")
-        raise typer.Exit(130)
+        raise typer.Exit(signal_exit_code(summary.get("signal")))
     if not quiet:
         best = summary["best_psnr"]
         val = (f"best val PSNR {best:.2f} dB" if math.isfinite(best) else
@@ -737,9 +738,9 @@ def batch(
     if res.interrupted:
         console.print(f"[yellow]interrupted:[/] {res.count('cancelled')} file(s) not done; "
                       "run the same command again to resume")
-        raise typer.Exit(143 if sig["signal"] == 15 else 130)  # 128 + SIGTERM / SIGINT
+        raise typer.Exit(signal_exit_code(sig["signal"]))
     if res.failed or (stream is not None and stream.error):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURE)
 
 
 @contextmanager
@@ -798,7 +799,7 @@ def _print_report_summary(paths: list[Path]) -> None:
     if left:
         console.print(f"[red]{left} file(s) not done[/] (failed or cancelled); rerun the "
                       "tasks to resume", soft_wrap=True)
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURE)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,21 +1,37 @@
-"""Typed errors. Library code raises these; `cli.py` turns them into one red line and an exit code.
+"""Typed errors and the exit-code contract. Library code raises these; `cli.py` turns them into
+one red line and the error's exit code.
 
-Every message says what went wrong *and* what to do about it, in one line.
+Every message says what went wrong *and* what to do about it, in one line. Exit codes, the same
+for every command: 0 done, 1 failure, 2 usage (the command line asks for something impossible,
+or to write over an existing output without --overwrite), 130 interrupted (SIGINT, Ctrl-C),
+143 terminated (SIGTERM): 128 + the signal's number, as shells report them.
 """
 
 from __future__ import annotations
+
+import signal
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
+
+
+def signal_exit_code(signum: int | None) -> int:
+    """The exit code of a task stopped by `signum`: 143 for SIGTERM, else 130 (interrupted)."""
+    return EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
 
 
 class LiifError(Exception):
     """Base class: a problem the user can fix. Exit code 1 unless a subclass says otherwise."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILURE
 
 
 class UsageError(LiifError):
     """The command line asks for something impossible (bad scale, conflicting options). Exit 2."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class CheckpointError(LiifError):
@@ -44,6 +60,15 @@ class ExportError(LiifError):
 
 class TrainingError(LiifError):
     """Training cannot continue (non-finite loss, incompatible resume state)."""
+
+
+class OutputExistsError(UsageError, ImageWriteError, ExportError):
+    """An output file that exists, without --overwrite: a usage problem (exit 2) for every
+    command. Also an ImageWriteError and an ExportError, for code that catches those."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(f"output exists: {path} (pass --overwrite to replace it)")
+        self.path = path
 
 
 class LiifWarning(UserWarning):

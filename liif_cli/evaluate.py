@@ -52,7 +52,7 @@ from PIL import Image
 from . import engine
 from .data import load_rgb_uint8 as load_rgb
 from .degrade import apply_spec, parse_spec, spec_seed, spec_text
-from .errors import DataError, UsageError
+from .errors import DataError, OutputExistsError, UsageError
 from .imageio import READABLE_SUFFIXES
 from .model import LIIF, SRModel
 
@@ -467,7 +467,7 @@ def check_report_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
     if path.is_dir():
         raise UsageError(f"report path is a folder: {path}")
     if path.exists() and not overwrite:
-        raise UsageError(f"output exists: {path} (pass --overwrite to replace it)")
+        raise OutputExistsError(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"output folder does not exist: {parent}")
@@ -589,7 +589,7 @@ def evaluate(model: Any, data: str | os.PathLike, *,
             for s in scale_list:
                 target = ex_dir / example_name(ds.name, img, s)
                 if target.exists() and not overwrite:
-                    raise UsageError(f"output exists: {target} (pass --overwrite to replace it)")
+                    raise OutputExistsError(target)
 
     net, name = _model_and_name(model)
     if name == BICUBIC:

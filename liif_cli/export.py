@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .errors import ExportError, LiifError, UsageError
+from .errors import ExportError, LiifError, OutputExistsError, UsageError
 from .model.liif import AREA_EPS, COORD_CLAMP, ENSEMBLE_EPS_SHIFT, LIIF
 from .weights import (LoadedModel, checkpoint_dict, load_model, model_from_spec,
                       read_checkpoint, read_safetensors, safetensors_bytes)
@@ -131,7 +131,7 @@ def _check_checkpoint(tmp: str, back: dict[str, Any], ckpt: dict[str, Any]) -> s
 
 def _check_output(dst: Path, *, overwrite: bool) -> None:
     if dst.exists() and not overwrite:
-        raise ExportError(f"output exists: {dst} (pass --overwrite to replace it)")
+        raise OutputExistsError(dst)
     if dst.is_dir():
         raise ExportError(f"output is a folder: {dst}")
     parent = dst.parent if str(dst.parent) else Path(".")
@@ -157,12 +157,10 @@ def _publish(dst: Path, write: Callable[[str], str], *, overwrite: bool) -> str:
             try:
                 os.link(tmp, dst)  # atomic create-if-absent
             except FileExistsError:
-                raise ExportError(f"output exists: {dst} (pass --overwrite to replace it)"
-                                  ) from None
+                raise OutputExistsError(dst) from None
             except OSError:  # no hard links here
                 if dst.exists():
-                    raise ExportError(f"output exists: {dst} (pass --overwrite to replace it)"
-                                      ) from None
+                    raise OutputExistsError(dst) from None
                 os.replace(tmp, dst)
             Path(tmp).unlink(missing_ok=True)
         return check

@@ -33,7 +33,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, PngImagePlugin, TiffImagePlugin
 
-from .errors import ImageReadError, ImageWriteError, UsageError
+from .errors import ImageReadError, ImageWriteError, OutputExistsError, UsageError
 
 # Decompression-bomb guard: refuse inputs above this many pixels unless the caller lifts it.
 DEFAULT_MAX_INPUT_PIXELS = 200_000_000  # ~ 14142 × 14142
@@ -396,7 +396,7 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
         raise ImageWriteError(f"unknown output format {path.suffix or '(no extension)'!r} for "
                               f"{path}; use one of {', '.join(sorted(FORMATS))}")
     if path.exists() and not overwrite:
-        raise ImageWriteError(f"output exists: {path} (pass --overwrite to replace it)")
+        raise OutputExistsError(path)
     if path.is_dir():
         raise ImageWriteError(f"output is a folder: {path}")
     parent = path.parent if str(path.parent) else Path(".")
@@ -498,11 +498,10 @@ def _publish(tmp: str, path: Path, *, overwrite: bool) -> None:
     try:
         os.link(tmp, path)  # atomic create-if-absent
     except FileExistsError:
-        raise ImageWriteError(f"output exists: {path} (pass --overwrite to replace it)") from None
+        raise OutputExistsError(path) from None
     except OSError:  # filesystems without hard links
         if path.exists():
-            raise ImageWriteError(f"output exists: {path} (pass --overwrite to replace it)"
-                                  ) from None
+            raise OutputExistsError(path) from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)

@@ -501,6 +501,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     if log is not None:
         log.close()
     summary = {"epochs_done": epoch + 1 if stopped is None else None, "best_psnr": best,
-               "seconds": time.time() - t_start, "out": str(out), "stopped": stopped}
+               "seconds": time.time() - t_start, "out": str(out), "stopped": stopped,
+               "signal": stop.signal if stopped is not None else None}
     emit(Progress("stop", epoch, message=stopped or "finished"))
     return summary

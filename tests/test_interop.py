@@ -299,7 +299,7 @@ def test_export_refuses_to_clobber(tmp_path, tiny_ckpt):
     dst = tmp_path / "m.safetensors"
     dst.write_bytes(b"precious")
     r = run("export", tiny_ckpt, "-o", dst)
-    assert r.exit_code == 1 and "output exists" in r.output and dst.read_bytes() == b"precious"
+    assert r.exit_code == 2 and "output exists" in r.output and dst.read_bytes() == b"precious"
     r = run("export", tiny_ckpt, "-o", dst, "--overwrite", "-q")
     assert r.exit_code == 0 and load_checkpoint(dst).model is not None
     assert listing(tmp_path) == ["m.safetensors", "tiny.pth"]  # no temporaries left

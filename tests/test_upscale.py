@@ -218,7 +218,7 @@ def test_cli_writes_and_summarises(folder, tiny_ckpt):
 def test_cli_overwrite(folder, tiny_ckpt):
     (folder / "out.png").write_bytes(b"keep me")
     r = run("upscale", folder / "in.png", "-o", folder / "out.png", "-s", "2", "-m", tiny_ckpt)
-    assert r.exit_code == 1 and "output exists" in r.stderr and "--overwrite" in r.stderr
+    assert r.exit_code == 2 and "output exists" in r.stderr and "--overwrite" in r.stderr
     assert (folder / "out.png").read_bytes() == b"keep me"
     r = run("upscale", folder / "in.png", "-o", folder / "out.png", "-s", "2", "-m", tiny_ckpt,
             "--overwrite")
@@ -237,7 +237,7 @@ BAD_INPUTS = {  # name -> (args after the input, exit code, message)
     "size 0x10": (["--size", "0x10"], 2, "width and height must be at least 1"),
     "scale and size": (["--scale", "2", "--size", "10x10"], 2, "give only one of"),
     "no size": ([], 2, "say how big"),
-    "exists": (["-o", "{d}/exists.png"], 1, "output exists"),
+    "exists": (["-o", "{d}/exists.png"], 2, "output exists"),
     "extension": (["-o", "{d}/out.xyz"], 1, "unknown output format '.xyz'"),
     "bad model file": (["--model", "{d}/bad.pth"], 1, "not a readable PyTorch checkpoint"),
     "unknown model": (["--model", "no-such-model"], 1, "unknown model 'no-such-model'"),
