@@ -20,13 +20,13 @@ from .errors import LiifError
 
 __version__ = "0.1.0"
 
-__all__ = ["LiifError", "__version__", "load_model", "upscale"]
+__all__ = ["LiifError", "__version__", "load_model", "upscale", "upscale_file"]
 
 if TYPE_CHECKING:
-    from .upscale import upscale
+    from .upscale import upscale, upscale_file
     from .weights import load_model
 
-_LAZY = {"upscale": "upscale", "load_model": "weights"}  # public name -> its module
+_LAZY = {"upscale": "upscale", "upscale_file": "upscale", "load_model": "weights"}  # name: module
 
 
 def __getattr__(name: str) -> Any:
