@@ -20,7 +20,10 @@ import math
 import os
 import signal
 import time
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package (pyproject: tomli)
+    import tomli as tomllib
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
