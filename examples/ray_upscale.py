@@ -30,8 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from liif_cli.batch import plan_batch, record_line
-from liif_cli.batch import FileRecord
+from liif_cli.batch import FileRecord, plan_batch, record_line
 from liif_cli.errors import LiifError
 from liif_cli.imageio import read_image_bytes, write_image
 from liif_cli.upscale import size_request, target_size, upscale_image

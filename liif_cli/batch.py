@@ -55,8 +55,15 @@ from .device import PrecisionWarning
 from .errors import ImageReadError, ImageWriteError, LiifError, UsageError
 from .imageio import DEFAULT_MAX_INPUT_PIXELS, FORMATS, is_image_name, read_image, write_image
 from .model import LIIF, SRModel
-from .upscale import (DEFAULT_MAX_OUTPUT_PIXELS, SizeRequest, precision_name, resolve_device,
-                      resolve_precision, target_size, upscale_image)
+from .upscale import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    SizeRequest,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+    target_size,
+    upscale_image,
+)
 from .weights import LoadedModel, load_model
 
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff",

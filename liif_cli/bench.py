@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from . import engine
+from .device import cpu_bf16_native, precision_name, resolve_device, resolve_precision
 from .errors import UsageError
 from .model import LMLIIF, LiifConfig, LmfConfig, ModelConfig, SRModel, build_model
 from .model.coords import make_cell, make_coord
-from .device import cpu_bf16_native, precision_name, resolve_device, resolve_precision
 
 OFFICIAL_BATCH = 30000  # queries per call in the official batched_predict (demo.py, test.py)
 RSS_SAMPLE_S = 0.005  # seconds between resident-set samples on the CPU

@@ -19,8 +19,14 @@ from typing import Annotated, Iterator, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -30,8 +36,14 @@ except ImportError:  # pragma: no cover - older Typer uses Click itself
     from click.exceptions import ClickException
 
 from . import __version__
-from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, LiifError, LiifWarning, UsageError,
-                     signal_exit_code)
+from .errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    LiifError,
+    LiifWarning,
+    UsageError,
+    signal_exit_code,
+)
 
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False)  # results people may pipe: tables, listings
@@ -354,7 +366,8 @@ def train(
 
     Example: liif train --data DIV2K/DIV2K_train_HR --val-data DIV2K/DIV2K_valid_HR
     """
-    from .train import config_from, train as run_training
+    from .train import config_from
+    from .train import train as run_training
 
     if plot is not None:
         from .plot import plot_run
@@ -682,8 +695,15 @@ def batch(
 
     Example: liif batch photos/ big/ --scale 4 --recursive --report big.json
     """
-    from .batch import (JsonlReport, is_jsonl, plan_batch, read_file_list, resolve_shard,
-                        run_batch, write_report)
+    from .batch import (
+        JsonlReport,
+        is_jsonl,
+        plan_batch,
+        read_file_list,
+        resolve_shard,
+        run_batch,
+        write_report,
+    )
     from .upscale import size_request
 
     paths = [p for p in (input_dir, output_dir, *map(Path, ctx.args)) if p is not None]

@@ -202,8 +202,8 @@ class FastDecoder:
         self.w_cell = w0[:, c + 2:c + 4] if cfg.cell_decode else None
         self.b0 = b0
         # remaining layers, weights (out, in) as nn.Linear keeps them; the last one has no ReLU
-        self.layers = [(l.weight.detach().to(dtype).contiguous(), l.bias.detach().to(dtype))
-                       for l in lin[1:]]
+        self.layers = [(m.weight.detach().to(dtype).contiguous(), m.bias.detach().to(dtype))
+                       for m in lin[1:]]
         self.hidden = w0.shape[0]
         self.dtype = dtype
         self.linear_relu = linear_relu_fn(device, dtype)
@@ -317,7 +317,7 @@ class LmfDecoder:
         self.h_conv = w0[:, :c * k * k].reshape(-1, c, k, k)  # channel c*9 + ky*3 + kx
         self.h_cell = w0[:, c * k * k:] if cfg.cell_decode else None
         self.h_bias = hyper[0].bias.detach().float()
-        self.h_rest = [(l.weight.detach().float(), l.bias.detach().float()) for l in hyper[1:]]
+        self.h_rest = [(m.weight.detach().float(), m.bias.detach().float()) for m in hyper[1:]]
         render = model.imnet.linears
         r0 = render[0].weight.detach().float()  # (hidden, z + 2 [+ 2])
         zc = hd if cfg.mod_input else c
@@ -326,10 +326,10 @@ class LmfDecoder:
         self.r_cell = r0[:, zc + 2:zc + 4] if cfg.cell_decode else None
         self.r_bias = render[0].bias.detach().float()
         # hidden layers 1..: weights transposed (in, out) for h @ W.T, biases (folded into T)
-        self.layers = [l.weight.detach().t().to(dtype).contiguous() for l in render[1:-1]]
+        self.layers = [m.weight.detach().t().to(dtype).contiguous() for m in render[1:-1]]
         # (depth × hidden) biases per layer, layer 0's zero (its bias is in the pre-activation)
         self.biases = torch.cat([torch.zeros(hd, device=r0.device)]
-                                + [l.bias.detach().float() for l in render[1:-1]])
+                                + [m.bias.detach().float() for m in render[1:-1]])
         self.out_w = render[-1].weight.detach().to(dtype).contiguous()  # (out_dim, hidden)
         self.out_b = render[-1].bias.detach().to(dtype)[:, None]
         self.hidden = hd
@@ -363,7 +363,7 @@ class LmfDecoder:
         z = mod[..., cfg.mod_dim:] if cfg.mod_input else feat[0].permute(1, 2, 0)
         r_bias = self.r_bias + self.r_cell @ cell if self.r_cell is not None else self.r_bias
         parts = [F.linear(z, self.r_z, r_bias)]  # (h, w, hidden): layer 0 before offsets
-        hd, n = cfg.render_hidden, cfg.render_depth * cfg.render_hidden
+        n = cfg.render_depth * cfg.render_hidden
         if cfg.mod_scale:
             scale = mod[..., :n] + 1.0  # the official `x *= (scale + 1.0)`
             parts.append(scale)

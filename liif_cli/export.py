@@ -37,8 +37,15 @@ from torch import nn
 from . import __version__
 from .errors import ExportError, LiifError, OutputExistsError, UsageError
 from .model.liif import AREA_EPS, COORD_CLAMP, ENSEMBLE_EPS_SHIFT, LIIF
-from .weights import (LoadedModel, checkpoint_dict, load_model, model_from_spec,
-                      read_checkpoint, read_safetensors, safetensors_bytes)
+from .weights import (
+    LoadedModel,
+    checkpoint_dict,
+    load_model,
+    model_from_spec,
+    read_checkpoint,
+    read_safetensors,
+    safetensors_bytes,
+)
 
 EXPORT_FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx", "pth": ".pth"}
 SUFFIX_FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pth": "pth", ".pt": "pth"}

@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import time
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, as a package (pyproject: tomli)
@@ -35,17 +36,35 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__, engine
-from .data import (EpochBatches, ImageCache, RandomScaleSamples, find_images, load_rgb_uint8,
-                   to_tensor)
-from .evaluate import make_lr, psnr
-from .degrade import (DEGRADE_RECIPES, RealRanges, apply_spec, parse_spec, real_ranges,
-                      spec_seed, spec_text)
+from .data import (
+    EpochBatches,
+    ImageCache,
+    RandomScaleSamples,
+    find_images,
+    load_rgb_uint8,
+    to_tensor,
+)
+from .degrade import (
+    DEGRADE_RECIPES,
+    RealRanges,
+    apply_spec,
+    parse_spec,
+    real_ranges,
+    spec_seed,
+    spec_text,
+)
+from .device import resolve_device, resolve_precision
 from .errors import TrainingError, UsageError
+from .evaluate import make_lr, psnr
 from .malloc import keep_freed_memory
 from .model import LiifConfig, LmfConfig, ModelConfig, SRModel, build_model
-from .device import resolve_device, resolve_precision
-from .weights import (atomic_torch_save, checkpoint_dict, load_model, model_from_spec,
-                      read_checkpoint)
+from .weights import (
+    atomic_torch_save,
+    checkpoint_dict,
+    load_model,
+    model_from_spec,
+    read_checkpoint,
+)
 
 ENCODER_CHOICES = ("edsr-baseline", "edsr", "rdn")
 DECODER_CHOICES = ("liif", "lmf")  # LIIF's MLP, or LM-LIIF's two MLPs (model/lmf.py)

@@ -16,18 +16,27 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-
 import numpy as np
 import torch
 
 from . import engine
+
 # re-exported: they lived here before liif_cli.device, and other code imports them from here
-from .device import (DTYPES, PRECISIONS, precision_name, resolve_device,  # noqa: F401
-                     resolve_precision)
+from .device import DTYPES, PRECISIONS, precision_name, resolve_device, resolve_precision  # noqa: F401
 from .errors import UsageError
-from .imageio import (DEFAULT_MAX_INPUT_PIXELS, FORMATS, STDIO, ImageData, check_output_path,
-                      output_suffix, pixel_count, read_image, read_stdin, write_image,
-                      write_stdout)
+from .imageio import (
+    DEFAULT_MAX_INPUT_PIXELS,
+    FORMATS,
+    STDIO,
+    ImageData,
+    check_output_path,
+    output_suffix,
+    pixel_count,
+    read_image,
+    read_stdin,
+    write_image,
+    write_stdout,
+)
 from .model import LIIF, SRModel
 from .weights import LoadedModel, load_model
 

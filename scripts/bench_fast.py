@@ -53,18 +53,18 @@ def decoder_macs(model) -> tuple[int, int]:
     members = 4 if model.config.local_ensemble else 1
     if isinstance(model, LMLIIF):
         cfg = model.config
-        lat = sum(l.weight.numel() for l in model.hypernet.linears)
+        lat = sum(m.weight.numel() for m in model.hypernet.linears)
         r = model.imnet.linears
         zc = cfg.render_hidden if cfg.mod_input else model.feat_dim
         lat += r[0].weight.shape[0] * zc  # first render layer on the compressed latent
         per_member = (2 * cfg.render_hidden  # offset terms
-                      + sum(l.weight.numel() for l in r[1:])
+                      + sum(m.weight.numel() for m in r[1:])
                       + cfg.render_depth * cfg.render_hidden)  # scale multiplies
         return lat, members * per_member
     lin = model.imnet.linears
     c = model.feat_dim * (9 if model.config.feat_unfold else 1)
     lat = lin[0].weight.shape[0] * c
-    per_member = lin[0].weight.shape[0] * 2 + sum(l.weight.numel() for l in lin[1:])
+    per_member = lin[0].weight.shape[0] * 2 + sum(m.weight.numel() for m in lin[1:])
     return lat, members * per_member
 
 

@@ -12,19 +12,26 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import REPO, photo_like
 from PIL import Image
 from typer.testing import CliRunner
 
-from liif_cli.batch import (JsonlReport, SHARD_COUNT_ENV, FileRecord, detect_shard,
-                            listed_files, plan_batch, read_file_list, resolve_shard, run_batch,
-                            summarize_reports)
+from liif_cli.batch import (
+    SHARD_COUNT_ENV,
+    FileRecord,
+    JsonlReport,
+    detect_shard,
+    listed_files,
+    plan_batch,
+    read_file_list,
+    resolve_shard,
+    run_batch,
+    summarize_reports,
+)
 from liif_cli.cli import app
 from liif_cli.errors import UsageError
 from liif_cli.upscale import size_request
-
-from conftest import REPO, photo_like
 
 runner = CliRunner()
 SUBPROCESS_TIMEOUT_S = 180  # the test machine is shared and often loaded

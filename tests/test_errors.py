@@ -7,14 +7,20 @@ import os
 import signal
 
 import pytest
+from conftest import photo_like
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import photo_like
 from liif_cli import errors
 from liif_cli.cli import app
-from liif_cli.errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE,
-                             OutputExistsError, signal_exit_code)
+from liif_cli.errors import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    OutputExistsError,
+    signal_exit_code,
+)
 
 runner = CliRunner()
 

@@ -3,7 +3,6 @@ writes, and one-line errors for every bad input."""
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 import zlib
@@ -12,9 +11,9 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
+from conftest import photo_like
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
-from conftest import photo_like
 from liif_cli import imageio
 from liif_cli.errors import ImageReadError, ImageWriteError, UsageError
 from liif_cli.imageio import FORMATS, ImageData, read_image, write_image

@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import photo_like, random_model
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import photo_like, random_model
 from liif_cli.cli import app
 from liif_cli.errors import CheckpointError, UsageError
 from liif_cli.imageio import read_image

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, photo_like
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import REPO, photo_like
 from liif_cli import engine
 from liif_cli.cli import app
 from liif_cli.errors import CheckpointError

@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import random_model, tiny_config
 from PIL import Image
 
-from conftest import random_model, tiny_config
 from liif_cli.model import LIIF, LiifConfig, make_cell, make_coord
 from liif_cli.model.encoders import EDSR, RDN
 

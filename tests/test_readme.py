@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import REPO, photo_like
+from PIL import Image
 
 BLOCKS = re.findall(r"^```python\n(.*?)^```", (REPO / "README.md").read_text(), re.S | re.M)
 

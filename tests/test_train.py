@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import photo_like
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import photo_like
 from liif_cli.cli import app
 from liif_cli.data import EpochBatches, ImageCache, RandomScaleSamples, find_images
-from liif_cli.errors import TrainingError
+from liif_cli.errors import TrainingError, UsageError
 from liif_cli.train import TrainConfig, config_from, train
 
 runner = CliRunner()
@@ -162,7 +162,7 @@ def test_config_file_and_overrides(tmp_path):
     cfg = config_from(str(toml), {"epochs": 7, "lr": None})
     assert cfg.epochs == 7 and cfg.lr_milestones == (2, 4) and cfg.lr == 1e-4
     toml.write_text('data = "x"\nbogus = 1\n')
-    with pytest.raises(Exception, match="unknown training option"):
+    with pytest.raises(UsageError, match="unknown training option"):
         config_from(str(toml), {})
 
 
@@ -261,7 +261,7 @@ def test_warmup_ramps_the_lr_over_the_runs_first_steps_across_a_resume(folder, t
     assert np.allclose(lrs, [2e-4, 4e-4, 6e-4, 8e-4, 1e-3, 1e-3]), lrs
     ck = torch.load(tmp_path / "w" / "last.pth", weights_only=True)
     assert ck["optimizer"]["sd"]["param_groups"][0]["lr"] == 1e-3  # the schedule's own lr
-    with pytest.raises(Exception, match="--warmup must be 0"):
+    with pytest.raises(UsageError, match="--warmup must be 0"):
         config_from(None, {"data": "x", "warmup": -1})
 
 

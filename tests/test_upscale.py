@@ -7,16 +7,23 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import photo_like
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
-from conftest import photo_like
 from liif_cli import engine
 from liif_cli.cli import app
 from liif_cli.errors import DeviceError, UsageError
 from liif_cli.imageio import ImageData, read_image, write_image
-from liif_cli.upscale import (default_output_path, resolve_device, resolve_precision,
-                              size_request, target_size, upscale, upscale_file)
+from liif_cli.upscale import (
+    default_output_path,
+    resolve_device,
+    resolve_precision,
+    size_request,
+    target_size,
+    upscale,
+    upscale_file,
+)
 
 runner = CliRunner()
 

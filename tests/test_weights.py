@@ -7,14 +7,20 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import random_model
 from typer.testing import CliRunner
 
-from conftest import random_model
 from liif_cli.cli import app
 from liif_cli.errors import CheckpointError
 from liif_cli.model import LIIF, LiifConfig, make_cell, make_coord
-from liif_cli.weights import (BUNDLED, checkpoint_dict, load_checkpoint, load_model, list_models,
-                              save_checkpoint)
+from liif_cli.weights import (
+    BUNDLED,
+    checkpoint_dict,
+    list_models,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 
 runner = CliRunner()
 
@@ -65,9 +71,9 @@ def test_rdn_liif_matches_the_official_key_list(golden_dir, tmp_path):
     lines = (golden_dir / "rdn-liif-state-dict.txt").read_text().splitlines()
     import json
 
-    spec = json.loads(next(l for l in lines if l.startswith("# spec:"))[len("# spec:"):])
+    spec = json.loads(next(ln for ln in lines if ln.startswith("# spec:"))[len("# spec:"):])
     official = [(k, tuple(int(d) for d in s.split("x"))) for k, s in
-                (l.split() for l in lines if l and not l.startswith("#"))]
+                (ln.split() for ln in lines if ln and not ln.startswith("#"))]
     torch.manual_seed(0)
     model = LIIF(LiifConfig.from_spec(spec))
     path = tmp_path / "rdn.pth"
@@ -224,6 +230,7 @@ def test_model_card_shows_the_bundled_models_eval_results():
 
 def test_model_card_numbers_are_what_liif_eval_prints_now():
     from conftest import DATA
+
     from liif_cli.evaluate import evaluate
 
     name, scales = CARD_RERUN
