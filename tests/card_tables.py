@@ -66,4 +66,9 @@ def card_rows(metrics: Metrics) -> list[str]:
 
 
 if __name__ == "__main__":
-    print("\n".join(card_rows(metrics_from_reports([Path(p) for p in sys.argv[1:]]))))
+    # --degraded: the real-world card's rows (reports of `liif eval --degrade`, both models)
+    args = sys.argv[1:]
+    if args and args[0] == "--degraded":
+        print("\n".join(degraded_rows(degraded_metrics_from_reports([Path(p) for p in args[1:]]))))
+    else:
+        print("\n".join(card_rows(metrics_from_reports([Path(p) for p in args]))))

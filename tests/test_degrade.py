@@ -284,3 +284,62 @@ def test_batch_runs_the_blend(pair, tmp_path):
                                "--denoise", "0.5", "--quiet"]).exit_code == 0
     assert np.array_equal(np.asarray(Image.open(one)),
                           np.asarray(Image.open(tmp_path / "b" / "a.png")))
+
+
+
+# ----------------------------------------------------------------------------------------------
+# the bundled real-world model and its card
+
+REAL_RERUN = ("Set5", (2, 4), "noise=5,jpeg=75")  # a re-run the suite can afford (~10 s)
+
+
+def _real():
+    from liif_cli.weights import BUNDLED
+
+    if "real" not in BUNDLED:
+        pytest.fail("the real-world model is not bundled (liif_cli/bundled/bundled.json)")
+    return BUNDLED["real"]
+
+
+def test_real_is_bundled_with_default_as_its_partner_and_loads_in_the_official_layout():
+    import torch as _torch
+
+    from liif_cli.weights import PACKAGE_WEIGHTS_DIR, load_model
+
+    w = _real()
+    assert w.denoise_partner == "default" and 0 <= w.denoise_default <= 1
+    a, b = load_model("default"), load_model("real")
+    assert a.model.config == b.model.config  # same architecture: the blend is meaningful
+    raw = _torch.load(PACKAGE_WEIGHTS_DIR / w.file, map_location="cpu", weights_only=True)
+    assert raw["model"]["name"] == "liif" and set(raw["model"]["sd"]) == set(
+        a.model.state_dict())
+    assert w.steps == b.meta["steps"] > load_model("default").meta["steps"]
+
+
+def test_real_model_card_shows_the_bundled_results():
+    from pathlib import Path
+
+    from card_tables import degraded_rows
+
+    w = _real()
+    assert w.degraded_metrics and "none" in w.degraded_metrics
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for row in degraded_rows(w.degraded_metrics):
+        assert row in readme, f"README's real-world model card lacks: {row}"
+
+
+def test_real_model_card_numbers_are_what_liif_eval_prints_now():
+    from conftest import DATA
+
+    from liif_cli.evaluate import evaluate
+
+    name, scales, spec = REAL_RERUN
+    hr, lr = DATA / "val" / name / "HR", DATA / "val" / name / "LR_bicubic"
+    if not hr.is_dir():
+        pytest.skip(f"{hr} not found (../shared is absent outside CI)")
+    card = _real().degraded_metrics[spec][name]
+    res = evaluate("real", hr, scales=scales, protocol="benchmark", lr_dir=lr,
+                   precision="bf16", degrade=spec)
+    for r in res.records:
+        want = card[f"x{r.scale:g}"]["bicubic" if r.method == "bicubic" else "model"]
+        assert abs(r.psnr - want) <= 0.01, (r, want)
