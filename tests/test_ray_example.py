@@ -1,4 +1,4 @@
-"""examples/ray_upscale.py on a local one-node Ray (skipped unless the [ray] extra is installed):
+"""docs/examples/ray_upscale.py on a local one-node Ray (skipped unless the [ray] extra is installed):
 16-bit and ICC survive Ray, outputs equal the library's, bad files fail alone."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from liif_cli.weights import load_model
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 pytest.importorskip("ray.data", reason="the [ray] extra is not installed")
-sys.path.insert(0, str(REPO / "examples"))
+sys.path.insert(0, str(REPO / "docs" / "examples"))
 import ray_upscale  # noqa: E402
 
 

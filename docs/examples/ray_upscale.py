@@ -10,7 +10,7 @@ name, then rename), so no full-size image goes back through Ray's object store; 
 back is one record per file with the fields of a `liif batch --report` line.
 
     pip install 'liif-cli[ray]'
-    python examples/ray_upscale.py photos/ big/ --scale 4 --workers 4 --report big.jsonl
+    python docs/examples/ray_upscale.py photos/ big/ --scale 4 --workers 4 --report big.jsonl
 
 On a Ray cluster, set RAY_ADDRESS (or call `ray.init(address="auto")`); the folders must be
 visible to every node (shared file system), as for `liif batch --shard`. Leave Ray a CPU
