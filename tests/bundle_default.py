@@ -19,8 +19,13 @@ from pathlib import Path
 import torch
 from card_tables import degraded_metrics_from_reports, metrics_from_reports
 
-from liif_cli.weights import (PACKAGE_WEIGHTS_DIR, atomic_torch_save, checkpoint_dict,
-                              load_checkpoint, sha256_file)
+from liif_cli.weights import (
+    PACKAGE_WEIGHTS_DIR,
+    atomic_torch_save,
+    checkpoint_dict,
+    load_checkpoint,
+    sha256_file,
+)
 
 
 def main() -> None:
