@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field, fields
@@ -271,8 +272,6 @@ def denoise_pair(model: str | os.PathLike | None) -> tuple[str, str]:
 def load_denoise_blend(model: str | os.PathLike | None, strength: float, *,
                        device: str | torch.device = "cpu") -> LoadedModel:
     """The pair's weights blended at `strength` (see `load_model`)."""
-    import math
-
     if not (isinstance(strength, (int, float)) and math.isfinite(strength)
             and 0 <= strength <= 1):
         raise UsageError(f"--denoise must be between 0 and 1, not {strength}")
