@@ -1,4 +1,4 @@
-"""Typed errors and the exit-code contract. Library code raises these; `cli.py` turns them into
+"""Typed errors and the exit-code contract. Library code raises these; `cli/main.py` turns them into
 one red line and the error's exit code.
 
 Every message says what went wrong *and* what to do about it, in one line. Exit codes, the same
@@ -74,5 +74,5 @@ class OutputExistsError(UsageError, ImageWriteError, ExportError):
 class LiifWarning(UserWarning):
     """Something the user should know that does not stop the task (e.g. a precision fallback).
 
-    Library code warns with `warnings.warn`; `cli.py` prints each as one `note:` line.
+    Library code warns with `warnings.warn`; `cli/main.py` prints each as one `note:` line.
     """

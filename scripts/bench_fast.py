@@ -27,13 +27,13 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from liif_cli import engine
-from liif_cli.bench import random_model, synthetic_image
 from liif_cli.model import LMLIIF
 from liif_cli.model.encoders import MeanShift
-from liif_cli.weights import save_checkpoint
+from liif_cli.runtime import engine
+from liif_cli.runtime.weights import save_checkpoint
+from liif_cli.tasks.bench import random_model, synthetic_image
 
-ARCHS = {"liif": "edsr-baseline", "lmf": "lmf"}  # liif_cli.bench.RANDOM_ARCHS names
+ARCHS = {"liif": "edsr-baseline", "lmf": "lmf"}  # liif_cli.tasks.bench.RANDOM_ARCHS names
 
 
 def encoder_macs_per_pixel(model) -> int:

@@ -2,7 +2,7 @@
 
 The photo is the package's own drawn example (liif_cli/assets/example.png, not from ../shared),
 taken as ground truth, downscaled ×2 (PIL bicubic, as `liif eval` makes LR), then degraded with
-`liif_cli.degrade` (default `noise=5,jpeg=60`, seeded): the panels are bicubic, `default` and
+`liif_cli.data.degrade` (default `noise=5,jpeg=60`, seeded): the panels are bicubic, `default` and
 `real` upscales of that input, and the ground truth, each with its PSNR (RGB, no shave).
 Run: python scripts/real_before_after.py [--real runs/real/best.pth] [--spec noise=5,jpeg=60]
 """
@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from liif_cli import engine
-from liif_cli.data import load_rgb_uint8, to_tensor
-from liif_cli.degrade import degrade_image
-from liif_cli.evaluate import bicubic_upsample, example_panel, make_lr, psnr
-from liif_cli.imageio import ImageData, write_image
-from liif_cli.weights import load_model
+from liif_cli.data.degrade import degrade_image
+from liif_cli.data.samples import load_rgb_uint8, to_tensor
+from liif_cli.io.images import ImageData, write_image
+from liif_cli.runtime import engine
+from liif_cli.runtime.weights import load_model
+from liif_cli.tasks.evaluate import bicubic_upsample, example_panel, make_lr, psnr
 
 ASSETS = Path(__file__).resolve().parents[1] / "liif_cli" / "assets"
 

@@ -9,7 +9,7 @@ forward + L1 + backward + Adam) on random data, timed after one warm-up step, fo
   batched) — what `liif train` runs;
 - official: `LIIF.query`, the official per-query formulation (unfold, 4 members one by one).
 Prints seconds per step and the ratio, measured in the same process. Both run with freed memory
-kept for reuse, as `liif train` runs (`liif_cli.malloc`); `--malloc glibc` leaves glibc's
+kept for reuse, as `liif train` runs (`liif_cli.runtime.malloc`); `--malloc glibc` leaves glibc's
 defaults (every large tensor mmap'd and page-faulted in afresh): run it both ways to see that.
 """
 
@@ -21,8 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from liif_cli.malloc import keep_freed_memory
 from liif_cli.model.liif import LIIF
+from liif_cli.runtime.malloc import keep_freed_memory
 
 
 def batch(b: int, patch: int, q: int, seed: int = 0):

@@ -4,7 +4,7 @@
     python tests/bench_upscale.py --case speed     # 256×256 → ×4, EDSR-baseline-LIIF
     python tests/bench_upscale.py --case memory    # 1024×1024 → ×8, small checkpoint
 
-speed: the official demo path (encode + batched_predict of 30000 queries, `liif_cli.bench.
+speed: the official demo path (encode + batched_predict of 30000 queries, `liif_cli.tasks.bench.
 official_demo`) against `liif upscale --precision fp32` and `--precision bf16`, each a fresh
 process, on the golden EDSR-baseline-LIIF checkpoint. Targets (issue 3, on the 2-core dev
 machine): fp32 ≥ 2× faster than the official path and within 1 level of it; bf16 ≥ 3.5× faster
@@ -64,7 +64,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def input_image(size: int, path: Path | None) -> np.ndarray:
     """A size×size RGB crop of a real photo (centre), or a synthetic one if none is at hand."""
-    from liif_cli.bench import synthetic_image
+    from liif_cli.tasks.bench import synthetic_image
 
     src = path or (REAL_IMAGE if REAL_IMAGE.exists() else None)
     if src is None:
@@ -88,7 +88,7 @@ def speed_case(work: Path, image: Path | None, skip_oracle: bool) -> dict:
                         str(work / "bf16.png"), "--device", "cpu", "--precision", "bf16", "-q"],
     }
     if not skip_oracle:
-        runs = {"official": [sys.executable, "-c", "from liif_cli.bench import official_demo; "
+        runs = {"official": [sys.executable, "-c", "from liif_cli.tasks.bench import official_demo; "
                              f"official_demo({str(GOLDEN_CKPT)!r}, {str(src)!r}, "
                              f"{str(work / 'official.png')!r}, {out_hw!r})"], **runs}
     for name, cmd in runs.items():
@@ -115,8 +115,8 @@ def speed_case(work: Path, image: Path | None, skip_oracle: bool) -> dict:
 
 
 def memory_case(work: Path, image: Path | None) -> dict:
-    from liif_cli.bench import random_model
-    from liif_cli.weights import save_checkpoint
+    from liif_cli.runtime.weights import save_checkpoint
+    from liif_cli.tasks.bench import random_model
 
     ckpt = work / "edsr-baseline-2blocks-mlp32.pth"
     save_checkpoint(random_model("edsr-baseline-small"), ckpt)

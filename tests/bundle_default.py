@@ -6,7 +6,7 @@
 
 Writes liif_cli/bundled/default.pth (official layout, fp16 storage, training metadata kept,
 optimizer dropped) and records its sha256, steps, recipe and eval results in
-liif_cli/bundled/bundled.json, which `liif_cli.weights` checks on every load. Re-bundling
+liif_cli/bundled/bundled.json, which `liif_cli.runtime.weights` checks on every load. Re-bundling
 without --eval-json drops the old results: tests then fail until the card is re-measured.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from card_tables import degraded_metrics_from_reports, metrics_from_reports
 
-from liif_cli.weights import (
+from liif_cli.runtime.weights import (
     PACKAGE_WEIGHTS_DIR,
     atomic_torch_save,
     checkpoint_dict,

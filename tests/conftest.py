@@ -41,7 +41,7 @@ def golden_manifest(golden_dir) -> dict:
 
 @pytest.fixture(scope="session")
 def golden_model(golden_dir) -> LIIF:
-    from liif_cli.weights import load_checkpoint
+    from liif_cli.runtime.weights import load_checkpoint
 
     return load_checkpoint(golden_dir / "edsr-baseline-liif-seed0-cudatag.pth").model
 
@@ -68,7 +68,7 @@ def tiny_model() -> LIIF:
 
 @pytest.fixture
 def tiny_ckpt(tmp_path, tiny_model) -> Path:
-    from liif_cli.weights import save_checkpoint
+    from liif_cli.runtime.weights import save_checkpoint
 
     path = tmp_path / "tiny.pth"
     save_checkpoint(tiny_model, path)

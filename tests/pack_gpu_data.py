@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from liif_cli.data import find_images
+from liif_cli.data.samples import find_images
 
 REPO = Path(__file__).resolve().parents[1]
 

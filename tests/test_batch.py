@@ -18,8 +18,12 @@ from conftest import photo_like
 from PIL import Image
 from typer.testing import CliRunner
 
-from liif_cli import imageio
-from liif_cli.batch import (
+from liif_cli.cli import app
+from liif_cli.errors import ImageReadError, UsageError
+from liif_cli.io import images as imageio
+from liif_cli.io.images import ImageData, read_image
+from liif_cli.runtime.weights import load_model
+from liif_cli.tasks.batch import (
     TEMP_RE,
     parse_devices,
     parse_shard,
@@ -28,11 +32,7 @@ from liif_cli.batch import (
     shard_of,
     worker_names,
 )
-from liif_cli.cli import app
-from liif_cli.errors import ImageReadError, UsageError
-from liif_cli.imageio import ImageData, read_image
-from liif_cli.upscale import size_request, upscale_image
-from liif_cli.weights import load_model
+from liif_cli.tasks.upscale import size_request, upscale_image
 
 runner = CliRunner()
 SUBPROCESS_TIMEOUT_S = 180  # generous: the test machine is shared and often loaded

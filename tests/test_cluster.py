@@ -17,7 +17,9 @@ from conftest import REPO, photo_like
 from PIL import Image
 from typer.testing import CliRunner
 
-from liif_cli.batch import (
+from liif_cli.cli import app
+from liif_cli.errors import UsageError
+from liif_cli.tasks.batch import (
     SHARD_COUNT_ENV,
     FileRecord,
     JsonlReport,
@@ -29,9 +31,7 @@ from liif_cli.batch import (
     run_batch,
     summarize_reports,
 )
-from liif_cli.cli import app
-from liif_cli.errors import UsageError
-from liif_cli.upscale import size_request
+from liif_cli.tasks.upscale import size_request
 
 runner = CliRunner()
 SUBPROCESS_TIMEOUT_S = 180  # the test machine is shared and often loaded

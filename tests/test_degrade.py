@@ -12,8 +12,8 @@ from conftest import photo_like, random_model
 from PIL import Image
 from typer.testing import CliRunner
 
-from liif_cli import degrade as dg
 from liif_cli.cli import app
+from liif_cli.data import degrade as dg
 from liif_cli.errors import UsageError
 
 runner = CliRunner()
@@ -129,7 +129,7 @@ def hr_folder(tmp_path):
 
 
 def test_eval_degrade_changes_the_lr_and_says_so(hr_folder, tiny_ckpt, tmp_path):
-    from liif_cli.evaluate import evaluate
+    from liif_cli.tasks.evaluate import evaluate
 
     clean = evaluate(str(tiny_ckpt), hr_folder, scales="2", protocol="rgb")
     hurt = evaluate(str(tiny_ckpt), hr_folder, scales="2", protocol="rgb", degrade="noise=12")
@@ -163,7 +163,7 @@ def test_eval_bad_degrade_is_one_line_exit_2_before_any_work(hr_folder, tiny_ckp
 # training data
 
 def test_training_samples_with_degrade_keep_crops_and_queries(tmp_path):
-    from liif_cli.data import ImageCache, RandomScaleSamples
+    from liif_cli.data.samples import ImageCache, RandomScaleSamples
 
     path = tmp_path / "a.png"
     Image.fromarray(photo_like(200, 200)).save(path)
@@ -181,7 +181,7 @@ def test_training_samples_with_degrade_keep_crops_and_queries(tmp_path):
 
 
 def test_train_config_checks_degrade(tmp_path):
-    from liif_cli.train import config_from
+    from liif_cli.tasks.train import config_from
 
     cfg = config_from(None, {"data": "d", "degrade": "real", "val_degrade": "jpeg=75",
                              "degrade_ranges": {"jpeg_quality": [50, 90]}})
@@ -198,7 +198,7 @@ def test_train_config_checks_degrade(tmp_path):
 
 
 def test_validation_reports_degraded_scores_too():
-    from liif_cli.train import validate
+    from liif_cli.tasks.train import validate
 
     imgs = [photo_like(40, 40, seed=i) for i in range(2)]
     res = validate(random_model(), imgs, (2.0,), degrade="noise=8")
@@ -212,7 +212,7 @@ def test_validation_reports_degraded_scores_too():
 @pytest.fixture
 def pair(tmp_path, monkeypatch):
     """A bundled pair like default/real made of two tiny random models."""
-    from liif_cli import weights as w
+    from liif_cli.runtime import weights as w
 
     for name, seed in (("default", 0), ("real", 1)):
         w.save_checkpoint(random_model(seed=seed), tmp_path / f"{name}.pth")
@@ -294,7 +294,7 @@ REAL_RERUN = ("Set5", (2, 4), "noise=5,jpeg=75")  # a re-run the suite can affor
 
 
 def _real():
-    from liif_cli.weights import BUNDLED
+    from liif_cli.runtime.weights import BUNDLED
 
     if "real" not in BUNDLED:
         pytest.fail("the real-world model is not bundled (liif_cli/bundled/bundled.json)")
@@ -304,7 +304,7 @@ def _real():
 def test_real_is_bundled_with_default_as_its_partner_and_loads_in_the_official_layout():
     import torch as _torch
 
-    from liif_cli.weights import PACKAGE_WEIGHTS_DIR, load_model
+    from liif_cli.runtime.weights import PACKAGE_WEIGHTS_DIR, load_model
 
     w = _real()
     assert w.denoise_partner == "default" and 0 <= w.denoise_default <= 1
@@ -331,7 +331,7 @@ def test_real_model_card_shows_the_bundled_results():
 def test_real_model_card_numbers_are_what_liif_eval_prints_now():
     from conftest import DATA
 
-    from liif_cli.evaluate import evaluate
+    from liif_cli.tasks.evaluate import evaluate
 
     name, scales, spec = REAL_RERUN
     hr, lr = DATA / "val" / name / "HR", DATA / "val" / name / "LR_bicubic"

@@ -1,4 +1,4 @@
-"""liif_cli.device: one precision policy by what the CPU can do, the same in upscale and train.
+"""liif_cli.runtime.device: one precision policy by what the CPU can do, the same in upscale and train.
 
 The CPU's capability is monkeypatched both ways, so both branches run on any machine.
 """
@@ -13,10 +13,10 @@ from conftest import photo_like
 from PIL import Image
 from typer.testing import CliRunner
 
-from liif_cli import device
 from liif_cli.cli import app
-from liif_cli.device import PrecisionWarning, cpu_bf16_native, resolve_precision
 from liif_cli.errors import UsageError
+from liif_cli.runtime import device
+from liif_cli.runtime.device import PrecisionWarning, cpu_bf16_native, resolve_precision
 
 runner = CliRunner()
 CPU = torch.device("cpu")
@@ -82,7 +82,7 @@ def test_upscale_names_the_precision_it_ran_in_and_notes_a_fallback(native, tmp_
 def test_train_bf16_on_an_emulating_cpu_trains_in_fp32(native, tmp_path, monkeypatch):
     from test_train import TINY
 
-    from liif_cli.train import TrainConfig, train
+    from liif_cli.tasks.train import TrainConfig, train
 
     data = tmp_path / "hr"
     data.mkdir()

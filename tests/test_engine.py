@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import random_model, tiny_config
 
-from liif_cli import engine
 from liif_cli.model import LIIF, LiifConfig
 from liif_cli.model.coords import make_cell, make_coord
+from liif_cli.runtime import engine
 
 ORACLE_TOL = 1e-4  # max |Δ| on raw [0, 1] outputs: float reordering only (golden README)
 TILED_TOL = 1e-5
@@ -235,8 +235,8 @@ def test_cuda_half_precisions_are_close(dtype):
 def test_bench_reports_engine_against_oracle(tiny_ckpt):
     from typer.testing import CliRunner
 
-    from liif_cli.bench import oracle_forward, run_bench
     from liif_cli.cli import app
+    from liif_cli.tasks.bench import oracle_forward, run_bench
 
     model = random_model()
     img = torch.rand(3, 9, 7, generator=torch.Generator().manual_seed(11))

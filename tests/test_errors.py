@@ -68,7 +68,7 @@ def test_an_existing_output_is_exit_2_everywhere(made, command):
 
 
 def test_train_stopped_by_sigterm_exits_143_and_by_sigint_130(tmp_path, monkeypatch):
-    import liif_cli.train as tr
+    import liif_cli.tasks.train as tr
 
     data = tmp_path / "hr"
     data.mkdir()

@@ -13,9 +13,9 @@ from conftest import GOLDEN_CKPT, photo_like
 from PIL import Image
 from typer.testing import CliRunner
 
-from liif_cli import evaluate as ev
 from liif_cli.cli import app
 from liif_cli.errors import DataError, UsageError
+from liif_cli.tasks import evaluate as ev
 
 GOLDEN_SCALES = (2, 3, 4, 6)
 GOLDEN_TOL_DB = 0.01  # the agreement target with the official test.py

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from liif_cli.cli import app
 from liif_cli.errors import CheckpointError, UsageError
-from liif_cli.imageio import read_image
-from liif_cli.upscale import fit_size, size_request, target_size, upscale
-from liif_cli.weights import load_checkpoint, load_model, save_checkpoint
+from liif_cli.io.images import read_image
+from liif_cli.runtime.weights import load_checkpoint, load_model, save_checkpoint
+from liif_cli.tasks.upscale import fit_size, size_request, target_size, upscale
 
 runner = CliRunner()
 
@@ -380,7 +380,7 @@ def test_readme_onnx_snippet_runs(tmp_path, ort, tiny_ckpt, photo, monkeypatch):
 
 def test_corrupt_onnx_target_is_not_left_behind(tmp_path, tiny_ckpt, monkeypatch):
     """A graph that fails its check after writing is never published."""
-    import liif_cli.export as export
+    import liif_cli.tasks.export as export
 
     def broken(loaded, tmp):
         with open(tmp, "wb") as f:

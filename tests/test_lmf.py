@@ -10,11 +10,16 @@ from conftest import REPO, photo_like
 from PIL import Image
 from typer.testing import CliRunner
 
-from liif_cli import engine
 from liif_cli.cli import app
 from liif_cli.errors import CheckpointError
 from liif_cli.model import LMLIIF, LmfConfig, config_from_spec, make_cell, make_coord
-from liif_cli.weights import checkpoint_dict, load_checkpoint, model_from_spec, save_checkpoint
+from liif_cli.runtime import engine
+from liif_cli.runtime.weights import (
+    checkpoint_dict,
+    load_checkpoint,
+    model_from_spec,
+    save_checkpoint,
+)
 
 GOLDEN = REPO / "tests" / "data" / "lmf_golden"  # made by tests/make_lmf_golden.py
 ENGINE_TOL = 1e-4  # max |Δ| on raw [0, 1] outputs: float reordering only
@@ -202,7 +207,7 @@ def test_lmf_checkpoint_through_load_and_the_cli(tmp_path):
 def test_train_lmf_on_a_liif_encoder_resume_and_cli(tmp_path):
     """A smoke run (a few steps, tiny images): `--decoder lmf --init LIIF` copies the encoder,
     the run stores its decoder, resume keeps it, and the CLI takes --decoder."""
-    from liif_cli.train import TrainConfig, train
+    from liif_cli.tasks.train import TrainConfig, train
 
     data = tmp_path / "hr"
     data.mkdir()
@@ -247,7 +252,7 @@ def test_train_lmf_on_a_liif_encoder_resume_and_cli(tmp_path):
 
 
 def test_bench_knows_lmf_and_its_oracle_agrees():
-    from liif_cli.bench import RANDOM_ARCHS, random_model, run_bench
+    from liif_cli.tasks.bench import RANDOM_ARCHS, random_model, run_bench
 
     assert RANDOM_ARCHS["lmf"] == LmfConfig()
     report = run_bench(random_model("lmf"), size=12, scale=2.5, devices="cpu",

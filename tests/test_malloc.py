@@ -10,7 +10,7 @@ import pytest
 
 PROBE = """
 import resource, sys, torch
-from liif_cli.malloc import keep_freed_memory
+from liif_cli.runtime.malloc import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def faults():
@@ -39,7 +39,7 @@ def test_kept_memory_is_reused_instead_of_faulted_in_again():
 
 
 def test_train_keeps_freed_memory(monkeypatch, tmp_path):
-    import liif_cli.train as tr
+    import liif_cli.tasks.train as tr
     from liif_cli.errors import LiifError
 
     called = []

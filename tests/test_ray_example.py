@@ -12,9 +12,9 @@ import pytest
 from conftest import REPO, photo_like
 from PIL import Image, ImageCms
 
-from liif_cli.imageio import ImageData, read_image, write_image
-from liif_cli.upscale import upscale_image
-from liif_cli.weights import load_model
+from liif_cli.io.images import ImageData, read_image, write_image
+from liif_cli.runtime.weights import load_model
+from liif_cli.tasks.upscale import upscale_image
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 pytest.importorskip("ray.data", reason="the [ray] extra is not installed")

@@ -63,11 +63,11 @@ def test_the_public_names_load_lazily_and_upscale_stays_the_function():
     proc = subprocess.run([sys.executable, "-c", (
         "import sys, liif_cli\n"
         "assert 'torch' not in sys.modules\n"
-        "import liif_cli.upscale, liif_cli.batch  # the modules of the same names, imported\n"
+        "import liif_cli.tasks.upscale, liif_cli.tasks.batch  # the task modules, imported\n"
         "from liif_cli import upscale, load_model\n"
-        "from liif_cli.upscale import upscale_file\n"
-        "assert callable(upscale) and upscale.__module__ == 'liif_cli.upscale', upscale\n"
-        "assert liif_cli.upscale is upscale and load_model.__module__ == 'liif_cli.weights'\n"
+        "from liif_cli.tasks.upscale import upscale_file\n"
+        "assert callable(upscale) and upscale.__module__ == 'liif_cli.tasks.upscale', upscale\n"
+        "assert liif_cli.upscale is upscale and load_model.__module__ == 'liif_cli.runtime.weights'\n"
         "assert set(liif_cli.__all__) <= set(dir(liif_cli))\n"
         "try:\n    liif_cli.no_such_name\nexcept AttributeError as e:\n    print(e)\n")],
         capture_output=True, text=True, timeout=300)

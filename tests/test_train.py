@@ -17,9 +17,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from liif_cli.cli import app
-from liif_cli.data import EpochBatches, ImageCache, RandomScaleSamples, find_images
+from liif_cli.data.samples import EpochBatches, ImageCache, RandomScaleSamples, find_images
 from liif_cli.errors import TrainingError, UsageError
-from liif_cli.train import TrainConfig, config_from, train
+from liif_cli.tasks.train import TrainConfig, config_from, train
 
 runner = CliRunner()
 TINY = dict(encoder_args={"n_resblocks": 1, "n_feats": 8}, hidden=(16, 16), patch_size=12,
@@ -126,7 +126,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(folder, tmp_path):
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
         folder, tmp_path, monkeypatch):
-    import liif_cli.train as tr
+    import liif_cli.tasks.train as tr
 
     out = tmp_path / "run"
     calls = {"n": 0}
@@ -190,7 +190,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(folder, tmp_path):
 
 LEAVE = """
 import atexit, sys, torch.distributed as dist
-from liif_cli import cli
+from liif_cli.cli import main as cli
 if sys.argv[1] == "dist":
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 atexit.register(lambda: print("finalized"))
@@ -293,7 +293,7 @@ def test_resume_keeps_the_runs_options_and_takes_new_ones(folder, tmp_path):
 
 def test_validation_runs_in_the_training_precision():
     from liif_cli.model import LIIF
-    from liif_cli.train import validate
+    from liif_cli.tasks.train import validate
 
     torch.manual_seed(0)
     model = LIIF(TrainConfig(**{k: v for k, v in TINY.items()

@@ -11,11 +11,11 @@ from conftest import photo_like
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
-from liif_cli import engine
 from liif_cli.cli import app
 from liif_cli.errors import DeviceError, UsageError
-from liif_cli.imageio import ImageData, read_image, write_image
-from liif_cli.upscale import (
+from liif_cli.io.images import ImageData, read_image, write_image
+from liif_cli.runtime import engine
+from liif_cli.tasks.upscale import (
     default_output_path,
     resolve_device,
     resolve_precision,
@@ -268,7 +268,7 @@ def test_cli_bad_input_one_line_and_nothing_written(tmp_path, tiny_ckpt, case, m
     d = tmp_path / "work"
     d.mkdir()
     if case == "corrupt bundled model":
-        import liif_cli.weights as w
+        import liif_cli.runtime.weights as w
 
         if "default" not in w.BUNDLED:
             pytest.skip("no bundled model in this build")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from liif_cli.cli import app
 from liif_cli.errors import CheckpointError
 from liif_cli.model import LIIF, LiifConfig, make_cell, make_coord
-from liif_cli.weights import (
+from liif_cli.runtime.weights import (
     BUNDLED,
     checkpoint_dict,
     list_models,
@@ -197,7 +197,7 @@ def test_readme_first_command_upscales_the_shipped_example_with_no_flags(tmp_pat
 
 
 def test_bundled_weights_are_checked_against_their_sha256(tmp_path, monkeypatch):
-    import liif_cli.weights as w
+    import liif_cli.runtime.weights as w
 
     if not BUNDLED:
         pytest.skip("no bundled model in this build")
@@ -231,7 +231,7 @@ def test_model_card_shows_the_bundled_models_eval_results():
 def test_model_card_numbers_are_what_liif_eval_prints_now():
     from conftest import DATA
 
-    from liif_cli.evaluate import evaluate
+    from liif_cli.tasks.evaluate import evaluate
 
     name, scales = CARD_RERUN
     hr, lr = DATA / "val" / name / "HR", DATA / "val" / name / "LR_bicubic"

@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from liif_cli.batch import FileRecord, plan_batch, record_line
 from liif_cli.errors import LiifError
-from liif_cli.imageio import read_image_bytes, write_image
-from liif_cli.upscale import size_request, target_size, upscale_image
+from liif_cli.io.images import read_image_bytes, write_image
+from liif_cli.tasks.batch import FileRecord, plan_batch, record_line
+from liif_cli.tasks.upscale import size_request, target_size, upscale_image
 
 FIELDS = ("input", "output", "status", "reason", "seconds", "in_w", "in_h", "out_w", "out_h")
 
@@ -50,7 +50,7 @@ class Upscaler:
                  threads: int | None = None):
         import torch
 
-        from liif_cli.weights import load_model
+        from liif_cli.runtime.weights import load_model
 
         if threads:  # Ray sets OMP_NUM_THREADS per worker from num_cpus; honour a request
             torch.set_num_threads(threads)

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
-from .errors import ExportError, LiifError, OutputExistsError, UsageError
-from .model.liif import AREA_EPS, COORD_CLAMP, ENSEMBLE_EPS_SHIFT, LIIF
-from .weights import (
+from liif_cli import __version__
+from liif_cli.errors import ExportError, LiifError, OutputExistsError, UsageError
+from liif_cli.model.liif import AREA_EPS, COORD_CLAMP, ENSEMBLE_EPS_SHIFT, LIIF
+from liif_cli.runtime.weights import (
     LoadedModel,
     checkpoint_dict,
     load_model,
@@ -262,7 +262,7 @@ def query_graph(model: nn.Module) -> nn.Module:
 def example_inputs(in_hw: tuple[int, int] = TRACE_HW, out_hw: tuple[int, int] = TRACE_OUT_HW,
                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A random image and the full query grid of an out_hw output, in the graph's layout."""
-    from .model.coords import make_cell, make_coord
+    from liif_cli.model.coords import make_cell, make_coord
 
     g = torch.Generator().manual_seed(seed)
     image = torch.rand(1, 3, *in_hw, generator=g)

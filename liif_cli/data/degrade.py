@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import UsageError
+from liif_cli.errors import UsageError
 
 KERNEL_RADIUS_SIGMAS = 3.0  # blur kernels reach 3σ each side (covers 99.7 % of the mass)
 MAX_KERNEL_RADIUS = 10  # px; wider kernels add nothing visible on a 48 px patch

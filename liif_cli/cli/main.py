@@ -35,8 +35,8 @@ try:  # Typer ≥ 0.23 vendors Click
 except ImportError:  # pragma: no cover - older Typer uses Click itself
     from click.exceptions import ClickException
 
-from . import __version__
-from .errors import (
+from liif_cli import __version__
+from liif_cli.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     LiifError,
@@ -230,10 +230,10 @@ def upscale(
     Examples: liif upscale photo.jpg --scale 7.5 · liif upscale scan.png --size 1920x1080
     --fit contain · cat a.jpg | liif upscale - -s 2 --format webp > b.webp
     """
-    from .upscale import upscale_file
+    from liif_cli.tasks.upscale import upscale_file
 
     if denoise is not None:
-        from .weights import load_model
+        from liif_cli.runtime.weights import load_model
 
         model = load_model(model, denoise=denoise)
 
@@ -269,7 +269,7 @@ def models(
     """
     import json
 
-    from .weights import list_models, user_models_dir
+    from liif_cli.runtime.weights import list_models, user_models_dir
 
     rows = list_models()
     if json_out:
@@ -311,7 +311,7 @@ def export(
 
     Examples: liif export default -o default.safetensors · liif export default -f onnx
     """
-    from .export import export_format, export_model
+    from liif_cli.tasks.export import export_format, export_model
 
     kind = export_format(fmt, output)
     if kind == "onnx" and not quiet:
@@ -366,11 +366,11 @@ def train(
 
     Example: liif train --data DIV2K/DIV2K_train_HR --val-data DIV2K/DIV2K_valid_HR
     """
-    from .train import config_from
-    from .train import train as run_training
+    from liif_cli.tasks.train import config_from
+    from liif_cli.tasks.train import train as run_training
 
     if plot is not None:
-        from .plot import plot_run
+        from liif_cli.io.plot import plot_run
 
         png = plot_run(plot)
         console.print(f"[green]wrote[/] {png}")
@@ -473,7 +473,7 @@ def eval_(
     """
     from rich.markup import escape
 
-    from .evaluate import BICUBIC, check_report_path, evaluate, write_csv, write_json
+    from liif_cli.tasks.evaluate import BICUBIC, check_report_path, evaluate, write_csv, write_json
 
     budget = parse_bytes(max_memory)
     reports = [(p, w) for p, w in ((json_path, write_json), (csv_path, write_csv)) if p]
@@ -620,7 +620,7 @@ def _print_plan(plan) -> None:
 def _print_batch_summary(res) -> None:
     from rich.markup import escape
 
-    from .batch import STATUSES
+    from liif_cli.tasks.batch import STATUSES
 
     done_mp = res.megapixels("done")
     caption = (f"{res.seconds:.1f}s · {done_mp / max(res.seconds, 1e-6):.2f} output MP/s · "
@@ -695,7 +695,7 @@ def batch(
 
     Example: liif batch photos/ big/ --scale 4 --recursive --report big.json
     """
-    from .batch import (
+    from liif_cli.tasks.batch import (
         JsonlReport,
         is_jsonl,
         plan_batch,
@@ -704,7 +704,7 @@ def batch(
         run_batch,
         write_report,
     )
-    from .upscale import size_request
+    from liif_cli.tasks.upscale import size_request
 
     paths = [p for p in (input_dir, output_dir, *map(Path, ctx.args)) if p is not None]
     if summary:
@@ -720,7 +720,7 @@ def batch(
     spec = size_request(scale=scale, size=size, width=width, height=height, fit=fit)
     budget = parse_bytes(max_memory)
     if denoise is not None:
-        from .weights import load_model
+        from liif_cli.runtime.weights import load_model
 
         model = load_model(model, denoise=denoise)
     if report is not None and not report.parent.is_dir():
@@ -779,7 +779,7 @@ def _print_report_summary(paths: list[Path]) -> None:
 
     from rich.markup import escape
 
-    from .batch import STATUSES, summarize_reports, summary_totals
+    from liif_cli.tasks.batch import STATUSES, summarize_reports, summary_totals
 
     files: list[str] = []
     for p in paths:  # patterns the shell left alone (quoted, or matching nothing) are ours
@@ -857,25 +857,25 @@ def bench(
     """
     import json
 
-    from .bench import TABLE_COLUMNS, iter_table, random_model, run_bench
+    from liif_cli.tasks.bench import TABLE_COLUMNS, iter_table, random_model, run_bench
 
     if (model is None) == (random_arch is None):
         raise UsageError("give --model PATH|NAME or --random-arch ARCH (one of them)")
     budget = parse_bytes(max_memory)
     image = None
     if input is not None:
-        from .imageio import read_image
+        from liif_cli.io.images import read_image
 
         data = read_image(input)
         image = data.pixels if data.channels == 3 else data.pixels.repeat(3, axis=2)
         if data.bit_depth == 16:
-            from .imageio import to_8bit
+            from liif_cli.io.images import to_8bit
 
             image = to_8bit(image)
     if random_arch is not None:
         net, name = random_model(random_arch), f"random {random_arch}"
     else:
-        from .weights import load_model
+        from liif_cli.runtime.weights import load_model
 
         loaded = load_model(model)
         net, name = loaded.model, loaded.name

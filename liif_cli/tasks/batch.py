@@ -50,12 +50,20 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from . import __version__, engine
-from .device import PrecisionWarning
-from .errors import ImageReadError, ImageWriteError, LiifError, UsageError
-from .imageio import DEFAULT_MAX_INPUT_PIXELS, FORMATS, is_image_name, read_image, write_image
-from .model import LIIF, SRModel
-from .upscale import (
+from liif_cli import __version__
+from liif_cli.errors import ImageReadError, ImageWriteError, LiifError, UsageError
+from liif_cli.io.images import (
+    DEFAULT_MAX_INPUT_PIXELS,
+    FORMATS,
+    is_image_name,
+    read_image,
+    write_image,
+)
+from liif_cli.model import LIIF, SRModel
+from liif_cli.runtime import engine
+from liif_cli.runtime.device import PrecisionWarning
+from liif_cli.runtime.weights import LoadedModel, load_model
+from liif_cli.tasks.upscale import (
     DEFAULT_MAX_OUTPUT_PIXELS,
     SizeRequest,
     precision_name,
@@ -64,7 +72,6 @@ from .upscale import (
     target_size,
     upscale_image,
 )
-from .weights import LoadedModel, load_model
 
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff",
                   "tif": ".tiff", "same": None}

@@ -19,12 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import engine
-
-# re-exported: they lived here before liif_cli.device, and other code imports them from here
-from .device import DTYPES, PRECISIONS, precision_name, resolve_device, resolve_precision  # noqa: F401
-from .errors import UsageError
-from .imageio import (
+from liif_cli.errors import UsageError
+from liif_cli.io.images import (
     DEFAULT_MAX_INPUT_PIXELS,
     FORMATS,
     STDIO,
@@ -37,8 +33,18 @@ from .imageio import (
     write_image,
     write_stdout,
 )
-from .model import LIIF, SRModel
-from .weights import LoadedModel, load_model
+from liif_cli.model import LIIF, SRModel
+from liif_cli.runtime import engine
+
+# re-exported: they lived here before liif_cli.device, and other code imports them from here
+from liif_cli.runtime.device import (  # noqa: F401
+    DTYPES,
+    PRECISIONS,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+)
+from liif_cli.runtime.weights import LoadedModel, load_model
 
 DEFAULT_MAX_OUTPUT_PIXELS = 1_000_000_000  # 1 gigapixel: ~3 GB of RGB output buffer
 

@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from .errors import DeviceError, LiifWarning, UsageError
+from liif_cli.errors import DeviceError, LiifWarning, UsageError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

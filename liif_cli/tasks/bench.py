@@ -26,11 +26,16 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import engine
-from .device import cpu_bf16_native, precision_name, resolve_device, resolve_precision
-from .errors import UsageError
-from .model import LMLIIF, LiifConfig, LmfConfig, ModelConfig, SRModel, build_model
-from .model.coords import make_cell, make_coord
+from liif_cli.errors import UsageError
+from liif_cli.model import LMLIIF, LiifConfig, LmfConfig, ModelConfig, SRModel, build_model
+from liif_cli.model.coords import make_cell, make_coord
+from liif_cli.runtime import engine
+from liif_cli.runtime.device import (
+    cpu_bf16_native,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+)
 
 OFFICIAL_BATCH = 30000  # queries per call in the official batched_predict (demo.py, test.py)
 RSS_SAMPLE_S = 0.005  # seconds between resident-set samples on the CPU
@@ -95,7 +100,7 @@ def official_demo(model_path: str, input: str, output: str, out_hw: tuple[int, i
     read RGB, encode, `batched_predict` in batches of 30000, clamp, truncate to 8 bits, save."""
     from PIL import Image
 
-    from .weights import load_checkpoint
+    from liif_cli.runtime.weights import load_checkpoint
 
     img = np.asarray(Image.open(input).convert("RGB"), dtype=np.float32) / 255  # ToTensor
     model = load_checkpoint(model_path).model

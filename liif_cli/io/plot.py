@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from .errors import DataError
+from liif_cli.errors import DataError
 
 PANEL_W, PANEL_H, MARGIN = 640, 320, 48  # px
 

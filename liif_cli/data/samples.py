@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .degrade import RealRanges, random_degrade
-from .errors import DataError
-from .model.coords import make_coord
+from liif_cli.data.degrade import RealRanges, random_degrade
+from liif_cli.errors import DataError
+from liif_cli.model.coords import make_coord
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})
 

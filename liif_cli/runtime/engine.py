@@ -38,9 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import LMLIIF, SRModel
-from .model.coords import coord_seq
-from .model.liif import AREA_EPS, ENSEMBLE_EPS_SHIFT, LIIF, nearest_axis
+from liif_cli.model import LMLIIF, SRModel
+from liif_cli.model.coords import coord_seq
+from liif_cli.model.liif import AREA_EPS, ENSEMBLE_EPS_SHIFT, LIIF, nearest_axis
 
 DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes of working memory for tiles and chunks
 # Latents a tile needs beyond its own, on each side: 1 for the ensemble's neighbour lookups,

@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, UsageError
-from .model import SRModel, arch_name, build_model, config_from_spec
+from liif_cli.errors import CheckpointError, UsageError
+from liif_cli.model import SRModel, arch_name, build_model, config_from_spec
 
-PACKAGE_WEIGHTS_DIR = Path(__file__).parent / "bundled"  # weights shipped in the package
+PACKAGE_WEIGHTS_DIR = Path(__file__).parents[1] / "bundled"  # weights shipped in the package
 DEFAULT_MODEL = "default"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")  # what --model and the models folder load
 SAFETENSORS_SUFFIX = ".safetensors"

@@ -35,16 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__, engine
-from .data import (
-    EpochBatches,
-    ImageCache,
-    RandomScaleSamples,
-    find_images,
-    load_rgb_uint8,
-    to_tensor,
-)
-from .degrade import (
+from liif_cli import __version__
+from liif_cli.data.degrade import (
     DEGRADE_RECIPES,
     RealRanges,
     apply_spec,
@@ -53,18 +45,27 @@ from .degrade import (
     spec_seed,
     spec_text,
 )
-from .device import resolve_device, resolve_precision
-from .errors import TrainingError, UsageError
-from .evaluate import make_lr, psnr
-from .malloc import keep_freed_memory
-from .model import LiifConfig, LmfConfig, ModelConfig, SRModel, build_model
-from .weights import (
+from liif_cli.data.samples import (
+    EpochBatches,
+    ImageCache,
+    RandomScaleSamples,
+    find_images,
+    load_rgb_uint8,
+    to_tensor,
+)
+from liif_cli.errors import TrainingError, UsageError
+from liif_cli.model import LiifConfig, LmfConfig, ModelConfig, SRModel, build_model
+from liif_cli.runtime import engine
+from liif_cli.runtime.device import resolve_device, resolve_precision
+from liif_cli.runtime.malloc import keep_freed_memory
+from liif_cli.runtime.weights import (
     atomic_torch_save,
     checkpoint_dict,
     load_model,
     model_from_spec,
     read_checkpoint,
 )
+from liif_cli.tasks.evaluate import make_lr, psnr
 
 ENCODER_CHOICES = ("edsr-baseline", "edsr", "rdn")
 DECODER_CHOICES = ("liif", "lmf")  # LIIF's MLP, or LM-LIIF's two MLPs (model/lmf.py)

@@ -49,12 +49,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import engine
-from .data import load_rgb_uint8 as load_rgb
-from .degrade import apply_spec, parse_spec, spec_seed, spec_text
-from .errors import DataError, OutputExistsError, UsageError
-from .imageio import READABLE_SUFFIXES
-from .model import LIIF, SRModel
+from liif_cli.data.degrade import apply_spec, parse_spec, spec_seed, spec_text
+from liif_cli.data.samples import load_rgb_uint8 as load_rgb
+from liif_cli.errors import DataError, OutputExistsError, UsageError
+from liif_cli.io.images import READABLE_SUFFIXES
+from liif_cli.model import LIIF, SRModel
+from liif_cli.runtime import engine
 
 DEFAULT_SCALES = (2, 3, 4, 6, 12, 18, 24, 30)  # the paper's Table 1 (DIV2K) columns
 PROTOCOL_NAMES = ("auto", "div2k", "benchmark", "rgb")
@@ -537,7 +537,7 @@ def example_panel(panels: Sequence[np.ndarray], labels: Sequence[str]) -> np.nda
 # the job
 
 def _model_and_name(model: Any) -> tuple[LIIF, str]:
-    from .weights import LoadedModel, load_model
+    from liif_cli.runtime.weights import LoadedModel, load_model
 
     if isinstance(model, SRModel):  # LIIF or LM-LIIF
         return model, "liif"
@@ -562,8 +562,8 @@ def evaluate(model: Any, data: str | os.PathLike, *,
     paired, is degraded by it, seeded by image name and scale, so reruns score the same pixels.
     Everything is checked (folders, LR files and sizes, output paths) before the model runs.
     """
-    from .imageio import ImageData, write_image
-    from .upscale import precision_name, resolve_device, resolve_precision
+    from liif_cli.io.images import ImageData, write_image
+    from liif_cli.tasks.upscale import precision_name, resolve_device, resolve_precision
 
     t0 = time.perf_counter()
     steps = parse_spec(degrade) if degrade is not None else ()

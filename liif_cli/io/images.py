@@ -33,7 +33,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, PngImagePlugin, TiffImagePlugin
 
-from .errors import ImageReadError, ImageWriteError, OutputExistsError, UsageError
+from liif_cli.errors import ImageReadError, ImageWriteError, OutputExistsError, UsageError
 
 # Decompression-bomb guard: refuse inputs above this many pixels unless the caller lifts it.
 DEFAULT_MAX_INPUT_PIXELS = 200_000_000  # ~ 14142 × 14142

@@ -1,0 +1,1 @@
+"""Training and evaluation data: samples and LR making (`samples`), degradations (`degrade`)."""

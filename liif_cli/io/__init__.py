@@ -1,0 +1,1 @@
+"""Files in and out: images (`images`), plots (`plot`), atomic writes and image discovery."""
