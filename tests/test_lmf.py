@@ -179,9 +179,45 @@ def test_engine_reduced_precision_and_memory_plan():
     small = engine.make_plan(model, (4000, 4000), max_memory=16 * 2**20)
     large = engine.make_plan(model, (4000, 4000), max_memory=2**30)
     assert small.tile < large.tile and small.chunk <= large.chunk
-    # one chunk's gathered channels stay within the budget's half
+
+
+def test_engine_working_memory_does_not_grow_with_output():
+    """The largest tensor an LM-LIIF render allocates is a chunk's, not output-sized, and
+    the rows of a run share their gathered latents (×4: a quarter of the copies)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = random_lmf()
+    img = torch.rand(3, 12, 12)
+
+    def largest_allocation(out_hw):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, \
+                torch.inference_mode():
+            engine.render(model, img, out_hw, np.empty((*out_hw, 3), np.uint8), tile=6,
+                          chunk=256)
+        return max(e.cpu_memory_usage for e in prof.events())
+
+    small, big = largest_allocation((48, 48)), largest_allocation((256, 256))
+    ch = engine.LmfDecoder.channels_of(model.config)
+    # a chunk: its gathered P (members × queries × channels) and ≤ 4× hidden activations
+    chunk_bytes = 4 * 256 * (ch + 4 * engine.LMF_QUERY_LIVE_HIDDEN * 16) * 4
+    assert big <= max(small, chunk_bytes), (small, big)
+    assert big < 256 * 256 * 3 * 4 / 1.5  # below one float32 copy of the output
+
+
+def test_engine_runs_split_and_pad_rows_exactly():
+    """Output rows that read one latent row form runs of at most `run` rows; longer runs
+    (clamped borders) are split and short ones padded, and every row finds its own slot."""
+    model = random_lmf()
     dec = engine.LmfDecoder(model, torch.float32, torch.device("cpu"))
-    assert dec.buffer_numel(4, small.chunk) * 4 <= 8 * 2**20
+    dec.run = 3
+    iy = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2])  # a 5-row run at the border: 3 + 2
+    ry = torch.linspace(-1, 1, 9)
+    lat, slot, ry_slot = dec._runs([(iy, ry), (iy + 1, -ry)])
+    assert lat.tolist() == [0, 0, 1, 2, 1, 1, 2, 3]
+    assert slot.tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 12, 13, 14, 15, 16, 18, 19, 20, 21]
+    assert torch.equal(ry_slot[slot], torch.cat([ry, -ry]))
+    assert ry_slot.numel() == 8 * 3 and set(range(24)) - set(slot.tolist()) == {5, 10, 11,
+                                                                                17, 22, 23}
 
 
 def test_lmf_checkpoint_through_load_and_the_cli(tmp_path):

@@ -190,7 +190,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(folder, tmp_path):
 
 LEAVE = """
 import atexit, sys, torch.distributed as dist
-from liif_cli.cli import main as cli
+from liif_cli import cli
 if sys.argv[1] == "dist":
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 atexit.register(lambda: print("finalized"))
