@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -351,3 +352,21 @@ def test_resume_refuses_another_recipe_and_takes_another_schedule(folder, tmp_pa
     assert lib.sample_q == 50 and lib.epochs == 2
     with pytest.raises(UsageError, match="cannot change seed"):
         train(replace(lib, seed=1, epochs=3), resume=True)
+
+
+def test_every_config_key_is_either_recipe_or_may_change_on_resume():
+    """A new TrainConfig field is recipe (refused on resume) unless listed; this pins the lists
+    (and resume_config's docstring) so that adding one is a decision."""
+    from dataclasses import fields
+
+    from liif_cli.tasks.train import RESUME_MAY_CHANGE, resume_config
+
+    recipe = {f.name for f in fields(TrainConfig)} - RESUME_MAY_CHANGE - {"out"}
+    assert recipe == {"data", "encoder", "encoder_args", "hidden", "decoder", "batch_size",
+                      "patch_size", "scale_min", "scale_max", "sample_q", "repeat", "seed",
+                      "init", "degrade", "degrade_ranges"}
+    for k in recipe | RESUME_MAY_CHANGE:
+        assert re.search(rf"\b{k}\b", resume_config.__doc__), k
+    saved = TrainConfig(data="d", hidden=(16, 16)).as_dict()
+    merged = resume_config(saved, {"hidden": (16, 16), "lr": 1e-3, "decoder": None}, run="r")
+    assert merged["lr"] == 1e-3 and merged["hidden"] == (16, 16) and merged["decoder"] is None
