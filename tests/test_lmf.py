@@ -271,10 +271,15 @@ def test_train_lmf_on_a_liif_encoder_resume_and_cli(tmp_path):
     assert ck["liif_cli"]["steps"] == 3  # the decoder's own steps only
     val = [e for e in events if e.kind == "val"]
     assert len(val) == 1 and np.isfinite(val[0].psnr["x2"])
-    # resume with a real lr, no --decoder: still LM-LIIF, and the weights move
+    # resume with a real lr, no --decoder: still LM-LIIF, and the weights move (the run's
+    # config, with the encoder's sizes --init gave it, as `liif train --resume` merges it)
     from dataclasses import replace
 
-    train(replace(cfg, epochs=2, lr=1e-3, decoder=None, val_data=None), resume=True)
+    from liif_cli.tasks.train import config_from
+
+    resumed = config_from(None, {"out": str(lmf_run)}, resume=True)
+    assert resumed.decoder == "lmf" and resumed.encoder_args == {"n_resblocks": 1, "n_feats": 8}
+    train(replace(resumed, epochs=2, lr=1e-3, decoder=None, val_data=None), resume=True)
     ck2 = torch.load(lmf_run / "last.pth", weights_only=True)
     assert ck2["model"]["name"] == "lmliif" and ck2["epoch"] == 2
     assert ck2["liif_cli"]["config"]["decoder"] == "lmf"

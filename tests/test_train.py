@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -190,12 +191,12 @@ def test_ddp_on_two_cpu_processes_matches_one_process(folder, tmp_path):
 
 LEAVE = """
 import atexit, sys, torch.distributed as dist
-from liif_cli import cli
+from liif_cli.cli import main
 if sys.argv[1] == "dist":
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 atexit.register(lambda: print("finalized"))
 sys.argv = ["liif", "train", "--data", sys.argv[2], "--out", sys.argv[3], "--quiet"]
-cli.main()
+main()
 """
 
 
@@ -305,3 +306,67 @@ def test_validation_runs_in_the_training_precision():
     for k in fp32:  # the same function, in bf16: close, but not the fp32 numbers
         assert bf16[k] != fp32[k]
         assert abs(bf16[k] - fp32[k]) < 0.2
+
+
+def test_resume_refuses_another_recipe_and_takes_another_schedule(folder, tmp_path):
+    out = tmp_path / "r"
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('hidden = [16, 16]\n[encoder_args]\nn_resblocks = 1\nn_feats = 8\n')
+    recipe = ["--data", str(folder), "--config", str(tiny), "--batch-size", "2",
+              "--patch-size", "12", "--scale-max", "2", "--sample-q", "50", "--repeat", "2"]
+    res = runner.invoke(app, ["train", "-q", "--out", str(out), "--epochs", "1", "--workers",
+                              "0", *recipe])
+    assert res.exit_code == 0, res.output
+    before = (out / "last.pth").read_bytes()
+    other = tmp_path / "other.toml"
+    other.write_text('[encoder_args]\nn_resblocks = 1\nn_feats = 16\n')
+    for args, key, old, new in [
+        (["--seed", "3"], "seed", "0", "3"),
+        (["--sample-q", "60"], "sample_q", "50", "60"),
+        (["--scale-max", "3"], "scale_max", "2.0", "3.0"),
+        (["--data", str(tmp_path)], "data", repr(str(folder)), repr(str(tmp_path))),
+        (["--decoder", "lmf"], "decoder", "'liif'", "'lmf'"),
+        (["--config", str(other)], "encoder_args", '{"n_resblocks": 1, "n_feats": 8}',
+         '{"n_resblocks": 1, "n_feats": 16}'),
+    ]:
+        res = runner.invoke(app, ["train", "-q", "--out", str(out), "--resume", "--epochs", "2",
+                                  *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert len(res.output.strip().splitlines()) == 1, res.output
+        assert f"--resume cannot change {key}: {out} was trained with {old}, this asks for " \
+               f"{new};" in res.output and "start a new --out" in res.output, res.output
+    assert (out / "last.pth").read_bytes() == before  # refused before any work
+    # the same recipe again is fine, and the schedule and validation options take effect
+    res = runner.invoke(app, ["train", "-q", "--out", str(out), "--resume", *recipe,
+                              "--epochs", "2", "--lr-milestones", "2", "--lr-gamma", "0.1",
+                              "--save-every", "2"])
+    assert res.exit_code == 0, res.output
+    ck = torch.load(out / "last.pth", weights_only=True)
+    cfg = ck["liif_cli"]["config"]
+    assert ck["epoch"] == 2 and (out / "epoch-2.pth").exists()
+    assert cfg["lr_milestones"] == [2] and cfg["lr_gamma"] == 0.1 and cfg["save_every"] == 2
+    assert cfg["data"] == str(folder) and cfg["seed"] == 0 and cfg["hidden"] == [16, 16]
+    assert np.isclose(ck["optimizer"]["sd"]["param_groups"][0]["lr"], 1e-5)  # 1e-4 × 0.1
+    # the library merges the same way: a full config with another recipe key is refused
+    lib = config_from(None, {"out": str(out)}, resume=True)
+    assert lib.sample_q == 50 and lib.epochs == 2
+    with pytest.raises(UsageError, match="cannot change seed"):
+        train(replace(lib, seed=1, epochs=3), resume=True)
+
+
+def test_every_config_key_is_either_recipe_or_may_change_on_resume():
+    """A new TrainConfig field is recipe (refused on resume) unless listed; this pins the lists
+    (and resume_config's docstring) so that adding one is a decision."""
+    from dataclasses import fields
+
+    from liif_cli.tasks.train import RESUME_MAY_CHANGE, resume_config
+
+    recipe = {f.name for f in fields(TrainConfig)} - RESUME_MAY_CHANGE - {"out"}
+    assert recipe == {"data", "encoder", "encoder_args", "hidden", "decoder", "batch_size",
+                      "patch_size", "scale_min", "scale_max", "sample_q", "repeat", "seed",
+                      "init", "degrade", "degrade_ranges"}
+    for k in recipe | RESUME_MAY_CHANGE:
+        assert re.search(rf"\b{k}\b", resume_config.__doc__), k
+    saved = TrainConfig(data="d", hidden=(16, 16)).as_dict()
+    merged = resume_config(saved, {"hidden": (16, 16), "lr": 1e-3, "decoder": None}, run="r")
+    assert merged["lr"] == 1e-3 and merged["hidden"] == (16, 16) and merged["decoder"] is None

@@ -934,12 +934,47 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
     emit = on_event or (lambda e: None)
     record = on_record or (lambda r: None)
     stop = stop or threading.Event()
+    devs, loaded = _check_devices_and_load(devices, jobs, precision, model)
+    names = worker_names(devs)
+    records, todo = _planned_records(plan, record)
+    result = BatchResult(plan, [], 0.0, loaded.name, names)
+    result.removed_temps = remove_stale_temps(plan)
+    emit(BatchEvent("start", 0, len(todo), message=", ".join(names)))
+    if fail_fast and plan.count("fail"):
+        result.stopped_early = True
+        return _finish(result, records, t_start, FAIL_FAST_REASON, record)
+    if not todo:
+        return _finish(result, records, t_start, "", record)
+
+    run = _Dispatch(plan, result, records, todo, names, threaded=len(devs) == 1,
+                    fail_fast=fail_fast, emit=emit, record=record)
+    try:
+        run.start_workers(devs, loaded, size=size, max_output_pixels=max_output_pixels,
+                          precision=precision, max_memory=max_memory, quality=quality,
+                          max_input_pixels=max_input_pixels)
+        run.collect(stop)
+    except KeyboardInterrupt:  # asked twice: stop now, losing only unwritten work
+        run.kill()
+    finally:
+        run.join()
+    result.interrupted = stop.is_set() or run.todo_reason == "interrupted"
+    run.fail_unrun()
+    return _finish(result, records, t_start, run.todo_reason, record)
+
+
+def _check_devices_and_load(devices: str, jobs: int, precision: str,
+                            model: LoadedModel | str | os.PathLike | None
+                            ) -> tuple[list[torch.device], LoadedModel]:
+    """One device per worker, the precision checked on each, and the model loaded."""
     devs = parse_devices(devices, jobs=jobs)
     for d in set(devs):
         resolve_precision(precision, d)  # fp16 on a CPU etc.: a usage error before any work
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    names = worker_names(devs)
+    return devs, model if isinstance(model, LoadedModel) else load_model(model)
 
+
+def _planned_records(plan: BatchPlan, record: Callable[[FileRecord], None]
+                     ) -> tuple[list[FileRecord | None], deque[int]]:
+    """(a record slot per item, the plan's skips and failures filled in; items to upscale)."""
     records: list[FileRecord | None] = [None] * len(plan.items)
     todo: deque[int] = deque()
     for k, item in enumerate(plan.items):
@@ -949,154 +984,189 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
             status = "skipped" if item.action == "skip" else "failed"
             records[k] = FileRecord(str(item.input), str(item.output), status, item.reason)
             record(records[k])
-    result = BatchResult(plan, [], 0.0, loaded.name, names)
-    total, done = len(todo), 0
-    result.removed_temps = remove_stale_temps(plan)
-    emit(BatchEvent("start", 0, total, message=", ".join(names)))
-    if fail_fast and plan.count("fail"):
-        result.stopped_early = True
-        return _finish(result, records, t_start, FAIL_FAST_REASON, record)
-    if not todo:
-        return _finish(result, records, t_start, "", record)
+    return records, todo
 
-    threaded = len(devs) == 1  # one worker: threads in this process, no start-up cost
-    ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
-    results = queue.Queue() if threaded else ctx.Queue()  # messages from all workers
-    halt = threading.Event() if threaded else ctx.Event()  # tells workers to stop
-    model_ref: str | LIIF = str(loaded.path) if loaded.path is not None else loaded.model
-    task_qs: dict[str, Any] = {}
-    procs: dict[str, Any] = {}
-    live, closed = set(names), set()
-    in_flight: dict[str, set[int]] = {n: set() for n in names}
-    fatal: dict[str, str] = {}
-    exited_at: dict[str, float] = {}  # when a process was first seen dead without saying so
-    partial: dict[str, tuple[int, int]] = {}  # worker -> (output pixels done, total) of its file
-    stopping, todo_reason = False, ""
 
-    def feed(name: str) -> None:
-        """Top the worker up to IN_FLIGHT files; close its queue when nothing is left."""
-        if name in closed or name not in live:
-            return
-        while todo and not stopping and len(in_flight[name]) < IN_FLIGHT:
-            k = todo.popleft()
-            item = plan.items[k]
-            task_qs[name].put((k, str(item.input), str(item.output)))
-            in_flight[name].add(k)
-        if not todo or stopping:
-            task_qs[name].put(None)
-            closed.add(name)
+class _Dispatch:
+    """The dispatcher's side of a run: workers, what each holds, and every file's record.
 
-    def event(kind: str, **kw) -> None:
-        emit(BatchEvent(kind, done, total, partial=sum(d / t for d, t in partial.values()),
-                        partial_megapixels=sum(d for d, _ in partial.values()) / 1e6, **kw))
+    All of it runs in `run_batch`'s thread: workers talk to it only through `results`.
+    """
 
-    def finish(k: int, rec: FileRecord) -> None:
-        nonlocal done
-        if records[k] is None:
-            records[k] = rec
-            record(rec)
-            done += 1
-            partial.pop(rec.worker, None)
-            event("file", record=rec)
+    def __init__(self, plan: BatchPlan, result: BatchResult, records: list[FileRecord | None],
+                 todo: deque[int], names: list[str], *, threaded: bool, fail_fast: bool,
+                 emit: EventFn, record: Callable[[FileRecord], None]):
+        self.plan, self.result, self.records, self.todo = plan, result, records, todo
+        self.fail_fast, self.emit, self.record = fail_fast, emit, record
+        self.threaded = threaded  # one worker: threads in this process, no start-up cost
+        self.ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
+        # messages from all workers
+        self.results = queue.Queue() if threaded else self.ctx.Queue()
+        self.halt = threading.Event() if threaded else self.ctx.Event()  # tells workers to stop
+        self.total, self.done = len(todo), 0
+        self.task_qs: dict[str, Any] = {}
+        self.procs: dict[str, Any] = {}
+        self.live, self.closed = set(names), set()
+        self.in_flight: dict[str, set[int]] = {n: set() for n in names}
+        self.fatal: dict[str, str] = {}
+        self.exited_at: dict[str, float] = {}  # when a process was first seen dead, silent
+        # worker -> (output pixels done, total) of its file
+        self.partial: dict[str, tuple[int, int]] = {}
+        self.stopping, self.todo_reason = False, ""
 
-    def begin_stop(reason: str) -> None:
-        nonlocal stopping, todo_reason
-        if not stopping:
-            stopping, todo_reason = True, reason
-            halt.set()
-            for name in sorted(live):
-                feed(name)  # closes it
-            event("stopping", message=reason)
+    # -- start and feed
 
-    def worker_gone(name: str, crashed: bool) -> None:
-        live.discard(name)
-        partial.pop(name, None)
-        lost, in_flight[name] = sorted(in_flight[name]), set()
-        if not crashed:  # it failed to start and never ran them: the others take them over
-            todo.extendleft(reversed(lost))
-            for other in sorted(live):
-                feed(other)
-            return
-        for k in lost:
-            item = plan.items[k]
-            finish(k, FileRecord(str(item.input), str(item.output), "failed",
-                                 f"worker {name} died (exit code {procs[name].exitcode}) "
-                                 "while this file was in progress", worker=name))
-
-    try:
-        for name, dev in zip(names, devs):
-            task_qs[name] = queue.Queue() if threaded else ctx.Queue()
+    def start_workers(self, devs: list[torch.device], loaded: LoadedModel, *,
+                      size: SizeRequest, max_output_pixels: int, precision: str,
+                      max_memory: int, quality: int, max_input_pixels: int) -> None:
+        """A worker per device (a thread, or spawned processes), each given its first files."""
+        threaded, ctx = self.threaded, self.ctx
+        model_ref: str | LIIF = str(loaded.path) if loaded.path is not None else loaded.model
+        for name, dev in zip(self.result.workers, devs):
+            self.task_qs[name] = queue.Queue() if threaded else ctx.Queue()
             cfg = _WorkerConfig(name, str(dev), size, max_output_pixels, precision, max_memory,
-                                quality, plan.overwrite, max_input_pixels,
+                                quality, self.plan.overwrite, max_input_pixels,
                                 None if threaded else max(1, _cpu_count() // len(devs)))
             if threaded:
-                w = _Worker(cfg, loaded.model, task_qs[name], results, halt)
+                w = _Worker(cfg, loaded.model, self.task_qs[name], self.results, self.halt)
                 threading.Thread(target=_thread_main, args=(w,), daemon=True,
                                  name=f"liif-worker-{name}").start()
             else:
-                procs[name] = ctx.Process(target=_process_main, name=f"liif-worker-{name}",
-                                          args=(cfg, model_ref, task_qs[name], results, halt,
-                                                os.getpid()), daemon=True)
-                procs[name].start()
-            feed(name)
-        while live:
+                self.procs[name] = ctx.Process(
+                    target=_process_main, name=f"liif-worker-{name}",
+                    args=(cfg, model_ref, self.task_qs[name], self.results, self.halt,
+                          os.getpid()), daemon=True)
+                self.procs[name].start()
+            self.feed(name)
+
+    def feed(self, name: str) -> None:
+        """Top the worker up to IN_FLIGHT files; close its queue when nothing is left."""
+        if name in self.closed or name not in self.live:
+            return
+        while self.todo and not self.stopping and len(self.in_flight[name]) < IN_FLIGHT:
+            k = self.todo.popleft()
+            item = self.plan.items[k]
+            self.task_qs[name].put((k, str(item.input), str(item.output)))
+            self.in_flight[name].add(k)
+        if not self.todo or self.stopping:
+            self.task_qs[name].put(None)
+            self.closed.add(name)
+
+    # -- collect
+
+    def collect(self, stop: threading.Event) -> None:
+        """Take the workers' messages until none is left; `stop` set: begin stopping."""
+        while self.live:
             if stop.is_set():
-                begin_stop("interrupted")
+                self.begin_stop("interrupted")
             try:
-                msg = results.get(timeout=POLL_S)
+                msg = self.results.get(timeout=POLL_S)
             except queue.Empty:
-                now = time.monotonic()
-                for name in sorted(live):
-                    if name in procs and procs[name].exitcode is not None:
-                        # a clean exit's last messages may still be in the pipe: wait a little
-                        if now - exited_at.setdefault(name, now) > CRASH_GRACE_S:
-                            worker_gone(name, crashed=True)
+                self.check_processes()
                 continue
-            kind = msg[0]
-            if kind == "record":
-                k, rec = msg[1], msg[2]
-                in_flight[rec.worker].discard(k)
-                finish(k, rec)
-                if rec.status == "failed" and fail_fast:
-                    result.stopped_early = True
-                    begin_stop(FAIL_FAST_REASON)
-                feed(rec.worker)
-            elif kind == "progress":
-                if not stopping:
-                    partial[msg[1]] = (msg[2], max(1, msg[3]))
-                    event("progress")
-            elif kind == "ready":
-                event("worker", message=f"{msg[1]}: {msg[2]}")
-            elif kind == "fatal":
-                fatal[msg[1]] = msg[2]
-                event("worker", message=f"{msg[1]} failed: {msg[2]}")
-            elif kind == "exit" and msg[1] in live:
-                worker_gone(msg[1], crashed=False)
-    except KeyboardInterrupt:  # asked twice: stop now, losing only unwritten work
-        stopping, todo_reason = True, "interrupted"
-        halt.set()
-        for p in procs.values():
+            self.handle(msg)
+
+    def handle(self, msg: tuple) -> None:
+        """One message of a worker (see `_Worker`)."""
+        kind = msg[0]
+        if kind == "record":
+            k, rec = msg[1], msg[2]
+            self.in_flight[rec.worker].discard(k)
+            self.finish(k, rec)
+            if rec.status == "failed" and self.fail_fast:
+                self.result.stopped_early = True
+                self.begin_stop(FAIL_FAST_REASON)
+            self.feed(rec.worker)
+        elif kind == "progress":
+            if not self.stopping:
+                self.partial[msg[1]] = (msg[2], max(1, msg[3]))
+                self.event("progress")
+        elif kind == "ready":
+            self.event("worker", message=f"{msg[1]}: {msg[2]}")
+        elif kind == "fatal":
+            self.fatal[msg[1]] = msg[2]
+            self.event("worker", message=f"{msg[1]} failed: {msg[2]}")
+        elif kind == "exit" and msg[1] in self.live:
+            self.worker_gone(msg[1], crashed=False)
+
+    def check_processes(self) -> None:
+        """A worker process that died without saying so has crashed."""
+        now = time.monotonic()
+        for name in sorted(self.live):
+            if name in self.procs and self.procs[name].exitcode is not None:
+                # a clean exit's last messages may still be in the pipe: wait a little
+                if now - self.exited_at.setdefault(name, now) > CRASH_GRACE_S:
+                    self.worker_gone(name, crashed=True)
+
+    def event(self, kind: str, **kw) -> None:
+        partial = self.partial.values()
+        self.emit(BatchEvent(kind, self.done, self.total, partial=sum(d / t for d, t in partial),
+                             partial_megapixels=sum(d for d, _ in partial) / 1e6, **kw))
+
+    def finish(self, k: int, rec: FileRecord) -> None:
+        if self.records[k] is None:
+            self.records[k] = rec
+            self.record(rec)
+            self.done += 1
+            self.partial.pop(rec.worker, None)
+            self.event("file", record=rec)
+
+    def begin_stop(self, reason: str) -> None:
+        if not self.stopping:
+            self.stopping, self.todo_reason = True, reason
+            self.halt.set()
+            for name in sorted(self.live):
+                self.feed(name)  # closes it
+            self.event("stopping", message=reason)
+
+    def worker_gone(self, name: str, crashed: bool) -> None:
+        self.live.discard(name)
+        self.partial.pop(name, None)
+        lost, self.in_flight[name] = sorted(self.in_flight[name]), set()
+        if not crashed:  # it failed to start and never ran them: the others take them over
+            self.todo.extendleft(reversed(lost))
+            for other in sorted(self.live):
+                self.feed(other)
+            return
+        for k in lost:
+            item = self.plan.items[k]
+            self.finish(k, FileRecord(str(item.input), str(item.output), "failed",
+                                      f"worker {name} died (exit code "
+                                      f"{self.procs[name].exitcode}) while this file was in "
+                                      "progress", worker=name))
+
+    # -- finish
+
+    def kill(self) -> None:
+        """Stop now: kill the worker processes, close every queue."""
+        self.stopping, self.todo_reason = True, "interrupted"
+        self.halt.set()
+        for p in self.procs.values():
             p.kill()
-        for q in task_qs.values():
+        for q in self.task_qs.values():
             q.put(None)
-    finally:
-        for p in procs.values():
+
+    def join(self) -> None:
+        for p in self.procs.values():
             p.join(JOIN_TIMEOUT_S)
             if p.is_alive():
                 p.kill()
-        if not threaded:  # never block our exit on data for a worker that is gone
-            for q in [*task_qs.values(), results]:
+        if not self.threaded:  # never block our exit on data for a worker that is gone
+            for q in [*self.task_qs.values(), self.results]:
                 q.cancel_join_thread()
-    result.interrupted = stop.is_set() or todo_reason == "interrupted"
-    if todo and not stopping and fatal:  # no worker left to run them
-        why = "; ".join(f"{n}: {m}" for n, m in sorted(fatal.items()))
-        if not any(r is not None and r.status == "done" for r in records) and done == 0:
+
+    def fail_unrun(self) -> None:
+        """Files left with no worker to run them fail, saying why (all workers failed)."""
+        if not (self.todo and not self.stopping and self.fatal):
+            return
+        why = "; ".join(f"{n}: {m}" for n, m in sorted(self.fatal.items()))
+        if not any(r is not None and r.status == "done" for r in self.records) \
+                and self.done == 0:
             raise LiifError(f"no worker could start ({why})")
-        for k in todo:
-            item = plan.items[k]
-            finish(k, FileRecord(str(item.input), str(item.output), "failed",
-                                 f"not processed: workers failed ({why})"))
-    return _finish(result, records, t_start, todo_reason, record)
+        for k in self.todo:
+            item = self.plan.items[k]
+            self.finish(k, FileRecord(str(item.input), str(item.output), "failed",
+                                      f"not processed: workers failed ({why})"))
 
 
 def _finish(result: BatchResult, records: list[FileRecord | None], t_start: float,

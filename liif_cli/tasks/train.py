@@ -124,32 +124,104 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+# What `--resume` may change: how long the run goes on, its lr schedule, how it validates, logs
+# and snapshots, and where it runs. Every other key (bar `out`, the run folder itself) is the
+# run's *recipe* and stays as the run was made (see `resume_config`).
+RESUME_MAY_CHANGE = frozenset({
+    "epochs", "lr", "lr_milestones", "lr_gamma", "warmup",  # length and lr schedule
+    "val_data", "val_every", "val_images", "val_scales", "val_degrade", "save_every",
+    "workers", "device", "precision",  # where and how fast, not what is learned
+})
+
+
+def resume_config(saved: dict[str, Any], given: dict[str, Any], *, run: str | Path
+                  ) -> dict[str, Any]:
+    """The config of a resumed run: its saved config (OUT/last.pth), then the options `given`.
+
+    Options that may change on resume (`RESUME_MAY_CHANGE`) take their new value from here on:
+    epochs, lr, lr_milestones, lr_gamma, warmup (the lr schedule; `_retune_schedule` applies
+    it), val_data, val_every, val_images, val_scales, val_degrade (validation; best.pth still
+    compares against the run's best so far), save_every, workers, device and precision. `out`
+    is the run folder being resumed. Every other key is the recipe: data, encoder,
+    encoder_args, hidden, decoder, batch_size, patch_size, scale_min, scale_max, sample_q,
+    repeat, seed, init, degrade and degrade_ranges. Giving one the value the run has is fine;
+    another value is a UsageError naming the key and both values, since changing the data or
+    the model midway would no longer be this run (start a new --out for that). `given` holds
+    only options that were given: a `decoder` of None means "the run's".
+    """
+    values = {k: v for k, v in saved.items() if k in _FIELDS and k != "out"}
+    for k, v in given.items():
+        if k == "decoder" and v is None:
+            continue
+        if k in _FIELDS and k not in RESUME_MAY_CHANGE and k != "out" and k in values \
+                and not _same(k, values[k], v):
+            raise UsageError(
+                f"--resume cannot change {k}: {run} was trained with {_shown(values[k])}, this "
+                f"asks for {_shown(v)}; a run keeps its recipe, so start a new --out to change it")
+        values[k] = v
+    return values
+
+
+_FIELDS = frozenset(f.name for f in fields(TrainConfig))
+
+
+def _plain(v: Any) -> Any:
+    """Tuples as lists, all the way down: a config read from TOML, a checkpoint or Python."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _same(key: str, old: Any, new: Any) -> bool:
+    if _plain(old) == _plain(new):
+        return True
+    # one folder, named another way (relative here, absolute there)
+    return key in ("data", "init") and isinstance(old, str) and isinstance(new, str) \
+        and Path(old).exists() and Path(old).resolve() == Path(new).resolve()
+
+
+def _shown(v: Any) -> str:
+    return json.dumps(_plain(v)) if isinstance(v, (list, tuple, dict)) else repr(v)
+
+
+def _saved_run(out: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(last.pth, its checkpoint, the config saved in it) of the run to resume."""
+    last = Path(out) / "last.pth"
+    if not last.exists():
+        raise TrainingError(f"nothing to resume: {last} does not exist")
+    state = read_checkpoint(last)
+    return last, state, (state.get("liif_cli") or {}).get("config") or {}
+
+
+def _make_config(values: dict[str, Any]) -> TrainConfig:
+    for k in ("lr_milestones", "val_scales", "hidden"):
+        if k in values:
+            values[k] = tuple(values[k])
+    return TrainConfig(**values)
+
+
 def config_from(toml_path: str | None, overrides: dict[str, Any], *,
                 resume: bool = False) -> TrainConfig:
     """Paper defaults <- TOML file <- command-line options that were given (not None).
 
     With `resume`, the run's saved config (in OUT/last.pth) goes between the defaults and the
-    TOML file: `--resume --out RUN` alone continues the run as it was, and any option given
-    changes it from there on.
+    TOML file, merged by `resume_config`: `--resume --out RUN` alone continues the run as it
+    was; a schedule, validation or device option given changes it from there on, and a recipe
+    option that differs from the run's is refused.
     """
     given = _read_toml(toml_path) if toml_path else {}
     given.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(given) - known)
+    unknown = sorted(set(given) - _FIELDS)
     if unknown:
         raise UsageError(f"unknown training option(s) in config: {', '.join(unknown)}")
-    values: dict[str, Any] = {}
+    values = dict(given)
     if resume:
-        last = Path(given.get("out", TrainConfig.out)) / "last.pth"
-        if not last.exists():
-            raise TrainingError(f"nothing to resume: {last} does not exist")
-        saved = (read_checkpoint(last).get("liif_cli") or {}).get("config") or {}
-        values.update({k: v for k, v in saved.items() if k in known and k != "out"})
-    values.update(given)
-    for k in ("lr_milestones", "val_scales", "hidden"):
-        if k in values:
-            values[k] = tuple(values[k])
-    cfg = TrainConfig(**values)
+        out = given.get("out", TrainConfig.out)
+        _, _, saved = _saved_run(out)
+        values = resume_config(saved, given, run=out)
+    cfg = _make_config(values)
     _check(cfg)
     return cfg
 
@@ -312,6 +384,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
           on_event: Callable[[Progress], None] | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns a summary dict. Only rank 0 writes files.
 
+    With `resume`, `cfg` is merged into OUT/last.pth's config by `resume_config` (as
+    `config_from(..., resume=True)` does; a recipe key that differs is a UsageError).
     Training owns the process: it keeps freed memory for reuse (`malloc.keep_freed_memory`;
     page faults took a quarter of a CPU step's time) and holds its peak memory until exit.
     Under torchrun with gloo, end the process with os._exit once done, as `liif train` does
@@ -320,6 +394,41 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     keep_freed_memory()
     rank, world, local_rank = _dist_info()
     emit = on_event if (on_event and rank == 0) else (lambda e: None)
+    dev = _start_device(cfg, world, local_rank)
+    state, saved = None, {}
+    if resume:
+        cfg, state, saved = _resumed_config(cfg)
+    run = _build_run(cfg, dev, rank=rank, world=world, state=state, saved=saved)
+    data = _build_data(run, emit)
+    run.open_folder()
+    stopped, epoch, it = None, run.start_epoch, run.skip
+    t_start = time.time()
+    with _Stop() as stop:
+        for epoch in range(run.start_epoch, run.cfg.epochs):
+            it = _train_epoch(run, data, epoch, stop, emit)
+            if stop.signal is not None and it < run.iters:
+                run.save(run.last, epoch, it)
+                stopped = f"stopped by signal {signal.Signals(stop.signal).name} at epoch " \
+                          f"{epoch + 1}, iteration {it}/{run.iters}; resume with --resume"
+                break
+            _end_epoch(run, data, epoch, it, emit)
+            if stop.signal is not None:
+                stopped = f"stopped by signal {signal.Signals(stop.signal).name} after epoch " \
+                          f"{epoch + 1}; resume with --resume"
+                break
+    run.close()
+    summary = {"epochs_done": epoch + 1 if stopped is None else None, "best_psnr": run.best,
+               "seconds": time.time() - t_start, "out": str(run.out), "stopped": stopped,
+               "signal": stop.signal if stopped is not None else None}
+    emit(Progress("stop", epoch, message=stopped or "finished"))
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# the steps of `train`
+
+def _start_device(cfg: TrainConfig, world: int, local_rank: int) -> torch.device:
+    """The device of this process; under torchrun, its GPU and the process group."""
     if world > 1:
         import torch.distributed as dist
 
@@ -334,35 +443,91 @@ def train(cfg: TrainConfig, *, resume: bool = False,
         dev = resolve_device(cfg.device)
     if cfg.precision == "fp16" and dev.type != "cuda":
         raise UsageError("fp16 training needs a CUDA GPU; on the CPU use --precision bf16")
+    return dev
 
-    out = Path(cfg.out)
-    last = out / "last.pth"
-    state: dict[str, Any] | None = None
-    if resume:
-        if not last.exists():
-            raise TrainingError(f"nothing to resume: {last} does not exist")
-        state = read_checkpoint(last)
-        saved = (state.get("liif_cli") or {}).get("config") or {}
-        # the run's architecture and data recipe come from the checkpoint; the command line
-        # may change only how it runs (device, workers, epochs, validation, ...)
-        for k in ("encoder", "encoder_args", "hidden", "decoder", "patch_size", "seed",
-                  "batch_size", "degrade", "degrade_ranges"):
-            if k in saved:
-                v = saved[k]
-                cfg = replace(cfg, **{k: tuple(v) if isinstance(v, list) else v})
 
+def _resumed_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any], dict[str, Any]]:
+    """(the resumed run's config, its last.pth, the config saved there)."""
+    _, state, saved = _saved_run(cfg.out)
+    given = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}
+    return _make_config(resume_config(saved, given, run=cfg.out)), state, saved
+
+
+@dataclass
+class _Run:
+    """What the steps of `train` share: the model, its optimizer and schedule, and counters."""
+
+    cfg: TrainConfig
+    dev: torch.device
+    rank: int
+    world: int
+    model: SRModel
+    net: torch.nn.Module  # the model, or its DDP wrapper
+    opt: torch.optim.Optimizer
+    sched: Any  # MultiStepLR
+    init_steps: int = 0  # optimizer steps behind --init's weights (their file's 'steps', if any)
+    start_epoch: int = 0  # epochs completed when this process started
+    skip: int = 0  # iterations of start_epoch already done
+    best: float = -math.inf  # best mean validation PSNR
+    iters: int = 0  # iterations per epoch
+    amp_dtype: torch.dtype | None = None  # autocast dtype; None: fp32
+    scaler: Any = None  # fp16's GradScaler
+    log: Any = None  # metrics.jsonl, on rank 0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def last(self) -> Path:
+        return self.out / "last.pth"
+
+    def run_steps(self, epoch: int, iteration: int) -> int:
+        """Optimizer steps of this run after `iteration` steps of (0-based) `epoch`."""
+        return epoch * self.iters + iteration
+
+    def open_folder(self) -> None:
+        """The precision policy, then the run folder and its metrics log (rank 0)."""
+        # bf16 on a CPU without native bf16 trains in fp32 (emulated bf16 is 6-7x slower),
+        # with a note
+        amp_dtype = resolve_precision(self.cfg.precision, self.dev)
+        self.amp_dtype = None if amp_dtype == torch.float32 else amp_dtype
+        self.scaler = torch.amp.GradScaler("cuda") if self.cfg.precision == "fp16" else None
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.log = open(self.out / "metrics.jsonl", "a")
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+    def save(self, path: Path, epoch_done: int, iteration: int) -> None:
+        if self.rank != 0:
+            return
+        cfg = self.cfg
+        ckpt = checkpoint_dict(
+            self.model,
+            optimizer={"name": "adam", "args": {"lr": cfg.lr}, "sd": self.opt.state_dict()},
+            epoch=epoch_done,
+            train_state={"scheduler": self.sched.state_dict(), "iteration": iteration,
+                         "best_psnr": self.best, "rng": _rng_state(),
+                         "init_steps": self.init_steps},
+            liif_cli={"version": __version__, "config": cfg.as_dict(),
+                      "epoch": epoch_done, "iteration": iteration,
+                      "steps": self.init_steps + self.run_steps(epoch_done, iteration)})
+        atomic_torch_save(ckpt, path)
+
+    def record(self, **kw) -> None:
+        if self.log is not None:
+            self.log.write(json.dumps({"time": time.time(), **kw}) + "\n")
+            self.log.flush()
+
+
+def _build_run(cfg: TrainConfig, dev: torch.device, *, rank: int, world: int,
+               state: dict[str, Any] | None, saved: dict[str, Any]) -> _Run:
+    """Model, optimizer and schedule: new, from --init, or restored from `state` (a resume)."""
     torch.manual_seed(cfg.seed)
-    init_steps = 0  # optimizer steps behind --init's weights (their file's 'steps', if any)
-    if state is not None:
-        model = model_from_spec(state["model"], source=str(last))  # the file read above
-    elif cfg.init:
-        init = load_model(cfg.init)  # a path, or a bundled or user model name
-        model, cfg = _init_model(cfg, init.model)
-        if model is init.model:
-            init_steps = int(init.meta.get("steps") or 0)
-    else:
-        model = build_model(cfg.model_config())
-    cfg = replace(cfg, decoder=decoder_of(model))  # stored: resume rebuilds the same
+    model, cfg, init_steps = _build_model(cfg, state)
     model.to(dev).train()
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -370,161 +535,156 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.lr_milestones),
                                                  gamma=cfg.lr_gamma)
-    start_epoch, skip, best = 0, 0, -math.inf
+    run = _Run(cfg, dev, rank, world, model, model, opt, sched, init_steps=init_steps)
     if state is not None:
-        opt.load_state_dict(state["optimizer"]["sd"])
-        ts = state.get("train_state") or {}
-        sched.load_state_dict(ts.get("scheduler", {}))
-        start_epoch, skip = int(state.get("epoch", 0)), int(ts.get("iteration", 0))
-        best = float(ts.get("best_psnr", -math.inf))
-        init_steps = int(ts.get("init_steps", 0))
-        _retune_schedule(opt, sched, cfg, saved)
-        if "rng" in ts:
-            torch.set_rng_state(ts["rng"]["torch"])
-    net = model
+        _restore(run, state, saved)
     if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
+        run.net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    return run
 
+
+def _build_model(cfg: TrainConfig, state: dict[str, Any] | None
+                 ) -> tuple[SRModel, TrainConfig, int]:
+    """(model, cfg with the decoder built, optimizer steps behind --init's weights)."""
+    init_steps = 0
+    if state is not None:
+        model = model_from_spec(state["model"], source=str(Path(cfg.out) / "last.pth"))
+    elif cfg.init:
+        init = load_model(cfg.init)  # a path, or a bundled or user model name
+        model, cfg = _init_model(cfg, init.model)
+        if model is init.model:
+            init_steps = int(init.meta.get("steps") or 0)
+    else:
+        model = build_model(cfg.model_config())
+    return model, replace(cfg, decoder=decoder_of(model)), init_steps  # stored: resume rebuilds
+
+
+def _restore(run: _Run, state: dict[str, Any], saved: dict[str, Any]) -> None:
+    """A resume: optimizer, schedule (retuned to the new options), counters and RNG state."""
+    run.opt.load_state_dict(state["optimizer"]["sd"])
+    ts = state.get("train_state") or {}
+    run.sched.load_state_dict(ts.get("scheduler", {}))
+    run.start_epoch, run.skip = int(state.get("epoch", 0)), int(ts.get("iteration", 0))
+    run.best = float(ts.get("best_psnr", -math.inf))
+    run.init_steps = int(ts.get("init_steps", 0))
+    _retune_schedule(run.opt, run.sched, run.cfg, saved)
+    if "rng" in ts:
+        torch.set_rng_state(ts["rng"]["torch"])
+
+
+@dataclass
+class _Data:
+    dataset: RandomScaleSamples
+    val_images: list[np.ndarray]  # on rank 0; [] without --val-data
+
+
+def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
+    """Decode the training (and validation) images; say how the run starts."""
+    cfg = run.cfg
     files = find_images(cfg.data)
     cache = ImageCache(files, min_side=round(cfg.patch_size * cfg.scale_max),
-                       on_progress=lambda i, n: emit(Progress("load", start_epoch, i, n)))
+                       on_progress=lambda i, n: emit(Progress("load", run.start_epoch, i, n)))
     dataset = RandomScaleSamples(cache, repeat=cfg.repeat, patch=cfg.patch_size,
                                  scale_min=cfg.scale_min, scale_max=cfg.scale_max,
                                  sample_q=cfg.sample_q, seed=cfg.seed,
                                  degrade=cfg.degrade_ranges_obj())
     val_imgs = []
-    if cfg.val_data and rank == 0:
+    if cfg.val_data and run.rank == 0:
         val_imgs = [load_rgb_uint8(p) for p in find_images(cfg.val_data)[:cfg.val_images]]
-    iters = len(dataset) // cfg.batch_size
-    if iters == 0:
+    run.iters = len(dataset) // cfg.batch_size
+    if run.iters == 0:
         raise UsageError(f"{len(dataset)} samples per epoch is less than one batch of "
                          f"{cfg.batch_size}; lower --batch-size or raise --repeat")
-
-    def run_steps(epoch: int, iteration: int) -> int:
-        """Optimizer steps of this run after `iteration` steps of (0-based) `epoch`."""
-        return epoch * iters + iteration
-
-    emit(Progress("start", start_epoch, skip, iters, message=
+    emit(Progress("start", run.start_epoch, run.skip, run.iters, message=
                   f"{len(cache)} training images"
                   + (f" ({len(cache.skipped)} smaller than {round(cfg.patch_size * cfg.scale_max)}"
                      f"px skipped, e.g. {cache.skipped[0].name})" if cache.skipped else "")
                   + ", "
-                  f"{iters} iterations/epoch, device {dev}, {cfg.precision}, world {world}"))
+                  f"{run.iters} iterations/epoch, device {run.dev}, {cfg.precision}, "
+                  f"world {run.world}"))
+    return _Data(dataset, val_imgs)
 
-    # bf16 on a CPU without native bf16 trains in fp32 (emulated bf16 is 6-7x slower), with a note
-    amp_dtype = resolve_precision(cfg.precision, dev)
-    amp_dtype = None if amp_dtype == torch.float32 else amp_dtype
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "metrics.jsonl", "a") if rank == 0 else None
 
-    def save(path: Path, epoch_done: int, iteration: int) -> None:
-        if rank != 0:
-            return
-        ckpt = checkpoint_dict(
-            model, optimizer={"name": "adam", "args": {"lr": cfg.lr}, "sd": opt.state_dict()},
-            epoch=epoch_done,
-            train_state={"scheduler": sched.state_dict(), "iteration": iteration,
-                         "best_psnr": best, "rng": _rng_state(), "init_steps": init_steps},
-            liif_cli={"version": __version__, "config": cfg.as_dict(),
-                      "epoch": epoch_done, "iteration": iteration,
-                      "steps": init_steps + run_steps(epoch_done, iteration)})
-        atomic_torch_save(ckpt, path)
+def _train_epoch(run: _Run, data: _Data, epoch: int, stop: _Stop,
+                 emit: Callable[[Progress], None]) -> int:
+    """One epoch's optimizer steps (from run.skip on); returns the iterations done, fewer than
+    run.iters when a signal stopped it."""
+    cfg, dev, opt, iters = run.cfg, run.dev, run.opt, run.iters
+    skip = run.skip if epoch == run.start_epoch else 0
+    batches = EpochBatches(len(data.dataset), batch_size=cfg.batch_size, epoch=epoch,
+                           seed=cfg.seed, rank=run.rank, world=run.world, skip=skip)
+    loader = torch.utils.data.DataLoader(data.dataset, batch_sampler=batches,
+                                         num_workers=cfg.workers,
+                                         pin_memory=dev.type == "cuda")
+    run.net.train()
+    t0, it, n_run = time.time(), skip, 0
+    for batch in loader:
+        inp = (batch["inp"].to(dev, non_blocking=True) - 0.5) / 0.5
+        coord = batch["coord"].to(dev, non_blocking=True)
+        cell = batch["cell"].to(dev, non_blocking=True)
+        gt = (batch["gt"].to(dev, non_blocking=True) - 0.5) / 0.5
+        with torch.autocast(dev.type, dtype=run.amp_dtype or torch.float32,
+                            enabled=run.amp_dtype is not None):
+            pred = run.net(inp, coord, cell)
+        loss = F.l1_loss(pred.float(), gt)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss.item()} at epoch {epoch + 1} iteration {it + 1}; "
+                f"stopped, the last good checkpoint is kept ({run.last}). Try a lower --lr "
+                "or --precision fp32")
+        opt.zero_grad(set_to_none=True)
+        # linear warm-up over the run's first steps (a fresh Adam on --init weights
+        # otherwise takes full-size steps from noisy moments); the schedule is untouched
+        warm = min(1.0, run.run_steps(epoch, it + 1) / cfg.warmup) if cfg.warmup else 1.0
+        base_lr = [g["lr"] for g in opt.param_groups]
+        for g in opt.param_groups:
+            g["lr"] *= warm
+        if run.scaler is not None:
+            run.scaler.scale(loss).backward()
+            run.scaler.step(opt)
+            run.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        step_lr = opt.param_groups[0]["lr"]
+        for g, lr in zip(opt.param_groups, base_lr):
+            g["lr"] = lr
+        it += 1
+        n_run += 1
+        its = n_run / max(time.time() - t0, 1e-9)
+        if it % LOG_EVERY == 0 or it == iters:
+            run.record(kind="step", epoch=epoch + 1, iteration=it,
+                       steps=run.init_steps + run.run_steps(epoch, it), loss=loss.item(),
+                       lr=step_lr, its=its)
+        emit(Progress("step", epoch, it, iters, loss=loss.item(), lr=step_lr, its=its))
+        if stop.signal is not None:
+            break
+    return it
 
-    def record(**kw) -> None:
-        if log is not None:
-            log.write(json.dumps({"time": time.time(), **kw}) + "\n")
-            log.flush()
 
-    stopped = None
-    epoch = start_epoch
-    t_start = time.time()
-    with _Stop() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
-            batches = EpochBatches(len(dataset), batch_size=cfg.batch_size, epoch=epoch,
-                                   seed=cfg.seed, rank=rank, world=world, skip=skip)
-            loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches,
-                                                 num_workers=cfg.workers,
-                                                 pin_memory=dev.type == "cuda")
-            net.train()
-            t0, it, n_run = time.time(), skip, 0
-            for batch in loader:
-                inp = (batch["inp"].to(dev, non_blocking=True) - 0.5) / 0.5
-                coord = batch["coord"].to(dev, non_blocking=True)
-                cell = batch["cell"].to(dev, non_blocking=True)
-                gt = (batch["gt"].to(dev, non_blocking=True) - 0.5) / 0.5
-                with torch.autocast(dev.type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):
-                    pred = net(inp, coord, cell)
-                loss = F.l1_loss(pred.float(), gt)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {loss.item()} at epoch {epoch + 1} iteration {it + 1}; "
-                        f"stopped, the last good checkpoint is kept ({last}). Try a lower --lr "
-                        "or --precision fp32")
-                opt.zero_grad(set_to_none=True)
-                # linear warm-up over the run's first steps (a fresh Adam on --init weights
-                # otherwise takes full-size steps from noisy moments); the schedule is untouched
-                warm = min(1.0, run_steps(epoch, it + 1) / cfg.warmup) if cfg.warmup else 1.0
-                base_lr = [g["lr"] for g in opt.param_groups]
-                for g in opt.param_groups:
-                    g["lr"] *= warm
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
-                step_lr = opt.param_groups[0]["lr"]
-                for g, lr in zip(opt.param_groups, base_lr):
-                    g["lr"] = lr
-                it += 1
-                n_run += 1
-                its = n_run / max(time.time() - t0, 1e-9)
-                if it % LOG_EVERY == 0 or it == iters:
-                    record(kind="step", epoch=epoch + 1, iteration=it,
-                           steps=init_steps + run_steps(epoch, it), loss=loss.item(),
-                           lr=step_lr, its=its)
-                emit(Progress("step", epoch, it, iters, loss=loss.item(), lr=step_lr, its=its))
-                if stop.signal is not None:
-                    break
-            if stop.signal is not None and it < iters:
-                save(last, epoch, it)
-                stopped = f"stopped by signal {signal.Signals(stop.signal).name} at epoch " \
-                          f"{epoch + 1}, iteration {it}/{iters}; resume with --resume"
-                break
-            skip = 0
-            with warnings.catch_warnings():
-                # resuming at an epoch's end steps the schedule before this process's first
-                # optimizer step; torch warns, but the order over the whole run is right
-                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-                sched.step()
-            done = epoch + 1
-            psnr = None
-            if val_imgs and (done % cfg.val_every == 0 or done == cfg.epochs):
-                psnr = validate(model, val_imgs, cfg.val_scales, amp_dtype or torch.float32,
-                                cfg.val_degrade)
-                mean = float(np.mean(list(psnr.values())))
-                record(kind="val", epoch=done, steps=init_steps + run_steps(done, 0), psnr=psnr)
-                emit(Progress("val", epoch, it, iters, psnr=psnr))
-                if mean > best:
-                    best = mean
-                    save(out / "best.pth", done, 0)
-            save(last, done, 0)
-            if cfg.save_every and done % cfg.save_every == 0:
-                save(out / f"epoch-{done}.pth", done, 0)
-            emit(Progress("epoch", epoch, it, iters, psnr=psnr))
-            if stop.signal is not None:
-                stopped = f"stopped by signal {signal.Signals(stop.signal).name} after epoch " \
-                          f"{done}; resume with --resume"
-                break
-    if log is not None:
-        log.close()
-    summary = {"epochs_done": epoch + 1 if stopped is None else None, "best_psnr": best,
-               "seconds": time.time() - t_start, "out": str(out), "stopped": stopped,
-               "signal": stop.signal if stopped is not None else None}
-    emit(Progress("stop", epoch, message=stopped or "finished"))
-    return summary
+def _end_epoch(run: _Run, data: _Data, epoch: int, it: int,
+               emit: Callable[[Progress], None]) -> None:
+    """After a whole epoch: step the schedule, validate, save last/best/epoch-N.pth."""
+    cfg = run.cfg
+    with warnings.catch_warnings():
+        # resuming at an epoch's end steps the schedule before this process's first
+        # optimizer step; torch warns, but the order over the whole run is right
+        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+        run.sched.step()
+    done = epoch + 1
+    psnr = None
+    if data.val_images and (done % cfg.val_every == 0 or done == cfg.epochs):
+        psnr = validate(run.model, data.val_images, cfg.val_scales,
+                        run.amp_dtype or torch.float32, cfg.val_degrade)
+        mean = float(np.mean(list(psnr.values())))
+        run.record(kind="val", epoch=done, steps=run.init_steps + run.run_steps(done, 0),
+                   psnr=psnr)
+        emit(Progress("val", epoch, it, run.iters, psnr=psnr))
+        if mean > run.best:
+            run.best = mean
+            run.save(run.out / "best.pth", done, 0)
+    run.save(run.last, done, 0)
+    if cfg.save_every and done % cfg.save_every == 0:
+        run.save(run.out / f"epoch-{done}.pth", done, 0)
+    emit(Progress("epoch", epoch, it, run.iters, psnr=psnr))
