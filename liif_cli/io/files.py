@@ -36,7 +36,8 @@ TEMP_SUFFIX = ".part"
 TEMP_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # those of CPython's tempfile names
 TEMP_RANDOM = 8  # random characters in a temporary name
 TEMP_TRIES = 100  # names tried before giving up (a clash is 1 in 37**8 per try)
-_TEMP_RE = re.compile(rf"^\.(?P<name>.+)\.[{TEMP_CHARS}]{{{TEMP_RANDOM}}}{re.escape(TEMP_SUFFIX)}$")
+_TEMP_RE = re.compile(  # ".{name}.{8 of TEMP_CHARS}.part"
+    rf"^\.(?P<name>.+)\.[{TEMP_CHARS}]{{{TEMP_RANDOM}}}{re.escape(TEMP_SUFFIX)}$")
 NEW_FILE_MODE = 0o666  # what open() asks for; the umask takes its bits away
 
 
