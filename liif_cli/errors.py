@@ -3,8 +3,10 @@ one red line and the error's exit code.
 
 Every message says what went wrong *and* what to do about it, in one line. Exit codes, the same
 for every command: 0 done, 1 failure, 2 usage (the command line asks for something impossible,
-or to write over an existing output without --overwrite), 130 interrupted (SIGINT, Ctrl-C),
-143 terminated (SIGTERM): 128 + the signal's number, as shells report them.
+or to write over an existing output without --overwrite, or names an output that cannot be
+written there), 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM): 128 + the signal's
+number, as shells report them. Outputs are checked before any work (`io.files`), so an
+existing output is exit 2 with nothing computed; a write failing afterwards is exit 1.
 """
 
 from __future__ import annotations
@@ -62,13 +64,26 @@ class TrainingError(LiifError):
     """Training cannot continue (non-finite loss, incompatible resume state)."""
 
 
-class OutputExistsError(UsageError, ImageWriteError, ExportError):
+class OutputPathError(UsageError, ImageWriteError, ExportError):
+    """An output the command line names that cannot be written there: a folder, or in a folder
+    that is missing or read-only. Found before any work (`io.files.check_output_path`): a usage
+    problem (exit 2) for every command. Also an ImageWriteError and an ExportError."""
+
+
+class OutputExistsError(OutputPathError):
     """An output file that exists, without --overwrite: a usage problem (exit 2) for every
-    command. Also an ImageWriteError and an ExportError, for code that catches those."""
+    command (`upscale`, `eval --json/--csv/--save-examples`, `export`, `bench --json`; `batch`
+    skips existing outputs instead, as resuming is its job). Also an ImageWriteError and an
+    ExportError, for code that catches those."""
 
     def __init__(self, path: object) -> None:
         super().__init__(f"output exists: {path} (pass --overwrite to replace it)")
         self.path = path
+
+
+class OutputWriteError(ImageWriteError, ExportError):
+    """An output that could not be written once the work was done (disk full, folder gone, no
+    permission): exit 1. Nothing partial is left (`io.files.atomic_write`)."""
 
 
 class LiifWarning(UserWarning):

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from liif_cli.cli import app
 from liif_cli.errors import DataError, UsageError
+from liif_cli.io.files import find_images
 from liif_cli.tasks import evaluate as ev
 
 GOLDEN_SCALES = (2, 3, 4, 6)
@@ -49,7 +50,7 @@ def _lr_dir(hr_dir, root, scales, *, transform=None):
     """An LR_bicubic-style folder (X{s}/{stem}x{s}.png) made exactly as make_lr makes LR."""
     for s in scales:
         (root / f"X{s}").mkdir(parents=True)
-        for p in ev.list_images(hr_dir):
+        for p in find_images(hr_dir):
             _, lr = ev.make_lr(ev.load_rgb(p), s)
             _save(root / f"X{s}" / f"{p.stem}x{s}.png", transform(lr) if transform else lr)
     return root
@@ -266,7 +267,7 @@ def test_prediction_is_clamped_before_scoring(hr_dir, tiny_model):
         last.bias.fill_(5.0)  # normalised 5 -> raw 5 * 0.5 + 0.5 = 3
     res = ev.evaluate(tiny_model, hr_dir, scales=[2], bicubic=False, device="cpu")
     white = [ev.psnr(np.ones((H, W, 3)), ev.load_rgb(p)[:H, :W], protocol="benchmark", scale=2)
-             for p, (H, W) in zip(ev.list_images(hr_dir), [(40, 36), (34, 44)])]
+             for p, (H, W) in zip(find_images(hr_dir), [(40, 36), (34, 44)])]
     assert res.records[0].psnr == pytest.approx(np.mean(white), abs=1e-5)  # gt in float32
 
 

@@ -473,19 +473,21 @@ def eval_(
     """
     from rich.markup import escape
 
-    from liif_cli.tasks.evaluate import BICUBIC, check_report_path, evaluate, write_csv, write_json
+    from liif_cli.io.files import check_output_path
+    from liif_cli.tasks.evaluate import BICUBIC, evaluate, write_csv, write_json
 
     budget = parse_bytes(max_memory)
-    reports = [(p, w) for p, w in ((json_path, write_json), (csv_path, write_csv)) if p]
+    reports = [(p.expanduser(), w) for p, w in ((json_path, write_json), (csv_path, write_csv))
+               if p]
     for path, _ in reports:
-        check_report_path(path, overwrite=overwrite)
+        check_output_path(path, overwrite=overwrite)
     with progress_bar(f"eval {data.name}", quiet=quiet, unit_scale=1e-6) as on_progress:
         res = evaluate(model, data, scales=scales, protocol=protocol, lr_dir=lr_dir,
                        bicubic=not no_bicubic, with_ssim=ssim, device=device,
                        precision=precision, max_memory=budget, examples_dir=save_examples,
                        overwrite=overwrite, degrade=degrade, on_progress=on_progress)
     for path, write in reports:
-        write(path, res.rows(per_image=per_image))
+        write(path, res.rows(per_image=per_image), overwrite=overwrite)
 
     def cell(psnr: float, ssim_v: float | None) -> str:
         return f"{psnr:.2f}" + ("" if ssim_v is None else f" / {ssim_v:.4f}")
@@ -849,6 +851,7 @@ def bench(
     max_memory: MaxMemoryOpt = "512M",
     json_out: Annotated[Optional[Path], typer.Option(
         "--json", help="Also write the results to this JSON file.")] = None,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ):
     """Time the engine against the official forward on the same weights.
@@ -862,6 +865,10 @@ def bench(
     if (model is None) == (random_arch is None):
         raise UsageError("give --model PATH|NAME or --random-arch ARCH (one of them)")
     budget = parse_bytes(max_memory)
+    if json_out is not None:
+        from liif_cli.io.files import check_output_path
+
+        check_output_path(json_out, overwrite=overwrite)
     image = None
     if input is not None:
         from liif_cli.io.images import read_image
@@ -901,7 +908,9 @@ def bench(
         table.add_row(*row)
     out.print(table)
     if json_out is not None:
-        json_out.write_text(json.dumps(report.as_dict(), indent=1))
+        from liif_cli.io.files import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(report.as_dict(), indent=1), overwrite=overwrite)
 
 
 def main() -> None:

@@ -23,22 +23,25 @@ from PIL import Image
 
 from liif_cli.data.degrade import RealRanges, random_degrade
 from liif_cli.errors import DataError
+from liif_cli.io import files
+from liif_cli.io.images import READABLE_SUFFIXES
 from liif_cli.model.coords import make_coord
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})
 
 
 def find_images(folder: str | Path, *, recursive: bool = True) -> list[Path]:
-    """Image files under `folder`, sorted by path; errors if missing or empty."""
+    """The training (or validation) images in `folder` and below (`files.find_images`: the
+    readable suffixes, hidden files skipped, in path order); DataError if missing or empty."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"data folder not found: {folder}")
-    walk = folder.rglob("*") if recursive else folder.glob("*")
-    files = sorted(p for p in walk if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not p.name.startswith("."))
-    if not files:
-        raise DataError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return files
+    try:
+        found = files.find_images(folder, recursive=recursive)
+    except OSError as e:
+        raise DataError(f"cannot list the data folder {folder}: {e.strerror}") from None
+    if not found:
+        raise DataError(f"no images in {folder} (looked for "
+                        f"{', '.join(sorted(READABLE_SUFFIXES))})")
+    return found
 
 
 def load_rgb_uint8(path: Path) -> np.ndarray:

@@ -11,8 +11,9 @@ profile, DPI, EXIF, XMP) is added to its output as PNG chunks; 16-bit grey+alpha
 neither library writes, get a small PNG encoder of our own. 16-bit TIFFs are written (and the
 grey+alpha ones Pillow cannot open are read) with tifffile, tags and all.
 Files can also come from bytes (`read_image_bytes`, stdin) and go to bytes (`encode_image`).
-Writes go to a temporary name in the target folder and are renamed into place: a failed or
-interrupted write never leaves a partial file, and an existing file is only replaced when asked.
+Writes go through `files.atomic_write` (a temporary name in the target folder, renamed into
+place): a failed or interrupted write never leaves a partial file, and an existing file is only
+replaced when asked.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, PngImagePlugin, TiffImagePlugin
 
-from liif_cli.errors import ImageReadError, ImageWriteError, OutputExistsError, UsageError
+from liif_cli.errors import ImageReadError, ImageWriteError, UsageError
+from liif_cli.io import files
 
 # Decompression-bomb guard: refuse inputs above this many pixels unless the caller lifts it.
 DEFAULT_MAX_INPUT_PIXELS = 200_000_000  # ~ 14142 × 14142
@@ -390,21 +392,13 @@ def _apply_orientation(data: ImageData, orientation: int) -> ImageData:
 # writing
 
 def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
-    """Fail early (before any compute) on an output that cannot or must not be written."""
+    """Fail early (before any compute) on an output that cannot or must not be written: an
+    extension we cannot write, then the checks every output gets (`files.check_output_path`)."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise ImageWriteError(f"unknown output format {path.suffix or '(no extension)'!r} for "
                               f"{path}; use one of {', '.join(sorted(FORMATS))}")
-    if path.exists() and not overwrite:
-        raise OutputExistsError(path)
-    if path.is_dir():
-        raise ImageWriteError(f"output is a folder: {path}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ImageWriteError(f"output folder does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise ImageWriteError(f"output folder is not writable: {parent}")
-    return path
+    return files.check_output_path(path, overwrite=overwrite)
 
 
 def to_8bit(a: np.ndarray) -> np.ndarray:
@@ -422,18 +416,14 @@ def write_image(path: str | os.PathLike, data: ImageData, *, quality: int = 95,
     TIFF (see `EXIF_WRITTEN`, `XMP_WRITTEN`).
     """
     path = check_output_path(path, overwrite=overwrite)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
     try:
-        _encode_to(tmp, path.suffix.lower(), data, quality)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
-        _publish(tmp, path, overwrite=overwrite)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, Exception) and not isinstance(e, (ImageWriteError, MemoryError)):
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ImageWriteError(f"cannot write {path}: {msg}") from None
+        files.atomic_write(path, lambda tmp: _encode_to(tmp, path.suffix.lower(), data, quality),
+                           overwrite=overwrite)
+    except (ImageWriteError, MemoryError):  # OutputExistsError, OutputWriteError among them
         raise
+    except Exception as e:  # noqa: BLE001 - encoders raise many types
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ImageWriteError(f"cannot write {path}: {msg}") from None
     return path
 
 
@@ -482,29 +472,6 @@ def _encode_to(tmp: str, suffix: str, data: ImageData, quality: int) -> None:
         _write_16bit(tmp, suffix, pixels, alpha, data)
     else:
         _write_pil(tmp, fmt, pixels, alpha, data, quality)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _publish(tmp: str, path: Path, *, overwrite: bool) -> None:
-    """Move the finished temporary file into place; never clobber unless overwrite."""
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)  # atomic create-if-absent
-    except FileExistsError:
-        raise OutputExistsError(path) from None
-    except OSError:  # filesystems without hard links
-        if path.exists():
-            raise OutputExistsError(path) from None
-        os.replace(tmp, path)
-        return
-    os.unlink(tmp)
 
 
 def _write_pil(tmp: str, fmt: str, pixels: np.ndarray, alpha: np.ndarray | None,

@@ -8,6 +8,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from liif_cli.errors import DataError
+from liif_cli.io.files import atomic_write
 
 PANEL_W, PANEL_H, MARGIN = 640, 320, 48  # px
 
@@ -66,6 +67,6 @@ def plot_run(run_dir: str | Path) -> Path:
     draw = ImageDraw.Draw(img)
     _panel(draw, 0, "training L1 loss", {"loss": loss})
     _panel(draw, PANEL_H, "validation PSNR (dB)", psnr)
-    path = Path(run_dir) / "curves.png"
-    img.save(path)
+    path = Path(run_dir) / "curves.png"  # redrawn on each call: replaced, atomically
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), overwrite=True)
     return path

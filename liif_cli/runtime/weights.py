@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from liif_cli.errors import CheckpointError, UsageError
+from liif_cli.io.files import atomic_write
 from liif_cli.model import SRModel, arch_name, build_model, config_from_spec
 
 PACKAGE_WEIGHTS_DIR = Path(__file__).parents[1] / "bundled"  # weights shipped in the package
@@ -339,22 +339,11 @@ def checkpoint_dict(model: SRModel, *, half: bool = False, **extra: Any) -> dict
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never a partial file."""
+    """torch.save to `path` (its folder made if missing), replacing it atomically and durably
+    (`files.atomic_write`): never a partial file, even after a crash."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), overwrite=True, durable=True)
 
 
 def save_checkpoint(model: SRModel, path: str | os.PathLike, **extra: Any) -> None:

@@ -15,9 +15,10 @@ Conventions:
   spawned processes, each loading the model once. The dispatcher gives each worker at most
   IN_FLIGHT files and the next as each one finishes, so faster devices take more. Inside a
   worker, DECODE_THREADS decode ahead of the model and one writer thread encodes behind it.
-- Files: outputs are written by `imageio.write_image` (temporary `.{name}.XXXXXXXX.part` in the
-  target folder, then link/rename), so any kill leaves only whole outputs, plus temporary files
-  that the next run over the same outputs deletes before it starts.
+- Files: outputs are written by `imageio.write_image` through `files.atomic_write` (temporary
+  `.{name}.XXXXXXXX.part` in the target folder, then link/rename), so any kill leaves only
+  whole outputs, plus temporary files that the next run over the same outputs deletes before
+  it starts (`find_stale_temps`: names `files.temp_target` recognises).
 - Records: every planned file ends with one `FileRecord`, status done / skipped / failed /
   cancelled (not started or abandoned because of Ctrl-C or --fail-fast). A bad file fails alone.
   `on_record` sees each as soon as it is final; `JsonlReport` appends it as one JSON line, so
@@ -28,16 +29,13 @@ Conventions:
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import queue
-import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 import unicodedata
@@ -52,6 +50,13 @@ import torch
 
 from liif_cli import __version__
 from liif_cli.errors import ImageReadError, ImageWriteError, LiifError, UsageError
+from liif_cli.io.files import (
+    atomic_write_text,
+    matches_pattern,
+    path_order,
+    scan_images,
+    temp_target,
+)
 from liif_cli.io.images import (
     DEFAULT_MAX_INPUT_PIXELS,
     FORMATS,
@@ -83,9 +88,6 @@ PROGRESS_S = 0.5  # s between a worker's reports of progress within a file
 JOIN_TIMEOUT_S = 30.0  # s to wait for a stopping worker process before killing it
 CRASH_GRACE_S = 2.0  # s a dead worker process gets for its last messages to arrive
 FAIL_FAST_REASON = "stopped after the first failure (--fail-fast)"
-# `imageio.write_image` temporaries: tempfile.mkstemp(prefix=f".{name}.", suffix=".part") adds
-# 8 characters from [a-z0-9_] (CPython's tempfile._RandomNameSequence).
-TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.part$")
 STATUSES = ("done", "skipped", "failed", "cancelled")
 
 
@@ -305,42 +307,15 @@ def output_ext(rel: str, fmt: str) -> str:
     return ext
 
 
-def _matches(rel: str, pattern: str) -> bool:
-    """Case-insensitive glob on the file name, or on the relative path if the pattern has a /."""
-    target = rel if "/" in pattern else rel.rsplit("/", 1)[-1]
-    return fnmatch.fnmatchcase(target.lower(), pattern.lower())
-
-
 def discover(input_dir: Path, *, recursive: bool = False, pattern: str | None = None,
              exclude: Path | None = None) -> tuple[list[str], int]:
-    """Sorted relative paths of image-named files, and how many other files were ignored.
-
-    Hidden files and folders (name starting with '.') are not looked at; nor is `exclude`
-    (a resolved folder, e.g. the output folder inside the input folder).
-    """
-    found, ignored = [], 0
-
-    def fail(err: OSError) -> None:
-        if Path(err.filename or "") == input_dir:
-            raise ImageReadError(f"cannot list the input folder {input_dir}: {err.strerror}")
-
-    for root, dirs, files in os.walk(input_dir, onerror=fail):
-        base = Path(root)
-        if recursive:
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                             and (exclude is None or (base / d).resolve() != exclude))
-        else:
-            dirs[:] = []
-        prefix = base.relative_to(input_dir).as_posix()
-        for name in files:
-            if name.startswith("."):
-                continue
-            rel = name if prefix == "." else f"{prefix}/{name}"
-            if not is_image_name(name):
-                ignored += 1
-            elif pattern is None or _matches(rel, pattern):
-                found.append(rel)
-    return sorted(found), ignored
+    """Relative paths of the images (`files.scan_images`), and how many other files were
+    ignored. `exclude`: a resolved folder not to look in (the output folder inside the input)."""
+    try:
+        scan = scan_images(input_dir, recursive=recursive, pattern=pattern, exclude=exclude)
+    except OSError as e:
+        raise ImageReadError(f"cannot list the input folder {input_dir}: {e.strerror}") from None
+    return scan.rels, scan.ignored
 
 
 def read_file_list(source: str | os.PathLike, *, stdin=None) -> list[str]:
@@ -383,9 +358,9 @@ def listed_files(input_dir: Path, entries: Iterable[str], *, pattern: str | None
         rel = p.as_posix()
         if rel in ("", "."):
             continue
-        if pattern is None or _matches(rel, pattern):
+        if pattern is None or matches_pattern(rel, pattern):
             rels.add(rel)
-    return sorted(rels)
+    return sorted(rels, key=path_order)
 
 
 def plan_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
@@ -462,7 +437,7 @@ def plan_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
 
 
 def find_stale_temps(items: list[PlanItem]) -> list[Path]:
-    """Temporaries of `write_image` for these outputs (left by killed runs), and nothing else."""
+    """Temporaries of `atomic_write` for these outputs (left by killed runs), nothing else."""
     names_by_dir: dict[Path, set[str]] = {}
     for item in items:
         names_by_dir.setdefault(item.output.parent, set()).add(item.output.name)
@@ -473,8 +448,7 @@ def find_stale_temps(items: list[PlanItem]) -> list[Path]:
         except OSError:  # not created yet
             continue
         for e in entries:
-            m = TEMP_RE.match(e.name)
-            if m and m["name"] in names and e.is_file(follow_symlinks=False):
+            if temp_target(e.name) in names and e.is_file(follow_symlinks=False):
                 stale.append(Path(e.path))
     return sorted(stale)
 
@@ -560,17 +534,9 @@ def write_report(result: BatchResult, path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise ImageWriteError(f"report folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(result.to_dict(), f, indent=1, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise ImageWriteError(f"cannot write report {path}: {e}") from None
-        raise
-    return path
+    # replaced on each run: a rerun (resume) reports the whole folder again
+    return atomic_write_text(path, json.dumps(result.to_dict(), indent=1, ensure_ascii=False),
+                             overwrite=True)
 
 
 def is_jsonl(path: str | os.PathLike) -> bool:

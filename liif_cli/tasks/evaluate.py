@@ -39,7 +39,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,7 +50,8 @@ from PIL import Image
 
 from liif_cli.data.degrade import apply_spec, parse_spec, spec_seed, spec_text
 from liif_cli.data.samples import load_rgb_uint8 as load_rgb
-from liif_cli.errors import DataError, OutputExistsError, UsageError
+from liif_cli.errors import DataError, UsageError
+from liif_cli.io.files import atomic_write_text, check_output_path, find_images
 from liif_cli.io.images import READABLE_SUFFIXES
 from liif_cli.model import LIIF, SRModel
 from liif_cli.runtime import engine
@@ -197,13 +197,6 @@ def ssim(pred: np.ndarray, gt: np.ndarray, *, protocol: Protocol | str, scale: f
 # ----------------------------------------------------------------------------------------------
 # images, LR generation, bicubic
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in `folder` (not recursive), sorted by name; hidden files skipped."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in READABLE_SUFFIXES)
-
-
 def _image_size(path: Path) -> tuple[int, int]:
     """(H, W) from the file header, without decoding."""
     try:
@@ -271,10 +264,10 @@ def find_dataset(data: str | os.PathLike) -> Dataset:
         raise DataError(f"dataset folder not found: {folder}")
     if not folder.is_dir():
         raise DataError(f"--data must be a folder of HR images, not a file: {folder}")
-    images = list_images(folder)
+    images = find_images(folder)
     if not images and (folder / "HR").is_dir():
         folder = folder / "HR"
-        images = list_images(folder)
+        images = find_images(folder)
     if not images:
         raise DataError(f"no images in {folder} (looked for "
                         f"{', '.join(sorted(READABLE_SUFFIXES))}; subfolders are not searched)")
@@ -461,46 +454,21 @@ REPORT_FIELDS = ("dataset", "scale", "method", "psnr", "ssim", "images", "protoc
                  "degrade", "image")
 
 
-def check_report_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
-    """Fail before any compute on a report file that cannot or must not be written."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise UsageError(f"report path is a folder: {path}")
-    if path.exists() and not overwrite:
-        raise OutputExistsError(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"output folder does not exist: {parent}")
-    return path
+def write_json(path: str | os.PathLike, rows: list[dict[str, Any]], *,
+               overwrite: bool = False) -> Path:
+    return atomic_write_text(Path(path).expanduser(), json.dumps(rows, indent=1) + "\n",
+                             overwrite=overwrite)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
-    path = Path(path).expanduser()
-    _atomic_write_text(path, json.dumps(rows, indent=1) + "\n")
-    return path
-
-
-def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
-    path = Path(path).expanduser()
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]], *,
+              overwrite: bool = False) -> Path:
     fields = [f for f in REPORT_FIELDS if any(f in r for r in rows)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in rows:
         writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
-    _atomic_write_text(path, buf.getvalue())
-    return path
+    return atomic_write_text(Path(path).expanduser(), buf.getvalue(), overwrite=overwrite)
 
 
 def _fmt_scale(scale: float) -> str:
@@ -587,9 +555,7 @@ def evaluate(model: Any, data: str | os.PathLike, *,
         ex_dir.mkdir(parents=True, exist_ok=True)
         for img in shown:
             for s in scale_list:
-                target = ex_dir / example_name(ds.name, img, s)
-                if target.exists() and not overwrite:
-                    raise OutputExistsError(target)
+                check_output_path(ex_dir / example_name(ds.name, img, s), overwrite=overwrite)
 
     net, name = _model_and_name(model)
     if name == BICUBIC:

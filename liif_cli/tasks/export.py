@@ -13,7 +13,8 @@ The encoder runs on each call, so a caller that chunks N (as our engine does, fo
 re-encodes the image per chunk; the README shows that loop. The graph computes the first
 MLP layer on the latent grid (a 3×3 convolution) and gathers it per query, as our engine does.
 
-Every file is written to a temporary name, checked by reading it back, then renamed.
+Every file is written to a temporary name, checked by reading it back, then renamed
+(`io.files.atomic_write`).
 """
 
 from __future__ import annotations
@@ -23,19 +24,19 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from liif_cli import __version__
-from liif_cli.errors import ExportError, LiifError, OutputExistsError, UsageError
+from liif_cli.errors import ExportError, LiifError, UsageError
+from liif_cli.io.files import atomic_write, check_output_path
 from liif_cli.model.liif import AREA_EPS, COORD_CLAMP, ENSEMBLE_EPS_SHIFT, LIIF
 from liif_cli.runtime.weights import (
     LoadedModel,
@@ -96,9 +97,9 @@ def export_model(model: str | os.PathLike | LoadedModel | None, output: str | os
     key = export_format(fmt, output)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     dst = Path(output) if output is not None else Path(loaded.name + EXPORT_FORMATS[key])
-    _check_output(dst, overwrite=overwrite)
+    check_output_path(dst, overwrite=overwrite)
     if key == "onnx":
-        check = _publish(dst, lambda tmp: _write_onnx(loaded, tmp), overwrite=overwrite)
+        check = atomic_write(dst, lambda tmp: _write_onnx(loaded, tmp), overwrite=overwrite)
     else:
         ckpt = _checkpoint_of(loaded)
         if key == "safetensors":
@@ -112,7 +113,7 @@ def export_model(model: str | os.PathLike | LoadedModel | None, output: str | os
                 with open(tmp, "wb") as f:
                     torch.save(ckpt, f)
                 return _check_checkpoint(tmp, read_checkpoint(tmp), ckpt)
-        check = _publish(dst, write, overwrite=overwrite)
+        check = atomic_write(dst, write, overwrite=overwrite)
     return ExportResult(dst, key, loaded.name, dst.stat().st_size, time.perf_counter() - t0,
                         check)
 
@@ -134,46 +135,6 @@ def _check_checkpoint(tmp: str, back: dict[str, Any], ckpt: dict[str, Any]) -> s
     if want.keys() != got.keys() or any(not torch.equal(want[k].cpu(), got[k]) for k in want):
         raise ExportError("the written file does not read back to the same weights")
     return f"read back: {len(got)} tensors equal"
-
-
-def _check_output(dst: Path, *, overwrite: bool) -> None:
-    if dst.exists() and not overwrite:
-        raise OutputExistsError(dst)
-    if dst.is_dir():
-        raise ExportError(f"output is a folder: {dst}")
-    parent = dst.parent if str(dst.parent) else Path(".")
-    if not parent.is_dir():
-        raise ExportError(f"output folder does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"output folder is not writable: {parent}")
-
-
-def _publish(dst: Path, write: Callable[[str], str], *, overwrite: bool) -> str:
-    """write(tmp) then rename onto dst: never a partial file, never a clobber unless asked."""
-    parent = dst.parent if str(dst.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=parent)
-    os.close(fd)
-    try:
-        check = write(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        if overwrite:
-            os.replace(tmp, dst)
-        else:
-            try:
-                os.link(tmp, dst)  # atomic create-if-absent
-            except FileExistsError:
-                raise OutputExistsError(dst) from None
-            except OSError:  # no hard links here
-                if dst.exists():
-                    raise OutputExistsError(dst) from None
-                os.replace(tmp, dst)
-            Path(tmp).unlink(missing_ok=True)
-        return check
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------
