@@ -354,6 +354,22 @@ def test_resume_refuses_another_recipe_and_takes_another_schedule(folder, tmp_pa
         train(replace(lib, seed=1, epochs=3), resume=True)
 
 
+def test_a_new_run_into_a_folder_holding_one_is_refused(folder, tmp_path):
+    out = tmp_path / "r"
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('hidden = [16, 16]\n[encoder_args]\nn_resblocks = 1\nn_feats = 8\n')
+    args = ["train", "-q", "--out", str(out), "--epochs", "1", "--workers", "0", "--data",
+            str(folder), "--config", str(tiny), "--batch-size", "2", "--patch-size", "12",
+            "--scale-max", "2", "--sample-q", "50"]
+    assert runner.invoke(app, args).exit_code == 0
+    before = (out / "last.pth").read_bytes()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == f"error: {out} already holds a training run (last.pth): give " \
+        "--resume to continue it, or another --out for a new run"
+    assert (out / "last.pth").read_bytes() == before
+
+
 def test_every_config_key_is_either_recipe_or_may_change_on_resume():
     """A new TrainConfig field is recipe (refused on resume) unless listed; this pins the lists
     (and resume_config's docstring) so that adding one is a decision."""

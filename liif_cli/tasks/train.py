@@ -398,6 +398,9 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     state, saved = None, {}
     if resume:
         cfg, state, saved = _resumed_config(cfg)
+    elif (Path(cfg.out) / "last.pth").exists():
+        raise UsageError(f"{cfg.out} already holds a training run (last.pth): give --resume to "
+                         "continue it, or another --out for a new run")
     run = _build_run(cfg, dev, rank=rank, world=world, state=state, saved=saved)
     data = _build_data(run, emit)
     run.open_folder()
