@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import photo_like, random_model
+from conftest import README, listing, photo_like, random_model
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -27,10 +27,6 @@ runner = CliRunner()
 
 def run(*args, **kw):
     return runner.invoke(app, [str(a) for a in args], **kw)
-
-
-def listing(folder):
-    return sorted(p.name for p in folder.iterdir())
 
 
 @pytest.fixture
@@ -361,9 +357,7 @@ def test_onnx_graph_matches_liif_upscale(tmp_path, ort, tiny_ckpt, photo):
 
 def test_readme_onnx_snippet_runs(tmp_path, ort, tiny_ckpt, photo, monkeypatch):
     """The README's onnxruntime example, as printed, gives `liif upscale`'s pixels."""
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = README.read_text()
     block = readme.split("From Python with onnxruntime", 1)[1].split("```python", 1)[1]
     code = "\n".join(line[2:] for line in block.split("```", 1)[0].splitlines())
     assert 'InferenceSession("default.onnx")' in code and "chunk" in code

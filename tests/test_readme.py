@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REPO, photo_like
+from conftest import README, photo_like
 from PIL import Image
 
-BLOCKS = re.findall(r"^```python\n(.*?)^```", (REPO / "README.md").read_text(), re.S | re.M)
+BLOCKS = re.findall(r"^```python\n(.*?)^```", README.read_text(), re.S | re.M)
 
 
 def test_the_readme_has_python_examples():

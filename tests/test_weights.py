@@ -214,16 +214,15 @@ CARD_TOL_DB = 0.01  # the card prints 2 decimals; bf16 kernels may differ by CPU
 
 
 def test_model_card_shows_the_bundled_models_eval_results():
-    from pathlib import Path
-
     from card_tables import card_rows
+    from conftest import README
 
     w = BUNDLED["default"]
     assert w.metrics, "bundled.json has no eval results: run the card's liif eval commands " \
-                      "and tests/bundle_default.py --eval-json"
+                      "and scripts/bundle_default.py --eval-json"
     assert w.steps > 0 and w.recipe
     assert w.steps == load_model("default").meta["steps"]
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = README.read_text()
     for row in card_rows(w.metrics):
         assert row in readme, f"README's model card lacks: {row}"
 
