@@ -292,6 +292,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tiny_ckpt):
 # ----------------------------------------------------------------------------------------------
 # several workers: spawned processes, one model each
 
+@pytest.mark.slow
 def test_two_cpu_workers_share_the_work(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     names = [f"p{i}.png" for i in range(6)]
@@ -344,6 +345,7 @@ def slow_folder(tmp_path) -> tuple[Path, list[str]]:
     return tmp_path / "in", names
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_completes_every_output_whole(tmp_path, tiny_ckpt, slow_folder):
     inp, names = slow_folder
     out = tmp_path / "out"
@@ -371,6 +373,7 @@ def test_sigkill_then_rerun_completes_every_output_whole(tmp_path, tiny_ckpt, sl
         np.testing.assert_array_equal(_pixels(out / n), _pixels(tmp_path / "clean" / n))
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_with_a_summary_and_exit_130(tmp_path, tiny_ckpt, slow_folder):
     inp, names = slow_folder
     out = tmp_path / "out"

@@ -260,6 +260,7 @@ def test_jsonl_report_lines_append_and_merge(tmp_path):
         summarize_reports([])
 
 
+@pytest.mark.slow
 def test_a_sigkilled_task_leaves_its_report_complete(tmp_path, tiny_ckpt):
     inp, out, report = tmp_path / "in", tmp_path / "out", tmp_path / "r.jsonl"
     names = [f"p{i:02d}.png" for i in range(10)]
@@ -346,6 +347,7 @@ def _doc_block(marker: str, lang: str) -> str:
     return m.group(1)
 
 
+@pytest.mark.slow
 def test_the_docs_sbatch_script_runs_as_three_array_tasks(tmp_path, tiny_ckpt):
     """docs/cluster.md's liif-array.sbatch, run by bash as Slurm would run its 3 tasks."""
     script = tmp_path / "liif-array.sbatch"

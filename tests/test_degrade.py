@@ -227,6 +227,7 @@ def pair(tmp_path, monkeypatch):
     return w
 
 
+@pytest.mark.slow
 def test_denoise_ends_are_exactly_the_two_models(pair):
     sd0 = pair.load_model("default").model.state_dict()
     sd1 = pair.load_model("real").model.state_dict()
@@ -327,6 +328,7 @@ def test_real_model_card_shows_the_bundled_results():
         assert row in readme, f"README's real-world model card lacks: {row}"
 
 
+@pytest.mark.slow
 def test_real_model_card_numbers_are_what_liif_eval_prints_now():
     from conftest import DATA
 

@@ -99,6 +99,7 @@ GOLDEN_CASES = ["synth_31x57_to_16x28", "synth_31x57_to_31x57", "synth_48x40_to_
                 "synth_31x57_to_40x300"]
 
 
+@pytest.mark.slow
 def test_matches_official_golden_outputs(golden_dir, golden_manifest, golden_model):
     from PIL import Image
 
@@ -185,6 +186,7 @@ def test_plan_follows_the_budget_not_the_output():
     assert engine.make_plan(wide, (100, 100)).chunk < engine.make_plan(model, (100, 100)).chunk
 
 
+@pytest.mark.slow
 def test_working_memory_does_not_grow_with_output():
     """The largest tensor allocated while rendering is a chunk, not anything output-sized."""
     from torch.profiler import ProfilerActivity, profile

@@ -152,6 +152,7 @@ def test_unknown_format_is_a_usage_error(photo, tiny_ckpt, tmp_path):
     assert "m.h5" not in listing(tmp_path)
 
 
+@pytest.mark.slow
 def test_pipe_through_a_real_shell(photo, tiny_ckpt, tmp_path):
     """The installed command in a pipeline: cat | liif upscale - | file (stderr separate)."""
     cmd = (f"cat {photo} | {sys.executable} -m liif_cli upscale - -s 2 -m {tiny_ckpt} "
@@ -326,6 +327,7 @@ def _onnx_upscale(session, image: np.ndarray, out_hw, chunk: int) -> np.ndarray:
     return np.round(rgb * 255).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_onnx_graph_matches_liif_upscale(tmp_path, ort, tiny_ckpt, photo):
     import onnx
 
@@ -355,6 +357,7 @@ def test_onnx_graph_matches_liif_upscale(tmp_path, ort, tiny_ckpt, photo):
                   .astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 def test_readme_onnx_snippet_runs(tmp_path, ort, tiny_ckpt, photo, monkeypatch):
     """The README's onnxruntime example, as printed, gives `liif upscale`'s pixels."""
     readme = README.read_text()

@@ -175,6 +175,7 @@ def test_default_model_is_bundled_and_verified():
     assert load_model("default").path == loaded.path
 
 
+@pytest.mark.slow
 def test_readme_first_command_upscales_the_shipped_example_with_no_flags(tmp_path):
     """`liif upscale liif_cli/assets/example.png --scale ...` works on a fresh install."""
     from pathlib import Path
@@ -227,6 +228,7 @@ def test_model_card_shows_the_bundled_models_eval_results():
         assert row in readme, f"README's model card lacks: {row}"
 
 
+@pytest.mark.slow
 def test_model_card_numbers_are_what_liif_eval_prints_now():
     from conftest import DATA
 
