@@ -1,21 +1,30 @@
-"""Shared fixtures: the golden official outputs (when ../shared exists) and tiny models."""
+"""Shared test helpers: the golden official outputs (when ../shared exists), tiny seeded models,
+small synthetic images, and the one-thread fixture for tests on tiny tensors."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from liif_cli.model import LIIF, LiifConfig
+from liif_cli.model import LIIF, LMLIIF, LiifConfig, LmfConfig
 
 REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 SHARED = REPO.parent / "shared"
 GOLDEN = SHARED / "golden"
 GOLDEN_CKPT = GOLDEN / "edsr-baseline-liif-seed0-cudatag.pth"
 DATA = SHARED / "data"
+SUBPROCESS_TIMEOUT_S = 180  # generous: the test machine is shared and often loaded
+TINY_ENCODER = {"n_resblocks": 2, "n_feats": 16, "no_upsampling": True}  # EDSR-baseline, tiny
+
+# scripts/card_tables.py formats the model cards' rows; tests check the README shows them
+sys.path.insert(0, str(REPO / "scripts"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -48,8 +57,7 @@ def golden_model(golden_dir) -> LIIF:
 
 def tiny_config(**kw) -> LiifConfig:
     """A small EDSR-baseline-LIIF (2 blocks, 16 feats, MLP 32-32): fast enough for any test."""
-    args = {"n_resblocks": 2, "n_feats": 16, "no_upsampling": True}
-    return LiifConfig(encoder="edsr-baseline", encoder_args=args, hidden=(32, 32), **kw)
+    return LiifConfig(encoder="edsr-baseline", encoder_args=TINY_ENCODER, hidden=(32, 32), **kw)
 
 
 def random_model(config: LiifConfig | None = None, seed: int = 0) -> LIIF:
@@ -59,6 +67,26 @@ def random_model(config: LiifConfig | None = None, seed: int = 0) -> LIIF:
     for m in model.imnet.linears:
         torch.nn.init.kaiming_normal_(m.weight)
     return model.eval()
+
+
+def random_lmf(seed: int = 0, **kw) -> LMLIIF:
+    """A tiny-encoder LM-LIIF with the official decoder sizes, outputs far from flat."""
+    torch.manual_seed(seed)
+    model = LMLIIF(LmfConfig(encoder_args=TINY_ENCODER, **kw))
+    for lin in model.imnet.linears + model.hypernet.linears:
+        torch.nn.init.kaiming_normal_(lin.weight)
+        torch.nn.init.normal_(lin.bias, std=0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster, and immune to busy neighbours. A module takes it with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -84,3 +112,17 @@ def photo_like(h: int, w: int, seed: int = 0, channels: int = 3) -> np.ndarray:
     img[(x // 7 + y // 5) % 2 == 0] += 0.1  # hard edges
     img += rng.normal(0, 0.02, img.shape)
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+def write_images(folder: Path, names: list[str], hw: tuple[int, int] = (16, 20)) -> None:
+    """Photo-like PNGs (or any format Pillow takes from the name) at folder/name, seeded by
+    position; subfolders in the names are made."""
+    for k, name in enumerate(names):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo_like(*hw, seed=k)).save(path)
+
+
+def listing(folder: Path) -> list[str]:
+    """The names in a folder, sorted: what a run left there (temporaries included)."""
+    return sorted(p.name for p in folder.iterdir())

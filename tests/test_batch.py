@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import photo_like
-from PIL import Image
+from conftest import SUBPROCESS_TIMEOUT_S, photo_like, write_images
 from typer.testing import CliRunner
 
 from liif_cli.cli import app
@@ -37,14 +36,6 @@ from liif_cli.tasks.batch import (
 from liif_cli.tasks.upscale import size_request, upscale_image
 
 runner = CliRunner()
-SUBPROCESS_TIMEOUT_S = 180  # generous: the test machine is shared and often loaded
-
-
-def _images(folder: Path, names: list[str], hw=(20, 24)) -> None:
-    for k, name in enumerate(names):
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(photo_like(*hw, seed=k)).save(path)
 
 
 def _touch(folder: Path, names: list[str]) -> None:
@@ -180,7 +171,7 @@ def test_stale_temp_pattern_is_what_write_image_leaves(tmp_path, monkeypatch):
 def test_run_writes_then_skips_then_overwrites(tmp_path, tiny_ckpt):
     inp, out = tmp_path / "in", tmp_path / "out"
     names = ["a.png", "b.png", "sub/c.png"]
-    _images(inp, names)
+    write_images(inp, names, hw=(20, 24))
     loaded = load_model(str(tiny_ckpt))
     spec = size_request(scale="2")
     events = []
@@ -210,7 +201,7 @@ def test_run_writes_then_skips_then_overwrites(tmp_path, tiny_ckpt):
 
 def test_stale_temps_are_removed_but_nothing_else(tmp_path, tiny_ckpt):
     inp, out = tmp_path / "in", tmp_path / "out"
-    _images(inp, ["a.png", "b.png"])
+    write_images(inp, ["a.png", "b.png"], hw=(20, 24))
     out.mkdir()
     stale = out / ".a.png.k1ll3d_0.part"
     keep = [out / ".zzz.png.abcdefgh.part",  # not an output of this batch
@@ -229,7 +220,7 @@ def test_stale_temps_are_removed_but_nothing_else(tmp_path, tiny_ckpt):
 
 def test_bad_files_fail_alone_and_are_reported(tmp_path, tiny_ckpt):
     inp, out = tmp_path / "in", tmp_path / "out"
-    _images(inp, ["good1.png", "good2.jpg"])
+    write_images(inp, ["good1.png", "good2.jpg"], hw=(20, 24))
     whole = (inp / "good1.png").read_bytes()
     (inp / "trunc.png").write_bytes(whole[: len(whole) // 2])
     (inp / "text.jpg").write_text("not a picture")
@@ -267,7 +258,7 @@ def test_fail_fast_stops_after_the_first_failure(tmp_path, tiny_ckpt):
     inp, out = tmp_path / "in", tmp_path / "out"
     (inp).mkdir()
     (inp / "a_empty.png").write_bytes(b"")
-    _images(inp, [f"b{i}.png" for i in range(8)])
+    write_images(inp, [f"b{i}.png" for i in range(8)], hw=(20, 24))
     report = tmp_path / "r.json"
     r = runner.invoke(app, ["batch", str(inp), str(out), "-s", "2", "-m", str(tiny_ckpt),
                             "--fail-fast", "--report", str(report)])
@@ -280,7 +271,7 @@ def test_fail_fast_stops_after_the_first_failure(tmp_path, tiny_ckpt):
 
 def test_cli_usage_errors_are_one_line(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
-    _images(inp, ["a.png"])
+    write_images(inp, ["a.png"], hw=(20, 24))
     cases = [([], 2, "say how big"), (["-s", "2", "--shard", "0/2"], 2, "shard"),
              (["-s", "2", "--format", "gif"], 2, "format"),
              (["-s", "2", "--precision", "fp16", "--device", "cpu"], 2, "fp16"),
@@ -297,7 +288,7 @@ def test_cli_usage_errors_are_one_line(tmp_path, tiny_ckpt):
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tiny_ckpt):
     inp, out = tmp_path / "in", tmp_path / "out"
-    _images(inp, ["a.png", "sub/b.png"])
+    write_images(inp, ["a.png", "sub/b.png"], hw=(20, 24))
     r = runner.invoke(app, ["batch", str(inp), str(out), "-s", "2", "-r", "--suffix", "_x2",
                             "--format", "webp", "--dry-run"])
     assert r.exit_code == 0, r.output
@@ -308,10 +299,11 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tiny_ckpt):
 # ----------------------------------------------------------------------------------------------
 # several workers: spawned processes, one model each
 
+@pytest.mark.slow
 def test_two_cpu_workers_share_the_work(tmp_path, tiny_ckpt):
     inp = tmp_path / "in"
     names = [f"p{i}.png" for i in range(6)]
-    _images(inp, names)
+    write_images(inp, names, hw=(20, 24))
     spec = size_request(scale="2")
     one = run_batch(plan_batch(inp, tmp_path / "one"), str(tiny_ckpt), size=spec,
                     devices="cpu")
@@ -356,10 +348,11 @@ def _whole_outputs(out: Path) -> list[str]:
 @pytest.fixture
 def slow_folder(tmp_path) -> tuple[Path, list[str]]:
     names = [f"p{i:02d}.png" for i in range(8)]
-    _images(tmp_path / "in", names, hw=(48, 48))
+    write_images(tmp_path / "in", names, hw=(48, 48))
     return tmp_path / "in", names
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_completes_every_output_whole(tmp_path, tiny_ckpt, slow_folder):
     inp, names = slow_folder
     out = tmp_path / "out"
@@ -387,6 +380,7 @@ def test_sigkill_then_rerun_completes_every_output_whole(tmp_path, tiny_ckpt, sl
         np.testing.assert_array_equal(_pixels(out / n), _pixels(tmp_path / "clean" / n))
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_with_a_summary_and_exit_130(tmp_path, tiny_ckpt, slow_folder):
     inp, names = slow_folder
     out = tmp_path / "out"

@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, photo_like
-from PIL import Image
+from conftest import REPO, SUBPROCESS_TIMEOUT_S, write_images
 from typer.testing import CliRunner
 
 from liif_cli.cli import app
@@ -34,7 +33,6 @@ from liif_cli.tasks.batch import (
 from liif_cli.tasks.upscale import size_request
 
 runner = CliRunner()
-SUBPROCESS_TIMEOUT_S = 180  # the test machine is shared and often loaded
 DOCS = REPO / "docs" / "cluster.md"
 # every variable --shard auto reads: cleared so that the host's own (a CI job under Slurm) and
 # the other tests' never leak in
@@ -48,13 +46,6 @@ SHARD_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_M
 def no_job_engine(monkeypatch):
     for name in SHARD_VARS:
         monkeypatch.delenv(name, raising=False)
-
-
-def _images(folder: Path, names: list[str], hw=(16, 20)) -> None:
-    for k, name in enumerate(names):
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(photo_like(*hw, seed=k)).save(path)
 
 
 def _array(tid: int, lo: int, count: int, **extra) -> dict[str, str]:
@@ -135,7 +126,7 @@ def test_kubernetes_indexed_jobs_need_the_count():
 
 def test_cli_says_what_it_found_first_or_fails_in_one_line(tmp_path, tiny_ckpt):
     inp, out = tmp_path / "in", tmp_path / "out"
-    _images(inp, ["a.png", "b.png"])
+    write_images(inp, ["a.png", "b.png"])
     base = ["batch", str(inp), str(out), "-s", "2", "-m", str(tiny_ckpt), "--shard", "auto"]
     r = runner.invoke(app, base)
     assert r.exit_code == 2, r.output
@@ -161,7 +152,7 @@ def test_three_array_tasks_do_each_file_once_with_one_runs_outputs(tmp_path, tin
     """The issue's bar: a 3-task array (ids 7-9) over a folder == one plain run."""
     inp = tmp_path / "in"
     names = [f"p{i}.png" for i in range(7)] + ["sub/q.png", "sub/r.png"]
-    _images(inp, names)
+    write_images(inp, names)
     common = ["-s", "2", "-m", str(tiny_ckpt), "--device", "cpu", "-r"]
     one = runner.invoke(app, ["batch", str(inp), str(tmp_path / "one"), *common, "--quiet"])
     assert one.exit_code == 0, one.output
@@ -201,7 +192,7 @@ def test_three_array_tasks_do_each_file_once_with_one_runs_outputs(tmp_path, tin
 
 def test_on_record_sees_every_item_once_as_it_ends(tmp_path, tiny_ckpt):
     inp, out = tmp_path / "in", tmp_path / "out"
-    _images(inp, ["a.png", "c.png", "d.png"])
+    write_images(inp, ["a.png", "c.png", "d.png"])
     (inp / "b.png").write_bytes(b"")  # fails when read
     out.mkdir()
     (out / "a.png").write_bytes(b"x")  # skipped: the plan says so before any work
@@ -214,7 +205,7 @@ def test_on_record_sees_every_item_once_as_it_ends(tmp_path, tiny_ckpt):
     assert sorted(map(id, seen)) == sorted(map(id, res.records))
 
     seen.clear()  # --fail-fast on a planned failure (two inputs, one output): the rest are
-    _images(inp, ["a.gif"])  # recorded as cancelled, after it
+    write_images(inp, ["a.gif"])  # recorded as cancelled, after it
     res = run_batch(plan_batch(inp, tmp_path / "ff"), str(tiny_ckpt),
                     size=size_request(scale=2), devices="cpu", fail_fast=True,
                     on_record=seen.append)
@@ -271,10 +262,11 @@ def test_jsonl_report_lines_append_and_merge(tmp_path):
         summarize_reports([])
 
 
+@pytest.mark.slow
 def test_a_sigkilled_task_leaves_its_report_complete(tmp_path, tiny_ckpt):
     inp, out, report = tmp_path / "in", tmp_path / "out", tmp_path / "r.jsonl"
     names = [f"p{i:02d}.png" for i in range(10)]
-    _images(inp, names, hw=(48, 48))
+    write_images(inp, names, hw=(48, 48))
     cmd = [sys.executable, "-m", "liif_cli", "batch", str(inp), str(out), "-s", "4", "-m",
            str(tiny_ckpt), "--device", "cpu", "--quiet", "--report", str(report)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -308,7 +300,7 @@ def test_a_sigkilled_task_leaves_its_report_complete(tmp_path, tiny_ckpt):
 
 def test_files_from_lists_replace_the_walk(tmp_path, tiny_ckpt):
     inp, out = tmp_path / "in", tmp_path / "out"
-    _images(inp, ["a.png", "b.png", "sub/c.png", "sub/d.png", ".hidden.png"])
+    write_images(inp, ["a.png", "b.png", "sub/c.png", "sub/d.png", ".hidden.png"])
     (inp / "notes.txt").write_text("x")
     listing = tmp_path / "todo.txt"
     listing.write_text(f"./a.png\n\nsub/c.png\r\n{inp.absolute() / 'sub/d.png'}\na.png\n"
@@ -357,6 +349,7 @@ def _doc_block(marker: str, lang: str) -> str:
     return m.group(1)
 
 
+@pytest.mark.slow
 def test_the_docs_sbatch_script_runs_as_three_array_tasks(tmp_path, tiny_ckpt):
     """docs/cluster.md's liif-array.sbatch, run by bash as Slurm would run its 3 tasks."""
     script = tmp_path / "liif-array.sbatch"
@@ -365,7 +358,7 @@ def test_the_docs_sbatch_script_runs_as_three_array_tasks(tmp_path, tiny_ckpt):
     assert "--shard auto" in script.read_text() and hi - lo + 1 == 3
     inp, out = tmp_path / "in", tmp_path / "out"
     names = [f"p{i}.png" for i in range(6)]
-    _images(inp, names)
+    write_images(inp, names)
     venv_bin = str(Path(sys.executable).parent)
     for tid in range(lo, hi + 1):
         env = {k: v for k, v in os.environ.items() if k not in SHARD_VARS}

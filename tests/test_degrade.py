@@ -227,6 +227,7 @@ def pair(tmp_path, monkeypatch):
     return w
 
 
+@pytest.mark.slow
 def test_denoise_ends_are_exactly_the_two_models(pair):
     sd0 = pair.load_model("default").model.state_dict()
     sd1 = pair.load_model("real").model.state_dict()
@@ -317,17 +318,17 @@ def test_real_is_bundled_with_default_as_its_partner_and_loads_in_the_official_l
 
 
 def test_real_model_card_shows_the_bundled_results():
-    from pathlib import Path
-
     from card_tables import degraded_rows
+    from conftest import README
 
     w = _real()
     assert w.degraded_metrics and "none" in w.degraded_metrics
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = README.read_text()
     for row in degraded_rows(w.degraded_metrics):
         assert row in readme, f"README's real-world model card lacks: {row}"
 
 
+@pytest.mark.slow
 def test_real_model_card_numbers_are_what_liif_eval_prints_now():
     from conftest import DATA
 

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import random_model, tiny_config
+from conftest import TINY_ENCODER, random_model, tiny_config
 
 from liif_cli.model import LIIF, LiifConfig
 from liif_cli.model.coords import make_cell, make_coord
@@ -16,16 +16,8 @@ from liif_cli.runtime import engine
 
 ORACLE_TOL = 1e-4  # max |Δ| on raw [0, 1] outputs: float reordering only (golden README)
 TILED_TOL = 1e-5
-ENC = {"n_resblocks": 2, "n_feats": 16, "no_upsampling": True}  # the tiny encoder
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread is faster, and immune to busy neighbours."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors
 
 
 def oracle(model, img: torch.Tensor, out_hw: tuple[int, int]) -> np.ndarray:
@@ -107,6 +99,7 @@ GOLDEN_CASES = ["synth_31x57_to_16x28", "synth_31x57_to_31x57", "synth_48x40_to_
                 "synth_31x57_to_40x300"]
 
 
+@pytest.mark.slow
 def test_matches_official_golden_outputs(golden_dir, golden_manifest, golden_model):
     from PIL import Image
 
@@ -189,10 +182,11 @@ def test_plan_follows_the_budget_not_the_output():
     assert engine.make_plan(rdn, (900, 900)).tile == engine.HALO_BOUND_TILES * (131 + 3)
     assert engine.make_plan(model, (40, 30)).tile == 40  # never bigger than the image
     # on the CPU a wide MLP gets shorter chunks than a narrow one (cache-sized buffers)
-    wide = random_model(LiifConfig(encoder="edsr-baseline", encoder_args=ENC, hidden=(256, 256)))
+    wide = random_model(LiifConfig(encoder="edsr-baseline", encoder_args=TINY_ENCODER, hidden=(256, 256)))
     assert engine.make_plan(wide, (100, 100)).chunk < engine.make_plan(model, (100, 100)).chunk
 
 
+@pytest.mark.slow
 def test_working_memory_does_not_grow_with_output():
     """The largest tensor allocated while rendering is a chunk, not anything output-sized."""
     from torch.profiler import ProfilerActivity, profile

@@ -84,6 +84,7 @@ def test_metric_on_official_prediction(golden_dir, golden_manifest, protocol):
             official[(protocol, s)], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_cli_reproduces_official_psnr(golden_dir, golden_manifest, tmp_path):
     """`liif eval` on a folder holding the golden image gives the official PSNRs: div2k at
     every golden scale, benchmark at two (CLI), no-shave at one (library). The metric alone

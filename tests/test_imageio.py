@@ -11,7 +11,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
-from conftest import photo_like
+from conftest import listing, photo_like
 from PIL import ExifTags, Image, ImageCms, ImageOps
 
 from liif_cli.errors import ImageReadError, ImageWriteError, UsageError
@@ -23,10 +23,6 @@ SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 def rgb(h=9, w=11, seed=0):
     return photo_like(h, w, seed)
-
-
-def listing(folder):
-    return sorted(p.name for p in folder.iterdir())
 
 
 # ----------------------------------------------------------------------------------------------

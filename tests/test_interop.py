@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import photo_like, random_model
+from conftest import README, listing, photo_like, random_model
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -27,10 +27,6 @@ runner = CliRunner()
 
 def run(*args, **kw):
     return runner.invoke(app, [str(a) for a in args], **kw)
-
-
-def listing(folder):
-    return sorted(p.name for p in folder.iterdir())
 
 
 @pytest.fixture
@@ -156,6 +152,7 @@ def test_unknown_format_is_a_usage_error(photo, tiny_ckpt, tmp_path):
     assert "m.h5" not in listing(tmp_path)
 
 
+@pytest.mark.slow
 def test_pipe_through_a_real_shell(photo, tiny_ckpt, tmp_path):
     """The installed command in a pipeline: cat | liif upscale - | file (stderr separate)."""
     cmd = (f"cat {photo} | {sys.executable} -m liif_cli upscale - -s 2 -m {tiny_ckpt} "
@@ -330,6 +327,7 @@ def _onnx_upscale(session, image: np.ndarray, out_hw, chunk: int) -> np.ndarray:
     return np.round(rgb * 255).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_onnx_graph_matches_liif_upscale(tmp_path, ort, tiny_ckpt, photo):
     import onnx
 
@@ -359,11 +357,10 @@ def test_onnx_graph_matches_liif_upscale(tmp_path, ort, tiny_ckpt, photo):
                   .astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 def test_readme_onnx_snippet_runs(tmp_path, ort, tiny_ckpt, photo, monkeypatch):
     """The README's onnxruntime example, as printed, gives `liif upscale`'s pixels."""
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = README.read_text()
     block = readme.split("From Python with onnxruntime", 1)[1].split("```python", 1)[1]
     code = "\n".join(line[2:] for line in block.split("```", 1)[0].splitlines())
     assert 'InferenceSession("default.onnx")' in code and "chunk" in code

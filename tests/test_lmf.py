@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, photo_like
+from conftest import REPO, photo_like, random_lmf
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,10 +21,10 @@ from liif_cli.runtime.weights import (
     save_checkpoint,
 )
 
-GOLDEN = REPO / "tests" / "data" / "lmf_golden"  # made by tests/make_lmf_golden.py
+GOLDEN = REPO / "tests" / "data" / "lmf_golden"  # made by scripts/make_lmf_golden.py
 ENGINE_TOL = 1e-4  # max |Δ| on raw [0, 1] outputs: float reordering only
 TILED_TOL = 1e-5
-ENC = {"n_resblocks": 2, "n_feats": 16, "no_upsampling": True}
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors
 
 # The official EDSR-baseline LM-LIIF (configs/train-lmf/train_edsr-baseline-lmliif.yaml),
 # written out as its file holds it, and its decoder's parameter names and shapes.
@@ -47,24 +47,6 @@ OFFICIAL_DECODER_SHAPES = {
        for i in (2, 4, 6, 8, 10) for p in ("weight", "bias")},
     "imnet.layers.12.weight": (3, 16), "imnet.layers.12.bias": (3,),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def random_lmf(seed: int = 0, **kw) -> LMLIIF:
-    """A tiny-encoder LM-LIIF with the official decoder sizes, outputs far from flat."""
-    torch.manual_seed(seed)
-    model = LMLIIF(LmfConfig(encoder_args=ENC, **kw))
-    for lin in model.imnet.linears + model.hypernet.linears:
-        torch.nn.init.kaiming_normal_(lin.weight)
-        torch.nn.init.normal_(lin.bias, std=0.1)
-    return model.eval()
 
 
 def reference(model, img: torch.Tensor, out_hw: tuple[int, int]) -> np.ndarray:

@@ -33,6 +33,7 @@ def faults_for_ten_tensors(mode: str) -> int:
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                     reason="tunes glibc's allocator; does nothing elsewhere")
+@pytest.mark.slow
 def test_kept_memory_is_reused_instead_of_faulted_in_again():
     assert faults_for_ten_tensors("glibc") > 5 * PAGES  # glibc: mmap, fault, munmap, each time
     assert faults_for_ten_tensors("keep") < PAGES // 2

@@ -45,6 +45,7 @@ def test_encoder_matches_golden_features(golden_dir, golden_model):
         assert np.abs(feat.numpy() - ref).max() < GOLDEN_TOL
 
 
+@pytest.mark.slow
 def test_every_golden_case_reproduces_through_the_oracle_and_fast_query(golden_dir, golden_model):
     cases = list(golden_cases(golden_dir))
     sizes = {hw for _, hw, _ in cases}
@@ -136,6 +137,7 @@ def test_receptive_radius_is_true():
     assert d[c, c + r] > 0 and d[c, c + r + 1] == 0 and d[c + r + 1, c] == 0
 
 
+@pytest.mark.slow
 def test_every_golden_case_reproduces_through_liif_upscale(golden_dir, tmp_path):
     """End to end: the PNG equals round(clamp(raw, 0, 1) * 255) within 1 level, ≥ 99.9 %."""
     from typer.testing import CliRunner

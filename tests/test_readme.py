@@ -1,4 +1,5 @@
-"""Every ```python block of README.md runs as printed, in a folder of small images it makes."""
+"""README.md as printed: its two set-up commands are CI's and the package's, and every ```python
+block runs, in a folder of small images it makes."""
 
 from __future__ import annotations
 
@@ -6,10 +7,22 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REPO, photo_like
+from conftest import README, REPO, photo_like
 from PIL import Image
 
-BLOCKS = re.findall(r"^```python\n(.*?)^```", (REPO / "README.md").read_text(), re.S | re.M)
+BLOCKS = re.findall(r"^```python\n(.*?)^```", README.read_text(), re.S | re.M)
+
+
+def test_the_set_up_commands_are_what_ci_runs_on_what_the_package_ships():
+    setup = README.read_text().split("## Set-up: two commands", 1)[1].split("```bash\n", 1)[1]
+    install, test = [ln for ln in setup.split("```", 1)[0].splitlines() if ln and ln[0] != "#"]
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    torch_pin = re.search(r"pip install (torch==\S+)", install).group(1)
+    assert f"pip install -q {torch_pin}" in ci  # the README's torch is the one CI tests
+    first = re.search(r"liif upscale (\S+)", install).group(1)
+    assert (REPO / first).is_file() and "pip install ." in install
+    assert test.endswith("pip install -e '.[test]' && ruff check . && python -m pytest -q")
+    assert {"pip install -q -e '.[test]'", "ruff check .", "python -m pytest -q"} <= set(ci)
 
 
 def test_the_readme_has_python_examples():

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import liif_cli
 
 # Runs in a fresh interpreter: each command line through the real entry point, `main()`,
@@ -59,6 +61,7 @@ def test_help_version_and_usage_errors_never_import_torch(tmp_path):
     assert runs["eval --scales"]["code"] == 2
 
 
+@pytest.mark.slow
 def test_the_public_names_load_lazily_and_upscale_stays_the_function():
     proc = subprocess.run([sys.executable, "-c", (
         "import sys, liif_cli\n"

@@ -167,6 +167,7 @@ def test_config_file_and_overrides(tmp_path):
         config_from(str(toml), {})
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_matches_one_process(folder, tmp_path):
     """torchrun, gloo, 2 ranks × batch 1 == 1 process × batch 2 (same global batch)."""
     common = ["--data", str(folder), "--epochs", "1", "--batch-size", "2", "--repeat", "2",
@@ -201,6 +202,7 @@ main()
 
 
 @pytest.mark.parametrize("mode", ["dist", "single"])
+@pytest.mark.slow
 def test_a_distributed_rank_exits_without_interpreter_finalization(mode, tmp_path):
     """Under torchrun the CLI ends with os._exit after the run, keeping the command's exit code.
 

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import photo_like
+from conftest import listing, photo_like
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
@@ -26,10 +26,6 @@ from liif_cli.tasks.upscale import (
 )
 
 runner = CliRunner()
-
-
-def listing(folder):
-    return sorted(p.name for p in folder.iterdir())
 
 
 def model_output(model, pixels: np.ndarray, out_hw, top=255) -> np.ndarray:

@@ -175,6 +175,7 @@ def test_default_model_is_bundled_and_verified():
     assert load_model("default").path == loaded.path
 
 
+@pytest.mark.slow
 def test_readme_first_command_upscales_the_shipped_example_with_no_flags(tmp_path):
     """`liif upscale liif_cli/assets/example.png --scale ...` works on a fresh install."""
     from pathlib import Path
@@ -214,20 +215,20 @@ CARD_TOL_DB = 0.01  # the card prints 2 decimals; bf16 kernels may differ by CPU
 
 
 def test_model_card_shows_the_bundled_models_eval_results():
-    from pathlib import Path
-
     from card_tables import card_rows
+    from conftest import README
 
     w = BUNDLED["default"]
     assert w.metrics, "bundled.json has no eval results: run the card's liif eval commands " \
-                      "and tests/bundle_default.py --eval-json"
+                      "and scripts/bundle_default.py --eval-json"
     assert w.steps > 0 and w.recipe
     assert w.steps == load_model("default").meta["steps"]
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = README.read_text()
     for row in card_rows(w.metrics):
         assert row in readme, f"README's model card lacks: {row}"
 
 
+@pytest.mark.slow
 def test_model_card_numbers_are_what_liif_eval_prints_now():
     from conftest import DATA
 

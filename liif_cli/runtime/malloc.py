@@ -5,7 +5,7 @@ hands it back with `munmap` on free. A training step makes and drops several hun
 activations, so each step page-faults all of them in again, zero-filled by the kernel: measured
 on the 2-core machine, 157,000 faults per second and a quarter of the training job's CPU time in
 the kernel. With `keep_freed_memory()` freed blocks stay in the heap and the next step reuses
-them: a bf16 training step went from 4.50 to 3.34 s (`tests/bench_train.py`, one thread, beside
+them: a bf16 training step went from 4.50 to 3.34 s (`scripts/bench_train.py`, one thread, beside
 a training job), and the real run on 2 cores from 2.2 to 1.9 s.
 
 The cost is that the process keeps its high-water mark until it exits, which suits a training

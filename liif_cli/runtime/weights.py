@@ -56,7 +56,7 @@ class BundledWeights:
 
 def _bundled() -> dict[str, BundledWeights]:
     """The weights the package ships, from bundled/bundled.json (written by
-    tests/bundle_default.py; the model card is the README's "Default model" section)."""
+    scripts/bundle_default.py; the model card is the README's "Default model" section)."""
     manifest = PACKAGE_WEIGHTS_DIR / "bundled.json"
     if not manifest.exists():
         return {}

@@ -9,7 +9,7 @@ on CUDA `torch.cuda.max_memory_allocated`; on the CPU the process's resident set
 `RSS_SAMPLE_S` during the run (getrusage's peak never goes down, so it cannot be given per run).
 
 Timings include encoding. They are in-process (no interpreter start or file I/O); the whole
-`liif upscale` process is timed by `tests/bench_upscale.py`.
+`liif upscale` process is timed by `scripts/bench_upscale.py`.
 """
 
 from __future__ import annotations

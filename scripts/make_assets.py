@@ -1,7 +1,7 @@
 """Regenerate liif_cli/assets/example.png: a small scene drawn here (no outside images).
 
 Drawn at 4× and downsampled with a box filter, so edges are anti-aliased like a photo's.
-Run: python tests/make_assets.py
+Run: python scripts/make_assets.py
 """
 
 from pathlib import Path

@@ -3,8 +3,8 @@
 The batch loads the model once and overlaps decoding/encoding with compute; separate runs pay
 interpreter + torch import + model load every time. Target (issue 4): ratio >= 3x.
 
-    python tests/bench_batch.py                      # golden EDSR-baseline-LIIF, 20 × 48 px, ×2
-    python tests/bench_batch.py --px 96 --jobs 2     # other settings
+    python scripts/bench_batch.py                      # golden EDSR-baseline-LIIF, 20 × 48 px, ×2
+    python scripts/bench_batch.py --px 96 --jobs 2     # other settings
 
 Images are crops of ../shared/data (real photos) when present, else synthetic. Timings on a
 shared machine are noisy: run it when the machine is quiet and report the load.

@@ -1,7 +1,7 @@
 """Training-step benchmark (not collected by pytest; run it by hand on a quiet machine).
 
-    python tests/bench_train.py                 # fp32 and bf16, both formulations
-    python tests/bench_train.py --steps 5 --precision bf16
+    python scripts/bench_train.py                 # fp32 and bf16, both formulations
+    python scripts/bench_train.py --steps 5 --precision bf16
 
 One step of the paper's recipe batch (16 × 48² LR patches, 2304 queries each, EDSR-baseline-LIIF,
 forward + L1 + backward + Adam) on random data, timed after one warm-up step, for:

@@ -2,10 +2,10 @@
 
     liif eval --data ../shared/data/val/Set5/HR --lr-dir ../shared/data/val/Set5/LR_bicubic \\
         --scales 2,3,4,6,8,12 --protocol benchmark --precision bf16 --json /tmp/card/Set5.json
-    python tests/card_tables.py /tmp/card/Set5.json /tmp/card/Set14.json /tmp/card/B100.json
+    python scripts/card_tables.py /tmp/card/Set5.json /tmp/card/Set14.json /tmp/card/B100.json
 
 Prints one Markdown row per report: "model / bicubic (gain)" per scale, PSNR in dB. The same
-results go into bundled.json (tests/bundle_default.py --eval-json), and a test checks that the
+results go into bundled.json (scripts/bundle_default.py --eval-json), and a test checks that the
 README shows exactly these rows.
 """
 

@@ -1,8 +1,8 @@
 """Package a trained checkpoint as the bundled default model (maintainers only).
 
-    python tests/bundle_default.py runs/default/best.pth --description "..." --recipe "..."
+    python scripts/bundle_default.py runs/default/best.pth --description "..." --recipe "..."
     # run the model card's `liif eval ... --json /tmp/card/SET.json` commands, then record them:
-    python tests/bundle_default.py runs/default/best.pth ... --eval-json /tmp/card/*.json
+    python scripts/bundle_default.py runs/default/best.pth ... --eval-json /tmp/card/*.json
 
 Writes liif_cli/bundled/default.pth (official layout, fp16 storage, training metadata kept,
 optimizer dropped) and records its sha256, steps, recipe and eval results in

@@ -1,8 +1,8 @@
 """Whole-process benchmark of `liif upscale` (not collected by pytest; run it by hand).
 
-    python tests/bench_upscale.py                  # both cases
-    python tests/bench_upscale.py --case speed     # 256×256 → ×4, EDSR-baseline-LIIF
-    python tests/bench_upscale.py --case memory    # 1024×1024 → ×8, small checkpoint
+    python scripts/bench_upscale.py                  # both cases
+    python scripts/bench_upscale.py --case speed     # 256×256 → ×4, EDSR-baseline-LIIF
+    python scripts/bench_upscale.py --case memory    # 1024×1024 → ×8, small checkpoint
 
 speed: the official demo path (encode + batched_predict of 30000 queries, `liif_cli.tasks.bench.
 official_demo`) against `liif upscale --precision fp32` and `--precision bf16`, each a fresh

@@ -7,7 +7,7 @@ more), and utils' tensorboardX import is satisfied by an empty stand-in (it is o
 logging). The official forward keeps one `.cuda()` call, in `gen_feats`, which it skips when
 given `inp_coord`; we pass the latent grid's coordinates, exactly what it would compute.
 
-    python tests/make_lmf_golden.py --official /path/to/LMF/.git [--out tests/data/lmf_golden]
+    python scripts/make_lmf_golden.py --official /path/to/LMF/.git [--out tests/data/lmf_golden]
 
 Writes `model.pth` (official layout, saved by the official model's own state_dict) and
 `golden.npz`: inputs `inp_<name>` (3, h, w) in [0, 1], eval-mode outputs `eval_<name>_<H>x<W>`
@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 FILES = ["models/models.py", "models/edsr.py", "models/mlp.py", "models/lmmlp.py",
          "models/lmliif.py", "utils.py"]
@@ -60,7 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--official", required=True, help="git dir of HeZongyao/LMF")
     ap.add_argument("--rev", default="HEAD")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "data" / "lmf_golden"))
+    ap.add_argument("--out", default=str(REPO / "tests" / "data" / "lmf_golden"))
     args = ap.parse_args()
     src = Path(tempfile.mkdtemp(prefix="lmf-official-"))
     (src / "models").mkdir()

@@ -1,7 +1,7 @@
 """Pack the training photos small enough to travel to a lent GPU machine (maintainers only).
 
     echo /.gpu_data/ >> .git/info/exclude
-    python tests/pack_gpu_data.py            # ../shared/data/train -> .gpu_data/train
+    python scripts/pack_gpu_data.py            # ../shared/data/train -> .gpu_data/train
 
 The device tool carries at most 64 MiB of working tree, and ../shared does not travel; the 371
 training photos are 69 MB as PNG/JPEG. PNGs are re-encoded as lossless WebP (pixels identical,
