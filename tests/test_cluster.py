@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from liif_cli.cli import app
 from liif_cli.errors import UsageError
+from liif_cli.runtime.sizing import size_request
 from liif_cli.tasks.batch import (
     SHARD_COUNT_ENV,
     FileRecord,
@@ -31,7 +32,6 @@ from liif_cli.tasks.batch import (
     run_batch,
     summarize_reports,
 )
-from liif_cli.tasks.upscale import size_request
 
 runner = CliRunner()
 SUBPROCESS_TIMEOUT_S = 180  # the test machine is shared and often loaded
