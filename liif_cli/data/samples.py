@@ -7,6 +7,10 @@ as queries with their cells. With `degrade`, the LR then goes through the real-w
 pipeline of `degrade.py` (blur, noise, JPEG) from a generator of its own. Images are
 (3, H, W) float in [0, 1] unless said otherwise.
 
+Evaluation and validation LR (`make_lr`) follow the same wrapper with `inp_size=None`: the
+whole HR image cropped to a multiple of the scale, then PIL bicubic down; `bicubic_upsample`
+is the baseline they are scored against.
+
 Randomness is per sample, not per worker: sample `i` of epoch `e` draws from a generator seeded
 with (seed, e, i). Any number of DataLoader workers or DDP ranks then give the same samples
 (the official code repeats query sets across workers), and a resumed run sees the same data.
