@@ -1,10 +1,12 @@
 """liif-cli: upscale images to any scale or size with LIIF.
 
 Library use:
-    from liif_cli import load_model, upscale
+    from liif_cli import Upscaler, load_model, upscale
     model = load_model()            # bundled default, or a path / name
     big = upscale(model, "in.png", scale=7.5)   # ImageData (.pixels, .alpha, ...)
     arr = upscale(model, uint8_array, size=(1920, 1080))   # array in, array out
+    up = Upscaler(model, precision="auto")   # device, precision, decoder: once for many images
+    big = upscale(up, "in.png", scale=2)
 
 Importing the package has no side effects and does not import torch: the names below are
 loaded on first use (so `liif --help` starts at once). The layout: `model/` (the networks),
@@ -21,14 +23,16 @@ from liif_cli.errors import LiifError
 
 __version__ = "0.1.0"
 
-__all__ = ["LiifError", "__version__", "load_model", "upscale", "upscale_file"]
+__all__ = ["LiifError", "Upscaler", "__version__", "load_model", "upscale", "upscale_file"]
 
 if TYPE_CHECKING:
+    from liif_cli.runtime.upscaler import Upscaler
     from liif_cli.runtime.weights import load_model
     from liif_cli.tasks.upscale import upscale, upscale_file
 
 _LAZY = {"upscale": "liif_cli.tasks.upscale", "upscale_file": "liif_cli.tasks.upscale",
-         "load_model": "liif_cli.runtime.weights"}  # name: module
+         "load_model": "liif_cli.runtime.weights",
+         "Upscaler": "liif_cli.runtime.upscaler"}  # name: module
 
 
 def __getattr__(name: str) -> Any:

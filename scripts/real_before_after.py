@@ -13,14 +13,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from liif_cli.data.degrade import degrade_image
-from liif_cli.data.samples import load_rgb_uint8, to_tensor
+from liif_cli.data.metrics import psnr
+from liif_cli.data.samples import bicubic_upsample, load_rgb_uint8, make_lr, to_tensor
 from liif_cli.io.images import ImageData, write_image
-from liif_cli.runtime import engine
-from liif_cli.runtime.weights import load_model
-from liif_cli.tasks.evaluate import bicubic_upsample, example_panel, make_lr, psnr
+from liif_cli.runtime.upscaler import Upscaler
+from liif_cli.tasks.evaluate import example_panel
 
 ASSETS = Path(__file__).resolve().parents[1] / "liif_cli" / "assets"
 
@@ -38,9 +37,7 @@ def main() -> None:
     lr = degrade_image(lr, args.spec, name="example.png", scale=args.scale)
     panels, labels = [bicubic_upsample(lr, gt.shape[:2])], ["bicubic"]
     for name in ("default", args.real):
-        model = load_model(name).model
-        with torch.inference_mode():
-            pred = engine.render(model, to_tensor(lr), gt.shape[:2])
+        pred = Upscaler(name, device="cpu", precision="fp32").render(to_tensor(lr), gt.shape[:2])
         panels.append(np.clip(pred, 0, 1))
         labels.append("real" if name == args.real else name)
     ref = gt.astype(np.float32) / 255

@@ -22,6 +22,7 @@ from liif_cli.errors import ImageReadError, UsageError
 from liif_cli.io import images as imageio
 from liif_cli.io.files import temp_target
 from liif_cli.io.images import ImageData, read_image
+from liif_cli.runtime.sizing import size_request
 from liif_cli.runtime.weights import load_model
 from liif_cli.tasks.batch import (
     PlanItem,
@@ -33,7 +34,7 @@ from liif_cli.tasks.batch import (
     shard_of,
     worker_names,
 )
-from liif_cli.tasks.upscale import size_request, upscale_image
+from liif_cli.tasks.upscale import upscale_image
 
 runner = CliRunner()
 

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from liif_cli.cli import app
 from liif_cli.errors import UsageError
+from liif_cli.runtime.sizing import size_request
 from liif_cli.tasks.batch import (
     SHARD_COUNT_ENV,
     FileRecord,
@@ -30,7 +31,6 @@ from liif_cli.tasks.batch import (
     run_batch,
     summarize_reports,
 )
-from liif_cli.tasks.upscale import size_request
 
 runner = CliRunner()
 DOCS = REPO / "docs" / "cluster.md"

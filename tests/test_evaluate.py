@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from liif_cli.cli import app
+from liif_cli.data import metrics, samples
 from liif_cli.errors import DataError, UsageError
 from liif_cli.io.files import find_images
 from liif_cli.tasks import evaluate as ev
@@ -51,7 +52,7 @@ def _lr_dir(hr_dir, root, scales, *, transform=None):
     for s in scales:
         (root / f"X{s}").mkdir(parents=True)
         for p in find_images(hr_dir):
-            _, lr = ev.make_lr(ev.load_rgb(p), s)
+            _, lr = samples.make_lr(ev.load_rgb(p), s)
             _save(root / f"X{s}" / f"{p.stem}x{s}.png", transform(lr) if transform else lr)
     return root
 
@@ -62,7 +63,7 @@ def _lr_dir(hr_dir, root, scales, *, transform=None):
 @pytest.mark.parametrize("scale", GOLDEN_SCALES)
 def test_made_lr_equals_official(golden_dir, scale):
     hr = ev.load_rgb(golden_dir / "inputs" / "synth_100x84_hr.png")
-    crop, lr = ev.make_lr(hr, scale)
+    crop, lr = samples.make_lr(hr, scale)
     eval_dir = golden_dir / "edsr-baseline-liif" / "eval"
     official_lr = np.load(eval_dir / f"synth_100x84_x{scale}_lr.npy")
     official_gt = np.load(eval_dir / f"synth_100x84_x{scale}_gt.npy")  # (H, W, 3) float
@@ -80,7 +81,7 @@ def test_metric_on_official_prediction(golden_dir, golden_manifest, protocol):
     for s in GOLDEN_SCALES:
         pred = np.clip(np.load(eval_dir / f"synth_100x84_x{s}_pred_raw.npy"), 0, 1)
         gt = np.load(eval_dir / f"synth_100x84_x{s}_gt.npy")
-        assert ev.psnr(pred, gt, protocol=protocol, scale=s) == pytest.approx(
+        assert metrics.psnr(pred, gt, protocol=protocol, scale=s) == pytest.approx(
             official[(protocol, s)], abs=1e-4)
 
 
@@ -117,50 +118,50 @@ def test_psnr_shave_and_luma():
     rng = np.random.default_rng(0)
     gt = rng.random((40, 40, 3))
     pred = np.clip(gt + rng.normal(0, 0.05, gt.shape), 0, 1)
-    base = ev.psnr(pred, gt, protocol="div2k", scale=2)  # shave 8
+    base = metrics.psnr(pred, gt, protocol="div2k", scale=2)  # shave 8
     ruined = pred.copy()
     ruined[:8] = 1 - gt[:8]
     ruined[:, -8:] = 0
-    assert ev.psnr(ruined, gt, protocol="div2k", scale=2) == base  # only shaved px changed
-    assert ev.psnr(ruined, gt, protocol="div2k", scale=1) < base - 3  # shave 7 keeps a row
-    assert ev.psnr(ruined, gt, protocol="rgb", scale=2) < base - 3
+    assert metrics.psnr(ruined, gt, protocol="div2k", scale=2) == base  # only shaved px changed
+    assert metrics.psnr(ruined, gt, protocol="div2k", scale=1) < base - 3  # shave 7 keeps a row
+    assert metrics.psnr(ruined, gt, protocol="rgb", scale=2) < base - 3
     # a difference with zero luma: invisible to 'benchmark', not to 'div2k'
-    w = np.asarray(ev.Y_WEIGHTS)
+    w = np.asarray(metrics.Y_WEIGHTS)
     chroma = np.cross(w, [1.0, 0, 0]) * 0.05  # ⟂ to the luma weights
     shifted = gt + chroma
-    assert ev.psnr(shifted, gt, protocol="benchmark", scale=2) > 100
-    assert ev.psnr(shifted, gt, protocol="div2k", scale=2) < 40
+    assert metrics.psnr(shifted, gt, protocol="benchmark", scale=2) > 100
+    assert metrics.psnr(shifted, gt, protocol="div2k", scale=2) < 40
     # by definition: uniform error e -> -20 log10(e)
-    assert ev.psnr(gt + 0.01, gt, protocol="div2k", scale=3) == pytest.approx(40, abs=1e-9)
-    assert ev.psnr(gt + 0.01, gt, protocol="benchmark", scale=3) == pytest.approx(
-        -20 * math.log10(0.01 * sum(ev.Y_WEIGHTS)), abs=1e-9)
+    assert metrics.psnr(gt + 0.01, gt, protocol="div2k", scale=3) == pytest.approx(40, abs=1e-9)
+    assert metrics.psnr(gt + 0.01, gt, protocol="benchmark", scale=3) == pytest.approx(
+        -20 * math.log10(0.01 * sum(metrics.Y_WEIGHTS)), abs=1e-9)
 
 
 def test_psnr_uint8_ground_truth_is_divided_by_255():
     gt = photo_like(30, 30)
     pred = gt.astype(np.float32) / 255 + 0.02
-    assert ev.psnr(pred, gt, protocol="rgb", scale=2) == pytest.approx(
+    assert metrics.psnr(pred, gt, protocol="rgb", scale=2) == pytest.approx(
         -20 * math.log10(0.02), abs=1e-3)
 
 
 def test_ssim_properties():
     rng = np.random.default_rng(1)
     img = photo_like(48, 40).astype(np.float64) / 255
-    assert ev.ssim(img, img, protocol="div2k", scale=2) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.ssim(img, img, protocol="div2k", scale=2) == pytest.approx(1.0, abs=1e-12)
     noisy = [np.clip(img + rng.normal(0, s, img.shape), 0, 1) for s in (0.02, 0.05, 0.1, 0.2)]
-    values = [ev.ssim(n, img, protocol="benchmark", scale=2) for n in noisy]
+    values = [metrics.ssim(n, img, protocol="benchmark", scale=2) for n in noisy]
     assert all(a > b for a, b in zip(values, values[1:])), values
     assert 0 < values[-1] < values[0] < 1
-    assert ev.ssim(noisy[1], img, protocol="div2k", scale=2) == pytest.approx(
-        ev.ssim(img, noisy[1], protocol="div2k", scale=2), abs=1e-12)
+    assert metrics.ssim(noisy[1], img, protocol="div2k", scale=2) == pytest.approx(
+        metrics.ssim(img, noisy[1], protocol="div2k", scale=2), abs=1e-12)
 
 
 def test_ssim_hand_value_constant_planes():
     """Constant planes a, b: every window gives (2ab + C1) / (a² + b² + C1) (σ terms = C2/C2)."""
     a, b = 0.5, 0.25
-    c1 = (ev.SSIM_K1 * 1.0) ** 2
+    c1 = (metrics.SSIM_K1 * 1.0) ** 2
     want = (2 * a * b + c1) / (a * a + b * b + c1)  # = 0.2501 / 0.3126 = 0.800064…
-    got = ev.ssim_plane(np.full((20, 24), a), np.full((20, 24), b))
+    got = metrics.ssim_plane(np.full((20, 24), a), np.full((20, 24), b))
     assert got == pytest.approx(want, abs=1e-12)
     assert got == pytest.approx(0.2501 / 0.3126, abs=1e-12)
 
@@ -169,9 +170,9 @@ def test_ssim_benchmark_luma_has_black_level():
     """Luma is MATLAB's rgb2ycbcr Y (16/255 black level), which SSIM's luminance term sees."""
     v = 0.2
     black, grey = np.zeros((30, 30, 3)), np.full((30, 30, 3), v)
-    a, b = ev.Y_OFFSET, ev.Y_OFFSET + v * sum(ev.Y_WEIGHTS)
-    c1 = ev.SSIM_K1 ** 2
-    assert ev.ssim(black, grey, protocol="benchmark", scale=2) == pytest.approx(
+    a, b = metrics.Y_OFFSET, metrics.Y_OFFSET + v * sum(metrics.Y_WEIGHTS)
+    c1 = metrics.SSIM_K1 ** 2
+    assert metrics.ssim(black, grey, protocol="benchmark", scale=2) == pytest.approx(
         (2 * a * b + c1) / (a * a + b * b + c1), abs=1e-12)
 
 
@@ -180,7 +181,7 @@ def test_ssim_plane_matches_direct_definition():
     rng = np.random.default_rng(2)
     x = rng.random((15, 17))
     y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)
-    g = ev.gaussian_window()
+    g = metrics.gaussian_window()
     w = np.outer(g, g)
     assert w.shape == (11, 11) and w.sum() == pytest.approx(1)
     c1, c2 = (0.01) ** 2, (0.03) ** 2
@@ -193,12 +194,12 @@ def test_ssim_plane_matches_direct_definition():
             cxy = (w * (px - mx) * (py - my)).sum()
             vals.append((2 * mx * my + c1) * (2 * cxy + c2)
                         / ((mx * mx + my * my + c1) * (vx + vy + c2)))
-    assert ev.ssim_plane(x, y) == pytest.approx(np.mean(vals), abs=1e-10)
+    assert metrics.ssim_plane(x, y) == pytest.approx(np.mean(vals), abs=1e-10)
 
 
 def test_bicubic_is_pil_bicubic_unquantised():
     lr = photo_like(12, 10, seed=3)
-    up = ev.bicubic_upsample(lr, (36, 30))
+    up = samples.bicubic_upsample(lr, (36, 30))
     assert up.shape == (36, 30, 3) and up.dtype == np.float32
     assert up.min() >= 0 and up.max() <= 1
     pil = np.asarray(Image.fromarray(lr).resize((30, 36), Image.BICUBIC)).astype(np.float64)
@@ -208,7 +209,7 @@ def test_bicubic_is_pil_bicubic_unquantised():
     assert err.max() <= 1.25
     assert 0.15 < err.mean() < 0.35
     flat = np.full((5, 6, 3), 77, np.uint8)
-    assert np.allclose(ev.bicubic_upsample(flat, (15, 18)), 77 / 255, atol=1e-6)
+    assert np.allclose(samples.bicubic_upsample(flat, (15, 18)), 77 / 255, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,8 +220,8 @@ def test_dataset_name_and_hr_subfolder(hr_dir, tmp_path):
     ds = ev.find_dataset(hr_dir.parent)  # a folder holding HR/
     assert ds.name == "Tiny" and ds.folder == hr_dir and [p.name for p in ds.images] == [
         "a.png", "b.png"]
-    assert ev.get_protocol("auto", "DIV2K_valid_HR").name == "div2k"
-    assert ev.get_protocol("auto", "Set14").name == "benchmark"
+    assert metrics.get_protocol("auto", "DIV2K_valid_HR").name == "div2k"
+    assert metrics.get_protocol("auto", "Set14").name == "benchmark"
 
 
 def test_paired_equals_made_when_lr_files_are_the_same(hr_dir, tmp_path, tiny_model):
@@ -267,7 +268,8 @@ def test_prediction_is_clamped_before_scoring(hr_dir, tiny_model):
         last.weight.zero_()
         last.bias.fill_(5.0)  # normalised 5 -> raw 5 * 0.5 + 0.5 = 3
     res = ev.evaluate(tiny_model, hr_dir, scales=[2], bicubic=False, device="cpu")
-    white = [ev.psnr(np.ones((H, W, 3)), ev.load_rgb(p)[:H, :W], protocol="benchmark", scale=2)
+    white = [metrics.psnr(np.ones((H, W, 3)), ev.load_rgb(p)[:H, :W], protocol="benchmark",
+                          scale=2)
              for p, (H, W) in zip(find_images(hr_dir), [(40, 36), (34, 44)])]
     assert res.records[0].psnr == pytest.approx(np.mean(white), abs=1e-5)  # gt in float32
 

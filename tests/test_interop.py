@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 from liif_cli.cli import app
 from liif_cli.errors import CheckpointError, UsageError
 from liif_cli.io.images import read_image
+from liif_cli.runtime.sizing import fit_size, size_request, target_size
 from liif_cli.runtime.weights import load_checkpoint, load_model, save_checkpoint
-from liif_cli.tasks.upscale import fit_size, size_request, target_size, upscale
+from liif_cli.tasks.upscale import upscale
 
 runner = CliRunner()
 

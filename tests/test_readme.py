@@ -41,6 +41,9 @@ def test_readme_python_block_runs(code, tmp_path, monkeypatch):
     if "upscale_file(" in code:
         assert Image.open("photo_x2.png").size == (32, 24)
         assert made == {"photo.png", "photo_x2.png"}
+    if "Upscaler(" in code:
+        assert [b.pixels.shape for b in namespace["bigs"]] == [(24, 32, 3), (36, 48, 3)]
+        assert namespace["raw"].shape == (24, 32, 3) and namespace["up"].precision == "fp32"
     if "box = upscale(" in code:
         assert namespace["img"].pixels.shape == (90, 120, 3)  # 12×16 at ×7.5
         assert namespace["arr"].shape == (480, 640, 3)

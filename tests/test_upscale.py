@@ -15,15 +15,9 @@ from liif_cli.cli import app
 from liif_cli.errors import DeviceError, UsageError
 from liif_cli.io.images import ImageData, read_image, write_image
 from liif_cli.runtime import engine
-from liif_cli.tasks.upscale import (
-    default_output_path,
-    resolve_device,
-    resolve_precision,
-    size_request,
-    target_size,
-    upscale,
-    upscale_file,
-)
+from liif_cli.runtime.device import resolve_device, resolve_precision
+from liif_cli.runtime.sizing import size_request, target_size
+from liif_cli.tasks.upscale import default_output_path, upscale, upscale_file
 
 runner = CliRunner()
 

@@ -2,12 +2,13 @@
 
 liif-cli plans the work (`plan_batch`: names, outputs, skips, collisions, an optional shard);
 Ray reads the files to do as bytes (`read_binary_files`), and `map_batches` hands batches of
-them to `Upscaler` actors, one model per worker, loaded once in the actor's constructor. Bytes
-are decoded by liif-cli's own decoder (`read_image_bytes`), so 16-bit images, ICC profiles,
-alpha and EXIF survive: `ray.data.read_images` would decode with Pillow to 8-bit arrays and
-drop the profile. Each actor writes its outputs itself, atomically (`write_image`: temporary
-name, then rename), so no full-size image goes back through Ray's object store; what comes
-back is one record per file with the fields of a `liif batch --report` line.
+them to `UpscaleActor` actors, one `liif_cli.Upscaler` (model, device, precision, decoder) per
+worker, made once in the actor's constructor. Bytes are decoded by liif-cli's own decoder
+(`read_image_bytes`), so 16-bit images, ICC profiles, alpha and EXIF survive:
+`ray.data.read_images` would decode with Pillow to 8-bit arrays and drop the profile. Each actor
+writes its outputs itself, atomically (`write_image`: temporary name, then rename), so no
+full-size image goes back through Ray's object store; what comes back is one record per file
+with the fields of a `liif batch --report` line.
 
     pip install 'liif-cli[ray]'
     python docs/examples/ray_upscale.py photos/ big/ --scale 4 --workers 4 --report big.jsonl
@@ -32,17 +33,17 @@ import numpy as np
 
 from liif_cli.errors import LiifError
 from liif_cli.io.images import read_image_bytes, write_image
+from liif_cli.runtime.sizing import size_request, target_size
 from liif_cli.tasks.batch import FileRecord, plan_batch, record_line
-from liif_cli.tasks.upscale import size_request, target_size, upscale_image
 
 FIELDS = ("input", "output", "status", "reason", "seconds", "in_w", "in_h", "out_w", "out_h")
 
 
-class Upscaler:
+class UpscaleActor:
     """One Ray actor: loads the model once, then upscales every batch it is given.
 
-    `outputs` maps each input path (as Ray reports it) to its output path; `size` is an
-    `upscale.SizeRequest` (checked by the driver before any work starts).
+    `outputs` maps each input path (as Ray reports it) to its output path; `size` is a
+    `sizing.SizeRequest` (checked by the driver before any work starts).
     """
 
     def __init__(self, model: str | None, outputs: dict[str, str], *, size, device: str = "auto",
@@ -50,13 +51,14 @@ class Upscaler:
                  threads: int | None = None):
         import torch
 
-        from liif_cli.runtime.weights import load_model
+        from liif_cli.runtime.upscaler import Upscaler
 
         if threads:  # Ray sets OMP_NUM_THREADS per worker from num_cpus; honour a request
             torch.set_num_threads(threads)
-        self.model = load_model(model)  # once per worker, not per batch
-        self.outputs, self.size, self.device = outputs, size, device
-        self.precision, self.quality, self.overwrite = precision, quality, overwrite
+        # once per worker, not per batch: the model on its device, its decoder built once
+        self.upscaler = Upscaler(model, device=device, precision=precision)
+        self.outputs, self.size = outputs, size
+        self.quality, self.overwrite = quality, overwrite
         self.worker = f"ray-{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -74,8 +76,7 @@ class Upscaler:
             image = read_image_bytes(bytes(blob), name=_key(path))
             rec["in_w"], rec["in_h"] = image.width, image.height
             out_hw = target_size((image.height, image.width), request=self.size)
-            res = upscale_image(self.model, image, out_hw=out_hw, device=self.device,
-                                precision=self.precision)
+            res = self.upscaler.upscale_image(image, out_hw)
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
             write_image(dst, res.image, quality=self.quality, overwrite=self.overwrite)
             rec["out_h"], rec["out_w"] = res.out_hw
@@ -117,7 +118,7 @@ def upscale_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, 
         ds = ray.data.read_binary_files([str(item.input.resolve()) for item in todo],
                                         include_paths=True)
         results = ds.map_batches(
-            Upscaler, batch_size=batch_size, concurrency=workers, num_cpus=cpus_per_worker,
+            UpscaleActor, batch_size=batch_size, concurrency=workers, num_cpus=cpus_per_worker,
             num_gpus=gpus_per_worker or None,
             fn_constructor_args=(model, outputs),
             fn_constructor_kwargs=dict(size=spec, device=device, precision=precision,

@@ -697,6 +697,7 @@ def batch(
 
     Example: liif batch photos/ big/ --scale 4 --recursive --report big.json
     """
+    from liif_cli.runtime.sizing import size_request
     from liif_cli.tasks.batch import (
         JsonlReport,
         is_jsonl,
@@ -706,7 +707,6 @@ def batch(
         run_batch,
         write_report,
     )
-    from liif_cli.tasks.upscale import size_request
 
     paths = [p for p in (input_dir, output_dir, *map(Path, ctx.args)) if p is not None]
     if summary:

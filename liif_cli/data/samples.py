@@ -7,6 +7,10 @@ as queries with their cells. With `degrade`, the LR then goes through the real-w
 pipeline of `degrade.py` (blur, noise, JPEG) from a generator of its own. Images are
 (3, H, W) float in [0, 1] unless said otherwise.
 
+Evaluation and validation LR (`make_lr`) follow the same wrapper with `inp_size=None`: the
+whole HR image cropped to a multiple of the scale, then PIL bicubic down; `bicubic_upsample`
+is the baseline they are scored against.
+
 Randomness is per sample, not per worker: sample `i` of epoch `e` draws from a generator seeded
 with (seed, e, i). Any number of DataLoader workers or DDP ranks then give the same samples
 (the official code repeats query sets across workers), and a resumed run sees the same data.
@@ -14,6 +18,7 @@ with (seed, e, i). Any number of DataLoader workers or DDP ranks then give the s
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -26,6 +31,8 @@ from liif_cli.errors import DataError
 from liif_cli.io import files
 from liif_cli.io.images import READABLE_SUFFIXES
 from liif_cli.model.coords import make_coord
+
+LR_FLOOR_EPS = 1e-9  # h_lr = floor(H / s + eps), LIIF SRImplicitDownsampled
 
 
 def find_images(folder: str | Path, *, recursive: bool = True) -> list[Path]:
@@ -57,6 +64,35 @@ def resize_bicubic(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """PIL bicubic resize of an (H, W, 3) uint8 array: the official `resize_fn`."""
     h, w = size_hw
     return np.asarray(Image.fromarray(img).resize((w, h), Image.BICUBIC))
+
+
+def lr_size(hr_hw: tuple[int, int], scale: float) -> tuple[int, int]:
+    """Official LR size for an HR size: floor(H / s + 1e-9), floor(W / s + 1e-9)."""
+    return tuple(math.floor(n / scale + LR_FLOOR_EPS) for n in hr_hw)  # type: ignore[return-value]
+
+
+def hr_crop_size(lr_hw: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The HR crop an LR image stands for: round(h_lr·s) × round(w_lr·s) (Python's round)."""
+    return tuple(round(n * scale) for n in lr_hw)  # type: ignore[return-value]
+
+
+def make_lr(hr: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 HR -> (HR crop, LR), both uint8, exactly as the official wrapper."""
+    h_lr, w_lr = lr_size(hr.shape[:2], scale)
+    if min(h_lr, w_lr) < 1:
+        raise ValueError(f"{hr.shape[1]}×{hr.shape[0]} is too small for ×{scale}")
+    H, W = hr_crop_size((h_lr, w_lr), scale)
+    crop = np.ascontiguousarray(hr[:H, :W])
+    lr = np.array(Image.fromarray(crop).resize((w_lr, h_lr), Image.BICUBIC))  # writable
+    return crop, lr
+
+
+def bicubic_upsample(lr: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """(h, w, 3) uint8 -> (H, W, 3) float32 in [0, 1]: PIL bicubic in float, clamped."""
+    H, W = out_hw
+    planes = [np.asarray(Image.fromarray(lr[..., c].astype(np.float32) / 255, mode="F")
+                         .resize((W, H), Image.BICUBIC)) for c in range(3)]
+    return np.clip(np.stack(planes, axis=-1), 0, 1)
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:

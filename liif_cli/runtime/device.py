@@ -2,6 +2,9 @@
 
 Every task (upscale, batch, eval, train, bench) resolves `--device` and `--precision` here, so
 `bf16` means one thing everywhere:
+- The precision is the dtype of the whole forward pass, encoder and decoder alike; every task
+  renders through `runtime.upscaler.Upscaler`, which applies it (training applies it as
+  autocast, and validates in it). 16-bit images are computed in fp32 whatever it says.
 - `auto` never picks a slow path: fp32 on the CPU (exact), bf16 on GPUs that have it, else fp16.
 - `bf16` on a CPU runs through oneDNN's native bf16 kernels where the CPU has them
   (AVX512-BF16 or AMX). A CPU without them (AVX2 only) emulates bf16 and runs 6-7x *slower*

@@ -23,7 +23,8 @@ the latent MLP's output (modulations) plus the render MLP's first layer, compute
 in the tiled pass, and only the 16-wide render MLP runs per query.
 
 Precision: the encoder and P are float32 unless `encoder_dtype` says otherwise; the decoder MLP
-runs in `dtype` (fp32, or bf16/fp16 for speed); the ensemble blend is always float32.
+runs in `dtype` (fp32, or bf16/fp16 for speed); the ensemble blend is always float32. The tasks
+set both to one dtype through `runtime.upscaler.Upscaler` (the policy is `runtime.device`'s).
 Tile and chunk sizes come from a memory budget (`max_memory` bytes of working memory), so peak
 memory does not grow with the output beyond the output buffer itself.
 """
@@ -511,8 +512,14 @@ class LmfDecoder:
         return h.relu_()
 
 
-def make_decoder(model: SRModel, dtype: torch.dtype, device: torch.device
-                 ) -> FastDecoder | LmfDecoder:
+Decoder = FastDecoder | LmfDecoder
+
+
+def make_decoder(model: SRModel, dtype: torch.dtype, device: torch.device) -> Decoder:
+    """The model's decoder split for `render`, its MLP in `dtype`.
+
+    A snapshot of the weights (some are copies): build a new one after they change.
+    """
     return LmfDecoder(model, dtype, device) if isinstance(model, LMLIIF) else FastDecoder(
         model, dtype, device)
 
@@ -521,15 +528,19 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
            out: np.ndarray | None = None,
            *, max_memory: int = DEFAULT_MAX_MEMORY, tile: int | None = None,
            chunk: int | None = None, dtype: torch.dtype = torch.float32,
-           encoder_dtype: torch.dtype = torch.float32, on_progress: ProgressFn | None = None
-           ) -> np.ndarray:
+           encoder_dtype: torch.dtype = torch.float32, on_progress: ProgressFn | None = None,
+           decoder: Decoder | None = None) -> np.ndarray:
     """Decode image `img` (3, h, w) in [0, 1] to an H×W RGB image.
 
     `out` may be a preallocated (H, W, 3) array: uint8 or uint16 (values quantised by
     rounding) or float32 (raw model output in [0, 1] units, unclamped). An (H, W, 1) `out`
     receives the mean of the three channels, taken before quantising (greyscale images).
+    `decoder`: `make_decoder(model, dtype, img.device)` built beforehand and reused across
+    images (`runtime.upscaler.Upscaler` does); by default one is built for this call.
     Returns `out`. Call under `torch.inference_mode()` (or `no_grad`) to keep autograd out.
     """
+    if decoder is not None and decoder.dtype != dtype:
+        raise ValueError(f"decoder was built for {decoder.dtype}, but dtype is {dtype}")
     H, W = out_hw
     if out is None:
         out = np.empty((H, W, 3), dtype=np.float32)
@@ -544,7 +555,7 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
     shifts = [-1, 1] if cfg.local_ensemble else [0]
     eps = ENSEMBLE_EPS_SHIFT if cfg.local_ensemble else 0.0
     ay, ax = _Axis(H, h, shifts, eps, device), _Axis(W, w, shifts, eps, device)
-    dec = make_decoder(model, dtype, device)
+    dec = make_decoder(model, dtype, device) if decoder is None else decoder
     # the official cell: ones * (2 / H) in float32, then scaled by the latent grid size
     rel_cell = (float(torch.tensor(2 / H) * h), float(torch.tensor(2 / W) * w))
     halo = model.encoder.receptive_radius + TILE_MARGIN

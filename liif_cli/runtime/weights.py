@@ -191,12 +191,41 @@ def model_from_spec(spec: dict[str, Any], *, source: str = "checkpoint") -> SRMo
 
 @dataclass
 class LoadedModel:
-    """A model and what is known about it."""
+    """A model and what is known about it; usable as the network itself.
+
+    Calling it runs the network's forward (`loaded(inp, coord, cell)`); `.to()`, `.eval()`
+    and `.train()` act on the network and return this LoadedModel, as nn.Module's do; any
+    other attribute is the network's (`loaded.encode`, `loaded.config`,
+    `loaded.parameters()`). Where torch needs the nn.Module object itself (`isinstance`,
+    `torch.compile`, DDP, `engine.render`), pass `loaded.model`.
+    """
 
     model: SRModel
     name: str  # what to call it in summaries and tables
     path: Path | None
     meta: dict[str, Any]  # the file's 'liif_cli' entry, if any, plus 'epoch'
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def to(self, *args: Any, **kwargs: Any) -> LoadedModel:
+        self.model.to(*args, **kwargs)
+        return self
+
+    def eval(self) -> LoadedModel:
+        self.model.eval()
+        return self
+
+    def train(self, mode: bool = True) -> LoadedModel:
+        self.model.train(mode)
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        # only for names a LoadedModel lacks; never while `model` itself is missing (copy and
+        # pickle build the object empty first) nor for private and special names
+        if name.startswith("_") or "model" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self.model, name)
 
 
 def load_checkpoint(path: str | os.PathLike, *, name: str | None = None) -> LoadedModel:

@@ -12,7 +12,8 @@ Conventions:
   Kubernetes Indexed Job). `files` (`--files-from`) replaces the walk with a list of relative
   paths; a list and a walk of the same files are sharded alike.
 - Workers: `jobs` per device. A single worker runs inside this process (threads); more run as
-  spawned processes, each loading the model once. The dispatcher gives each worker at most
+  spawned processes, each loading the model once; each worker renders through one `Upscaler`
+  (its decoder built once, not per file). The dispatcher gives each worker at most
   IN_FLIGHT files and the next as each one finishes, so faster devices take more. Inside a
   worker, DECODE_THREADS decode ahead of the model and one writer thread encodes behind it.
 - Files: outputs are written by `imageio.write_image` through `files.atomic_write` (temporary
@@ -66,17 +67,15 @@ from liif_cli.io.images import (
 )
 from liif_cli.model import LIIF, SRModel
 from liif_cli.runtime import engine
-from liif_cli.runtime.device import PrecisionWarning
-from liif_cli.runtime.weights import LoadedModel, load_model
-from liif_cli.tasks.upscale import (
-    DEFAULT_MAX_OUTPUT_PIXELS,
-    SizeRequest,
+from liif_cli.runtime.device import (
+    PrecisionWarning,
     precision_name,
     resolve_device,
     resolve_precision,
-    target_size,
-    upscale_image,
 )
+from liif_cli.runtime.sizing import DEFAULT_MAX_OUTPUT_PIXELS, SizeRequest, target_size
+from liif_cli.runtime.upscaler import Upscaler
+from liif_cli.runtime.weights import LoadedModel, load_model
 
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff",
                   "tif": ".tiff", "same": None}
@@ -698,9 +697,9 @@ class _WorkerConfig:
 
     name: str
     device: str
-    size: SizeRequest  # checked size options (upscale.size_request)
+    size: SizeRequest  # checked size options (sizing.size_request)
     max_output_pixels: int
-    precision: str
+    precision: str  # as resolved for this device by run_batch ("fp32", "bf16", "fp16")
     max_memory: int
     quality: int
     overwrite: bool
@@ -794,8 +793,10 @@ class _Worker:
 
     def run(self) -> None:
         cfg = self.cfg
-        dtype = resolve_precision(cfg.precision, torch.device(cfg.device))
-        self.results.put(("ready", cfg.name, f"{cfg.device} {precision_name(dtype)}"))
+        # one per worker: the model on its device, the decoder built once for all its files
+        up = Upscaler(self.model, device=cfg.device, precision=cfg.precision,
+                      max_memory=cfg.max_memory)
+        self.results.put(("ready", cfg.name, f"{cfg.device} {up.precision}"))
         decode = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix=f"liif-decode-{cfg.name}")
         writer = ThreadPoolExecutor(1, thread_name_prefix=f"liif-write-{cfg.name}")
         ahead: queue.Queue = queue.Queue()  # (task, Future) in arrival order, then None
@@ -813,9 +814,7 @@ class _Worker:
                 try:
                     image, out_hw, spent = fut.result()
                     t0 = time.perf_counter()
-                    res = upscale_image(self.model, image, out_hw=out_hw, device=cfg.device,
-                                        precision=cfg.precision, max_memory=cfg.max_memory,
-                                        on_progress=self._check)
+                    res = up.upscale_image(image, out_hw, on_progress=self._check)
                     spent += time.perf_counter() - t0
                     del image
                 except _Cancelled:
@@ -900,7 +899,7 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
     emit = on_event or (lambda e: None)
     record = on_record or (lambda r: None)
     stop = stop or threading.Event()
-    devs, loaded = _check_devices_and_load(devices, jobs, precision, model)
+    devs, loaded, precisions = _check_devices_and_load(devices, jobs, precision, model)
     names = worker_names(devs)
     records, todo = _planned_records(plan, record)
     result = BatchResult(plan, [], 0.0, loaded.name, names)
@@ -916,7 +915,7 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
                     fail_fast=fail_fast, emit=emit, record=record)
     try:
         run.start_workers(devs, loaded, size=size, max_output_pixels=max_output_pixels,
-                          precision=precision, max_memory=max_memory, quality=quality,
+                          precisions=precisions, max_memory=max_memory, quality=quality,
                           max_input_pixels=max_input_pixels)
         run.collect(stop)
     except KeyboardInterrupt:  # asked twice: stop now, losing only unwritten work
@@ -930,12 +929,13 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
 
 def _check_devices_and_load(devices: str, jobs: int, precision: str,
                             model: LoadedModel | str | os.PathLike | None
-                            ) -> tuple[list[torch.device], LoadedModel]:
-    """One device per worker, the precision checked on each, and the model loaded."""
+                            ) -> tuple[list[torch.device], LoadedModel, dict[torch.device, str]]:
+    """One device per worker, the model loaded, and the precision each device computes in
+    (resolved once: a usage error or a fallback note comes here, not from every worker)."""
     devs = parse_devices(devices, jobs=jobs)
-    for d in set(devs):
-        resolve_precision(precision, d)  # fp16 on a CPU etc.: a usage error before any work
-    return devs, model if isinstance(model, LoadedModel) else load_model(model)
+    # fp16 on a CPU etc.: a usage error before any work; a bf16 fallback noted once, here
+    names = {d: precision_name(resolve_precision(precision, d)) for d in set(devs)}
+    return devs, model if isinstance(model, LoadedModel) else load_model(model), names
 
 
 def _planned_records(plan: BatchPlan, record: Callable[[FileRecord], None]
@@ -983,14 +983,16 @@ class _Dispatch:
     # -- start and feed
 
     def start_workers(self, devs: list[torch.device], loaded: LoadedModel, *,
-                      size: SizeRequest, max_output_pixels: int, precision: str,
+                      size: SizeRequest, max_output_pixels: int,
+                      precisions: dict[torch.device, str],
                       max_memory: int, quality: int, max_input_pixels: int) -> None:
         """A worker per device (a thread, or spawned processes), each given its first files."""
         threaded, ctx = self.threaded, self.ctx
         model_ref: str | LIIF = str(loaded.path) if loaded.path is not None else loaded.model
         for name, dev in zip(self.result.workers, devs):
             self.task_qs[name] = queue.Queue() if threaded else ctx.Queue()
-            cfg = _WorkerConfig(name, str(dev), size, max_output_pixels, precision, max_memory,
+            cfg = _WorkerConfig(name, str(dev), size, max_output_pixels, precisions[dev],
+                                max_memory,
                                 quality, self.plan.overwrite, max_input_pixels,
                                 None if threaded else max(1, _cpu_count() // len(devs)))
             if threaded:

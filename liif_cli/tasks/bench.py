@@ -8,8 +8,10 @@ largest difference in 8-bit levels, PSNR of reduced precisions against fp32, and
 on CUDA `torch.cuda.max_memory_allocated`; on the CPU the process's resident set, sampled every
 `RSS_SAMPLE_S` during the run (getrusage's peak never goes down, so it cannot be given per run).
 
-Timings include encoding. They are in-process (no interpreter start or file I/O); the whole
-`liif upscale` process is timed by `scripts/bench_upscale.py`.
+The engine runs through a `runtime.upscaler.Upscaler` per device, each precision as the whole
+forward pass. Timings include encoding, not the decoder's one-time build (done in the warm-up,
+as an Upscaler reuses it across images). They are in-process (no interpreter start or file
+I/O); the whole `liif upscale` process is timed by `scripts/bench_upscale.py`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from liif_cli.runtime.device import (
     resolve_device,
     resolve_precision,
 )
+from liif_cli.runtime.upscaler import Upscaler
 
 OFFICIAL_BATCH = 30000  # queries per call in the official batched_predict (demo.py, test.py)
 RSS_SAMPLE_S = 0.005  # seconds between resident-set samples on the CPU
@@ -220,14 +223,14 @@ def _memory_kind(device: torch.device) -> str:
     return "cuda" if device.type == "cuda" else "rss"
 
 
-def _warm_up(net: SRModel, device: torch.device, dtypes: list[torch.dtype], oracle: bool) -> None:
-    """One tiny run of each path first, so one-time costs (kernel JIT, probes) are not timed."""
-    img = torch.rand(3, 12, 12, device=device)
+def _warm_up(up: Upscaler, dtypes: list[torch.dtype], oracle: bool) -> None:
+    """One tiny run of each path first, so one-time costs (kernel JIT, probes, building each
+    precision's decoder) are not timed."""
+    img = torch.rand(3, 12, 12, device=up.device)
     if oracle:
-        oracle_forward(net, img, (24, 24))
-    with torch.inference_mode():
-        for dtype in dtypes:
-            engine.render(net, img, (24, 24), dtype=dtype, encoder_dtype=dtype)
+        oracle_forward(up.model, img, (24, 24))
+    for dtype in dtypes:
+        up.render(img, (24, 24), dtype=dtype)
 
 
 def _sync(device: torch.device) -> None:
@@ -258,11 +261,14 @@ def run_bench(model: SRModel, *, image: np.ndarray | None = None, size: int = 25
                          engine.fused_linear_in_use("cpu", torch.float32))
     stage = on_stage or (lambda _s: None)
     for dev in _devices(devices):
-        net = model.to(dev).eval()
+        # the dtypes below are swept explicitly (bf16 measured even where it is emulated), each
+        # through the one policy: the whole forward pass in that dtype
+        up = Upscaler(model, device=dev, precision=torch.float32, max_memory=max_memory)
+        net = up.model
         img = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div(255).to(dev)
         reference, ref_u8 = None, {}
         oracle_s = None
-        _warm_up(net, dev, _precisions(precisions, dev), not skip_oracle)
+        _warm_up(up, _precisions(precisions, dev), not skip_oracle)
         if not skip_oracle:
             stage(f"oracle fp32 on {dev}")
             with _PeakMemory(dev) as mem:
@@ -278,11 +284,10 @@ def run_bench(model: SRModel, *, image: np.ndarray | None = None, size: int = 25
             name = precision_name(dtype)
             stage(f"engine {name} on {dev}")
             raw = np.empty((*out_hw, 3), np.float32)
-            with _PeakMemory(dev) as mem, torch.inference_mode():
+            with _PeakMemory(dev) as mem:
                 _sync(dev)
                 t0 = time.perf_counter()
-                engine.render(net, img, out_hw, raw, max_memory=max_memory, dtype=dtype,
-                              encoder_dtype=dtype)
+                up.render(img, out_hw, raw, dtype=dtype)
                 _sync(dev)
                 secs = time.perf_counter() - t0
             u8 = quantise(raw)

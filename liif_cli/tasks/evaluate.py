@@ -28,7 +28,10 @@ Beyond the official code:
   1, 'valid' filtering (no padding), mean of the SSIM map; on the protocol's channels and
   shave: RGB channels averaged for `div2k`/`rgb`, luma Y = 16/255 + weights·RGB for `benchmark`.
 
-Shapes: images are (H, W, 3) numpy arrays, uint8 or float in [0, 1] units.
+The metrics live in `data/metrics.py`, LR making and the bicubic baseline in `data/samples.py`;
+the model runs through a `runtime.upscaler.Upscaler`, `--precision` applying to the whole
+forward pass as in `liif upscale`. Shapes: images are (H, W, 3) numpy arrays, uint8 or float in
+[0, 1] units.
 """
 
 from __future__ import annotations
@@ -49,23 +52,17 @@ import torch
 from PIL import Image
 
 from liif_cli.data.degrade import apply_spec, parse_spec, spec_seed, spec_text
+from liif_cli.data.metrics import PROTOCOL_NAMES, SSIM_WINDOW, Protocol, get_protocol, psnr, ssim
+from liif_cli.data.samples import bicubic_upsample, hr_crop_size, lr_size, make_lr
 from liif_cli.data.samples import load_rgb_uint8 as load_rgb
 from liif_cli.errors import DataError, UsageError
 from liif_cli.io.files import atomic_write_text, check_output_path, find_images
 from liif_cli.io.images import READABLE_SUFFIXES
-from liif_cli.model import LIIF, SRModel
 from liif_cli.runtime import engine
+from liif_cli.runtime.device import resolve_device, resolve_precision
+from liif_cli.runtime.upscaler import Upscaler
 
 DEFAULT_SCALES = (2, 3, 4, 6, 12, 18, 24, 30)  # the paper's Table 1 (DIV2K) columns
-PROTOCOL_NAMES = ("auto", "div2k", "benchmark", "rgb")
-DIV2K_SHAVE_EXTRA = 6  # px beyond the scale shaved off each side, LIIF utils.calc_psnr
-LR_FLOOR_EPS = 1e-9  # h_lr = floor(H / s + eps), LIIF SRImplicitDownsampled
-# ITU-R BT.601 luma for [0, 1] RGB, as MATLAB's rgb2ycbcr and LIIF's calc_psnr ('benchmark')
-Y_WEIGHTS = (65.738 / 256, 129.057 / 256, 25.064 / 256)
-Y_OFFSET = 16 / 255  # luma black level; cancels in PSNR (a difference), matters for SSIM
-SSIM_WINDOW = 11  # px, Gaussian window side (Wang et al. 2004)
-SSIM_SIGMA = 1.5  # px
-SSIM_K1, SSIM_K2 = 0.01, 0.03
 EXAMPLE_IMAGES = 3  # how many images (first by name) get example crops
 EXAMPLE_CROP = 192  # px, side of the square crop taken from the centre of the HR crop
 EXAMPLE_GAP = 4  # px of white between panels
@@ -76,126 +73,7 @@ ProgressFn = Callable[[int, int], None]  # (model output pixels done, total)
 
 
 # ----------------------------------------------------------------------------------------------
-# protocols and metrics
-
-@dataclass(frozen=True)
-class Protocol:
-    """How a prediction is compared with the ground truth."""
-
-    name: str
-    luma: bool  # compare BT.601 luma only (else all three RGB channels)
-    shave_extra: int | None  # px shaved beyond the scale on each side; None: no shave
-
-    def shave(self, scale: float) -> int:
-        return 0 if self.shave_extra is None else int(scale) + self.shave_extra
-
-
-PROTOCOLS = {
-    "div2k": Protocol("div2k", luma=False, shave_extra=DIV2K_SHAVE_EXTRA),
-    "benchmark": Protocol("benchmark", luma=True, shave_extra=0),
-    "rgb": Protocol("rgb", luma=False, shave_extra=None),
-}
-
-
-def get_protocol(name: str, dataset: str = "") -> Protocol:
-    """'auto' -> div2k for DIV2K folders, benchmark otherwise (the paper's choice)."""
-    if name == "auto":
-        name = "div2k" if "div2k" in dataset.lower() else "benchmark"
-    if name not in PROTOCOLS:
-        raise UsageError(f"unknown protocol {name!r}: use {', '.join(PROTOCOL_NAMES)}")
-    return PROTOCOLS[name]
-
-
-def _as_float(img: np.ndarray) -> np.ndarray:
-    """uint8 -> float64 in [0, 1] (value / 255); float passes through as float64."""
-    if img.dtype == np.uint8:
-        return img.astype(np.float64) / 255
-    return img.astype(np.float64, copy=False)
-
-
-def _shaved(x: np.ndarray, shave: int) -> np.ndarray:
-    """Drop `shave` px on each side of (H, W, ...) x."""
-    if shave == 0:
-        return x
-    return x[shave:-shave, shave:-shave]
-
-
-def _check_shapes(pred: np.ndarray, gt: np.ndarray, shave: int) -> None:
-    if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[2] != 3:
-        raise ValueError(f"need two (H, W, 3) images of one shape, got {pred.shape}, {gt.shape}")
-    if min(gt.shape[:2]) <= 2 * shave:
-        raise ValueError(f"image {gt.shape[1]}×{gt.shape[0]} has nothing left after shaving "
-                         f"{shave} px per side")
-
-
-def psnr(pred: np.ndarray, gt: np.ndarray, *, protocol: Protocol | str, scale: float) -> float:
-    """PSNR in dB of (H, W, 3) pred against gt, both in [0, 1] units (uint8 means /255).
-
-    As the official calc_psnr: difference first, then (benchmark) its luma, shave, mean square.
-    """
-    proto = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
-    shave = proto.shave(scale)
-    _check_shapes(pred, gt, shave)
-    diff = _as_float(pred) - _as_float(gt)  # (H, W, 3)
-    if proto.luma:
-        diff = diff @ np.asarray(Y_WEIGHTS)  # (H, W)
-    mse = float(np.mean(_shaved(diff, shave) ** 2))
-    return math.inf if mse == 0 else -10 * math.log10(mse)
-
-
-def luma(img: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB in [0, 1] units -> (H, W) BT.601 Y in [0, 1] units (16/255 .. 235/255)."""
-    return Y_OFFSET + _as_float(img) @ np.asarray(Y_WEIGHTS)
-
-
-def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
-    """(size,) normalised 1-D Gaussian; its outer product is MATLAB's fspecial('gaussian')."""
-    x = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    g = np.exp(-(x ** 2) / (2 * sigma ** 2))
-    return g / g.sum()
-
-
-def ssim_plane(x: np.ndarray, y: np.ndarray, *, data_range: float = 1.0) -> float:
-    """Mean SSIM of two (H, W) float planes, 'valid' Gaussian filtering (Wang et al. 2004)."""
-    if x.shape != y.shape or x.ndim != 2:
-        raise ValueError(f"need two (H, W) planes of one shape, got {x.shape}, {y.shape}")
-    if min(x.shape) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs at least {SSIM_WINDOW}×{SSIM_WINDOW} px, got "
-                         f"{x.shape[1]}×{x.shape[0]}")
-    import cv2
-
-    g = gaussian_window()
-    r = SSIM_WINDOW // 2
-
-    def blur(a: np.ndarray) -> np.ndarray:  # (H, W) -> (H-10, W-10): 'valid' part only
-        full = cv2.sepFilter2D(a, cv2.CV_64F, g, g, borderType=cv2.BORDER_REFLECT)
-        return full[r:-r, r:-r]  # the border mode never reaches these
-
-    a = np.ascontiguousarray(x, dtype=np.float64)
-    b = np.ascontiguousarray(y, dtype=np.float64)
-    mu_x, mu_y = blur(a), blur(b)
-    var_x = blur(a * a) - mu_x ** 2
-    var_y = blur(b * b) - mu_y ** 2
-    cov = blur(a * b) - mu_x * mu_y
-    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    smap = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-        (mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return float(smap.mean())  # float64 throughout: one plane at a time, a few H×W buffers
-
-
-def ssim(pred: np.ndarray, gt: np.ndarray, *, protocol: Protocol | str, scale: float) -> float:
-    """SSIM of (H, W, 3) pred against gt on the protocol's channels and shave."""
-    proto = protocol if isinstance(protocol, Protocol) else get_protocol(protocol)
-    shave = proto.shave(scale)
-    _check_shapes(pred, gt, shave)
-    if proto.luma:
-        return ssim_plane(_shaved(luma(pred), shave), _shaved(luma(gt), shave))
-    p, t = _shaved(_as_float(pred), shave), _shaved(_as_float(gt), shave)
-    return float(np.mean([ssim_plane(p[..., c], t[..., c]) for c in range(3)]))
-
-
-# ----------------------------------------------------------------------------------------------
-# images, LR generation, bicubic
+# images
 
 def _image_size(path: Path) -> tuple[int, int]:
     """(H, W) from the file header, without decoding."""
@@ -205,35 +83,6 @@ def _image_size(path: Path) -> tuple[int, int]:
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read {path}: {e}") from None
     return h, w
-
-
-def lr_size(hr_hw: tuple[int, int], scale: float) -> tuple[int, int]:
-    """Official LR size for an HR size: floor(H / s + 1e-9), floor(W / s + 1e-9)."""
-    return tuple(math.floor(n / scale + LR_FLOOR_EPS) for n in hr_hw)  # type: ignore[return-value]
-
-
-def hr_crop_size(lr_hw: tuple[int, int], scale: float) -> tuple[int, int]:
-    """The HR crop an LR image stands for: round(h_lr·s) × round(w_lr·s) (Python's round)."""
-    return tuple(round(n * scale) for n in lr_hw)  # type: ignore[return-value]
-
-
-def make_lr(hr: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, 3) uint8 HR -> (HR crop, LR), both uint8, exactly as the official wrapper."""
-    h_lr, w_lr = lr_size(hr.shape[:2], scale)
-    if min(h_lr, w_lr) < 1:
-        raise ValueError(f"{hr.shape[1]}×{hr.shape[0]} is too small for ×{scale}")
-    H, W = hr_crop_size((h_lr, w_lr), scale)
-    crop = np.ascontiguousarray(hr[:H, :W])
-    lr = np.array(Image.fromarray(crop).resize((w_lr, h_lr), Image.BICUBIC))  # writable
-    return crop, lr
-
-
-def bicubic_upsample(lr: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """(h, w, 3) uint8 -> (H, W, 3) float32 in [0, 1]: PIL bicubic in float, clamped."""
-    H, W = out_hw
-    planes = [np.asarray(Image.fromarray(lr[..., c].astype(np.float32) / 255, mode="F")
-                         .resize((W, H), Image.BICUBIC)) for c in range(3)]
-    return np.clip(np.stack(planes, axis=-1), 0, 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -504,17 +353,6 @@ def example_panel(panels: Sequence[np.ndarray], labels: Sequence[str]) -> np.nda
 # ----------------------------------------------------------------------------------------------
 # the job
 
-def _model_and_name(model: Any) -> tuple[LIIF, str]:
-    from liif_cli.runtime.weights import LoadedModel, load_model
-
-    if isinstance(model, SRModel):  # LIIF or LM-LIIF
-        return model, "liif"
-    if isinstance(model, LoadedModel):
-        return model.model, model.name
-    loaded = load_model(model)
-    return loaded.model, loaded.name
-
-
 def evaluate(model: Any, data: str | os.PathLike, *,
              scales: str | Iterable[float] = DEFAULT_SCALES, protocol: str = "auto",
              lr_dir: str | os.PathLike | None = None, bicubic: bool = True,
@@ -531,7 +369,6 @@ def evaluate(model: Any, data: str | os.PathLike, *,
     Everything is checked (folders, LR files and sizes, output paths) before the model runs.
     """
     from liif_cli.io.images import ImageData, write_image
-    from liif_cli.tasks.upscale import precision_name, resolve_device, resolve_precision
 
     t0 = time.perf_counter()
     steps = parse_spec(degrade) if degrade is not None else ()
@@ -543,8 +380,7 @@ def evaluate(model: Any, data: str | os.PathLike, *,
     proto = get_protocol(protocol, ds.name)
     jobs = plan_jobs(ds, scale_list, proto, lr_dir, min_kept=SSIM_WINDOW if with_ssim else 1)
     dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
-    enc_dtype = dtype if dev.type != "cpu" else torch.float32
+    dtype = resolve_precision(precision, dev)  # the whole forward pass (runtime.upscaler)
 
     shown = ds.images[:max(0, examples)] if examples_dir is not None else ()
     ex_dir = None
@@ -557,10 +393,10 @@ def evaluate(model: Any, data: str | os.PathLike, *,
             for s in scale_list:
                 check_output_path(ex_dir / example_name(ds.name, img, s), overwrite=overwrite)
 
-    net, name = _model_and_name(model)
+    up = Upscaler(model, device=dev, precision=dtype, max_memory=max_memory)
+    name = up.name or "liif"
     if name == BICUBIC:
         name = "liif-" + name
-    net = net.to(dev).eval()
 
     total = sum(j.hr_hw[0] * j.hr_hw[1] for j in jobs)
     done = 0
@@ -583,9 +419,7 @@ def evaluate(model: Any, data: str | os.PathLike, *,
             if on_progress is not None:
                 on_progress(base + d, total)
 
-        with torch.inference_mode():
-            engine.render(net, inp, (H, W), pred, max_memory=max_memory, dtype=dtype,
-                          encoder_dtype=enc_dtype, on_progress=progress)
+        up.render(inp, (H, W), pred, on_progress=progress)
         done += H * W
         np.clip(pred, 0, 1, out=pred)  # the official pred.clamp_(0, 1); not quantised
         lr_kind = "made" if job.lr is None else "paired"
@@ -608,5 +442,5 @@ def evaluate(model: Any, data: str | os.PathLike, *,
     return EvalResult(
         dataset=ds.name, protocol=proto.name, model=name, records=aggregate(scores, proto.name),
         per_image=scores, images=len(ds.images), seconds=time.perf_counter() - t0,
-        device=str(dev), precision=precision_name(dtype), examples=written,
+        device=str(dev), precision=up.precision, examples=written,
         degrade=degrade_name)

@@ -45,19 +45,21 @@ from liif_cli.data.degrade import (
     spec_seed,
     spec_text,
 )
+from liif_cli.data.metrics import psnr
 from liif_cli.data.samples import (
     EpochBatches,
     ImageCache,
     RandomScaleSamples,
     find_images,
     load_rgb_uint8,
+    make_lr,
     to_tensor,
 )
 from liif_cli.errors import TrainingError, UsageError
 from liif_cli.model import LiifConfig, LmfConfig, ModelConfig, SRModel, build_model
-from liif_cli.runtime import engine
 from liif_cli.runtime.device import resolve_device, resolve_precision
 from liif_cli.runtime.malloc import keep_freed_memory
+from liif_cli.runtime.upscaler import Upscaler
 from liif_cli.runtime.weights import (
     atomic_torch_save,
     checkpoint_dict,
@@ -65,7 +67,6 @@ from liif_cli.runtime.weights import (
     model_from_spec,
     read_checkpoint,
 )
-from liif_cli.tasks.evaluate import make_lr, psnr
 
 ENCODER_CHOICES = ("edsr-baseline", "edsr", "rdn")
 DECODER_CHOICES = ("liif", "lmf")  # LIIF's MLP, or LM-LIIF's two MLPs (model/lmf.py)
@@ -304,25 +305,24 @@ def validate(model: SRModel, images: list[np.ndarray], scales: tuple[float, ...]
     """Mean PSNR per scale (official div2k protocol: RGB, shave scale + 6; LR made from HR).
 
     `dtype` is the precision of the whole forward pass, as `liif upscale --precision` sets it
-    (a bf16 run validates in bf16: within ~0.01 dB of fp32, and faster on the CPU).
+    (a bf16 run validates in bf16: within ~0.01 dB of fp32, and faster on the CPU); it is
+    taken as resolved (train resolved it). The model renders through a fresh `Upscaler` on its
+    own device: the weights changed since the last validation, so its decoder is rebuilt.
     `degrade`: a spec (`degrade.parse_spec`); the LR is also degraded by it, seeded per image,
     and those scores are added under keys such as "x2 jpeg=75".
     """
-    model.eval()
-    dev = next(model.parameters()).device
+    up = Upscaler(model, device=next(model.parameters()).device, precision=dtype)
     res = {}
     specs = [()] + ([parse_spec(degrade)] if degrade else [])
-    with torch.inference_mode():
-        for steps, s in [(st, s) for st in specs for s in scales]:
-            vals = []
-            for i, hr in enumerate(images):
-                crop, lr = make_lr(hr, s)
-                if steps:
-                    lr = apply_spec(lr, steps, np.random.default_rng(spec_seed(str(i), s, steps)))
-                pred = engine.render(model, to_tensor(lr).to(dev), crop.shape[:2], dtype=dtype,
-                                     encoder_dtype=dtype)
-                vals.append(psnr(np.clip(pred, 0, 1), crop, protocol="div2k", scale=s))
-            res[f"x{s:g}" + (f" {spec_text(steps)}" if steps else "")] = float(np.mean(vals))
+    for steps, s in [(st, s) for st in specs for s in scales]:
+        vals = []
+        for i, hr in enumerate(images):
+            crop, lr = make_lr(hr, s)
+            if steps:
+                lr = apply_spec(lr, steps, np.random.default_rng(spec_seed(str(i), s, steps)))
+            pred = up.render(to_tensor(lr), crop.shape[:2])
+            vals.append(psnr(np.clip(pred, 0, 1), crop, protocol="div2k", scale=s))
+        res[f"x{s:g}" + (f" {spec_text(steps)}" if steps else "")] = float(np.mean(vals))
     return res
 
 

@@ -2,17 +2,16 @@
 
 `upscale(model, image, scale=7.5)`, `size=(W, H)`, `width=` or `height=`. Colour goes through
 LIIF; alpha is resized with bicubic; greyscale goes through the model as RGB and comes back
-grey; 16-bit images are computed in float32 and written back at 16 bits. Sizes, devices and
-output sizes are resolved here (`target_size`), devices and precisions in `device`; the pixel
-work is `engine.render`.
+grey; 16-bit images are computed in float32 and written back at 16 bits. Output sizes come from
+`runtime.sizing`, devices and precisions from `runtime.device`; the model runs through a
+`runtime.upscaler.Upscaler` (the pixel work is `engine.render`).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,171 +26,28 @@ from liif_cli.io.images import (
     ImageData,
     check_output_path,
     output_suffix,
-    pixel_count,
     read_image,
     read_stdin,
     write_image,
     write_stdout,
 )
-from liif_cli.model import LIIF, SRModel
 from liif_cli.runtime import engine
-
-# re-exported: they lived here before liif_cli.device, and other code imports them from here
-from liif_cli.runtime.device import (  # noqa: F401
-    DTYPES,
-    PRECISIONS,
-    precision_name,
-    resolve_device,
-    resolve_precision,
+from liif_cli.runtime.device import resolve_device, resolve_precision
+from liif_cli.runtime.sizing import (
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    SizeRequest,
+    size_request,
+    target_size,
 )
-from liif_cli.runtime.weights import LoadedModel, load_model
-
-DEFAULT_MAX_OUTPUT_PIXELS = 1_000_000_000  # 1 gigapixel: ~3 GB of RGB output buffer
-
+from liif_cli.runtime.upscaler import (  # noqa: F401 - UpscaleResult, resize_plane: re-exported
+    ModelRef,
+    Upscaler,
+    UpscaleResult,
+    resize_plane,
+)
 
 # ----------------------------------------------------------------------------------------------
-# sizes
-
-def _finite_positive(x: float, what: str) -> float:
-    if not math.isfinite(x) or x <= 0:
-        raise UsageError(f"{what} must be a positive finite number, got {x}")
-    return x
-
-
-def parse_scale(text: str | float) -> tuple[float, float]:
-    """'7.5' -> (7.5, 7.5); '3x2.5' -> horizontal 3, vertical 2.5 -> returns (sy, sx)."""
-    if isinstance(text, (int, float)):
-        s = _finite_positive(float(text), "scale")
-        return s, s
-    parts = str(text).lower().replace("×", "x").split("x")
-    try:
-        vals = [float(p) for p in parts]
-    except ValueError:
-        raise UsageError(f"bad scale {text!r}: use a number (4, 7.5) or WxH factors (3x2.5)"
-                         ) from None
-    if len(vals) == 1:
-        vals = vals * 2
-    if len(vals) != 2:
-        raise UsageError(f"bad scale {text!r}: use a number (4, 7.5) or WxH factors (3x2.5)")
-    sx, sy = (_finite_positive(v, "scale") for v in vals)
-    return sy, sx
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'1920x1080' -> (1920, 1080) as (W, H)."""
-    parts = str(text).lower().replace("×", "x").split("x")
-    try:
-        w, h = (int(p) for p in parts)
-    except ValueError:
-        raise UsageError(f"bad size {text!r}: use WIDTHxHEIGHT in pixels, e.g. 1920x1080"
-                         ) from None
-    if w <= 0 or h <= 0:
-        raise UsageError(f"bad size {text!r}: width and height must be at least 1")
-    return w, h
-
-
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
-
-# --fit: how an image meets a --size box, as ImageMagick's -resize WxH, WxH^ and WxH!
-FITS = ("contain", "cover", "fill")
-
-
-def fit_size(in_hw: tuple[int, int], box: tuple[int, int], fit: str = "fill") -> tuple[int, int]:
-    """Output (H, W) for an h×w image and a W×H box (`box` is (W, H)).
-
-    contain: the largest size inside the box with the image's aspect (`-resize WxH`);
-    cover: the smallest size covering it (`-resize WxH^`); fill: exactly the box (`WxH!`).
-    One factor for both sides, each side floor(factor * side + 0.5) and at least 1, as
-    ImageMagick's ParseMetaGeometry rounds.
-    """
-    h, w = in_hw
-    bw, bh = box
-    if fit == "fill":
-        return bh, bw
-    if fit not in FITS:
-        raise UsageError(f"unknown --fit {fit!r}: use contain, cover or fill")
-    if (bw, bh) == (w, h):
-        return h, w
-    pick = min if fit == "contain" else max
-    factor = pick(bw / w, bh / h)
-    return max(1, _round_half_up(factor * h)), max(1, _round_half_up(factor * w))
-
-
-@dataclass(frozen=True)
-class SizeRequest:
-    """What the user asked for, checked: a scale (sy, sx), an exact size, or a width/height."""
-
-    scale: tuple[float, float] | None = None  # (vertical, horizontal) factors
-    size: tuple[int, int] | None = None  # (W, H)
-    width: int | None = None
-    height: int | None = None
-    fit: str = "fill"  # how `size` is met: one of FITS
-
-
-def size_request(*, scale: str | float | tuple[float, float] | None = None,
-                 size: str | tuple[int, int] | None = None, width: int | None = None,
-                 height: int | None = None, fit: str | None = None) -> SizeRequest:
-    """Check and parse the size options without looking at any image (usage errors only)."""
-    if fit is not None and fit not in FITS:
-        raise UsageError(f"unknown --fit {fit!r}: use contain, cover or fill")
-    if fit is not None and size is None:
-        raise UsageError(f"--fit {fit} needs --size WxH: the box to fit the image to")
-    given = [n for n, v in (("--scale", scale), ("--size", size), ("--width", width),
-                            ("--height", height)) if v is not None]
-    if not given:
-        raise UsageError("say how big: --scale S, --size WxH, --width W or --height H")
-    if len(given) > 1 and set(given) != {"--width", "--height"}:
-        raise UsageError(f"give only one of {', '.join(given)}")
-    if scale is not None:
-        if isinstance(scale, tuple):
-            sy, sx = (_finite_positive(float(v), "scale") for v in scale)
-        else:
-            sy, sx = parse_scale(scale)
-        return SizeRequest(scale=(sy, sx))
-    if size is not None:
-        ow, oh = size if isinstance(size, tuple) else parse_size(size)
-        if ow < 1 or oh < 1:
-            raise UsageError(f"bad size {ow}x{oh}: width and height must be at least 1")
-        return SizeRequest(size=(int(ow), int(oh)), fit=fit or "fill")
-    for v, n in ((width, "width"), (height, "height")):
-        if v is not None and v < 1:
-            raise UsageError(f"--{n} must be at least 1, got {v}")
-    return SizeRequest(width=width, height=height)
-
-
-def target_size(in_hw: tuple[int, int], *, scale: str | float | tuple[float, float] | None = None,
-                size: str | tuple[int, int] | None = None, width: int | None = None,
-                height: int | None = None, fit: str | None = None,
-                max_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
-                request: SizeRequest | None = None) -> tuple[int, int]:
-    """Output (H, W) from exactly one of scale, size (W, H), width or height (aspect kept).
-
-    Scales give round(h * sy) × round(w * sx), halves rounded up as the official demo does;
-    a size is met as `fit` says (`fit_size`).
-    """
-    req = request or size_request(scale=scale, size=size, width=width, height=height, fit=fit)
-    h, w = in_hw
-    if req.scale is not None:
-        sy, sx = req.scale
-        out = (_round_half_up(h * sy), _round_half_up(w * sx))
-    elif req.size is not None:
-        out = fit_size((h, w), req.size, req.fit)
-    elif req.width is not None and req.height is not None:
-        out = (req.height, req.width)
-    elif req.width is not None:
-        out = (_round_half_up(h * req.width / w), req.width)
-    else:
-        out = (req.height, _round_half_up(w * req.height / h))
-    if min(out) < 1:
-        raise UsageError(f"output would be {out[1]}×{out[0]} pixels: ask for a larger size")
-    if out[0] * out[1] > max_pixels:
-        raise UsageError(f"output {out[1]}×{out[0]} is {pixel_count(out[0] * out[1])}, over the "
-                         f"{pixel_count(max_pixels)} limit (each MP takes 3 MB of memory); "
-                         "lift it with --max-output-pixels")
-    return out
-
+# output names
 
 def default_output_path(inp: str | os.PathLike, request: SizeRequest,
                         scale_text: str | None = None) -> Path:
@@ -217,70 +73,16 @@ def default_output_path(inp: str | os.PathLike, request: SizeRequest,
 # ----------------------------------------------------------------------------------------------
 # the job
 
-@dataclass
-class UpscaleResult:
-    image: ImageData
-    in_hw: tuple[int, int]
-    out_hw: tuple[int, int]
-    device: str
-    precision: str
-    seconds: float
-
-
-def _as_model(model: LoadedModel | LIIF | str | os.PathLike | None) -> LIIF:
-    if isinstance(model, SRModel):  # LIIF or LM-LIIF
-        return model
-    if isinstance(model, LoadedModel):
-        return model.model
-    return load_model(model).model
-
-
-def upscale_image(model: LoadedModel | LIIF | str | os.PathLike | None, image: ImageData, *,
-                  out_hw: tuple[int, int], device: str | torch.device | None = "auto",
-                  precision: str = "auto", max_memory: int = engine.DEFAULT_MAX_MEMORY,
+def upscale_image(model: ModelRef | Upscaler, image: ImageData, *, out_hw: tuple[int, int],
+                  device: str | torch.device | None = "auto", precision: str = "auto",
+                  max_memory: int = engine.DEFAULT_MAX_MEMORY,
                   on_progress: engine.ProgressFn | None = None) -> UpscaleResult:
-    """Upscale ImageData to out_hw = (H, W), keeping mode, bit depth and metadata.
-
-    Greyscale goes through the model as R = G = B and comes back as the mean of its three
-    answers; 16-bit images are computed in float32 throughout whatever `precision` says.
-    """
-    t0 = time.perf_counter()
-    dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
-    net = _as_model(model)
-    if image.bit_depth == 16:
-        dtype = torch.float32  # 16-bit in, 16-bit out: computed at full precision
-    net = net.to(dev).eval()
-    maxval = 65535.0 if image.bit_depth == 16 else 255.0
-    H, W = out_hw
-    px = image.pixels
-    # torch has few uint16 kernels (none on some devices) and warns on read-only arrays
-    px = px.astype(np.float32) if px.dtype == np.uint16 else np.array(px, copy=True)
-    pixels = torch.from_numpy(px).to(dev)  # (h, w, C)
-    rgb = pixels.permute(2, 0, 1).float() / maxval  # (C, h, w) in [0, 1]
-    if rgb.shape[0] == 1:
-        rgb = rgb.expand(3, -1, -1)
-    out_px = np.empty((H, W, image.channels), dtype=image.pixels.dtype)
-    with torch.inference_mode():
-        engine.render(net, rgb, (H, W), out_px, max_memory=max_memory, dtype=dtype,
-                      encoder_dtype=dtype, on_progress=on_progress)
-    alpha = None if image.alpha is None else resize_plane(image.alpha, (H, W))
-    h, w = image.height, image.width
-    dpi = None if image.dpi is None else (image.dpi[0] * W / w, image.dpi[1] * H / h)
-    result = replace(image, pixels=out_px, alpha=alpha, dpi=dpi)
-    return UpscaleResult(result, (h, w), (H, W), str(dev), precision_name(dtype),
-                         time.perf_counter() - t0)
-
-
-def resize_plane(plane: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Bicubic resize of one uint8/uint16 plane (alpha); area averaging where it shrinks."""
-    import cv2
-
-    H, W = out_hw
-    up = H >= plane.shape[0] and W >= plane.shape[1]
-    interp = cv2.INTER_CUBIC if up else cv2.INTER_AREA
-    # OpenCV rounds and saturates to the plane's own type: no float copy of a big plane
-    return cv2.resize(np.ascontiguousarray(plane), (W, H), interpolation=interp)
+    """Upscale ImageData to out_hw = (H, W), keeping mode, bit depth and metadata
+    (`Upscaler.upscale_image`). An `Upscaler` as `model` brings its own device, precision and
+    memory budget; for many images make one and reuse it, as batch does."""
+    up = model if isinstance(model, Upscaler) else Upscaler(
+        model, device=device, precision=precision, max_memory=max_memory)
+    return up.upscale_image(image, out_hw, on_progress=on_progress)
 
 
 def _from_array(arr: np.ndarray) -> ImageData:
@@ -296,8 +98,7 @@ def _from_array(arr: np.ndarray) -> ImageData:
     return ImageData(np.ascontiguousarray(a[:, :, :colour]), alpha)
 
 
-def upscale(model: LoadedModel | LIIF | str | os.PathLike | None,
-            image: str | os.PathLike | ImageData | np.ndarray, *,
+def upscale(model: ModelRef | Upscaler, image: str | os.PathLike | ImageData | np.ndarray, *,
             scale: float | str | tuple[float, float] | None = None,
             size: tuple[int, int] | str | None = None, width: int | None = None,
             height: int | None = None, fit: str | None = None,
@@ -311,6 +112,7 @@ def upscale(model: LoadedModel | LIIF | str | os.PathLike | None,
 
     Returns the same kind it was given: an array of the same layout for an array ((H, W),
     (H, W, 1|2|3|4)), ImageData (pixels, alpha, ICC profile, DPI) for a path or ImageData.
+    `model` may be an `Upscaler`: its device, precision and memory budget then apply.
     """
     if isinstance(image, (str, os.PathLike)):
         data = read_image(Path(image))
@@ -349,7 +151,7 @@ class FileResult:
 
 
 def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
-                 model: LoadedModel | LIIF | str | os.PathLike | None = None,
+                 model: ModelRef | Upscaler = None,
                  scale: str | float | tuple[float, float] | None = None,
                  size: str | tuple[int, int] | None = None, width: int | None = None,
                  height: int | None = None, fit: str | None = None, fmt: str | None = None,
@@ -370,8 +172,10 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
     t0 = time.perf_counter()
     request = size_request(scale=scale, size=size, width=width, height=height, fit=fit)
     suffix = None if fmt is None else output_suffix(fmt)
-    dev = resolve_device(device)
-    resolve_precision(precision, dev)
+    up = model if isinstance(model, Upscaler) else None
+    if up is None:  # usage errors before any reading; the model is loaded last
+        dev = resolve_device(device)
+        dtype = resolve_precision(precision, dev)
     from_stdin = str(input) == STDIO
     to_stdout = str(output) == STDIO if output is not None else from_stdin
     if to_stdout:
@@ -394,14 +198,13 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
                          max_pixels=max_output_pixels)
     if not to_stdout:
         check_output_path(dst, overwrite=overwrite)
-    loaded = model if isinstance(model, LoadedModel | SRModel) else load_model(model)
-    name = loaded.name if isinstance(loaded, LoadedModel) else "model"
-    res = upscale_image(loaded, image, out_hw=out_hw, device=dev, precision=precision,
-                        max_memory=max_memory, on_progress=on_progress)
+    if up is None:
+        up = Upscaler(model, device=dev, precision=dtype, max_memory=max_memory)
+    res = up.upscale_image(image, out_hw, on_progress=on_progress)
     if to_stdout:
         write_stdout(res.image, suffix or ".png", quality=quality)
     else:
         write_image(dst, res.image, quality=quality, overwrite=overwrite)
     kind = image.describe().split(" ", 1)[1]  # "RGB 8-bit", "grey+alpha 16-bit"
-    return FileResult(Path(input), dst, res.in_hw, res.out_hw, kind, name, res.device,
-                      res.precision, time.perf_counter() - t0)
+    return FileResult(Path(input), dst, res.in_hw, res.out_hw, kind, up.name or "model",
+                      res.device, res.precision, time.perf_counter() - t0)

@@ -1,0 +1,146 @@
+"""The model as every task runs it: on its device, in one precision, its decoder built once.
+
+`Upscaler(model, device=..., precision=..., max_memory=...)` resolves the device and the dtype
+once (`runtime.device`: the one precision policy), moves the network there, and builds the
+engine's decoder (`engine.make_decoder`) the first time it renders, then reuses it for every
+image. Upscale, batch (one per worker), eval, train's validation and bench all render through
+one, so `--precision` means one thing everywhere: the dtype of the whole forward pass, encoder
+(under autocast) and decoder MLP alike, as `engine.render`'s `dtype` and `encoder_dtype`.
+16-bit images are computed in float32 whatever the precision (a second decoder, built once).
+
+The decoder is a snapshot of the weights (some of its tensors are copies): after the weights
+change (a training step, `load_state_dict`) make a new Upscaler. That is cheap (a decoder
+build, milliseconds); training's validation makes one per validation.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from liif_cli.errors import UsageError
+from liif_cli.io.images import ImageData
+from liif_cli.model import SRModel
+from liif_cli.runtime import engine
+from liif_cli.runtime.device import DTYPES, precision_name, resolve_device, resolve_precision
+from liif_cli.runtime.weights import LoadedModel, load_model
+
+ModelRef = LoadedModel | SRModel | str | os.PathLike | None  # None: the bundled default
+
+
+@dataclass
+class UpscaleResult:
+    image: ImageData
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    device: str
+    precision: str  # the precision that ran ("fp32" for 16-bit images)
+    seconds: float
+
+
+class Upscaler:
+    """A model ready to render: on `device`, in `precision`, within `max_memory` bytes.
+
+    `model`: a LoadedModel, a network (LIIF or LM-LIIF), a model name or a checkpoint path
+    (None: the bundled default). `precision`: a `--precision` name, resolved by
+    `device.resolve_precision` (an explicit bf16 on a CPU without native bf16 becomes fp32
+    with one `PrecisionWarning`), or a torch dtype taken as already resolved (bench measures
+    emulated bf16 that way). Usage errors (device, precision) come before the model is loaded.
+    """
+
+    def __init__(self, model: ModelRef = None, *, device: str | torch.device | None = "auto",
+                 precision: str | torch.dtype = "auto",
+                 max_memory: int = engine.DEFAULT_MAX_MEMORY):
+        self.device = resolve_device(device)
+        if isinstance(precision, torch.dtype):
+            if precision not in DTYPES.values():
+                raise UsageError(f"unsupported dtype {precision}: use float32, bfloat16 or "
+                                 "float16")
+            self.dtype = precision
+        else:
+            self.dtype = resolve_precision(precision, self.device)
+        if isinstance(model, SRModel):
+            self.name: str | None = None  # the caller knows what to call it
+            net = model
+        else:
+            loaded = model if isinstance(model, LoadedModel) else load_model(model)
+            self.name, net = loaded.name, loaded.model
+        self.model: SRModel = net.to(self.device).eval()
+        self.max_memory = max_memory
+        self._decoders: dict[torch.dtype, engine.Decoder] = {}
+
+    @property
+    def precision(self) -> str:
+        """The precision name that runs: "fp32", "bf16" or "fp16"."""
+        return precision_name(self.dtype)
+
+    def decoder(self, dtype: torch.dtype | None = None) -> engine.Decoder:
+        """The engine's decoder in `dtype` (default: this Upscaler's), built on first use."""
+        dtype = self.dtype if dtype is None else dtype
+        if dtype not in self._decoders:
+            with torch.no_grad():  # plain tensors: usable in and out of inference mode
+                self._decoders[dtype] = engine.make_decoder(self.model, dtype, self.device)
+        return self._decoders[dtype]
+
+    def render(self, img: torch.Tensor, out_hw: tuple[int, int], out: np.ndarray | None = None,
+               *, on_progress: engine.ProgressFn | None = None,
+               dtype: torch.dtype | None = None) -> np.ndarray:
+        """`engine.render` of `img` (3, h, w) in [0, 1] to `out_hw` (H, W), the whole forward
+        pass in `dtype` (default: this Upscaler's precision), with the cached decoder.
+
+        `out` as in `engine.render`: None (float32 (H, W, 3), raw), or a preallocated
+        uint8/uint16/float32 (H, W, 3) or (H, W, 1) array. Returns it.
+        """
+        dtype = self.dtype if dtype is None else dtype
+        dec = self.decoder(dtype)
+        with torch.inference_mode():
+            return engine.render(self.model, img.to(self.device), out_hw, out,
+                                 max_memory=self.max_memory, dtype=dtype, encoder_dtype=dtype,
+                                 decoder=dec, on_progress=on_progress)
+
+    def upscale_image(self, image: ImageData, out_hw: tuple[int, int], *,
+                      on_progress: engine.ProgressFn | None = None) -> UpscaleResult:
+        """Upscale ImageData to out_hw = (H, W), keeping mode, bit depth and metadata.
+
+        Colour goes through the model; alpha is resized with bicubic (`resize_plane`);
+        greyscale goes through as R = G = B and comes back as the mean of its three answers;
+        16-bit images are computed in float32 throughout whatever the precision.
+        """
+        t0 = time.perf_counter()
+        dtype = torch.float32 if image.bit_depth == 16 else self.dtype  # 16 bits in and out
+        maxval = 65535.0 if image.bit_depth == 16 else 255.0
+        H, W = out_hw
+        px = image.pixels
+        # torch has few uint16 kernels (none on some devices) and warns on read-only arrays
+        px = px.astype(np.float32) if px.dtype == np.uint16 else np.array(px, copy=True)
+        pixels = torch.from_numpy(px).to(self.device)  # (h, w, C)
+        rgb = pixels.permute(2, 0, 1).float() / maxval  # (C, h, w) in [0, 1]
+        if rgb.shape[0] == 1:
+            rgb = rgb.expand(3, -1, -1)
+        out_px = np.empty((H, W, image.channels), dtype=image.pixels.dtype)
+        self.render(rgb, (H, W), out_px, on_progress=on_progress, dtype=dtype)
+        alpha = None if image.alpha is None else resize_plane(image.alpha, (H, W))
+        h, w = image.height, image.width
+        dpi = None if image.dpi is None else (image.dpi[0] * W / w, image.dpi[1] * H / h)
+        result = replace(image, pixels=out_px, alpha=alpha, dpi=dpi)
+        return UpscaleResult(result, (h, w), (H, W), str(self.device), precision_name(dtype),
+                             time.perf_counter() - t0)
+
+    def __repr__(self) -> str:
+        return (f"Upscaler({self.name or type(self.model).__name__}, device={self.device}, "
+                f"precision={self.precision}, max_memory={self.max_memory})")
+
+
+def resize_plane(plane: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Bicubic resize of one uint8/uint16 plane (alpha); area averaging where it shrinks."""
+    import cv2
+
+    H, W = out_hw
+    up = H >= plane.shape[0] and W >= plane.shape[1]
+    interp = cv2.INTER_CUBIC if up else cv2.INTER_AREA
+    # OpenCV rounds and saturates to the plane's own type: no float copy of a big plane
+    return cv2.resize(np.ascontiguousarray(plane), (W, H), interpolation=interp)

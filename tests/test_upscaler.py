@@ -1,0 +1,276 @@
+"""liif_cli.runtime.upscaler: one precision policy, the decoder built once, tasks as siblings."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, photo_like, random_model
+from PIL import Image
+
+import liif_cli
+from liif_cli.data.samples import to_tensor
+from liif_cli.errors import UsageError
+from liif_cli.io.images import ImageData, read_image
+from liif_cli.runtime import device, engine
+from liif_cli.runtime.device import PrecisionWarning
+from liif_cli.runtime.sizing import size_request
+from liif_cli.runtime.upscaler import Upscaler
+from liif_cli.runtime.weights import LoadedModel, load_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def decoders_built(monkeypatch) -> list[torch.dtype]:
+    """Every engine.make_decoder call (from an Upscaler or from engine.render), by dtype."""
+    built: list[torch.dtype] = []
+    real = engine.make_decoder
+
+    def spy(model, dtype, dev):
+        built.append(dtype)
+        return real(model, dtype, dev)
+
+    monkeypatch.setattr(engine, "make_decoder", spy)
+    return built
+
+
+def _notes(caught) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, PrecisionWarning)]
+
+
+# ----------------------------------------------------------------------------------------------
+# the policy
+
+def test_bf16_on_a_cpu_without_native_bf16_falls_back_to_fp32_with_one_note(monkeypatch):
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        up = Upscaler(random_model(), device="cpu", precision="bf16")
+    assert up.dtype == torch.float32 and up.precision == "fp32"
+    assert _notes(caught) == [device.BF16_FALLBACK_NOTE]
+
+
+def test_bf16_where_the_cpu_runs_it_natively_runs_the_whole_pass_in_bf16(monkeypatch):
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: True)
+    autocasts = []
+    real = torch.autocast
+
+    def spy(device_type, dtype=None, enabled=True, **kw):
+        autocasts.append((dtype, enabled))
+        return real(device_type, dtype=dtype, enabled=enabled, **kw)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no note
+        up = Upscaler(random_model(), device="cpu", precision="bf16")
+    assert up.dtype == torch.bfloat16
+    up.render(torch.rand(3, 8, 9), (16, 18))
+    assert up.decoder().dtype == torch.bfloat16  # the decoder MLP ...
+    assert set(autocasts) == {(torch.bfloat16, True)}  # ... and the encoder
+
+
+def test_auto_on_the_cpu_is_fp32_and_fp16_is_refused(monkeypatch):
+    for native in (True, False):
+        monkeypatch.setattr(device, "cpu_bf16_native", lambda native=native: native)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # auto never falls back, so never notes
+            assert Upscaler(random_model(), device="cpu").dtype == torch.float32
+    with pytest.raises(UsageError, match="fp16 is for GPUs"):
+        Upscaler(random_model(), device="cpu", precision="fp16")
+    with pytest.raises(UsageError, match="unsupported dtype"):
+        Upscaler(random_model(), device="cpu", precision=torch.float64)
+
+
+def test_usage_errors_come_before_the_model_is_loaded(tmp_path):
+    missing = tmp_path / "nope.pth"  # loading it would fail with a CheckpointError
+    with pytest.raises(UsageError, match="unknown precision"):
+        Upscaler(missing, device="cpu", precision="fp8")
+    with pytest.raises(UsageError, match="unknown device"):
+        Upscaler(missing, device="tpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# one decoder, exact output
+
+def test_output_is_engine_render_exactly():
+    model = random_model()
+    img = to_tensor(photo_like(13, 17))
+    up = Upscaler(model, device="cpu", precision="fp32", max_memory=2**20)
+    got = up.render(img, (29, 40))
+    with torch.inference_mode():
+        want = engine.render(model, img, (29, 40), max_memory=2**20)
+    np.testing.assert_array_equal(got, want)
+    out = np.empty((29, 40, 3), np.uint8)
+    assert up.render(img, (29, 40), out) is out
+    with torch.inference_mode():
+        np.testing.assert_array_equal(
+            out, engine.render(model, img, (29, 40), np.empty_like(out), max_memory=2**20))
+
+
+def test_the_decoder_is_built_once_across_renders(decoders_built):
+    up = Upscaler(random_model(), device="cpu", precision="fp32")
+    assert decoders_built == []  # built on first use
+    for side in (8, 11, 9):
+        up.render(torch.rand(3, side, side), (2 * side, 3 * side))
+    assert decoders_built == [torch.float32]
+    # a 16-bit image needs fp32: with an fp32 Upscaler, still the same one decoder
+    deep = ImageData((photo_like(6, 7).astype(np.uint16) * 257))
+    assert up.upscale_image(deep, (12, 14)).image.pixels.dtype == np.uint16
+    assert decoders_built == [torch.float32]
+
+
+def test_a_16_bit_image_gets_an_fp32_decoder_of_its_own_once(decoders_built):
+    up = Upscaler(random_model(), device="cpu", precision=torch.bfloat16)
+    deep = ImageData(photo_like(6, 7).astype(np.uint16) * 257)
+    for _ in range(2):
+        res = up.upscale_image(deep, (12, 14))
+        assert res.precision == "fp32"
+    up.upscale_image(ImageData(photo_like(6, 7)), (12, 14))
+    assert sorted(decoders_built, key=str) == [torch.bfloat16, torch.float32]
+
+
+def test_a_decoder_of_another_dtype_is_refused():
+    model = random_model()
+    dec = engine.make_decoder(model, torch.bfloat16, CPU)
+    with pytest.raises(ValueError, match="decoder was built for"):
+        engine.render(model, torch.rand(3, 8, 8), (16, 16), decoder=dec)
+
+
+def test_upscale_image_matches_the_task_function_and_keeps_alpha_and_grey(tmp_path):
+    from liif_cli.tasks.upscale import upscale_image
+
+    model = random_model()
+    up = Upscaler(model, device="cpu")
+    rgba = np.dstack([photo_like(9, 10), np.full((9, 10), 200, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    Image.fromarray(photo_like(9, 10, channels=1)[..., 0]).save(tmp_path / "g.png")
+    for name in ("a.png", "g.png"):
+        image = read_image(tmp_path / name)
+        got = up.upscale_image(image, (18, 25))
+        want = upscale_image(model, image, out_hw=(18, 25), device="cpu")
+        np.testing.assert_array_equal(got.image.pixels, want.image.pixels)
+        assert got.image.channels == image.channels
+        assert (got.image.alpha is None) == (image.alpha is None)
+    assert got.in_hw == (9, 10) and got.out_hw == (18, 25) and got.device == "cpu"
+
+
+def test_the_public_api_takes_an_upscaler(decoders_built):
+    up = liif_cli.Upscaler(random_model(), device="cpu")
+    arrs = [liif_cli.upscale(up, photo_like(6, 8, seed=i), scale=2) for i in range(3)]
+    assert [a.shape for a in arrs] == [(12, 16, 3)] * 3
+    assert decoders_built == [torch.float32]
+
+
+def test_batch_builds_one_decoder_per_worker(tmp_path, tiny_ckpt, decoders_built):
+    from liif_cli.tasks.batch import plan_batch, run_batch
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for i in range(3):
+        Image.fromarray(photo_like(10, 12, seed=i)).save(inp / f"{i}.png")
+    res = run_batch(plan_batch(inp, out), str(tiny_ckpt), size=size_request(scale=2),
+                    devices="cpu")
+    assert [r.status for r in res.records] == ["done"] * 3
+    assert len(res.workers) == 1 and decoders_built == [torch.float32]
+
+
+@pytest.mark.parametrize("command", ["upscale", "eval", "batch"])
+def test_each_command_notes_a_bf16_fallback_once(command, tmp_path, tiny_ckpt, monkeypatch):
+    """The precision is resolved once per command (upscale noted it twice, batch three times)."""
+    from typer.testing import CliRunner
+
+    from liif_cli.cli import app
+
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: False)
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    Image.fromarray(photo_like(30, 32)).save(hr / "a.png")
+    args = {"upscale": [str(hr / "a.png"), "-s", "2", "-o", str(tmp_path / "o.png")],
+            "eval": ["--data", str(hr), "--scales", "2"],
+            "batch": [str(hr), str(tmp_path / "out"), "-s", "2"]}[command]
+    res = CliRunner().invoke(app, [command, *args, "-m", str(tiny_ckpt), "--device", "cpu",
+                                   "--precision", "bf16"])
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.output.splitlines() if line.startswith("note:")]
+    assert notes == ["note: " + device.BF16_FALLBACK_NOTE]
+
+
+# ----------------------------------------------------------------------------------------------
+# load_model's result is usable as the network
+
+def test_a_loaded_model_is_usable_as_the_network(tiny_ckpt):
+    loaded = load_model(str(tiny_ckpt))
+    net = loaded.model
+    assert loaded.to("cpu") is loaded and loaded.eval() is loaded and not net.training
+    assert loaded.train() is loaded and net.training
+    loaded.eval()
+    assert loaded.config is net.config and loaded.encode is not None
+    assert [p.data_ptr() for p in loaded.parameters()] == [p.data_ptr() for p in net.parameters()]
+    inp = torch.rand(1, 3, 6, 7) * 2 - 1
+    coord = torch.rand(1, 5, 2) * 2 - 1
+    cell = torch.full((1, 5, 2), 2 / 12)
+    with torch.no_grad():
+        assert torch.equal(loaded(inp, coord, cell), net(inp, coord, cell))
+        feat = loaded.encode(inp)
+        assert torch.equal(loaded.query(feat, coord, cell), net.query(feat, coord, cell))
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        loaded.no_such_thing
+    for twin in (copy.deepcopy(loaded), pickle.loads(pickle.dumps(loaded))):
+        assert isinstance(twin, LoadedModel) and twin.name == loaded.name
+        assert torch.equal(twin.model.imnet.linears[0].weight, net.imnet.linears[0].weight)
+
+
+def test_upscaler_is_exported_lazily():
+    assert "Upscaler" in liif_cli.__all__ and liif_cli.Upscaler is Upscaler
+
+
+# ----------------------------------------------------------------------------------------------
+# tasks are siblings
+
+TASKS = REPO / "liif_cli" / "tasks"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth (function-level imports too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against liif_cli.tasks
+                base = ".".join(["liif_cli", "tasks"][:3 - node.level])
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            names.add(mod)
+            names |= {f"{mod}.{a.name}" for a in node.names}  # from liif_cli.tasks import x
+    return names
+
+
+def test_no_task_imports_another_task():
+    tasks = {p.stem for p in TASKS.glob("*.py") if p.stem != "__init__"}
+    assert {"upscale", "batch", "evaluate", "train", "bench", "export"} <= tasks
+    found = {}
+    for p in sorted(TASKS.glob("*.py")):
+        others = {f"liif_cli.tasks.{t}" for t in tasks - {p.stem}}
+        hits = sorted(n for n in _imports(p) if any(n == o or n.startswith(o + ".")
+                                                    for o in others))
+        if hits:
+            found[p.name] = hits
+    assert found == {}
+
+
+def test_the_import_check_sees_imports(tmp_path):
+    """The parser above would catch the imports this layout removed."""
+    sample = tmp_path / "task.py"
+    sample.write_text("def f():\n    from liif_cli.tasks.evaluate import psnr\n"
+                      "from liif_cli.tasks import upscale\nfrom . import bench\n")
+    names = _imports(sample)
+    assert {"liif_cli.tasks.evaluate", "liif_cli.tasks.upscale", "liif_cli.tasks.bench"} <= names
