@@ -37,11 +37,30 @@ print(json.dumps({"import": after_import, "runs": results}))
 
 COMMANDS = [["--version"], ["--help"], ["upscale", "--help"], ["upscale"],
             ["upscale", "in.png", "--no-such-option"], ["eval", "--scales"]]
+# usage errors the library checks (values, not syntax): answered before torch is imported
+VALUE_ERRORS = {
+    "upscale in.png --scale abc": "error: bad scale 'abc'",
+    "upscale in.png --size 0x0": "error: ",
+    "upscale in.png -s 2 --precision xyz": "error: unknown precision 'xyz'",
+    "upscale in.png -s 2 --device tpu": "error: unknown device 'tpu'",
+    "upscale in.png -s 2 --denoise 3": "error: --denoise must be between 0 and 1, not 3.0",
+    "upscale in.png -s 2 --max-memory lots": "error: ",
+    "eval --data hr --scales 2,a": "error: bad --scales '2,a'",
+    "eval --data hr --degrade blur=x": "error: ",
+    "eval --data hr --precision xyz": "error: unknown precision 'xyz'",
+    "batch in out -s 2 --precision xyz": "error: unknown precision 'xyz'",
+    "batch in out --scale 0": "error: ",
+    "batch in out -s 2 --device cuda:0,tpu": "error: unknown device 'tpu'",
+    "train --data hr --lr -1": "error: --lr must be a positive number",
+    "train --data hr --decoder mlp": "error: unknown decoder 'mlp'",
+    "train --data hr --val-degrade jpeg=200": "error: ",
+}
 
 
 def test_help_version_and_usage_errors_never_import_torch(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(COMMANDS)], cwd=tmp_path,
+    commands = COMMANDS + [argv.split() for argv in VALUE_ERRORS]
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(commands)], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -58,6 +77,10 @@ def test_help_version_and_usage_errors_never_import_torch(tmp_path):
     bad = runs["upscale in.png --no-such-option"]
     assert bad["code"] == 2 and "No such option: --no-such-option" in bad["err"]
     assert len(bad["err"].strip().splitlines()) == 1
+    for argv, start in VALUE_ERRORS.items():
+        run = runs[argv]
+        assert run["code"] == 2 and run["err"].startswith(start), (argv, run)
+        assert len(run["err"].strip().splitlines()) == 1, (argv, run["err"])
     assert runs["eval --scales"]["code"] == 2
 
 

@@ -203,6 +203,34 @@ def progress_bar(description: str, *, quiet: bool, unit_scale: float = 1.0) -> I
         yield on_progress
 
 
+def _check_options(*, precision: str | None = None, device: str | None = None,
+                   denoise: float | None = None, degrade: str | None = None,
+                   scales: str | None = None, sizes: dict | None = None) -> None:
+    """Option values that need no torch, checked before it is imported: a usage error is
+    answered at once (`runtime.options`; the library checks them again where used)."""
+    from liif_cli.runtime import options
+
+    if precision is not None:
+        options.check_precision(precision)
+    if device is not None:
+        for name in str(device).split(","):
+            if name.strip().lower() != "all":
+                options.check_device(name.strip().lower())
+    if denoise is not None:
+        options.check_denoise(denoise)
+    if scales is not None or sizes is not None:
+        from liif_cli.runtime import sizing
+
+        if scales is not None:
+            sizing.parse_scales(scales)
+        if sizes is not None:
+            sizing.size_request(**sizes)
+    if degrade is not None:
+        from liif_cli.data.degrade import parse_spec
+
+        parse_spec(degrade)
+
+
 # ----------------------------------------------------------------------------------------------
 # upscale
 
@@ -230,6 +258,9 @@ def upscale(
     Examples: liif upscale photo.jpg --scale 7.5 · liif upscale scan.png --size 1920x1080
     --fit contain · cat a.jpg | liif upscale - -s 2 --format webp > b.webp
     """
+    _check_options(precision=precision, device=device, denoise=denoise,
+                   sizes=dict(scale=scale, size=size, width=width, height=height, fit=fit))
+    budget = parse_bytes(max_memory)
     from liif_cli.tasks.upscale import upscale_file
 
     if denoise is not None:
@@ -237,7 +268,6 @@ def upscale(
 
         model = load_model(model, denoise=denoise)
 
-    budget = parse_bytes(max_memory)
     no_bar = quiet or not console.is_terminal  # no bar (nor its blank line) in logs, pipes
     shown = "stdin" if str(input) == "-" else input.name
     with progress_bar(f"upscaling {shown}", quiet=no_bar, unit_scale=1e-6) as on_progress:
@@ -366,8 +396,7 @@ def train(
 
     Example: liif train --data DIV2K/DIV2K_train_HR --val-data DIV2K/DIV2K_valid_HR
     """
-    from liif_cli.tasks.train import config_from
-    from liif_cli.tasks.train import train as run_training
+    from liif_cli.data.recipe import check_new_run, config_from
 
     if plot is not None:
         from liif_cli.io.plot import plot_run
@@ -385,6 +414,10 @@ def train(
                      val_images=val_images, save_every=save_every, degrade=degrade,
                      val_degrade=val_degrade)
     cfg = config_from(str(config) if config else None, overrides, resume=resume)
+    if not resume:
+        check_new_run(cfg.out)
+    from liif_cli.tasks.train import train as run_training
+
     if not quiet and int(os.environ.get("RANK", 0)) == 0:
         console.print("[bold]liif train[/] " + "  ".join(
             f"{k}={v}" for k, v in cfg.as_dict().items() if v not in (None, {}, "")),
@@ -473,10 +506,11 @@ def eval_(
     """
     from rich.markup import escape
 
+    _check_options(precision=precision, device=device, degrade=degrade, scales=scales)
+    budget = parse_bytes(max_memory)
     from liif_cli.io.files import check_output_path
     from liif_cli.tasks.evaluate import BICUBIC, evaluate, write_csv, write_json
 
-    budget = parse_bytes(max_memory)
     reports = [(p.expanduser(), w) for p, w in ((json_path, write_json), (csv_path, write_csv))
                if p]
     for path, _ in reports:
@@ -697,6 +731,16 @@ def batch(
 
     Example: liif batch photos/ big/ --scale 4 --recursive --report big.json
     """
+    paths = [p for p in (input_dir, output_dir, *map(Path, ctx.args)) if p is not None]
+    if summary:
+        _print_report_summary(paths)
+        return
+    if len(paths) != 2:
+        raise UsageError("liif batch takes INPUT_DIR and OUTPUT_DIR" + (
+            f" (got {len(paths)} paths; --summary reads reports)" if len(paths) > 2 else ""))
+    _check_options(precision=precision, device=device, denoise=denoise,
+                   sizes=dict(scale=scale, size=size, width=width, height=height, fit=fit))
+    parse_bytes(max_memory)
     from liif_cli.runtime.sizing import size_request
     from liif_cli.tasks.batch import (
         JsonlReport,
@@ -708,13 +752,6 @@ def batch(
         write_report,
     )
 
-    paths = [p for p in (input_dir, output_dir, *map(Path, ctx.args)) if p is not None]
-    if summary:
-        _print_report_summary(paths)
-        return
-    if len(paths) != 2:
-        raise UsageError("liif batch takes INPUT_DIR and OUTPUT_DIR" + (
-            f" (got {len(paths)} paths; --summary reads reports)" if len(paths) > 2 else ""))
     part = resolve_shard(shard, count=shards)
     if part.auto:  # the run's first line (even with --quiet: it belongs in a task's log)
         console.print(f"shard {part.index}/{part.count} from {part.found}", markup=False,

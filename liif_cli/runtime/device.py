@@ -21,8 +21,8 @@ import warnings
 import torch
 
 from liif_cli.errors import DeviceError, LiifWarning, UsageError
+from liif_cli.runtime.options import DEVICE_HINT, check_precision
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -56,7 +56,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        raise UsageError(f"unknown device {name!r}: {DEVICE_HINT}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"device {name} requested but no CUDA GPU is available "
@@ -68,7 +68,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise DeviceError("device mps requested but Apple MPS is not available here")
     elif dev.type != "cpu":
-        raise UsageError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+        raise UsageError(f"unsupported device {name!r}: {DEVICE_HINT}")
     return dev
 
 
@@ -82,8 +82,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     An explicit 'bf16' on a CPU without native bf16 gives float32 and a `PrecisionWarning`
     (shown once per process by Python's default warning filter).
     """
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    check_precision(precision)
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

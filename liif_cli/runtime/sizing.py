@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 from liif_cli.errors import UsageError
 from liif_cli.io.images import pixel_count
@@ -154,4 +155,28 @@ def target_size(in_hw: tuple[int, int], *, scale: str | float | tuple[float, flo
         raise UsageError(f"output {out[1]}×{out[0]} is {pixel_count(out[0] * out[1])}, over the "
                          f"{pixel_count(max_pixels)} limit (each MP takes 3 MB of memory); "
                          "lift it with --max-output-pixels")
+    return out
+
+
+def parse_scales(scales: str | Iterable[float]) -> list[float]:
+    """'2,3,4' or [2, 3, 4] -> [2, 3, 4] (ints where whole); each must be > 1."""
+    if isinstance(scales, str):
+        parts = [p.strip() for p in scales.replace("×", "").replace("x", "").split(",")
+                 if p.strip()]
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise UsageError(f"bad --scales {scales!r}: use comma-separated numbers, "
+                             "e.g. 2,3,4") from None
+    else:
+        values = [float(s) for s in scales]
+    if not values:
+        raise UsageError("no scales given: use e.g. --scales 2,3,4")
+    out: list[float] = []
+    for v in values:
+        if not math.isfinite(v) or v <= 1:
+            raise UsageError(f"scale {v:g} is not an upscale: every scale must be greater than 1")
+        v = int(v) if v == int(v) else v
+        if v not in out:
+            out.append(v)
     return out

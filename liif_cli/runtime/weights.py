@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from liif_cli.errors import CheckpointError, UsageError
 from liif_cli.io.files import atomic_write
 from liif_cli.model import SRModel, arch_name, build_model, config_from_spec
+from liif_cli.runtime.options import check_denoise
 
 PACKAGE_WEIGHTS_DIR = Path(__file__).parents[1] / "bundled"  # weights shipped in the package
 DEFAULT_MODEL = "default"
@@ -301,9 +301,7 @@ def denoise_pair(model: str | os.PathLike | None) -> tuple[str, str]:
 def load_denoise_blend(model: str | os.PathLike | None, strength: float, *,
                        device: str | torch.device = "cpu") -> LoadedModel:
     """The pair's weights blended at `strength` (see `load_model`)."""
-    if not (isinstance(strength, (int, float)) and math.isfinite(strength)
-            and 0 <= strength <= 1):
-        raise UsageError(f"--denoise must be between 0 and 1, not {strength}")
+    check_denoise(strength)
     start, end = denoise_pair(model)
     if strength == 0 or strength == 1:  # exactly one model's pixels, no arithmetic
         name = start if strength == 0 else end

@@ -39,7 +39,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import re
 import time
@@ -60,6 +59,7 @@ from liif_cli.io.files import atomic_write_text, check_output_path, find_images
 from liif_cli.io.images import READABLE_SUFFIXES
 from liif_cli.runtime import engine
 from liif_cli.runtime.device import resolve_device, resolve_precision
+from liif_cli.runtime.sizing import parse_scales
 from liif_cli.runtime.upscaler import Upscaler
 
 DEFAULT_SCALES = (2, 3, 4, 6, 12, 18, 24, 30)  # the paper's Table 1 (DIV2K) columns
@@ -122,30 +122,6 @@ def find_dataset(data: str | os.PathLike) -> Dataset:
                         f"{', '.join(sorted(READABLE_SUFFIXES))}; subfolders are not searched)")
     name = folder.resolve().parent.name if folder.name.upper() == "HR" else folder.resolve().name
     return Dataset(name, folder, tuple(images))
-
-
-def parse_scales(scales: str | Iterable[float]) -> list[float]:
-    """'2,3,4' or [2, 3, 4] -> [2, 3, 4] (ints where whole); each must be > 1."""
-    if isinstance(scales, str):
-        parts = [p.strip() for p in scales.replace("×", "").replace("x", "").split(",")
-                 if p.strip()]
-        try:
-            values = [float(p) for p in parts]
-        except ValueError:
-            raise UsageError(f"bad --scales {scales!r}: use comma-separated numbers, "
-                             "e.g. 2,3,4") from None
-    else:
-        values = [float(s) for s in scales]
-    if not values:
-        raise UsageError("no scales given: use e.g. --scales 2,3,4")
-    out: list[float] = []
-    for v in values:
-        if not math.isfinite(v) or v <= 1:
-            raise UsageError(f"scale {v:g} is not an upscale: every scale must be greater than 1")
-        v = int(v) if v == int(v) else v
-        if v not in out:
-            out.append(v)
-    return out
 
 
 def _lr_folder(lr_dir: Path, scale: float) -> Path | None:

@@ -1,0 +1,230 @@
+"""The training recipe: `TrainConfig`, its checks, TOML files and what a resume may change.
+
+Torch-free, so that `liif train` answers a mistake in its options at once; `tasks.train` runs
+the recipe. A resumed run's saved config is read from its last.pth (`_saved_run`, which then
+needs torch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package (pyproject: tomli)
+    import tomli as tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from liif_cli.data.degrade import DEGRADE_RECIPES, RealRanges, parse_spec, real_ranges
+from liif_cli.errors import TrainingError, UsageError
+
+if TYPE_CHECKING:
+    from liif_cli.model import ModelConfig
+
+ENCODER_CHOICES = ("edsr-baseline", "edsr", "rdn")
+DECODER_CHOICES = ("liif", "lmf")  # LIIF's MLP, or LM-LIIF's two MLPs (model/lmf.py)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run; stored in every checkpoint (`liif_cli.config`)."""
+
+    data: str = ""  # folder of HR training images (searched recursively)
+    val_data: str | None = None  # folder of HR validation images
+    out: str = "runs/liif"  # run folder
+    encoder: str = "edsr-baseline"  # edsr-baseline, edsr or rdn (paper's encoders)
+    epochs: int = 1000
+    batch_size: int = 16  # global batch, split across DDP processes
+    patch_size: int = 48  # LR patch side (px)
+    scale_min: float = 1.0
+    scale_max: float = 4.0
+    sample_q: int = 2304  # HR pixels queried per sample
+    lr: float = 1e-4
+    lr_milestones: tuple[int, ...] = (200, 400, 600, 800)  # epochs at which lr *= lr_gamma
+    lr_gamma: float = 0.5
+    warmup: int = 0  # first optimizer steps of the run with lr rising linearly (0: the paper's)
+    repeat: int = 20  # passes over the image list per epoch
+    workers: int = 2  # DataLoader worker processes
+    device: str = "auto"
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 with a grad scaler, GPU only)
+    seed: int = 0
+    init: str | None = None  # checkpoint to start from (fine-tuning)
+    val_every: int = 1  # epochs between validations
+    val_images: int = 10  # first K validation images
+    val_scales: tuple[float, ...] = (2.0, 3.0, 4.0)
+    save_every: int = 100  # epochs between epoch-N.pth snapshots
+    hidden: tuple[int, ...] = (256, 256, 256, 256)  # MLP hidden widths (paper)
+    # liif, or lmf: LM-LIIF with the official EDSR-baseline LM-LIIF decoder. None: liif, or
+    # --init's architecture; the run stores the one it built
+    decoder: str | None = None
+    encoder_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"n_resblocks": 16}
+    degrade: str | None = None  # "real": LR through degrade.py's blur/noise/JPEG pipeline
+    degrade_ranges: dict[str, Any] = field(default_factory=dict)  # RealRanges fields to change
+    val_degrade: str | None = None  # also validate on LR degraded by this spec (e.g. jpeg=75)
+
+    def model_config(self) -> ModelConfig:
+        from liif_cli.model import LiifConfig, LmfConfig
+
+        encoder_args = {"no_upsampling": True, **self.encoder_args}
+        if self.decoder == "lmf":
+            return LmfConfig(encoder=self.encoder, encoder_args=encoder_args)
+        return LiifConfig(encoder=self.encoder, encoder_args=encoder_args,
+                          hidden=tuple(self.hidden))
+
+    def degrade_ranges_obj(self) -> RealRanges | None:
+        return real_ranges(self.degrade_ranges) if self.degrade else None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# What `--resume` may change: how long the run goes on, its lr schedule, how it validates, logs
+# and snapshots, and where it runs. Every other key (bar `out`, the run folder itself) is the
+# run's *recipe* and stays as the run was made (see `resume_config`).
+RESUME_MAY_CHANGE = frozenset({
+    "epochs", "lr", "lr_milestones", "lr_gamma", "warmup",  # length and lr schedule
+    "val_data", "val_every", "val_images", "val_scales", "val_degrade", "save_every",
+    "workers", "device", "precision",  # where and how fast, not what is learned
+})
+
+
+def resume_config(saved: dict[str, Any], given: dict[str, Any], *, run: str | Path
+                  ) -> dict[str, Any]:
+    """The config of a resumed run: its saved config (OUT/last.pth), then the options `given`.
+
+    Options that may change on resume (`RESUME_MAY_CHANGE`) take their new value from here on:
+    epochs, lr, lr_milestones, lr_gamma, warmup (the lr schedule; `_retune_schedule` applies
+    it), val_data, val_every, val_images, val_scales, val_degrade (validation; best.pth still
+    compares against the run's best so far), save_every, workers, device and precision. `out`
+    is the run folder being resumed. Every other key is the recipe: data, encoder,
+    encoder_args, hidden, decoder, batch_size, patch_size, scale_min, scale_max, sample_q,
+    repeat, seed, init, degrade and degrade_ranges. Giving one the value the run has is fine;
+    another value is a UsageError naming the key and both values, since changing the data or
+    the model midway would no longer be this run (start a new --out for that). `given` holds
+    only options that were given: a `decoder` of None means "the run's".
+    """
+    values = {k: v for k, v in saved.items() if k in _FIELDS and k != "out"}
+    for k, v in given.items():
+        if k == "decoder" and v is None:
+            continue
+        if k in _FIELDS and k not in RESUME_MAY_CHANGE and k != "out" and k in values \
+                and not _same(k, values[k], v):
+            raise UsageError(
+                f"--resume cannot change {k}: {run} was trained with {_shown(values[k])}, this "
+                f"asks for {_shown(v)}; a run keeps its recipe, so start a new --out to change it")
+        values[k] = v
+    return values
+
+
+_FIELDS = frozenset(f.name for f in fields(TrainConfig))
+
+
+def _plain(v: Any) -> Any:
+    """Tuples as lists, all the way down: a config read from TOML, a checkpoint or Python."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _same(key: str, old: Any, new: Any) -> bool:
+    if _plain(old) == _plain(new):
+        return True
+    # one folder, named another way (relative here, absolute there)
+    return key in ("data", "init") and isinstance(old, str) and isinstance(new, str) \
+        and Path(old).exists() and Path(old).resolve() == Path(new).resolve()
+
+
+def _shown(v: Any) -> str:
+    return json.dumps(_plain(v)) if isinstance(v, (list, tuple, dict)) else repr(v)
+
+
+def _saved_run(out: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(last.pth, its checkpoint, the config saved in it) of the run to resume."""
+    last = Path(out) / "last.pth"
+    if not last.exists():
+        raise TrainingError(f"nothing to resume: {last} does not exist")
+    from liif_cli.runtime.weights import read_checkpoint
+
+    state = read_checkpoint(last)
+    return last, state, (state.get("liif_cli") or {}).get("config") or {}
+
+
+def _make_config(values: dict[str, Any]) -> TrainConfig:
+    for k in ("lr_milestones", "val_scales", "hidden"):
+        if k in values:
+            values[k] = tuple(values[k])
+    return TrainConfig(**values)
+
+
+def config_from(toml_path: str | None, overrides: dict[str, Any], *,
+                resume: bool = False) -> TrainConfig:
+    """Paper defaults <- TOML file <- command-line options that were given (not None).
+
+    With `resume`, the run's saved config (in OUT/last.pth) goes between the defaults and the
+    TOML file, merged by `resume_config`: `--resume --out RUN` alone continues the run as it
+    was; a schedule, validation or device option given changes it from there on, and a recipe
+    option that differs from the run's is refused.
+    """
+    given = _read_toml(toml_path) if toml_path else {}
+    given.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(given) - _FIELDS)
+    if unknown:
+        raise UsageError(f"unknown training option(s) in config: {', '.join(unknown)}")
+    values = dict(given)
+    if resume:
+        out = given.get("out", TrainConfig.out)
+        _, _, saved = _saved_run(out)
+        values = resume_config(saved, given, run=out)
+    cfg = _make_config(values)
+    _check(cfg)
+    return cfg
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"cannot read config {path}: {e}") from None
+
+
+def _check(cfg: TrainConfig) -> None:
+    if not cfg.data:
+        raise UsageError("say where the training images are: --data DIR")
+    if cfg.encoder not in ENCODER_CHOICES:
+        raise UsageError(f"unknown encoder {cfg.encoder!r}: use {', '.join(ENCODER_CHOICES)}")
+    if cfg.decoder is not None and cfg.decoder not in DECODER_CHOICES:
+        raise UsageError(f"unknown decoder {cfg.decoder!r}: use {', '.join(DECODER_CHOICES)}")
+    if cfg.decoder == "lmf" and tuple(cfg.hidden) != TrainConfig.hidden:
+        raise UsageError("hidden sets LIIF's MLP; the lmf decoder has the official sizes")
+    if not (0 < cfg.scale_min <= cfg.scale_max):
+        raise UsageError("need 0 < --scale-min <= --scale-max")
+    for name in ("epochs", "batch_size", "patch_size", "sample_q", "repeat"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.precision not in ("fp32", "bf16", "fp16"):
+        raise UsageError(f"unknown precision {cfg.precision!r}: use fp32, bf16 or fp16")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise UsageError("--lr must be a positive number")
+    if cfg.warmup < 0:
+        raise UsageError("--warmup must be 0 (none) or a number of steps")
+    if cfg.degrade is not None and cfg.degrade not in DEGRADE_RECIPES:
+        raise UsageError(f"unknown --degrade {cfg.degrade!r}: use {', '.join(DEGRADE_RECIPES)}")
+    if cfg.degrade_ranges and not cfg.degrade:
+        raise UsageError("degrade_ranges given without degrade = \"real\"")
+    cfg.degrade_ranges_obj()  # checks the ranges
+    if cfg.val_degrade is not None:
+        parse_spec(cfg.val_degrade)
+
+
+def check_new_run(out: str | Path) -> None:
+    """A new run may not start in a folder that holds one (its last.pth): it would overwrite
+    that run's checkpoints and append to its metrics."""
+    if (Path(out) / "last.pth").exists():
+        raise UsageError(f"{out} already holds a training run (last.pth): give --resume to "
+                         "continue it, or another --out for a new run")
