@@ -283,3 +283,24 @@ def test_bench_knows_lmf_and_its_oracle_agrees():
     paths = {r.path: r for r in report.rows}
     assert set(paths) == {"oracle", "engine"} and report.out_hw == (30, 30)
     assert paths["engine"].max_abs_diff <= ENGINE_TOL and paths["engine"].max_level_diff <= 1
+
+
+def test_engine_decodes_pieces_side_by_side_with_the_same_pixels():
+    """With several CPU threads the pieces of a tile are decoded in parallel, one thread
+    each: the same pixels as one thread, progress in order up to the total, threads restored."""
+    model = random_lmf(seed=3)
+    img = torch.from_numpy(photo_like(23, 19)).permute(2, 0, 1).float() / 255
+    ref = reference(model, img, (70, 61))
+    with torch.inference_mode():
+        serial = engine.render(model, img, (70, 61), tile=9, chunk=256)
+        torch.set_num_threads(3)
+        seen = []
+        try:
+            side = engine.render(model, img, (70, 61), tile=9, chunk=256,
+                                 on_progress=lambda d, t: seen.append((d, t)))
+            assert torch.get_num_threads() == 3
+        finally:
+            torch.set_num_threads(1)
+    assert np.abs(side - ref).max() < 2e-5
+    np.testing.assert_allclose(side, serial, rtol=0, atol=1e-6)
+    assert len(seen) > 4 and seen == sorted(seen) and seen[-1] == (70 * 61, 70 * 61)

@@ -31,9 +31,11 @@ memory does not grow with the output beyond the output buffer itself.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -297,6 +299,7 @@ class FastDecoder:
 # (members × queries × render width) buffers alive at once in LmfDecoder.decode beyond the
 # gathered channels: the hidden activations, one layer's output and the blend's inputs
 LMF_QUERY_LIVE_HIDDEN = 3
+PARALLEL_PIECES = True
 PMAP_STRIP_LATENTS = 4096  # latents per strip of LmfDecoder.pmap (its activations: ~3 MiB)
 
 
@@ -515,6 +518,35 @@ class LmfDecoder:
 Decoder = FastDecoder | LmfDecoder
 
 
+def _pieces(dec, p: torch.Tensor, ax: _Axis, ay: _Axis, col_span: tuple[int, int],
+            row_span: tuple[int, int], col_piece: int, chunk: int, px0: int, py0: int
+            ) -> Iterator[tuple]:
+    """A tile's output in pieces of at most `chunk` queries: column pieces of `col_piece`
+    columns (their P columns and offset terms made once), each cut into row chunks."""
+    (t0, t1), (r0, r1) = col_span, row_span
+    for c0 in range(t0, t1, col_piece):
+        c1 = min(t1, c0 + col_piece)
+        p_cols, cols = dec.columns(p, [(ix[c0:c1] - px0, rx[c0:c1])
+                                       for ix, rx in zip(ax.index, ax.rel)])
+        areas_cols = [rx[c0:c1] for rx in ax.rel]
+        rows_per_chunk = max(1, chunk // (c1 - c0))
+        for j0 in range(r0, r1, rows_per_chunk):
+            j1 = min(r1, j0 + rows_per_chunk)
+            rows = [(iy[j0:j1] - py0, ry[j0:j1]) for iy, ry in zip(ay.index, ay.rel)]
+            yield j0, j1, c0, c1, p_cols, cols, areas_cols, rows
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to n for the block (a process-wide setting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def make_decoder(model: SRModel, dtype: torch.dtype, device: torch.device) -> Decoder:
     """The model's decoder split for `render`, its MLP in `dtype`.
 
@@ -572,6 +604,25 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
         chunk = plan.chunk * min(dec.run, 4)
         col_piece = max(8, chunk // (8 * dec.run))
 
+    # LM-LIIF's per-query work is many small operations that one thread each runs best:
+    # decode its pieces side by side on the CPU's threads (each piece its own output block)
+    threads = torch.get_num_threads() if (PARALLEL_PIECES and device.type == "cpu" and
+                                          isinstance(dec, LmfDecoder)) else 1
+    inference = torch.is_inference_mode_enabled()
+
+    def decode_piece(piece) -> int:
+        j0, j1, c0, c1, p_cols, cols, areas_cols, rows = piece
+        with torch.inference_mode(inference), torch.no_grad():
+            pred = dec.decode(p_cols, rows, cols, areas_cols, buf)  # (3, nr, nc)
+            rgb = pred.mul_(0.5).add_(0.5)
+            if grey:
+                rgb = rgb.mean(0, keepdim=True)  # (1, nr, nc)
+            if maxval is not None:
+                rgb = rgb.clamp_(0, 1).mul_(maxval).round_()
+            # (nr, nc, C); exact integers when quantised, so numpy's cast is exact
+            out[j0:j1, c0:c1] = rgb.permute(1, 2, 0).cpu().numpy()
+        return (j1 - j0) * (c1 - c0)
+
     done, total = 0, H * W
     for a0 in range(0, h, plan.tile):
         a1 = min(h, a0 + plan.tile)
@@ -601,25 +652,18 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
             # crop P to the P region (the extra ring had wrong unfolding at crop borders)
             oy, ox = py0 - (fy0 + iy0), px0 - (fx0 + ix0)
             p = dec.crop(p, oy, py1 - py0, ox, px1 - px0)  # a view
-            for c0 in range(t0, t1, col_piece):  # column pieces of at most one chunk
-                c1 = min(t1, c0 + col_piece)
-                p_cols, cols = dec.columns(p, [(ix[c0:c1] - px0, rx[c0:c1])
-                                               for ix, rx in zip(ax.index, ax.rel)])
-                areas_cols = [rx[c0:c1] for rx in ax.rel]
-                rows_per_chunk = max(1, chunk // (c1 - c0))
-                for j0 in range(r0, r1, rows_per_chunk):
-                    j1 = min(r1, j0 + rows_per_chunk)
-                    rows = [(iy[j0:j1] - py0, ry[j0:j1]) for iy, ry in zip(ay.index, ay.rel)]
-                    pred = dec.decode(p_cols, rows, cols, areas_cols, buf)  # (3, nr, nc)
-                    rgb = pred.mul_(0.5).add_(0.5)
-                    if grey:
-                        rgb = rgb.mean(0, keepdim=True)  # (1, nr, nc)
-                    if maxval is not None:
-                        rgb = rgb.clamp_(0, 1).mul_(maxval).round_()
-                    # (nr, nc, C); exact integers when quantised, so numpy's cast is exact
-                    out[j0:j1, c0:c1] = rgb.permute(1, 2, 0).cpu().numpy()
-                    done += (j1 - j0) * (c1 - c0)
+            pieces = _pieces(dec, p, ax, ay, (t0, t1), (r0, r1), col_piece, chunk, px0, py0)
+            if threads > 1:  # LM-LIIF on the CPU: pieces side by side, one thread each
+                with ThreadPoolExecutor(threads) as pool, _torch_threads(1):
+                    counts = pool.map(decode_piece, list(pieces))
+                    for n in counts:
+                        done += n
+                        if on_progress is not None:
+                            on_progress(done, total)
+            else:
+                for piece in pieces:
+                    done += decode_piece(piece)
                     if on_progress is not None:
                         on_progress(done, total)
-            del p, p_cols  # before the next tile is encoded (make_plan counts on it)
+            del p, pieces  # before the next tile is encoded (make_plan counts on it)
     return out
