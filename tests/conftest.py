@@ -90,6 +90,20 @@ def one_thread():
 
 
 @pytest.fixture
+def autocasts(monkeypatch) -> list[tuple]:
+    """(dtype, enabled) of every torch.autocast region the test enters."""
+    seen: list[tuple] = []
+    real = torch.autocast
+
+    def spy(device_type, dtype=None, enabled=True, **kw):
+        seen.append((dtype, enabled))
+        return real(device_type, dtype=dtype, enabled=enabled, **kw)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    return seen
+
+
+@pytest.fixture
 def tiny_model() -> LIIF:
     return random_model()
 

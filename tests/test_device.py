@@ -79,7 +79,7 @@ def test_upscale_names_the_precision_it_ran_in_and_notes_a_fallback(native, tmp_
     assert Image.open(tmp_path / "out.png").size == (22, 18)
 
 
-def test_train_bf16_on_an_emulating_cpu_trains_in_fp32(native, tmp_path, monkeypatch):
+def test_train_bf16_on_an_emulating_cpu_trains_in_fp32(native, tmp_path, monkeypatch, autocasts):
     from test_train import TINY
 
     from liif_cli.tasks.train import TrainConfig, train
@@ -88,14 +88,6 @@ def test_train_bf16_on_an_emulating_cpu_trains_in_fp32(native, tmp_path, monkeyp
     data.mkdir()
     for i in range(2):
         Image.fromarray(photo_like(40, 44, seed=i)).save(data / f"{i}.png")
-    autocasts = []
-    real = torch.autocast
-
-    def spy(device_type, dtype=None, enabled=True, **kw):
-        autocasts.append((dtype, enabled))
-        return real(device_type, dtype=dtype, enabled=enabled, **kw)
-
-    monkeypatch.setattr(torch, "autocast", spy)
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"),
                       **{**TINY, "epochs": 1, "repeat": 1, "precision": "bf16"})
     with warnings.catch_warnings(record=True) as caught:

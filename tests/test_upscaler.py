@@ -57,16 +57,8 @@ def test_bf16_on_a_cpu_without_native_bf16_falls_back_to_fp32_with_one_note(monk
     assert _notes(caught) == [device.BF16_FALLBACK_NOTE]
 
 
-def test_bf16_where_the_cpu_runs_it_natively_runs_the_whole_pass_in_bf16(monkeypatch):
+def test_bf16_where_the_cpu_runs_it_natively_runs_the_whole_pass_in_bf16(monkeypatch, autocasts):
     monkeypatch.setattr(device, "cpu_bf16_native", lambda: True)
-    autocasts = []
-    real = torch.autocast
-
-    def spy(device_type, dtype=None, enabled=True, **kw):
-        autocasts.append((dtype, enabled))
-        return real(device_type, dtype=dtype, enabled=enabled, **kw)
-
-    monkeypatch.setattr(torch, "autocast", spy)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no note
         up = Upscaler(random_model(), device="cpu", precision="bf16")

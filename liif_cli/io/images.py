@@ -162,14 +162,19 @@ def _decode(src: Path | bytes, name: str, max_pixels: int) -> ImageData:
     except ImageReadError:
         raise
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for broken files
-        if isinstance(e, MemoryError):
-            raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = _first_line(e)
         if "cannot identify image file" in msg:
             if _head(src)[:4] in (b"II*\x00", b"MM\x00*"):  # a TIFF Pillow has no mode for
                 return _read_tiff(src, name, max_pixels)
             msg = "not an image file, or a format Pillow cannot read"
         raise ImageReadError(f"cannot read {name}: {msg}") from None
+
+
+def _first_line(e: Exception) -> str:
+    """A decoder's error as one line (MemoryError is re-raised: it is not the file's fault)."""
+    if isinstance(e, MemoryError):
+        raise e
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _head(src: Path | bytes) -> bytes:
@@ -203,10 +208,7 @@ def _read_tiff(src: Path | bytes, name: str, max_pixels: int) -> ImageData:
     except ImageReadError:
         raise
     except Exception as e:  # noqa: BLE001 - tifffile raises many types for broken files
-        if isinstance(e, MemoryError):
-            raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ImageReadError(f"cannot read {name}: {msg}") from None
+        raise ImageReadError(f"cannot read {name}: {_first_line(e)}") from None
     if arr.ndim not in (2, 3) or arr.dtype not in (np.uint8, np.uint16) or (
             arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
         raise ImageReadError(f"cannot read {name}: unsupported TIFF layout {arr.shape} "
