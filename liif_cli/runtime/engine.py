@@ -299,7 +299,6 @@ class FastDecoder:
 # (members × queries × render width) buffers alive at once in LmfDecoder.decode beyond the
 # gathered channels: the hidden activations, one layer's output and the blend's inputs
 LMF_QUERY_LIVE_HIDDEN = 3
-PARALLEL_PIECES = True
 PMAP_STRIP_LATENTS = 4096  # latents per strip of LmfDecoder.pmap (its activations: ~3 MiB)
 
 
@@ -606,7 +605,7 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
 
     # LM-LIIF's per-query work is many small operations that one thread each runs best:
     # decode its pieces side by side on the CPU's threads (each piece its own output block)
-    threads = torch.get_num_threads() if (PARALLEL_PIECES and device.type == "cpu" and
+    threads = torch.get_num_threads() if (device.type == "cpu" and
                                           isinstance(dec, LmfDecoder)) else 1
     inference = torch.is_inference_mode_enabled()
 

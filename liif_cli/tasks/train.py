@@ -38,12 +38,8 @@ from liif_cli.data.degrade import (
     spec_text,
 )
 from liif_cli.data.metrics import psnr
-from liif_cli.data.recipe import (  # noqa: F401 - the recipe's names, from here too
-    DECODER_CHOICES,
-    ENCODER_CHOICES,
-    RESUME_MAY_CHANGE,
+from liif_cli.data.recipe import (  # TrainConfig and config_from: also public from here
     TrainConfig,
-    _check,
     _make_config,
     _saved_run,
     check_new_run,
@@ -70,6 +66,8 @@ from liif_cli.runtime.weights import (
     load_model,
     model_from_spec,
 )
+
+__all__ = ["Progress", "TrainConfig", "config_from", "train", "validate"]
 
 LOG_EVERY = 10  # iterations between metrics.jsonl records
 
