@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from liif_cli.cli import app
-from liif_cli.errors import CheckpointError
+from liif_cli.errors import CheckpointError, UsageError
 from liif_cli.model import LMLIIF, LmfConfig, config_from_spec, make_cell, make_coord
 from liif_cli.runtime import engine
 from liif_cli.runtime.weights import (
@@ -272,6 +272,45 @@ def test_train_lmf_on_a_liif_encoder_resume_and_cli(tmp_path):
     r = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "x"),
                                  "--decoder", "mlp"])
     assert r.exit_code == 2 and "unknown decoder 'mlp': use liif, lmf" in r.output, r.output
+
+
+def test_freeze_encoder_trains_the_decoder_only_and_is_part_of_the_recipe(tmp_path):
+    """`--freeze-encoder`: the encoder stays bit for bit what --init gave, the decoder moves,
+    Adam holds state for the decoder only; it needs --init, and a resume may not change it."""
+    from liif_cli.tasks.train import TrainConfig, config_from, train
+
+    data = tmp_path / "hr"
+    data.mkdir()
+    for i in range(3):
+        Image.fromarray(photo_like(40, 44, seed=i)).save(data / f"{i}.png")
+    tiny = dict(encoder_args={"n_resblocks": 1, "n_feats": 8}, patch_size=12, scale_max=2.0,
+                sample_q=50, batch_size=2, repeat=2, workers=0, epochs=1,
+                precision="fp32", device="cpu")
+    train(TrainConfig(data=str(data), out=str(tmp_path / "liif"), hidden=(16, 16), **tiny))
+    src = torch.load(tmp_path / "liif" / "last.pth", weights_only=True)["model"]["sd"]
+    out = tmp_path / "lmf"
+    r = CliRunner().invoke(app, [
+        "train", "-q", "--data", str(data), "--out", str(out), "--decoder", "lmf",
+        "--init", str(tmp_path / "liif" / "last.pth"), "--freeze-encoder", "--lr", "1e-2",
+        "--epochs", "1", "--batch-size", "2", "--patch-size", "12", "--scale-max", "2",
+        "--sample-q", "50", "--repeat", "2", "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    ck = torch.load(out / "last.pth", weights_only=True)
+    sd = ck["model"]["sd"]
+    enc = [k for k in src if k.startswith("encoder.")]
+    assert enc and all(torch.equal(sd[k], src[k]) for k in enc)
+    fresh = LMLIIF(LmfConfig(encoder_args={"n_resblocks": 1, "n_feats": 8,
+                                           "no_upsampling": True}))
+    n_dec = sum(1 for n, _ in fresh.named_parameters() if not n.startswith("encoder."))
+    assert len(ck["optimizer"]["sd"]["state"]) == n_dec  # no Adam state for the encoder
+    assert ck["liif_cli"]["config"]["freeze_encoder"] is True
+    # a resume keeps it and may not turn it off; without --init it means nothing: refused
+    assert config_from(None, {"out": str(out)}, resume=True).freeze_encoder is True
+    with pytest.raises(UsageError, match="cannot change freeze_encoder"):
+        config_from(None, {"out": str(out), "freeze_encoder": False}, resume=True)
+    r = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "x"),
+                                 "--freeze-encoder"])
+    assert r.exit_code == 2 and "--freeze-encoder keeps --init's encoder" in r.output, r.output
 
 
 def test_bench_knows_lmf_and_its_oracle_agrees():

@@ -382,7 +382,7 @@ def test_every_config_key_is_either_recipe_or_may_change_on_resume():
     recipe = {f.name for f in fields(TrainConfig)} - RESUME_MAY_CHANGE - {"out"}
     assert recipe == {"data", "encoder", "encoder_args", "hidden", "decoder", "batch_size",
                       "patch_size", "scale_min", "scale_max", "sample_q", "repeat", "seed",
-                      "init", "degrade", "degrade_ranges"}
+                      "init", "freeze_encoder", "degrade", "degrade_ranges"}
     for k in recipe | RESUME_MAY_CHANGE:
         assert re.search(rf"\b{k}\b", resume_config.__doc__), k
     saved = TrainConfig(data="d", hidden=(16, 16)).as_dict()

@@ -52,6 +52,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 with a grad scaler, GPU only)
     seed: int = 0
     init: str | None = None  # checkpoint to start from (fine-tuning)
+    freeze_encoder: bool = False  # train the decoder only (the encoder as --init gave it)
     val_every: int = 1  # epochs between validations
     val_images: int = 10  # first K validation images
     val_scales: tuple[float, ...] = (2.0, 3.0, 4.0)
@@ -102,7 +103,7 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any], *, run: str | Pa
     compares against the run's best so far), save_every, workers, device and precision. `out`
     is the run folder being resumed. Every other key is the recipe: data, encoder,
     encoder_args, hidden, decoder, batch_size, patch_size, scale_min, scale_max, sample_q,
-    repeat, seed, init, degrade and degrade_ranges. Giving one the value the run has is fine;
+    repeat, seed, init, freeze_encoder, degrade and degrade_ranges. Giving one the value the run has is fine;
     another value is a UsageError naming the key and both values, since changing the data or
     the model midway would no longer be this run (start a new --out for that). `given` holds
     only options that were given: a `decoder` of None means "the run's".
@@ -213,6 +214,8 @@ def _check(cfg: TrainConfig) -> None:
         raise UsageError("--lr must be a positive number")
     if cfg.warmup < 0:
         raise UsageError("--warmup must be 0 (none) or a number of steps")
+    if cfg.freeze_encoder and not cfg.init:
+        raise UsageError("--freeze-encoder keeps --init's encoder: give --init MODEL")
     if cfg.degrade is not None and cfg.degrade not in DEGRADE_RECIPES:
         raise UsageError(f"unknown --degrade {cfg.degrade!r}: use {', '.join(DEGRADE_RECIPES)}")
     if cfg.degrade_ranges and not cfg.degrade:

@@ -166,9 +166,15 @@ class ModulatedMLP(nn.Module):
     def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
         """x (..., in_dim), mod (..., mod_dim) -> (..., out_dim)."""
         lin = self.linears
+        # one split of `mod` for all layers: its backward is one concatenation, where a
+        # narrow per layer would zero-fill a gradient of mod's full size for each
+        hd, n = self.hidden, self.depth
+        parts = mod.split(hd, dim=-1)[:(int(self.mod_scale) + int(self.mod_shift)) * n]
+        scales = parts[:n] if self.mod_scale else [None] * n
+        shifts = parts[-n:] if self.mod_shift else [None] * n
         for i, layer in enumerate(lin[:-1]):
             x = layer(x)
-            scale, shift = self.split(mod, i)
+            scale, shift = scales[i], shifts[i]
             if scale is not None:
                 x = x * (scale + 1.0)  # "+ 1": zero modulations leave the layer as it is
             if shift is not None:

@@ -73,6 +73,7 @@ from liif_cli.runtime.device import (
     resolve_device,
     resolve_precision,
 )
+from liif_cli.runtime.malloc import keep_freed_memory
 from liif_cli.runtime.sizing import DEFAULT_MAX_OUTPUT_PIXELS, SizeRequest, target_size
 from liif_cli.runtime.upscaler import Upscaler
 from liif_cli.runtime.weights import LoadedModel, load_model
@@ -839,6 +840,7 @@ def _process_main(cfg: _WorkerConfig, model_ref: str | LIIF, tasks, results, sto
         signal.signal(sig, signal.SIG_IGN)
     # run_batch has already told the user (in the parent) about a precision fallback
     warnings.simplefilter("ignore", PrecisionWarning)
+    keep_freed_memory()  # the process is the batch's own (see runtime/malloc.py)
     try:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)

@@ -340,6 +340,10 @@ def _build_run(cfg: TrainConfig, dev: torch.device, *, rank: int, world: int,
     torch.manual_seed(cfg.seed)
     model, cfg, init_steps = _build_model(cfg, state)
     model.to(dev).train()
+    if cfg.freeze_encoder:
+        # no gradients into the encoder: autograd then skips its backward (about half a
+        # step's work for EDSR-baseline) and Adam holds no state for it
+        model.encoder.requires_grad_(False)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
