@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -382,9 +383,43 @@ def test_every_config_key_is_either_recipe_or_may_change_on_resume():
     recipe = {f.name for f in fields(TrainConfig)} - RESUME_MAY_CHANGE - {"out"}
     assert recipe == {"data", "encoder", "encoder_args", "hidden", "decoder", "batch_size",
                       "patch_size", "scale_min", "scale_max", "sample_q", "repeat", "seed",
-                      "init", "freeze_encoder", "degrade", "degrade_ranges"}
+                      "init", "freeze_encoder", "distill", "distill_weight", "degrade",
+                      "degrade_ranges"}
     for k in recipe | RESUME_MAY_CHANGE:
         assert re.search(rf"\b{k}\b", resume_config.__doc__), k
     saved = TrainConfig(data="d", hidden=(16, 16)).as_dict()
     merged = resume_config(saved, {"hidden": (16, 16), "lr": 1e-3, "decoder": None}, run="r")
     assert merged["lr"] == 1e-3 and merged["hidden"] == (16, 16) and merged["decoder"] is None
+
+
+def test_distill_pulls_towards_the_teacher_on_its_latent_or_its_own(folder, tmp_path):
+    """--distill T: at the first step of a run started from T itself the student *is* the
+    teacher, so the teacher term is 0, whether the teacher decodes the student's frozen latent
+    (shared) or encodes the input itself; and the option's checks."""
+    teacher = tmp_path / "t"
+    train(TrainConfig(data=str(folder), out=str(teacher), **{**TINY, "epochs": 1}))
+    t_pth = str(teacher / "last.pth")
+    logs = {}
+    for name, freeze in (("shared", True), ("own", False)):
+        cfg = TrainConfig(data=str(folder), out=str(tmp_path / name), init=t_pth,
+                          freeze_encoder=freeze, distill=t_pth, distill_weight=1.0,
+                          lr=1e-12, **{**TINY, "epochs": 1, "encoder_args": {}})
+        train(cfg)
+        recs = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+        logs[name] = [r for r in recs if r["kind"] == "step"]
+    for name, steps in logs.items():
+        assert steps and steps[0]["loss_teacher"] < 1e-6 < steps[0]["loss"], (name, steps)
+    from liif_cli.runtime.weights import load_model
+    from liif_cli.tasks.train import _build_teacher
+
+    student = load_model(t_pth).model
+    assert _build_teacher(t_pth, student, torch.device("cpu"))[1] is False  # encoder trains
+    student.encoder.requires_grad_(False)
+    assert _build_teacher(t_pth, student, torch.device("cpu"))[1] is True
+    with pytest.raises(UsageError, match="must be in \\(0, 1\\]"):
+        config_from(None, {"data": "x", "distill": "default", "distill_weight": 0})
+    with pytest.raises(UsageError, match="without --distill"):
+        config_from(None, {"data": "x", "distill_weight": 0.3})
+    res = runner.invoke(app, ["train", "--data", str(folder), "--out", str(tmp_path / "c"),
+                              "--distill", "default", "--distill-weight", "2"])
+    assert res.exit_code == 2 and "--distill-weight must be in (0, 1]" in res.output, res.output

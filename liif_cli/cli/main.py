@@ -393,6 +393,8 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="(default: 0)")] = None,
     init: Annotated[Optional[str], typer.Option(help="Start from this checkpoint or model name (fine-tune).")] = None,
     freeze_encoder: Annotated[Optional[bool], typer.Option("--freeze-encoder", help="Train the decoder only, on --init's encoder (about twice the steps per second; e.g. a new --decoder on a trained model).", show_default=False)] = None,
+    distill: Annotated[Optional[str], typer.Option(help="Teacher model (path or name): the loss also pulls the prediction towards its output at the same queries, e.g. a fast model learning from default.")] = None,
+    distill_weight: Annotated[Optional[float], typer.Option(help="The teacher's share of the loss, in (0, 1]; the rest is L1 to the ground truth. (default: 0.5)")] = None,
     val_every: Annotated[Optional[int], typer.Option(help="Epochs between validations. (default: 1)")] = None,
     val_images: Annotated[Optional[int], typer.Option(help="Validate on the first K images. (default: 10)")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Epochs between snapshots. (default: 100)")] = None,
@@ -422,6 +424,7 @@ def train(
                      scale_max=scale_max, sample_q=sample_q, lr=lr, lr_milestones=milestones,
                      lr_gamma=lr_gamma, warmup=warmup, repeat=repeat, workers=workers, device=device,
                      precision=precision, seed=seed, init=init, freeze_encoder=freeze_encoder,
+                     distill=distill, distill_weight=distill_weight,
                      val_every=val_every,
                      val_images=val_images, save_every=save_every, degrade=degrade,
                      val_degrade=val_degrade)

@@ -53,6 +53,10 @@ class TrainConfig:
     seed: int = 0
     init: str | None = None  # checkpoint to start from (fine-tuning)
     freeze_encoder: bool = False  # train the decoder only (the encoder as --init gave it)
+    # a teacher model (path or name): the loss also pulls the prediction towards its output at
+    # the same queries, `distill_weight` of it (the rest: L1 to the ground truth)
+    distill: str | None = None
+    distill_weight: float = 0.5
     val_every: int = 1  # epochs between validations
     val_images: int = 10  # first K validation images
     val_scales: tuple[float, ...] = (2.0, 3.0, 4.0)
@@ -103,7 +107,7 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any], *, run: str | Pa
     compares against the run's best so far), save_every, workers, device and precision. `out`
     is the run folder being resumed. Every other key is the recipe: data, encoder,
     encoder_args, hidden, decoder, batch_size, patch_size, scale_min, scale_max, sample_q,
-    repeat, seed, init, freeze_encoder, degrade and degrade_ranges. Giving one the value the run has is fine;
+    repeat, seed, init, freeze_encoder, distill, distill_weight, degrade and degrade_ranges. Giving one the value the run has is fine;
     another value is a UsageError naming the key and both values, since changing the data or
     the model midway would no longer be this run (start a new --out for that). `given` holds
     only options that were given: a `decoder` of None means "the run's".
@@ -216,6 +220,10 @@ def _check(cfg: TrainConfig) -> None:
         raise UsageError("--warmup must be 0 (none) or a number of steps")
     if cfg.freeze_encoder and not cfg.init:
         raise UsageError("--freeze-encoder keeps --init's encoder: give --init MODEL")
+    if not (math.isfinite(cfg.distill_weight) and 0 < cfg.distill_weight <= 1):
+        raise UsageError("--distill-weight must be in (0, 1]: the teacher's share of the loss")
+    if cfg.distill_weight != TrainConfig.distill_weight and not cfg.distill:
+        raise UsageError("--distill-weight given without --distill MODEL")
     if cfg.degrade is not None and cfg.degrade not in DEGRADE_RECIPES:
         raise UsageError(f"unknown --degrade {cfg.degrade!r}: use {', '.join(DEGRADE_RECIPES)}")
     if cfg.degrade_ranges and not cfg.degrade:

@@ -206,7 +206,10 @@ class LIIF(nn.Module):
         members = [(iy, ry, ix, rx) for iy, ry in ys for ix, rx in xs]
         n_mem, q = len(members), coord.shape[1]
         flat = torch.cat([iy * w + ix for iy, _, ix, _ in members], 1)  # (B, M*Q)
-        x = torch.gather(p, 1, flat.unsqueeze(-1).expand(-1, -1, p.shape[-1]))
+        # rows of the (B*h*w, hidden) grid: one index_select (a gather with an index expanded
+        # over the channels would build that index, B*M*Q*hidden int64s, first)
+        flat = flat + torch.arange(b, device=flat.device).unsqueeze(1) * (h * w)
+        x = p.reshape(b * h * w, -1).index_select(0, flat.reshape(-1)).view(b, n_mem * q, -1)
         rel = torch.cat([torch.stack([ry, rx], -1) for _, ry, _, rx in members], 1)
         if cfg.cell_decode:
             rel_cell = cell * torch.tensor([h, w], dtype=cell.dtype, device=cell.device)
@@ -221,9 +224,14 @@ class LIIF(nn.Module):
         weights = areas.flip(1) / areas.sum(1, keepdim=True)  # (B, M, Q)
         return (x * weights.unsqueeze(-1)).sum(1)
 
+    def decode(self, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """The decoder on an encoded grid, the training way (`query_fast`)."""
+        return self.query_fast(feat, coord, cell)
+
     def forward(self, img: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        return self.query_fast(self.encode(img), coord, cell)
+        return self.decode(self.encode(img), coord, cell)
 
 
 def nearest_axis(coord: torch.Tensor, n: int, shifts: list[int], eps: float

@@ -304,7 +304,11 @@ class LMLIIF(nn.Module):
         """The reference forward: plain latent MLP, then `render`. (B, Q, 2) -> (B, Q, 3)."""
         return self.render(self.modulations_reference(feat, cell), feat, coord, cell)
 
+    def decode(self, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """The decoder on an encoded grid, the training way (`modulations`, then `render`)."""
+        return self.render(self.modulations(feat, cell), feat, coord, cell)
+
     def forward(self, img: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        feat = self.encode(img)
-        return self.render(self.modulations(feat, cell), feat, coord, cell)
+        return self.decode(self.encode(img), coord, cell)

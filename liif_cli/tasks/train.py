@@ -284,6 +284,8 @@ class _Run:
     amp_dtype: torch.dtype | None = None  # autocast dtype; None: fp32
     scaler: Any = None  # fp16's GradScaler
     log: Any = None  # metrics.jsonl, on rank 0
+    teacher: SRModel | None = None  # --distill's model, frozen
+    shared_latent: bool = False  # the teacher decodes the student's (frozen, same) latent
 
     @property
     def out(self) -> Path:
@@ -351,12 +353,28 @@ def _build_run(cfg: TrainConfig, dev: torch.device, *, rank: int, world: int,
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.lr_milestones),
                                                  gamma=cfg.lr_gamma)
     run = _Run(cfg, dev, rank, world, model, model, opt, sched, init_steps=init_steps)
+    if cfg.distill:
+        run.teacher, run.shared_latent = _build_teacher(cfg.distill, model, dev)
     if state is not None:
         _restore(run, state, saved)
     if world > 1:
         run.net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
     return run
+
+
+def _build_teacher(ref: str, model: SRModel, dev: torch.device) -> tuple[SRModel, bool]:
+    """--distill's model on `dev`, frozen, and whether it may decode the student's latent: when
+    the student's encoder is frozen and equal to the teacher's (`--init T --freeze-encoder
+    --distill T`), the teacher's own encoder pass would compute the same grid again."""
+    teacher = load_model(ref).model.to(dev).eval().requires_grad_(False)
+    mine = model.encoder.state_dict()
+    theirs = teacher.encoder.state_dict()
+    shared = (not any(p.requires_grad for p in model.encoder.parameters())
+              and mine.keys() == theirs.keys()
+              and all(mine[k].shape == theirs[k].shape and torch.equal(mine[k], theirs[k].to(
+                  mine[k].dtype)) for k in mine))
+    return teacher, shared
 
 
 def _build_model(cfg: TrainConfig, state: dict[str, Any] | None
@@ -433,48 +451,65 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: _Stop,
                                          num_workers=cfg.workers,
                                          pin_memory=dev.type == "cuda")
     run.net.train()
+    latents: list[torch.Tensor] = []  # the student's latent, for a teacher that shares it
+    hook = run.model.encoder.register_forward_hook(
+        lambda _m, _i, out: latents.append(out)) if run.shared_latent else None
     t0, it, n_run = time.time(), skip, 0
-    for batch in loader:
-        inp = (batch["inp"].to(dev, non_blocking=True) - 0.5) / 0.5
-        coord = batch["coord"].to(dev, non_blocking=True)
-        cell = batch["cell"].to(dev, non_blocking=True)
-        gt = (batch["gt"].to(dev, non_blocking=True) - 0.5) / 0.5
-        with torch.autocast(dev.type, dtype=run.amp_dtype or torch.float32,
-                            enabled=run.amp_dtype is not None):
-            pred = run.net(inp, coord, cell)
-        loss = F.l1_loss(pred.float(), gt)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss became {loss.item()} at epoch {epoch + 1} iteration {it + 1}; "
-                f"stopped, the last good checkpoint is kept ({run.last}). Try a lower --lr "
-                "or --precision fp32")
-        opt.zero_grad(set_to_none=True)
-        # linear warm-up over the run's first steps (a fresh Adam on --init weights
-        # otherwise takes full-size steps from noisy moments); the schedule is untouched
-        warm = min(1.0, run.run_steps(epoch, it + 1) / cfg.warmup) if cfg.warmup else 1.0
-        base_lr = [g["lr"] for g in opt.param_groups]
-        for g in opt.param_groups:
-            g["lr"] *= warm
-        if run.scaler is not None:
-            run.scaler.scale(loss).backward()
-            run.scaler.step(opt)
-            run.scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        step_lr = opt.param_groups[0]["lr"]
-        for g, lr in zip(opt.param_groups, base_lr):
-            g["lr"] = lr
-        it += 1
-        n_run += 1
-        its = n_run / max(time.time() - t0, 1e-9)
-        if it % LOG_EVERY == 0 or it == iters:
-            run.record(kind="step", epoch=epoch + 1, iteration=it,
-                       steps=run.init_steps + run.run_steps(epoch, it), loss=loss.item(),
-                       lr=step_lr, its=its)
-        emit(Progress("step", epoch, it, iters, loss=loss.item(), lr=step_lr, its=its))
-        if stop.signal is not None:
-            break
+    loss_teacher = None
+    try:
+        for batch in loader:
+            inp = (batch["inp"].to(dev, non_blocking=True) - 0.5) / 0.5
+            coord = batch["coord"].to(dev, non_blocking=True)
+            cell = batch["cell"].to(dev, non_blocking=True)
+            gt = (batch["gt"].to(dev, non_blocking=True) - 0.5) / 0.5
+            autocast = torch.autocast(dev.type, dtype=run.amp_dtype or torch.float32,
+                                      enabled=run.amp_dtype is not None)
+            with autocast:
+                pred = run.net(inp, coord, cell)
+            loss_gt = F.l1_loss(pred.float(), gt)
+            loss = loss_gt
+            if run.teacher is not None:
+                with torch.no_grad(), autocast:
+                    target = (run.teacher.decode(latents.pop(), coord, cell) if run.shared_latent
+                              else run.teacher(inp, coord, cell))
+                loss_teacher = F.l1_loss(pred.float(), target.float())
+                loss = (1 - cfg.distill_weight) * loss_gt + cfg.distill_weight * loss_teacher
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss.item()} at epoch {epoch + 1} iteration {it + 1}; "
+                    f"stopped, the last good checkpoint is kept ({run.last}). Try a lower --lr "
+                    "or --precision fp32")
+            opt.zero_grad(set_to_none=True)
+            # linear warm-up over the run's first steps (a fresh Adam on --init weights
+            # otherwise takes full-size steps from noisy moments); the schedule is untouched
+            warm = min(1.0, run.run_steps(epoch, it + 1) / cfg.warmup) if cfg.warmup else 1.0
+            base_lr = [g["lr"] for g in opt.param_groups]
+            for g in opt.param_groups:
+                g["lr"] *= warm
+            if run.scaler is not None:
+                run.scaler.scale(loss).backward()
+                run.scaler.step(opt)
+                run.scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            step_lr = opt.param_groups[0]["lr"]
+            for g, lr in zip(opt.param_groups, base_lr):
+                g["lr"] = lr
+            it += 1
+            n_run += 1
+            its = n_run / max(time.time() - t0, 1e-9)
+            if it % LOG_EVERY == 0 or it == iters:  # `loss`: L1 to the ground truth, always
+                extra = {} if loss_teacher is None else {"loss_teacher": loss_teacher.item()}
+                run.record(kind="step", epoch=epoch + 1, iteration=it,
+                           steps=run.init_steps + run.run_steps(epoch, it), loss=loss_gt.item(),
+                           lr=step_lr, its=its, **extra)
+            emit(Progress("step", epoch, it, iters, loss=loss_gt.item(), lr=step_lr, its=its))
+            if stop.signal is not None:
+                break
+    finally:
+        if hook is not None:
+            hook.remove()
     return it
 
 
