@@ -313,6 +313,58 @@ def test_freeze_encoder_trains_the_decoder_only_and_is_part_of_the_recipe(tmp_pa
     assert r.exit_code == 2 and "--freeze-encoder keeps --init's encoder" in r.output, r.output
 
 
+def test_revive_dead_units_makes_them_fire_and_keeps_the_function():
+    """Units killed by hand (a large negative shift bias) are found, fire again on about half
+    the queries, and the output is the same (they never fired, so zeroing their outgoing
+    weights changes nothing); live units are left alone; no shift modulations: refused."""
+    from liif_cli.model.lmf import revive_dead_units
+
+    model = random_lmf(3)
+    cfg, hd = model.config, model.config.render_hidden
+    shift_at = hd * cfg.render_depth
+    killed = {0: [2, 5], 3: [7], 5: [0, 15]}
+    with torch.no_grad():
+        for layer, units in killed.items():
+            for j in units:
+                model.hypernet.linears[-1].bias[shift_at + layer * hd + j] = -1e4
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(2):
+        inp = torch.rand(2, 3, 12, 12, generator=g) * 2 - 1
+        coord = torch.rand(2, 200, 2, generator=g) * 2 - 1
+        batches.append((inp, coord, torch.full((2, 200, 2), 2 / 30)))
+    with torch.no_grad():
+        before = [model(*b) for b in batches]
+        lin_before = [m.weight.clone() for m in model.imnet.linears]
+    revived = revive_dead_units(model, batches)
+    for layer, units in killed.items():
+        assert set(units) <= set(revived[layer]), revived
+    with torch.no_grad():
+        after = [model(*b) for b in batches]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(before, after))
+    # the revived units fire again (their pre-activations, through the revived model)
+    seen = []
+    hook = model.imnet.register_forward_pre_hook(lambda _m, args: seen.append(args))
+    with torch.no_grad():
+        model(*batches[0])
+    hook.remove()
+    x, mod = seen[0]
+    parts = mod.split(hd, -1)
+    for i in range(6):
+        x = model.imnet.linears[i](x) * (parts[i] + 1) + parts[6 + i]
+        if i in killed:
+            frac = (x[..., killed[i]] > 0).float().mean().item()
+            assert 0.2 < frac < 0.8, (i, frac)
+        x = torch.relu(x)
+    for i, units in enumerate(revived):  # only the revived units' outgoing weights moved
+        w = model.imnet.linears[i + 1].weight
+        keep = [j for j in range(hd) if j not in units]
+        assert torch.equal(w[:, keep], lin_before[i + 1][:, keep])
+        assert not w[:, units].any()
+    with pytest.raises(ValueError, match="shift modulation: the model has none"):
+        revive_dead_units(random_lmf(0, mod_shift=False), batches)
+
+
 def test_bench_knows_lmf_and_its_oracle_agrees():
     from liif_cli.tasks.bench import RANDOM_ARCHS, random_model, run_bench
 

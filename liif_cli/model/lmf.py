@@ -312,3 +312,55 @@ class LMLIIF(nn.Module):
     def forward(self, img: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor | None = None
                 ) -> torch.Tensor:
         return self.decode(self.encode(img), coord, cell)
+
+
+@torch.no_grad()
+def revive_dead_units(model: LMLIIF, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                      *, threshold: float = 0.01) -> list[list[int]]:
+    """Bring the render MLP's dead ReLU units back, leaving the model's function unchanged.
+
+    The render MLP is 16 wide; in training some hidden units stop firing for every query
+    (their pre-activation `(W x + b)·(scale + 1) + shift` is negative everywhere), and a dead
+    unit gets no gradient, so it stays dead: a third to a half of them after a few thousand
+    steps, which caps what the decoder can learn. For each hidden unit active on fewer than
+    `threshold` of the queries of `batches` ((normalised LR, coord, cell) triples, as training
+    feeds them), this lowers the bias of its shift modulation (a latent-MLP output) by the
+    median of its pre-activations, so about half the queries fire it again, and zeroes its
+    outgoing weights in the next layer, so the output stays what it was (exactly where the unit
+    never fired; it loses the unit's rare contributions elsewhere): the unit is then trainable
+    (its outgoing weights get gradients first) and the model loses nothing measurable.
+    Needs shift modulations (`mod_shift`). Returns the revived units' indices per hidden layer.
+    """
+    cfg = model.config
+    if not cfg.mod_shift:
+        raise ValueError("reviving units moves their shift modulation: the model has none")
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hook = model.imnet.register_forward_pre_hook(lambda _m, args: seen.append(args))
+    try:
+        for inp, coord, cell in batches:
+            model(inp, coord, cell)
+    finally:
+        hook.remove()
+    imnet, hd, depth = model.imnet, cfg.render_hidden, cfg.render_depth
+    lin = imnet.linears
+    pre: list[list[torch.Tensor]] = [[] for _ in range(depth)]
+    for x, mod in seen:  # the render MLP's forward, keeping each layer's pre-activation
+        parts = mod.split(hd, dim=-1)
+        for i in range(depth):
+            x = lin[i](x)
+            if cfg.mod_scale:
+                x = x * (parts[i] + 1.0)
+            x = x + parts[(depth if cfg.mod_scale else 0) + i]
+            pre[i].append(x.reshape(-1, hd))
+            x = torch.relu(x)
+    shift_bias = model.hypernet.linears[-1].bias
+    shift_at = hd * depth if cfg.mod_scale else 0
+    revived: list[list[int]] = []
+    for i in range(depth):
+        p = torch.cat(pre[i]).float()
+        dead = ((p > 0).float().mean(0) < threshold).nonzero().flatten().tolist()
+        for j in dead:
+            shift_bias[shift_at + i * hd + j] -= p[:, j].median()
+            lin[i + 1].weight[:, j] = 0.0  # its output is not used (yet): the same function
+        revived.append(dead)
+    return revived
