@@ -48,3 +48,22 @@ def test_train_keeps_freed_memory(monkeypatch, tmp_path):
     with pytest.raises(LiifError):  # no data: stops after the set-up, which is what we check
         tr.train(tr.TrainConfig(data=str(tmp_path / "none"), out=str(tmp_path / "run")))
     assert called
+
+
+def test_rendering_commands_keep_freed_memory_in_their_process(monkeypatch, tmp_path):
+    """upscale, batch, eval and bench own their process: each asks for it (before any work; the
+    inputs here are missing, so each then stops with its error)."""
+    from typer.testing import CliRunner
+
+    import liif_cli.runtime.malloc as malloc
+    from liif_cli.cli import app
+
+    called = []
+    monkeypatch.setattr(malloc, "keep_freed_memory", lambda: called.append(True) or True)
+    none = str(tmp_path / "none.png")
+    for args in (["upscale", none, "-s", "2"], ["batch", none, str(tmp_path / "o"), "-s", "2"],
+                 ["eval", "--data", str(tmp_path), "--scales", "2"],
+                 ["bench", "--model", str(tmp_path / "none.pth")]):
+        n = len(called)
+        CliRunner().invoke(app, args)
+        assert len(called) == n + 1, args

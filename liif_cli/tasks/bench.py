@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -109,7 +110,13 @@ def official_demo(model_path: str, input: str, output: str, out_hw: tuple[int, i
     model = load_checkpoint(model_path).model
     pred = oracle_forward(model, torch.from_numpy(img).permute(2, 0, 1), out_hw)
     # ToPILImage: mul(255) then byte(), which truncates
-    Image.fromarray((np.clip(pred, 0, 1) * 255).astype(np.uint8)).save(output)
+    from liif_cli.io.files import atomic_write
+
+    out = Image.fromarray((np.clip(pred, 0, 1) * 255).astype(np.uint8))
+    # a temporary name, then the rename, as every file the tool writes (PIL takes the format
+    # from the real name's extension)
+    atomic_write(output, lambda tmp: out.save(tmp, format=Image.registered_extensions().get(
+        Path(output).suffix.lower(), "PNG")), overwrite=True)
 
 
 def quantise(raw: np.ndarray) -> np.ndarray:
