@@ -462,17 +462,12 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: _Stop,
             coord = batch["coord"].to(dev, non_blocking=True)
             cell = batch["cell"].to(dev, non_blocking=True)
             gt = (batch["gt"].to(dev, non_blocking=True) - 0.5) / 0.5
-            autocast = torch.autocast(dev.type, dtype=run.amp_dtype or torch.float32,
-                                      enabled=run.amp_dtype is not None)
-            with autocast:
+            with _autocast(run):
                 pred = run.net(inp, coord, cell)
             loss_gt = F.l1_loss(pred.float(), gt)
             loss = loss_gt
             if run.teacher is not None:
-                with torch.no_grad(), autocast:
-                    target = (run.teacher.decode(latents.pop(), coord, cell) if run.shared_latent
-                              else run.teacher(inp, coord, cell))
-                loss_teacher = F.l1_loss(pred.float(), target.float())
+                loss_teacher = _teacher_loss(run, pred, inp, coord, cell, latents)
                 loss = (1 - cfg.distill_weight) * loss_gt + cfg.distill_weight * loss_teacher
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -511,6 +506,21 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: _Stop,
         if hook is not None:
             hook.remove()
     return it
+
+
+def _autocast(run: _Run) -> torch.autocast:
+    return torch.autocast(run.dev.type, dtype=run.amp_dtype or torch.float32,
+                          enabled=run.amp_dtype is not None)
+
+
+def _teacher_loss(run: _Run, pred: torch.Tensor, inp: torch.Tensor, coord: torch.Tensor,
+                  cell: torch.Tensor, latents: list[torch.Tensor]) -> torch.Tensor:
+    """L1 from `pred` to the --distill teacher's output at the same queries; the teacher
+    decodes the student's latent (`latents`, from the encoder's hook) when it shares it."""
+    with torch.no_grad(), _autocast(run):
+        target = (run.teacher.decode(latents.pop(), coord, cell) if run.shared_latent
+                  else run.teacher(inp, coord, cell))
+    return F.l1_loss(pred.float(), target.float())
 
 
 def _end_epoch(run: _Run, data: _Data, epoch: int, it: int,
