@@ -107,10 +107,11 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any], *, run: str | Pa
     compares against the run's best so far), save_every, workers, device and precision. `out`
     is the run folder being resumed. Every other key is the recipe: data, encoder,
     encoder_args, hidden, decoder, batch_size, patch_size, scale_min, scale_max, sample_q,
-    repeat, seed, init, freeze_encoder, distill, distill_weight, degrade and degrade_ranges. Giving one the value the run has is fine;
-    another value is a UsageError naming the key and both values, since changing the data or
-    the model midway would no longer be this run (start a new --out for that). `given` holds
-    only options that were given: a `decoder` of None means "the run's".
+    repeat, seed, init, freeze_encoder, distill, distill_weight, degrade and degrade_ranges.
+    Giving one the value the run has is fine; another value is a UsageError naming the key
+    and both values, since changing the data or the model midway would no longer be this run
+    (start a new --out for that). `given` holds only options that were given: a `decoder` of
+    None means "the run's".
     """
     values = {k: v for k, v in saved.items() if k in _FIELDS and k != "out"}
     for k, v in given.items():

@@ -154,31 +154,32 @@ class ModulatedMLP(nn.Module):
     def linears(self) -> list[nn.Linear]:
         return [m for m in self.layers if isinstance(m, nn.Linear)]
 
-    def split(self, mod: torch.Tensor, layer: int, dim: int = -1
-              ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(scale, shift) of hidden layer `layer` from the modulation channels along `dim`."""
-        hd = self.hidden
-        shift_at = hd * self.depth if self.mod_scale else 0  # shifts follow all the scales
-        scale = mod.narrow(dim, layer * hd, hd) if self.mod_scale else None
-        shift = mod.narrow(dim, shift_at + layer * hd, hd) if self.mod_shift else None
-        return scale, shift
-
-    def forward(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
-        """x (..., in_dim), mod (..., mod_dim) -> (..., out_dim)."""
-        lin = self.linears
-        # one split of `mod` for all layers: its backward is one concatenation, where a
-        # narrow per layer would zero-fill a gradient of mod's full size for each
+    def split(self, mod: torch.Tensor) -> tuple[list[torch.Tensor | None],
+                                                list[torch.Tensor | None]]:
+        """(scales, shifts) of each hidden layer from the modulation channels (last dim); None
+        where the model has no such modulation. One split: its backward is one concatenation,
+        where a narrow per layer would zero-fill a gradient of mod's full size for each."""
         hd, n = self.hidden, self.depth
-        parts = mod.split(hd, dim=-1)[:(int(self.mod_scale) + int(self.mod_shift)) * n]
-        scales = parts[:n] if self.mod_scale else [None] * n
-        shifts = parts[-n:] if self.mod_shift else [None] * n
-        for i, layer in enumerate(lin[:-1]):
+        parts = mod.split(hd, dim=-1)
+        shift_at = n if self.mod_scale else 0  # shifts follow all the scales
+        scales = list(parts[:n]) if self.mod_scale else [None] * n
+        shifts = list(parts[shift_at:shift_at + n]) if self.mod_shift else [None] * n
+        return scales, shifts
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor,
+                pre: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """x (..., in_dim), mod (..., mod_dim) -> (..., out_dim). `pre`, if given, receives each
+        hidden layer's modulated pre-activation (before its ReLU)."""
+        lin = self.linears
+        scales, shifts = self.split(mod)
+        for layer, scale, shift in zip(lin[:-1], scales, shifts):
             x = layer(x)
-            scale, shift = scales[i], shifts[i]
             if scale is not None:
                 x = x * (scale + 1.0)  # "+ 1": zero modulations leave the layer as it is
             if shift is not None:
                 x = x + shift
+            if pre is not None:
+                pre.append(x)
             x = torch.relu(x)
         return lin[-1](x)
 
@@ -341,18 +342,14 @@ def revive_dead_units(model: LMLIIF, batches: list[tuple[torch.Tensor, torch.Ten
             model(inp, coord, cell)
     finally:
         hook.remove()
-    imnet, hd, depth = model.imnet, cfg.render_hidden, cfg.render_depth
-    lin = imnet.linears
+    hd, depth = cfg.render_hidden, cfg.render_depth
+    lin = model.imnet.linears
     pre: list[list[torch.Tensor]] = [[] for _ in range(depth)]
-    for x, mod in seen:  # the render MLP's forward, keeping each layer's pre-activation
-        parts = mod.split(hd, dim=-1)
-        for i in range(depth):
-            x = lin[i](x)
-            if cfg.mod_scale:
-                x = x * (parts[i] + 1.0)
-            x = x + parts[(depth if cfg.mod_scale else 0) + i]
-            pre[i].append(x.reshape(-1, hd))
-            x = torch.relu(x)
+    for x, mod in seen:  # each hidden layer's pre-activations over all the queries
+        layers: list[torch.Tensor] = []
+        model.imnet(x, mod, pre=layers)
+        for i, p in enumerate(layers):
+            pre[i].append(p.reshape(-1, hd))
     shift_bias = model.hypernet.linears[-1].bias
     shift_at = hd * depth if cfg.mod_scale else 0
     revived: list[list[int]] = []
