@@ -1,3 +1,3 @@
-from liif_cli.cli.main import main
+from liif_cli.cli import main
 
 main()

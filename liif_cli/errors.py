@@ -1,5 +1,6 @@
-"""Typed errors and the exit-code contract. Library code raises these; `cli/main.py` turns them into
-one red line and the error's exit code.
+"""Typed errors and the exit-code contract. Library code raises these; `describe` turns any
+exception into the one line a user reads and its exit code, for the CLI (`cli/app.py`) and for
+batch workers alike.
 
 Every message says what went wrong *and* what to do about it, in one line. Exit codes, the same
 for every command: 0 done, 1 failure, 2 usage (the command line asks for something impossible,
@@ -12,6 +13,7 @@ existing output is exit 2 with nothing computed; a write failing afterwards is e
 from __future__ import annotations
 
 import signal
+import sys
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -89,5 +91,51 @@ class OutputWriteError(ImageWriteError, ExportError):
 class LiifWarning(UserWarning):
     """Something the user should know that does not stop the task (e.g. a precision fallback).
 
-    Library code warns with `warnings.warn`; `cli/main.py` prints each as one `note:` line.
+    Library code warns with `warnings.warn`; `cli/app.py` prints each as one `note:` line.
     """
+
+
+# ----------------------------------------------------------------------------------------------
+# any exception -> one line and an exit code
+
+OUT_OF_MEMORY = "out of memory; lower --max-memory or the output size"
+INTERNAL = "internal error"
+# RuntimeError texts of an allocation that failed: PyTorch's CPU allocator raises a plain
+# RuntimeError ("DefaultCPUAllocator: can't allocate memory"); MPS on older torch says "MPS
+# backend out of memory"
+_OOM_TEXTS = ("can't allocate memory", "out of memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or PyTorch's out-of-memory errors: `torch.OutOfMemoryError` (CUDA, and MPS on
+    newer torch) is a RuntimeError, not a MemoryError. Never imports torch: an exception torch
+    raised means torch is loaded."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(
+        getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return type(exc) is RuntimeError and any(t in str(exc) for t in _OOM_TEXTS)
+
+
+def is_bug(exc: BaseException) -> bool:
+    """An exception that is no problem the user can fix: ours to fix (`describe` says so)."""
+    return not (isinstance(exc, (LiifError, KeyboardInterrupt)) or is_out_of_memory(exc))
+
+
+def describe(exc: BaseException) -> tuple[str, int]:
+    """The one line a user reads about `exc`, and the exit code it means: the same for every
+    command and for a file that fails in `liif batch`.
+
+    A LiifError says itself (its code: 1, or 2 for usage); running out of memory (host or GPU)
+    is one line and exit 1; Ctrl-C is 130; anything else is a bug, named with its type (1).
+    """
+    if isinstance(exc, LiifError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", EXIT_INTERRUPTED
+    if is_out_of_memory(exc):
+        return OUT_OF_MEMORY, EXIT_FAILURE
+    return f"{INTERNAL}: {type(exc).__name__}: {exc}", EXIT_FAILURE

@@ -1,5 +1,10 @@
-"""The `liif` command line: a thin Typer layer over the library (`main` is the entry point)."""
+"""The `liif` command line: a thin Typer layer over the library (`main` is the entry point).
 
-from liif_cli.cli.main import app, main
+`app.py` turns errors into one line and an exit code; `options.py` holds the options several
+commands share; `displays.py` the progress bars, tables and summaries; `commands/` one module
+per command.
+"""
+
+from liif_cli.cli.app import app, main
 
 __all__ = ["app", "main"]

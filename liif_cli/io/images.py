@@ -34,7 +34,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, PngImagePlugin, TiffImagePlugin
 
-from liif_cli.errors import ImageReadError, ImageWriteError, UsageError
+from liif_cli.errors import ImageReadError, ImageWriteError, OutputPathError, UsageError
 from liif_cli.io import files
 
 # Decompression-bomb guard: refuse inputs above this many pixels unless the caller lifts it.
@@ -398,8 +398,8 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
     extension we cannot write, then the checks every output gets (`files.check_output_path`)."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
-        raise ImageWriteError(f"unknown output format {path.suffix or '(no extension)'!r} for "
-                              f"{path}; use one of {', '.join(sorted(FORMATS))}")
+        raise OutputPathError(f"unknown output format {path.suffix or '(no extension)'!r} for "
+                               f"{path}; use one of {', '.join(sorted(FORMATS))}")
     return files.check_output_path(path, overwrite=overwrite)
 
 

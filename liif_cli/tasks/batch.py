@@ -50,7 +50,15 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 
 from liif_cli import __version__
-from liif_cli.errors import ImageReadError, ImageWriteError, LiifError, UsageError
+from liif_cli.errors import (
+    EXIT_FAILURE,
+    ImageReadError,
+    ImageWriteError,
+    LiifError,
+    UsageError,
+    describe,
+    signal_exit_code,
+)
 from liif_cli.io.files import (
     atomic_write_text,
     matches_pattern,
@@ -503,6 +511,14 @@ class BatchResult:
     stopped_early: bool = False  # stopped by --fail-fast
     removed_temps: int = 0
     started: float = field(default_factory=time.time)  # Unix time
+    signal: int | None = None  # the signal that stopped it (the `stop` event's `signum`)
+
+    @property
+    def exit_code(self) -> int:
+        """130 or 143 when interrupted (by the signal), 1 when any file failed, else 0."""
+        if self.interrupted:
+            return signal_exit_code(self.signal)
+        return EXIT_FAILURE if self.failed else 0
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.records)
@@ -625,6 +641,11 @@ class ReportSummary:
     def rows(self, status: str) -> list[dict[str, Any]]:
         return [f for f in self.files if f["status"] == status]
 
+    @property
+    def exit_code(self) -> int:
+        """1 while any file is failed or cancelled (no run has finished it), else 0."""
+        return EXIT_FAILURE if self.count("failed") + self.count("cancelled") else 0
+
 
 def _megapixels(size) -> float:
     return size[0] * size[1] / 1e6 if size else 0.0
@@ -716,11 +737,8 @@ Task = tuple[int, str, str]  # (plan index, input path, output path)
 
 
 def _describe(e: BaseException) -> str:
-    if isinstance(e, LiifError):
-        return str(e)
-    if isinstance(e, torch.cuda.OutOfMemoryError) or isinstance(e, MemoryError):
-        return "out of memory; lower --max-memory or the output size"
-    return f"internal error: {type(e).__name__}: {e}"
+    """A failed file's reason: the line the CLI would print for the same error."""
+    return describe(e)[0]
 
 
 class _Worker:
@@ -892,7 +910,8 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
     """Carry out a plan: every item ends with a record, whatever happens (bar a SIGKILL).
 
     `devices` as for `parse_devices`; `jobs` workers per device. Returns early, with the
-    unstarted files cancelled, when `stop` is set or (fail_fast) a file fails. A
+    unstarted files cancelled, when `stop` is set (a `signum` attribute on it, as the CLI's
+    has, names the signal that set it: the result's exit code) or (fail_fast) a file fails. A
     KeyboardInterrupt here (e.g. a second Ctrl-C) kills the workers at once and still returns.
     `on_record` gets each item's record once, in this thread, as soon as it is final (planned
     skips and failures first, cancellations last), e.g. `JsonlReport.write`.
@@ -925,6 +944,7 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
     finally:
         run.join()
     result.interrupted = stop.is_set() or run.todo_reason == "interrupted"
+    result.signal = getattr(stop, "signum", None)
     run.fail_unrun()
     return _finish(result, records, t_start, run.todo_reason, record)
 

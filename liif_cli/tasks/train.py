@@ -55,7 +55,7 @@ from liif_cli.data.samples import (
     make_lr,
     to_tensor,
 )
-from liif_cli.errors import TrainingError, UsageError
+from liif_cli.errors import TrainingError, UsageError, signal_exit_code
 from liif_cli.model import LmfConfig, SRModel, build_model
 from liif_cli.runtime.device import resolve_device, resolve_precision
 from liif_cli.runtime.malloc import keep_freed_memory
@@ -230,7 +230,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     run.close()
     summary = {"epochs_done": epoch + 1 if stopped is None else None, "best_psnr": run.best,
                "seconds": time.time() - t_start, "out": str(run.out), "stopped": stopped,
-               "signal": stop.signal if stopped is not None else None}
+               "signal": stop.signal if stopped is not None else None,
+               "exit_code": signal_exit_code(stop.signal) if stopped is not None else 0}
     emit(Progress("stop", epoch, message=stopped or "finished"))
     return summary
 

@@ -1,0 +1,213 @@
+"""`liif batch`: every image in a folder, resumable, sharded (`tasks.batch`); and `--summary`,
+the merged table of many runs' reports. The exit code is the result's (`BatchResult.exit_code`,
+`ReportSummary.exit_code`)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+
+from liif_cli.cli import displays
+from liif_cli.cli.options import (
+    DEFAULT_MAX_INPUT_PIXELS,
+    DEFAULT_MAX_MEMORY,
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    DEFAULT_QUALITY,
+    DenoiseOpt,
+    DevicesOpt,
+    FitOpt,
+    HeightOpt,
+    MaxInOpt,
+    MaxMemoryOpt,
+    MaxOutOpt,
+    ModelOpt,
+    OverwriteOpt,
+    PrecisionOpt,
+    QualityOpt,
+    QuietOpt,
+    ScaleOpt,
+    SizeOpt,
+    WidthOpt,
+    check_options,
+    own_the_process,
+    parse_bytes,
+)
+from liif_cli.errors import EXIT_FAILURE, UsageError
+
+CONTEXT = {"allow_extra_args": True}  # --summary r1.jsonl r2.jsonl r3…
+DirArg = Annotated[Optional[Path], typer.Argument(
+    help="Folder of images.", show_default=False, metavar="INPUT_DIR")]
+OutDirArg = Annotated[Optional[Path], typer.Argument(
+    help="Folder for the results (created if missing); mirrors the input tree.",
+    show_default=False, metavar="OUTPUT_DIR")]
+
+
+
+def batch(
+    ctx: typer.Context, input_dir: DirArg = None, output_dir: OutDirArg = None,
+    scale: ScaleOpt = None, size: SizeOpt = None, width: WidthOpt = None,
+    height: HeightOpt = None, fit: FitOpt = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r",
+                                            help="Descend into subfolders.")] = False,
+    glob: Annotated[Optional[str], typer.Option(
+        help="Only names matching this pattern, e.g. '*.jpg' (case-insensitive; with a / it "
+        "matches the path under INPUT_DIR).")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="png, jpg, webp, tiff, or same as "
+                                     "each input (png for formats we cannot write).")] = "same",
+    suffix: Annotated[str, typer.Option(help="Added to output names, e.g. _x4. Needed when "
+                                        "OUTPUT_DIR is INPUT_DIR.")] = "",
+    overwrite: OverwriteOpt = False, model: ModelOpt = None, device: DevicesOpt = "auto",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Workers per device; on the "
+                                      "CPU, processes sharing its cores.")] = 1,
+    precision: PrecisionOpt = "auto", max_memory: MaxMemoryOpt = DEFAULT_MAX_MEMORY,
+    shard: Annotated[Optional[str], typer.Option(
+        help="Do only part I of N (1/4 … 4/4), e.g. one per machine; parts never overlap. "
+        "auto: from the job engine (Slurm array, srun, torchrun, Kubernetes Indexed Job).")
+    ] = None,
+    shards: Annotated[Optional[int], typer.Option(
+        help="With --shard auto in a Kubernetes Indexed Job: its completions (or set "
+        "LIIF_SHARD_COUNT).")] = None,
+    files_from: Annotated[Optional[str], typer.Option(
+        help="Do the paths listed in this file (- for stdin), relative to INPUT_DIR, one per "
+        "line (or NUL-separated), instead of walking INPUT_DIR.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")
+                       ] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failure.")
+                         ] = False,
+    report: Annotated[Optional[Path], typer.Option(
+        help="Record each file (input, output, status, reason, seconds …): FILE.jsonl gets "
+        "a line as each file ends (appended); FILE.json one document at the end.")] = None,
+    summary: Annotated[bool, typer.Option(
+        "--summary", help="Print the merged table of the reports given instead of folders: "
+        "liif batch --summary r*.jsonl.")] = False,
+    quiet: QuietOpt = False, quality: QualityOpt = DEFAULT_QUALITY,
+    max_output_pixels: MaxOutOpt = DEFAULT_MAX_OUTPUT_PIXELS,
+    max_input_pixels: MaxInOpt = DEFAULT_MAX_INPUT_PIXELS, denoise: DenoiseOpt = None,
+):
+    """Upscale every image in a folder; run it again to resume. Exit 1 if any file failed.
+
+    Example: liif batch photos/ big/ --scale 4 --recursive --report big.json
+    """
+    paths = [p for p in (input_dir, output_dir, *map(Path, ctx.args)) if p is not None]
+    if summary:
+        return _summary(paths)
+    if len(paths) != 2:
+        raise UsageError("liif batch takes INPUT_DIR and OUTPUT_DIR" + (
+            f" (got {len(paths)} paths; --summary reads reports)" if len(paths) > 2 else ""))
+    sizes = dict(scale=scale, size=size, width=width, height=height, fit=fit)
+    check_options(precision=precision, device=device, denoise=denoise, sizes=sizes)
+    budget = parse_bytes(max_memory)
+    own_the_process()
+    from liif_cli.runtime.sizing import size_request
+    from liif_cli.tasks.batch import plan_batch, read_file_list, resolve_shard
+
+    part = resolve_shard(shard, count=shards)
+    if part.auto:  # the run's first line (even with --quiet: it belongs in a task's log)
+        displays.console.print(f"shard {part.index}/{part.count} from {part.found}",
+                               markup=False, soft_wrap=True)
+    spec = size_request(**sizes)
+    if denoise is not None:
+        from liif_cli.runtime.weights import load_model
+
+        model = load_model(model, denoise=denoise)
+    if report is not None and not report.parent.is_dir():
+        raise UsageError(f"--report folder does not exist: {report.parent}")
+    listed = None if files_from is None else read_file_list(files_from)
+    plan = plan_batch(paths[0], paths[1], recursive=recursive, pattern=glob, fmt=fmt,
+                      suffix=suffix, overwrite=overwrite, shard=part.shard, files=listed)
+    if dry_run:
+        return displays.batch_plan(plan)
+    _run(plan, model, report=report, quiet=quiet, recursive=recursive, fail_fast=fail_fast,
+         size=spec, max_output_pixels=max_output_pixels, devices=device, jobs=jobs,
+         precision=precision, max_memory=budget, quality=quality,
+         max_input_pixels=max_input_pixels)
+
+
+def _run(plan, model, *, report: Path | None, quiet: bool, recursive: bool, **options) -> None:
+    """Carry out the plan with a display and a report; exit with the result's code."""
+    from liif_cli.tasks.batch import JsonlReport, is_jsonl, run_batch, write_report
+
+    if not plan.items and not quiet:
+        hint = "" if recursive else " (add --recursive for subfolders)"
+        displays.console.print(f"no images to do in {plan.input_dir}{hint}", style="yellow",
+                               markup=False)
+    for item in plan.items:  # failures the plan found from names alone (even when quiet)
+        if item.action == "fail":
+            displays.failure_line(str(item.input), item.reason)
+    stream = JsonlReport(report, shard=plan.shard) if report and is_jsonl(report) else None
+    with _stop_on_signals() as stop, displays.batch_display(quiet) as on_event, \
+            _closing(stream):
+        res = run_batch(plan, model, stop=stop, on_event=on_event,
+                        on_record=stream.write if stream else None, **options)
+    if stream is not None and stream.error:
+        displays.error_line(f"{stream.error} ({stream.lost} record(s) not written)")
+    elif report is not None and stream is None:
+        write_report(res, report)
+    if not quiet:
+        displays.batch_summary(res)
+    if res.interrupted:
+        displays.console.print(f"[yellow]interrupted:[/] {res.count('cancelled')} file(s) not "
+                               "done; run the same command again to resume")
+    lost_records = EXIT_FAILURE if stream is not None and stream.error else 0
+    raise typer.Exit(res.exit_code or lost_records)
+
+
+def _summary(paths: list[Path]) -> None:
+    """`liif batch --summary r*.jsonl`: reports of many tasks as one table; exit 1 while a file
+    is still failed or cancelled (it failed, or no run has finished it)."""
+    import glob as globbing
+
+    from liif_cli.tasks.batch import summarize_reports
+
+    files: list[str] = []
+    for p in paths:  # patterns the shell left alone (quoted, or matching nothing) are ours
+        matches = sorted(globbing.glob(str(p))) if not p.exists() and globbing.has_magic(
+            str(p)) else [str(p)]
+        if not matches:
+            raise UsageError(f"--summary: no report matches {p}")
+        files.extend(matches)
+    res = summarize_reports(files)
+    displays.reports_summary(res)
+    raise typer.Exit(res.exit_code)
+
+
+class SignalStop(threading.Event):
+    """Set by the first Ctrl-C or SIGTERM; `signum` says which (the result's exit code)."""
+
+    signum: int | None = None
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[SignalStop]:
+    """The first Ctrl-C (or SIGTERM) sets the event to stop cleanly; a second one stops now."""
+    stop = SignalStop()
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.signum = signum
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def _closing(thing) -> Iterator:
+    try:
+        yield thing
+    finally:
+        if thing is not None:
+            thing.close()

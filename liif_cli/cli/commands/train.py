@@ -1,0 +1,147 @@
+"""`liif train`: the paper's recipe (`tasks.train`), options over `TrainConfig`.
+
+Every recipe option defaults to None, "not given", so that a TOML file and a resumed run's
+saved config can fill it (`data.recipe.config_from`); `--help` shows the default each one
+falls back to, read from `TrainConfig` itself when the help is printed (not when `liif` starts:
+the recipe's module imports numpy).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperCommand
+
+from liif_cli.cli import displays
+from liif_cli.cli.options import QuietOpt
+from liif_cli.errors import UsageError
+
+# the defaults `--help` cannot read from TrainConfig (None there means "decided later")
+SHOWN_DEFAULTS = {"decoder": "liif, or --init's"}
+
+
+class TrainCommand(TyperCommand):
+    """`liif train`'s command: its help appends each option's TrainConfig default."""
+
+    def format_help(self, ctx, formatter):  # noqa: D102
+        from dataclasses import fields
+
+        from liif_cli.data.recipe import TrainConfig
+
+        defaults = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
+        defaults.update(SHOWN_DEFAULTS)
+        for param in self.params:
+            value = defaults.get(param.name)
+            if value is None or value is False or value == "" or "(default:" in (param.help or ""):
+                continue
+            if isinstance(value, tuple):
+                value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+            param.help = f"{param.help or ''} (default: {value})".strip()
+        return super().format_help(ctx, formatter)
+
+
+def _opt(help: str = "", **kw):
+    return typer.Option(help=help, show_default=False, **kw)
+
+
+Str, Int, Float = Optional[str], Optional[int], Optional[float]
+
+
+def train(
+    ctx: typer.Context,
+    data: Annotated[Str, _opt("Folder of HR training images (recursive).")] = None,
+    val_data: Annotated[Str, _opt("Folder of HR validation images.")] = None,
+    out: Annotated[Str, _opt("Run folder.")] = None,
+    encoder: Annotated[Str, _opt("edsr-baseline, edsr or rdn.")] = None,
+    decoder: Annotated[Str, _opt(
+        "liif, or lmf (LM-LIIF: the fast model's). With --init of the other kind, its encoder "
+        "is copied.")] = None,
+    epochs: Annotated[Int, _opt()] = None,
+    batch_size: Annotated[Int, _opt("Global batch.")] = None,
+    patch_size: Annotated[Int, _opt("LR patch side.")] = None,
+    scale_min: Annotated[Float, _opt()] = None,
+    scale_max: Annotated[Float, _opt()] = None,
+    sample_q: Annotated[Int, _opt("Queries per sample.")] = None,
+    lr: Annotated[Float, _opt()] = None,
+    lr_milestones: Annotated[Str, _opt("Epochs, comma-separated.")] = None,
+    lr_gamma: Annotated[Float, _opt()] = None,
+    warmup: Annotated[Int, _opt(
+        "Steps of linear lr warm-up at the start of the run, e.g. 100 when fine-tuning with "
+        "--init.")] = None,
+    repeat: Annotated[Int, _opt("Passes over the images per epoch.")] = None,
+    workers: Annotated[Int, _opt("DataLoader workers.")] = None,
+    device: Annotated[Str, _opt("auto, cpu, cuda, cuda:N, mps.")] = None,
+    precision: Annotated[Str, _opt("fp32, bf16 or fp16.")] = None,
+    seed: Annotated[Int, _opt()] = None,
+    init: Annotated[Str, _opt("Start from this checkpoint or model name (fine-tune).")] = None,
+    freeze_encoder: Annotated[Optional[bool], typer.Option(
+        "--freeze-encoder", help="Train the decoder only, on --init's encoder (about twice the "
+        "steps per second; e.g. a new --decoder on a trained model).", show_default=False)
+    ] = None,
+    distill: Annotated[Str, _opt(
+        "Teacher model (path or name): the loss also pulls the prediction towards its output "
+        "at the same queries, e.g. a fast model learning from default.")] = None,
+    distill_weight: Annotated[Float, _opt(
+        "The teacher's share of the loss, in (0, 1]; the rest is L1 to the ground truth.")
+    ] = None,
+    val_every: Annotated[Int, _opt("Epochs between validations.")] = None,
+    val_images: Annotated[Int, _opt("Validate on the first K images.")] = None,
+    save_every: Annotated[Int, _opt("Epochs between snapshots.")] = None,
+    degrade: Annotated[Str, _opt(
+        "real: train on blurred, noisy, JPEG-compressed LR (ranges: the TOML's degrade_ranges table).")
+    ] = None,
+    val_degrade: Annotated[Str, _opt(
+        "Also validate on LR degraded by this spec, e.g. noise=5,jpeg=75.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out from last.pth.")] = False,
+    config: Annotated[Optional[Path], _opt("TOML file of these options (keys with _).")] = None,
+    plot: Annotated[Optional[Path], _opt(
+        "Plot RUN_DIR's loss and PSNR to RUN_DIR/curves.png and exit.")] = None,
+    quiet: QuietOpt = False,
+):
+    """Train a LIIF model with the paper's recipe (every default is the paper's).
+
+    Example: liif train --data DIV2K/DIV2K_train_HR --val-data DIV2K/DIV2K_valid_HR
+    """
+    from liif_cli.data.recipe import check_new_run, config_from
+
+    if plot is not None:
+        from liif_cli.io.plot import plot_run
+
+        displays.console.print(f"[green]wrote[/] {plot_run(plot)}")
+        return
+    overrides = {k: v for k, v in ctx.params.items()
+                 if k not in ("resume", "config", "plot", "quiet")}
+    if lr_milestones is not None:
+        overrides["lr_milestones"] = _int_list(lr_milestones, "--lr-milestones")
+    cfg = config_from(str(config) if config else None, overrides, resume=resume)
+    if not resume:
+        check_new_run(cfg.out)
+    from liif_cli.tasks.train import train as run_training
+
+    if not quiet and int(os.environ.get("RANK", 0)) == 0:
+        displays.console.print("[bold]liif train[/] " + "  ".join(
+            f"{k}={v}" for k, v in cfg.as_dict().items() if v not in (None, {}, "")),
+            soft_wrap=True)
+    with displays.train_display(quiet) as on_event:
+        summary = run_training(cfg, resume=resume, on_event=on_event)
+    if summary["stopped"]:
+        displays.console.print(f"[yellow]{summary['stopped']}[/]")
+    elif not quiet:
+        best = summary["best_psnr"]
+        val = (f"best val PSNR {best:.2f} dB" if math.isfinite(best) else
+               "no validation (give --val-data)")
+        displays.console.print(f"[green]done[/] {summary['out']}  {val}  "
+                               f"{summary['seconds'] / 60:.1f} min")
+    raise typer.Exit(summary["exit_code"])
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{name} takes comma-separated integers, e.g. 200,400") from None

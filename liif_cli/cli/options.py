@@ -1,0 +1,108 @@
+"""Options shared by several commands, declared once as `Annotated` aliases, and the checks of
+option values that run before torch is imported (a usage mistake is answered at once).
+
+Common options also come from LIIF_* environment variables (the command line wins). Defaults
+that the library owns are read from it (`runtime.engine`'s memory budget is not: importing the
+engine imports torch, so `DEFAULT_MAX_MEMORY` here is the text of the same 512 MiB).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from liif_cli.errors import UsageError
+
+DEFAULT_MAX_MEMORY = "512M"  # engine.DEFAULT_MAX_MEMORY, as --max-memory takes it
+DEFAULT_QUALITY = 95  # JPEG/WebP quality, io.images.write_image's default
+DEFAULT_MAX_OUTPUT_PIXELS = 1_000_000_000  # sizing's guard against absurd outputs
+DEFAULT_MAX_INPUT_PIXELS = 200_000_000  # io.images' decompression-bomb guard
+
+MODEL_HELP = ("Bundled or user model name, or a checkpoint path (.pth, .safetensors). "
+              "Default: bundled.")
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help=MODEL_HELP, envvar="LIIF_MODEL", show_envvar=True)]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.",
+                                        envvar="LIIF_DEVICE", show_envvar=True)]
+# Not DeviceOpt: batch takes several devices (one worker each) where upscale takes one.
+DevicesOpt = Annotated[str, typer.Option(
+    "--device", help="auto, cpu, cuda:N, mps, a list (cuda:0,cuda:1) or all (every GPU).",
+    envvar="LIIF_DEVICE", show_envvar=True)]
+PrecisionOpt = Annotated[str, typer.Option(
+    help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16 or fp16.", envvar="LIIF_PRECISION",
+    show_envvar=True)]
+ScaleOpt = Annotated[Optional[str], typer.Option(
+    "--scale", "-s", help="Factor (4, 7.5) or WxH factors (3x2.5).")]
+SizeOpt = Annotated[Optional[str], typer.Option(
+    help="Output size WxH, e.g. 1920x1080: exactly, or as --fit says.")]
+WidthOpt = Annotated[Optional[int], typer.Option(help="Output width; height keeps the aspect.")]
+HeightOpt = Annotated[Optional[int], typer.Option(help="Output height; width keeps the aspect.")]
+FitOpt = Annotated[Optional[str], typer.Option(
+    help="How --size is met: fill (exactly WxH, the default), contain (largest inside WxH, "
+    "aspect kept) or cover (smallest covering WxH), as ImageMagick's WxH!, WxH and WxH^.",
+    show_default=False)]
+MaxMemoryOpt = Annotated[str, typer.Option(
+    help="Working-memory budget for tiles and chunks, e.g. 256M, 2G.", envvar="LIIF_MAX_MEMORY",
+    show_envvar=True)]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+QuietOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="No progress, notes or summary: errors only.")]
+QualityOpt = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.",
+                                         envvar="LIIF_QUALITY", show_envvar=True)]
+MaxOutOpt = Annotated[int, typer.Option(help="Refuse outputs above this many pixels.")]
+MaxInOpt = Annotated[int, typer.Option(help="Refuse inputs above this many pixels.")]
+DenoiseOpt = Annotated[Optional[float], typer.Option(
+    help="0 to 1: blend the default model (0, keeps grain and detail) into the real-world "
+    "model (1, removes JPEG blocks and noise). Picks that pair; --model real alone runs at 1.",
+    show_default=False)]
+
+
+def parse_bytes(text: str) -> int:
+    """'512M' -> 536870912; plain numbers are bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
+    try:
+        n = float(t[:-1] if t[-1:] in "KMGT" else t) * mult
+    except ValueError:
+        raise UsageError(f"bad memory size {text!r}: use e.g. 512M or 2G") from None
+    if n < 16 * 2**20:
+        raise UsageError(f"--max-memory {text} is too small; give at least 16M")
+    return int(n)
+
+
+def check_options(*, precision: str | None = None, device: str | None = None,
+                  denoise: float | None = None, degrade: str | None = None,
+                  scales: str | None = None, sizes: dict | None = None) -> None:
+    """Option values that need no torch, checked before it is imported: a usage error is
+    answered at once (`runtime.options`; the library checks them again where used)."""
+    from liif_cli.runtime import options
+
+    if precision is not None:
+        options.check_precision(precision)
+    if device is not None:
+        for name in str(device).split(","):
+            if name.strip().lower() != "all":
+                options.check_device(name.strip().lower())
+    if denoise is not None:
+        options.check_denoise(denoise)
+    if scales is not None or sizes is not None:
+        from liif_cli.runtime import sizing
+
+        if scales is not None:
+            sizing.parse_scales(scales)
+        if sizes is not None:
+            sizing.size_request(**sizes)
+    if degrade is not None:
+        from liif_cli.data.degrade import parse_spec
+
+        parse_spec(degrade)
+
+
+def own_the_process() -> None:
+    """A command that renders owns its process: keep freed memory for reuse (glibc), which
+    spares the encoder's large activations a fresh, zero-filled mapping each time (a 500×500
+    input's EDSR-baseline encoder: 6.3 s → 3.4 s on the 2-core machine; docs/fast-model.md)."""
+    from liif_cli.runtime.malloc import keep_freed_memory
+
+    keep_freed_memory()
