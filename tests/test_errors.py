@@ -99,3 +99,72 @@ def test_train_stopped_by_sigterm_exits_143_and_by_sigint_130(tmp_path, monkeypa
         assert sent and r.exit_code == code, r.output
         assert f"stopped by signal {signal.Signals(signum).name}" in r.output
         assert (out / "last.pth").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# one describe(exc) for the CLI and batch; out of memory the same line from every command
+
+def test_describe_gives_one_line_and_the_code():
+    import torch
+
+    oom = errors.OUT_OF_MEMORY
+    assert oom == "out of memory; lower --max-memory or the output size"
+    assert errors.describe(errors.UsageError("bad scale")) == ("bad scale", 2)
+    assert errors.describe(errors.DataError("no images")) == ("no images", 1)
+    assert errors.describe(OutputExistsError("a.png"))[1] == 2
+    assert errors.describe(MemoryError()) == (oom, 1)
+    # CUDA's (and newer MPS's) out-of-memory error is a RuntimeError, not a MemoryError
+    assert errors.describe(torch.OutOfMemoryError("CUDA out of memory. Tried 2 GiB")) == (oom, 1)
+    try:  # the CPU allocator's failure is a plain RuntimeError
+        torch.empty(2**62, dtype=torch.uint8)
+    except RuntimeError as e:
+        assert errors.describe(e) == (oom, 1), e
+    assert errors.describe(KeyboardInterrupt()) == ("interrupted", 130)
+    assert errors.describe(ValueError("boom")) == ("internal error: ValueError: boom", 1)
+    assert errors.is_bug(ValueError("boom")) and not errors.is_bug(MemoryError())
+    assert not errors.is_bug(errors.LiifError("x"))
+
+
+def test_the_same_mistake_gets_the_same_code(made):
+    d, ckpt = made
+    for argv in (["-o", str(d / "out.xyz")], ["-o", "-", "--format", "xyz"]):
+        r = runner.invoke(app, ["upscale", str(d / "in.png"), "-s", "2", "-m", str(ckpt), *argv])
+        assert r.exit_code == 2, (argv, r.output)
+        assert len(r.output.strip().splitlines()) == 1 and "xyz" in r.output
+    assert not list(d.glob("out*"))
+
+
+@pytest.fixture(params=["cuda", "host"])
+def oom_in_engine(request, monkeypatch):
+    """The engine runs out of memory mid-render: CUDA's error (a RuntimeError) or MemoryError."""
+    import torch
+
+    from liif_cli.runtime import engine
+
+    def render(*args, **kw):
+        if request.param == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        raise MemoryError
+
+    monkeypatch.setattr(engine, "render", render)
+
+
+def test_out_of_memory_is_one_line_from_upscale(made, oom_in_engine):
+    d, ckpt = made
+    r = runner.invoke(app, ["upscale", str(d / "in.png"), "-s", "2", "-m", str(ckpt), "-o",
+                            str(d / "out.png")])
+    assert r.exit_code == EXIT_FAILURE, r.output
+    assert r.output == f"error: {errors.OUT_OF_MEMORY}\n"
+    assert not (d / "out.png").exists()
+
+
+def test_out_of_memory_is_the_same_line_from_batch(made, oom_in_engine):
+    d, ckpt = made
+    src = d / "photos"
+    src.mkdir()
+    (d / "in.png").rename(src / "in.png")
+    r = runner.invoke(app, ["batch", str(src), str(d / "big"), "-s", "2", "-m", str(ckpt),
+                            "--device", "cpu", "-q"])
+    assert r.exit_code == EXIT_FAILURE, r.output
+    assert r.output == f"failed: {src / 'in.png'}: {errors.OUT_OF_MEMORY}\n"
+    assert not (d / "big" / "in.png").exists()

@@ -411,11 +411,18 @@ def test_shell_completion_is_on():
     assert "--install-completion" in r.output
 
 
-def test_common_options_from_environment(tmp_path, photo, tiny_ckpt):
+@pytest.mark.parametrize("native", [None, False], ids=["this-cpu", "no-native-bf16"])
+def test_common_options_from_environment(tmp_path, photo, tiny_ckpt, native, monkeypatch):
+    from liif_cli.runtime import device
+
+    if native is not None:  # as on an AVX2-only CPU: bf16 falls back to fp32, with a note
+        monkeypatch.setattr(device, "cpu_bf16_native", lambda: native)
     r = run("upscale", photo, "-s", "2", "-o", tmp_path / "a.png",
             env={"LIIF_MODEL": str(tiny_ckpt), "LIIF_PRECISION": "bf16"})
     assert r.exit_code == 0, r.output
-    assert "model tiny" in r.output and "cpu bf16" in r.output
+    ran = "bf16" if device.cpu_bf16_native() else "fp32"
+    assert "model tiny" in r.output and f"cpu {ran}" in r.output
+    assert ("no native bf16" in r.output) is (ran == "fp32")
     r = run("upscale", photo, "-s", "2", "-o", tmp_path / "b.png", "--precision", "fp32",
             env={"LIIF_MODEL": str(tiny_ckpt), "LIIF_PRECISION": "bf16"})
     assert r.exit_code == 0 and "cpu fp32" in r.output  # the command line wins

@@ -31,7 +31,7 @@ for argv in json.loads(sys.argv[1]):
         except SystemExit as e:
             code = e.code
     results.append({"argv": argv, "code": code, "out": out.getvalue(), "err": err.getvalue(),
-                    "torch": "torch" in sys.modules})
+                    "torch": "torch" in sys.modules, "numpy": "numpy" in sys.modules})
 print(json.dumps({"import": after_import, "runs": results}))
 """
 
@@ -68,6 +68,8 @@ def test_help_version_and_usage_errors_never_import_torch(tmp_path):
     runs = {" ".join(r["argv"]): r for r in report["runs"]}
     for argv, run in runs.items():
         assert run["torch"] is False, f"liif {argv} imported torch"
+    for argv in ("--version", "--help", "upscale --help"):  # not even numpy
+        assert runs[argv]["numpy"] is False, f"liif {argv} imported numpy"
     assert runs["--version"]["code"] == 0
     assert runs["--version"]["out"] == f"liif-cli {liif_cli.__version__}\n"
     assert runs["--help"]["code"] == 0 and "upscale" in runs["--help"]["out"]
@@ -82,6 +84,29 @@ def test_help_version_and_usage_errors_never_import_torch(tmp_path):
         assert run["code"] == 2 and run["err"].startswith(start), (argv, run)
         assert len(run["err"].strip().splitlines()) == 1, (argv, run["err"])
     assert runs["eval --scales"]["code"] == 2
+
+
+def test_the_commands_defaults_are_the_librarys():
+    from typer.testing import CliRunner
+
+    from liif_cli.cli import app, options
+    from liif_cli.cli.commands import evaluate
+    from liif_cli.data.recipe import TrainConfig
+    from liif_cli.io.images import DEFAULT_MAX_INPUT_PIXELS
+    from liif_cli.runtime import engine, sizing
+    from liif_cli.tasks import evaluate as evaluate_task
+
+    assert options.parse_bytes(options.DEFAULT_MAX_MEMORY) == engine.DEFAULT_MAX_MEMORY
+    assert options.DEFAULT_MAX_OUTPUT_PIXELS == sizing.DEFAULT_MAX_OUTPUT_PIXELS
+    assert options.DEFAULT_MAX_INPUT_PIXELS == DEFAULT_MAX_INPUT_PIXELS
+    assert evaluate.DEFAULT_SCALES == ",".join(map(str, evaluate_task.DEFAULT_SCALES))
+    r = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    cfg = TrainConfig()
+    assert r.exit_code == 0
+    lines = {line.split()[1]: line for line in r.output.splitlines() if "│ --" in line}
+    assert f"(default: {cfg.epochs})" in lines["--epochs"]
+    assert f"(default: {cfg.out})" in lines["--out"]
+    assert "(default: " + ",".join(map(str, cfg.lr_milestones)) + ")" in lines["--lr-milestones"]
 
 
 @pytest.mark.slow

@@ -200,7 +200,14 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def test_cli_writes_and_summarises(folder, tiny_ckpt):
+@pytest.mark.parametrize("native", [None, False], ids=["this-cpu", "no-native-bf16"])
+def test_cli_writes_and_summarises(folder, tiny_ckpt, native, monkeypatch):
+    """Whatever the CPU does with bf16 (as it is, then as an AVX2-only CPU), -q prints nothing:
+    not even the note that bf16 fell back to fp32."""
+    from liif_cli.runtime import device
+
+    if native is not None:
+        monkeypatch.setattr(device, "cpu_bf16_native", lambda: native)
     r = run("upscale", folder / "in.png", "--scale", "2.5", "--model", tiny_ckpt)
     assert r.exit_code == 0, r.output
     assert "in_x2.5.png" in r.stderr and "12×10 → 30×25" in r.stderr and "tiny" in r.stderr
@@ -210,6 +217,11 @@ def test_cli_writes_and_summarises(folder, tiny_ckpt):
             "--model", tiny_ckpt, "--precision", "bf16", "--quality", "80", "--max-memory", "64M")
     assert r.exit_code == 0 and r.output == ""
     assert read_image(folder / "o.webp").pixels.shape == (20, 24, 3)
+    r = run("upscale", folder / "in.png", "-o", folder / "p.png", "-s", "2", "--model",
+            tiny_ckpt, "--precision", "bf16")  # not quiet: the note, and what ran
+    ran = "bf16" if device.cpu_bf16_native() else "fp32"
+    assert r.exit_code == 0 and f"cpu {ran}" in r.stderr, r.output
+    assert ("no native bf16" in r.stderr) is (ran == "fp32")
 
 
 def test_cli_overwrite(folder, tiny_ckpt):
@@ -235,7 +247,8 @@ BAD_INPUTS = {  # name -> (args after the input, exit code, message)
     "scale and size": (["--scale", "2", "--size", "10x10"], 2, "give only one of"),
     "no size": ([], 2, "say how big"),
     "exists": (["-o", "{d}/exists.png"], 2, "output exists"),
-    "extension": (["-o", "{d}/out.xyz"], 1, "unknown output format '.xyz'"),
+    # a usage mistake like --format xyz (issue 23: it was exit 1)
+    "extension": (["-o", "{d}/out.xyz"], 2, "unknown output format '.xyz'"),
     "bad model file": (["--model", "{d}/bad.pth"], 1, "not a readable PyTorch checkpoint"),
     "unknown model": (["--model", "no-such-model"], 1, "unknown model 'no-such-model'"),
     "corrupt bundled model": (["--model", None], 1, "corrupt"),
