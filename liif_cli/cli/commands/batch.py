@@ -48,43 +48,45 @@ OutDirArg = Annotated[Optional[Path], typer.Argument(
 
 
 
+RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")]
+GlobOpt = Annotated[Optional[str], typer.Option(
+    help="Only names matching this pattern, e.g. '*.jpg' (case-insensitive; with a / it matches "
+    "the path under INPUT_DIR).")]
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="png, jpg, webp, tiff, or same as "
+                                        "each input (png for formats we cannot write).")]
+SuffixOpt = Annotated[str, typer.Option(help="Added to output names, e.g. _x4. Needed when "
+                                        "OUTPUT_DIR is INPUT_DIR.")]
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Workers per device; on the "
+                                      "CPU, processes sharing its cores.")]
+ShardOpt = Annotated[Optional[str], typer.Option(
+    help="Do only part I of N (1/4 … 4/4), e.g. one per machine; parts never overlap. auto: "
+    "from the job engine (Slurm array, srun, torchrun, Kubernetes Indexed Job).")]
+ShardsOpt = Annotated[Optional[int], typer.Option(
+    help="With --shard auto in a Kubernetes Indexed Job: its completions (or set "
+    "LIIF_SHARD_COUNT).")]
+FilesFromOpt = Annotated[Optional[str], typer.Option(
+    help="Do the paths listed in this file (- for stdin), relative to INPUT_DIR, one per line "
+    "(or NUL-separated), instead of walking INPUT_DIR.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
+FailFastOpt = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failure.")]
+ReportOpt = Annotated[Optional[Path], typer.Option(
+    help="Record each file (input, output, status, reason, seconds …): FILE.jsonl gets a line as "
+    "each file ends (appended); FILE.json one document at the end.")]
+SummaryOpt = Annotated[bool, typer.Option(
+    "--summary", help="Print the merged table of the reports given instead of folders: "
+    "liif batch --summary r*.jsonl.")]
+
+
 def batch(
     ctx: typer.Context, input_dir: DirArg = None, output_dir: OutDirArg = None,
     scale: ScaleOpt = None, size: SizeOpt = None, width: WidthOpt = None,
-    height: HeightOpt = None, fit: FitOpt = None,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r",
-                                            help="Descend into subfolders.")] = False,
-    glob: Annotated[Optional[str], typer.Option(
-        help="Only names matching this pattern, e.g. '*.jpg' (case-insensitive; with a / it "
-        "matches the path under INPUT_DIR).")] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="png, jpg, webp, tiff, or same as "
-                                     "each input (png for formats we cannot write).")] = "same",
-    suffix: Annotated[str, typer.Option(help="Added to output names, e.g. _x4. Needed when "
-                                        "OUTPUT_DIR is INPUT_DIR.")] = "",
+    height: HeightOpt = None, fit: FitOpt = None, recursive: RecursiveOpt = False,
+    glob: GlobOpt = None, fmt: FormatOpt = "same", suffix: SuffixOpt = "",
     overwrite: OverwriteOpt = False, model: ModelOpt = None, device: DevicesOpt = "auto",
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Workers per device; on the "
-                                      "CPU, processes sharing its cores.")] = 1,
-    precision: PrecisionOpt = "auto", max_memory: MaxMemoryOpt = DEFAULT_MAX_MEMORY,
-    shard: Annotated[Optional[str], typer.Option(
-        help="Do only part I of N (1/4 … 4/4), e.g. one per machine; parts never overlap. "
-        "auto: from the job engine (Slurm array, srun, torchrun, Kubernetes Indexed Job).")
-    ] = None,
-    shards: Annotated[Optional[int], typer.Option(
-        help="With --shard auto in a Kubernetes Indexed Job: its completions (or set "
-        "LIIF_SHARD_COUNT).")] = None,
-    files_from: Annotated[Optional[str], typer.Option(
-        help="Do the paths listed in this file (- for stdin), relative to INPUT_DIR, one per "
-        "line (or NUL-separated), instead of walking INPUT_DIR.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")
-                       ] = False,
-    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failure.")
-                         ] = False,
-    report: Annotated[Optional[Path], typer.Option(
-        help="Record each file (input, output, status, reason, seconds …): FILE.jsonl gets "
-        "a line as each file ends (appended); FILE.json one document at the end.")] = None,
-    summary: Annotated[bool, typer.Option(
-        "--summary", help="Print the merged table of the reports given instead of folders: "
-        "liif batch --summary r*.jsonl.")] = False,
+    jobs: JobsOpt = 1, precision: PrecisionOpt = "auto",
+    max_memory: MaxMemoryOpt = DEFAULT_MAX_MEMORY, shard: ShardOpt = None,
+    shards: ShardsOpt = None, files_from: FilesFromOpt = None, dry_run: DryRunOpt = False,
+    fail_fast: FailFastOpt = False, report: ReportOpt = None, summary: SummaryOpt = False,
     quiet: QuietOpt = False, quality: QualityOpt = DEFAULT_QUALITY,
     max_output_pixels: MaxOutOpt = DEFAULT_MAX_OUTPUT_PIXELS,
     max_input_pixels: MaxInOpt = DEFAULT_MAX_INPUT_PIXELS, denoise: DenoiseOpt = None,

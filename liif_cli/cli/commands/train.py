@@ -49,59 +49,62 @@ def _opt(help: str = "", **kw):
 
 
 Str, Int, Float = Optional[str], Optional[int], Optional[float]
+IntOpt, FloatOpt = Annotated[Int, _opt()], Annotated[Float, _opt()]  # help: the default alone
+DataOpt = Annotated[Str, _opt("Folder of HR training images (recursive).")]
+ValDataOpt = Annotated[Str, _opt("Folder of HR validation images.")]
+OutOpt = Annotated[Str, _opt("Run folder.")]
+EncoderOpt = Annotated[Str, _opt("edsr-baseline, edsr or rdn.")]
+DecoderOpt = Annotated[Str, _opt(
+    "liif, or lmf (LM-LIIF: the fast model's). With --init of the other kind, its encoder is "
+    "copied.")]
+BatchSizeOpt = Annotated[Int, _opt("Global batch.")]
+PatchSizeOpt = Annotated[Int, _opt("LR patch side.")]
+SampleQOpt = Annotated[Int, _opt("Queries per sample.")]
+MilestonesOpt = Annotated[Str, _opt("Epochs, comma-separated.")]
+WarmupOpt = Annotated[Int, _opt(
+    "Steps of linear lr warm-up at the start of the run, e.g. 100 when fine-tuning with --init.")]
+RepeatOpt = Annotated[Int, _opt("Passes over the images per epoch.")]
+WorkersOpt = Annotated[Int, _opt("DataLoader workers.")]
+DeviceOpt = Annotated[Str, _opt("auto, cpu, cuda, cuda:N, mps.")]
+PrecisionOpt = Annotated[Str, _opt("fp32, bf16 or fp16.")]
+InitOpt = Annotated[Str, _opt("Start from this checkpoint or model name (fine-tune).")]
+FreezeOpt = Annotated[Optional[bool], typer.Option(
+    "--freeze-encoder", help="Train the decoder only, on --init's encoder (about twice the steps "
+    "per second; e.g. a new --decoder on a trained model).", show_default=False)]
+DistillOpt = Annotated[Str, _opt(
+    "Teacher model (path or name): the loss also pulls the prediction towards its output at the "
+    "same queries, e.g. a fast model learning from default.")]
+DistillWeightOpt = Annotated[Float, _opt(
+    "The teacher's share of the loss, in (0, 1]; the rest is L1 to the ground truth.")]
+ValEveryOpt = Annotated[Int, _opt("Epochs between validations.")]
+ValImagesOpt = Annotated[Int, _opt("Validate on the first K images.")]
+SaveEveryOpt = Annotated[Int, _opt("Epochs between snapshots.")]
+DegradeOpt = Annotated[Str, _opt(
+    "real: train on blurred, noisy, JPEG-compressed LR (ranges: the TOML's degrade_ranges "
+    "table).")]
+ValDegradeOpt = Annotated[Str, _opt(
+    "Also validate on LR degraded by this spec, e.g. noise=5,jpeg=75.")]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Continue the run in --out from last.pth.")]
+ConfigOpt = Annotated[Optional[Path], _opt("TOML file of these options (keys with _).")]
+PlotOpt = Annotated[Optional[Path], _opt(
+    "Plot RUN_DIR's loss and PSNR to RUN_DIR/curves.png and exit.")]
+NOT_RECIPE = ("resume", "config", "plot", "quiet")  # the options that are no TrainConfig key
 
 
 def train(
-    ctx: typer.Context,
-    data: Annotated[Str, _opt("Folder of HR training images (recursive).")] = None,
-    val_data: Annotated[Str, _opt("Folder of HR validation images.")] = None,
-    out: Annotated[Str, _opt("Run folder.")] = None,
-    encoder: Annotated[Str, _opt("edsr-baseline, edsr or rdn.")] = None,
-    decoder: Annotated[Str, _opt(
-        "liif, or lmf (LM-LIIF: the fast model's). With --init of the other kind, its encoder "
-        "is copied.")] = None,
-    epochs: Annotated[Int, _opt()] = None,
-    batch_size: Annotated[Int, _opt("Global batch.")] = None,
-    patch_size: Annotated[Int, _opt("LR patch side.")] = None,
-    scale_min: Annotated[Float, _opt()] = None,
-    scale_max: Annotated[Float, _opt()] = None,
-    sample_q: Annotated[Int, _opt("Queries per sample.")] = None,
-    lr: Annotated[Float, _opt()] = None,
-    lr_milestones: Annotated[Str, _opt("Epochs, comma-separated.")] = None,
-    lr_gamma: Annotated[Float, _opt()] = None,
-    warmup: Annotated[Int, _opt(
-        "Steps of linear lr warm-up at the start of the run, e.g. 100 when fine-tuning with "
-        "--init.")] = None,
-    repeat: Annotated[Int, _opt("Passes over the images per epoch.")] = None,
-    workers: Annotated[Int, _opt("DataLoader workers.")] = None,
-    device: Annotated[Str, _opt("auto, cpu, cuda, cuda:N, mps.")] = None,
-    precision: Annotated[Str, _opt("fp32, bf16 or fp16.")] = None,
-    seed: Annotated[Int, _opt()] = None,
-    init: Annotated[Str, _opt("Start from this checkpoint or model name (fine-tune).")] = None,
-    freeze_encoder: Annotated[Optional[bool], typer.Option(
-        "--freeze-encoder", help="Train the decoder only, on --init's encoder (about twice the "
-        "steps per second; e.g. a new --decoder on a trained model).", show_default=False)
-    ] = None,
-    distill: Annotated[Str, _opt(
-        "Teacher model (path or name): the loss also pulls the prediction towards its output "
-        "at the same queries, e.g. a fast model learning from default.")] = None,
-    distill_weight: Annotated[Float, _opt(
-        "The teacher's share of the loss, in (0, 1]; the rest is L1 to the ground truth.")
-    ] = None,
-    val_every: Annotated[Int, _opt("Epochs between validations.")] = None,
-    val_images: Annotated[Int, _opt("Validate on the first K images.")] = None,
-    save_every: Annotated[Int, _opt("Epochs between snapshots.")] = None,
-    degrade: Annotated[Str, _opt(
-        "real: train on blurred, noisy, JPEG-compressed LR (ranges: the TOML's degrade_ranges table).")
-    ] = None,
-    val_degrade: Annotated[Str, _opt(
-        "Also validate on LR degraded by this spec, e.g. noise=5,jpeg=75.")] = None,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the run in --out from last.pth.")] = False,
-    config: Annotated[Optional[Path], _opt("TOML file of these options (keys with _).")] = None,
-    plot: Annotated[Optional[Path], _opt(
-        "Plot RUN_DIR's loss and PSNR to RUN_DIR/curves.png and exit.")] = None,
-    quiet: QuietOpt = False,
+    ctx: typer.Context, data: DataOpt = None, val_data: ValDataOpt = None, out: OutOpt = None,
+    encoder: EncoderOpt = None, decoder: DecoderOpt = None, epochs: IntOpt = None,
+    batch_size: BatchSizeOpt = None, patch_size: PatchSizeOpt = None,
+    scale_min: FloatOpt = None, scale_max: FloatOpt = None, sample_q: SampleQOpt = None,
+    lr: FloatOpt = None, lr_milestones: MilestonesOpt = None, lr_gamma: FloatOpt = None,
+    warmup: WarmupOpt = None, repeat: RepeatOpt = None, workers: WorkersOpt = None,
+    device: DeviceOpt = None, precision: PrecisionOpt = None, seed: IntOpt = None,
+    init: InitOpt = None, freeze_encoder: FreezeOpt = None, distill: DistillOpt = None,
+    distill_weight: DistillWeightOpt = None, val_every: ValEveryOpt = None,
+    val_images: ValImagesOpt = None, save_every: SaveEveryOpt = None,
+    degrade: DegradeOpt = None, val_degrade: ValDegradeOpt = None, resume: ResumeOpt = False,
+    config: ConfigOpt = None, plot: PlotOpt = None, quiet: QuietOpt = False,
 ):
     """Train a LIIF model with the paper's recipe (every default is the paper's).
 
@@ -114,8 +117,7 @@ def train(
 
         displays.console.print(f"[green]wrote[/] {plot_run(plot)}")
         return
-    overrides = {k: v for k, v in ctx.params.items()
-                 if k not in ("resume", "config", "plot", "quiet")}
+    overrides = {k: v for k, v in ctx.params.items() if k not in NOT_RECIPE}
     if lr_milestones is not None:
         overrides["lr_milestones"] = _int_list(lr_milestones, "--lr-milestones")
     cfg = config_from(str(config) if config else None, overrides, resume=resume)
