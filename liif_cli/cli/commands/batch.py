@@ -45,9 +45,6 @@ DirArg = Annotated[Optional[Path], typer.Argument(
 OutDirArg = Annotated[Optional[Path], typer.Argument(
     help="Folder for the results (created if missing); mirrors the input tree.",
     show_default=False, metavar="OUTPUT_DIR")]
-
-
-
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")]
 GlobOpt = Annotated[Optional[str], typer.Option(
     help="Only names matching this pattern, e.g. '*.jpg' (case-insensitive; with a / it matches "
