@@ -38,10 +38,19 @@ class TrainCommand(TyperCommand):
             value = defaults.get(param.name)
             if value is None or value is False or value == "" or "(default:" in (param.help or ""):
                 continue
-            if isinstance(value, tuple):
-                value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-            param.help = f"{param.help or ''} (default: {value})".strip()
+            shown = ",".join(map(_shown, value)) if isinstance(value, tuple) else _shown(value)
+            param.help = f"{param.help or ''} (default: {shown})".strip()
         return super().format_help(ctx, formatter)
+
+
+def _shown(value) -> str:
+    """A default as one would type it: 1e-4, 4, 0.5, runs/liif."""
+    if not isinstance(value, float):
+        return str(value)
+    if value and abs(value) < 1e-3:
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{float(mantissa):g}e{int(exponent)}"
+    return f"{value:g}"
 
 
 def _opt(help: str = "", **kw):
