@@ -3,9 +3,9 @@ exception into the one line a user reads and its exit code, for the CLI (`cli/ap
 batch workers alike.
 
 Every message says what went wrong *and* what to do about it, in one line. Exit codes, the same
-for every command: 0 done, 1 failure, 2 usage (the command line asks for something impossible,
-or to write over an existing output without --overwrite, or names an output that cannot be
-written there), 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM): 128 + the signal's
+for every command: 0 done, 1 failure (out of memory included), 2 usage (the command line asks
+for something impossible, or to write over an existing output without --overwrite, or names an
+output that cannot be written there), 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM): 128 + the signal's
 number, as shells report them. Outputs are checked before any work (`io.files`), so an
 existing output is exit 2 with nothing computed; a write failing afterwards is exit 1.
 """
@@ -67,8 +67,9 @@ class TrainingError(LiifError):
 
 
 class OutputPathError(UsageError, ImageWriteError, ExportError):
-    """An output the command line names that cannot be written there: a folder, or in a folder
-    that is missing or read-only. Found before any work (`io.files.check_output_path`): a usage
+    """An output the command line names that cannot be written there: a folder, in a folder
+    that is missing or read-only, or with an extension no writer takes (`-o out.xyz`, the same
+    mistake as `--format xyz`). Found before any work (`io.files.check_output_path`): a usage
     problem (exit 2) for every command. Also an ImageWriteError and an ExportError."""
 
 

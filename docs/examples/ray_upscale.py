@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from liif_cli.errors import LiifError
+from liif_cli.errors import LiifError, describe
 from liif_cli.io.images import read_image_bytes, write_image
 from liif_cli.runtime.sizing import size_request, target_size
 from liif_cli.tasks.batch import FileRecord, plan_batch, record_line
@@ -80,8 +80,9 @@ class UpscaleActor:
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
             write_image(dst, res.image, quality=self.quality, overwrite=self.overwrite)
             rec["out_h"], rec["out_w"] = res.out_hw
-        except LiifError as e:  # one bad file fails alone, with its one-line reason
-            rec["status"], rec["reason"] = "failed", str(e)
+        except Exception as e:  # noqa: BLE001 - one bad file (or out of memory) fails alone,
+            # with the one-line reason `liif batch` gives (errors.describe)
+            rec["status"], rec["reason"] = "failed", describe(e)[0]
         rec["seconds"] = time.perf_counter() - t0
         return rec
 
