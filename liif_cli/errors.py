@@ -5,8 +5,8 @@ batch workers alike.
 Every message says what went wrong *and* what to do about it, in one line. Exit codes, the same
 for every command: 0 done, 1 failure (out of memory included), 2 usage (the command line asks
 for something impossible, or to write over an existing output without --overwrite, or names an
-output that cannot be written there), 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM): 128 + the signal's
-number, as shells report them. Outputs are checked before any work (`io.files`), so an
+output that cannot be written there), 130 interrupted (SIGINT, Ctrl-C), 143 terminated
+(SIGTERM): 128 + the signal's number, as shells report them. Outputs are checked before any work (`io.files`), so an
 existing output is exit 2 with nothing computed; a write failing afterwards is exit 1.
 """
 
