@@ -168,3 +168,29 @@ def test_out_of_memory_is_the_same_line_from_batch(made, oom_in_engine):
     assert r.exit_code == EXIT_FAILURE, r.output
     assert r.output == f"failed: {src / 'in.png'}: {errors.OUT_OF_MEMORY}\n"
     assert not (d / "big" / "in.png").exists()
+
+
+def test_batch_stopped_by_sigterm_exits_143_and_by_sigint_130(made, monkeypatch):
+    """The exit code is the result's (`BatchResult.exit_code`), from the signal that stopped it."""
+    from liif_cli.runtime import engine
+
+    d, ckpt = made
+    src = d / "photos"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(photo_like(12, 12, seed=i)).save(src / f"{i}.png")
+    real_render, sent = engine.render, []
+
+    def render(*args, **kw):  # the signal arrives while the first file renders
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signum)
+        return real_render(*args, **kw)
+
+    monkeypatch.setattr(engine, "render", render)
+    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        sent.clear()
+        r = runner.invoke(app, ["batch", str(src), str(d / f"big{code}"), "-s", "2", "-m",
+                                str(ckpt), "--device", "cpu", "-q", "--overwrite"])
+        assert sent and r.exit_code == code, r.output
+        assert "interrupted:" in r.output and "run the same command again" in r.output
