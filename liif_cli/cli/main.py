@@ -968,6 +968,12 @@ def bench(
         atomic_write_text(json_out, json.dumps(report.as_dict(), indent=1), overwrite=overwrite)
 
 
+# `liif view` lives in its own module
+from liif_cli.cli.view import view as _view  # noqa: E402 - registered after the shared options
+
+app.command(name="view")(_view)
+
+
 def main() -> None:
     # OpenMP threads that spin while waiting make torch several times slower on a busy machine
     # (measured beside a training job: 126 vs 22 µs per output pixel). Set here, before any
