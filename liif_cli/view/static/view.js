@@ -19,7 +19,7 @@
   const viewId = Math.random().toString(36).slice(2, 12);
 
   const st = (window.__liifView = {
-    ready: false, image: 0, s: 1, S: null, outW: 0, outH: 0, gen: 0, split: 0.5,
+    ready: false, fitted: true, image: 0, s: 1, S: null, outW: 0, outH: 0, gen: 0, split: 0.5,
     layers: { a: { model: "off", denoise: null }, b: { model: "", denoise: null } },
     // per layer, over the visible tiles at the settled scale: how many, how many drawn from
     // the server's tiles (the model's, or bicubic's), how many still the placeholder
@@ -67,6 +67,7 @@
     if (cw && ch) { tx += (ncw - cw) / 2; ty += (nch - ch) / 2; }
     cw = canvas.width = ncw;
     ch = canvas.height = nch;
+    if (st.fitted && img) { fit(); return; } // still "fit": fit the new size
     requestDraw();
     scheduleSettle();
   }
@@ -76,6 +77,7 @@
   function maxScale() { return info ? info.max_scale : 64; }
 
   function setScale(s1, px = cw / 2, py = ch / 2) {
+    st.fitted = false;
     s1 = Math.min(maxScale(), Math.max(minScale(), s1));
     tx = px - ((px - tx) * s1) / st.s;
     ty = py - ((py - ty) * s1) / st.s;
@@ -86,6 +88,7 @@
   }
 
   function fit() {
+    st.fitted = true;
     st.s = fitScale();
     tx = (cw - W * st.s) / 2;
     ty = (ch - H * st.s) / 2;
@@ -94,6 +97,7 @@
   }
 
   function panBy(dx, dy) {
+    st.fitted = false;
     tx += dx; ty += dy;
     clampPan();
     requestDraw();
@@ -236,7 +240,12 @@
       const L = st.layers[k];
       for (const t of grid(S, x0, x1)) {
         const key = tileKey(L, S, t);
-        if (cache.has(key)) { cache.set(key, cache.get(key)); cache.delete(key); continue; }
+        if (cache.has(key)) { // most recently used: to the end
+          const bmp = cache.get(key);
+          cache.delete(key);
+          cache.set(key, bmp);
+          continue;
+        }
         const dx = tx + (t.x + t.w / 2) * t.fx - cx, dy = ty + (t.y + t.h / 2) * t.fy - cy;
         queue.push({ key, L: { ...L }, S, t, d: dx * dx + dy * dy, gen: st.gen });
       }
