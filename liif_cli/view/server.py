@@ -244,6 +244,7 @@ class _Handler(BaseHTTPRequestHandler):
             "models": sess.model_names(), "model": sess.cli_models[0],
             "compare": sess.cli_models[1] if len(sess.cli_models) > 1 else s.BICUBIC,
             "denoise": sess.denoise_models(), "max_tile": s.MAX_TILE, "max_scale": s.MAX_SCALE,
+            "tile": s.PAGE_TILE,
             "device": str(sess.device),
         })
 

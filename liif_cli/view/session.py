@@ -31,6 +31,9 @@ from liif_cli.runtime.sizing import parse_scale
 
 BICUBIC = "bicubic"  # the pseudo-model: OpenCV bicubic on the same output grid
 MAX_TILE = 512  # output pixels per side of one tile request
+# the page's tiles: a 256² tile of EDSR-baseline at ×4 encodes 64² latents plus a 37-latent
+# halo on each side; smaller tiles come sooner but redo more of the encoder's work
+PAGE_TILE = 256
 MAX_SCALE = 64.0  # per axis; the page zooms to 30× and more
 MIN_SCALE = 1 / 64  # per axis; a tile of a downscale is allowed, as upscale allows it
 PNG_LEVEL = 1  # zlib level of tile PNGs: fast beats small on localhost
@@ -270,17 +273,21 @@ class ViewSession:
         return self._names
 
     def denoise_models(self) -> dict[str, float]:
-        """Models that --denoise blends (with their partner), and the strength each starts at."""
+        """Models the page offers a --denoise strength for, and the strength each starts at:
+        those with a denoise partner (`real`), and the first model when --denoise was given
+        (which may be the partner, `default`, as on `liif upscale`'s command line)."""
         from liif_cli.runtime.weights import BUNDLED
 
-        out = {}
-        for w in BUNDLED.values():
-            if w.denoise_partner:
-                out[w.name] = w.denoise_default
-                out[w.denoise_partner] = 0.0
-        if self.main_denoise is not None and self.cli_models[0] in out:
+        out = {w.name: w.denoise_default for w in BUNDLED.values() if w.denoise_partner}
+        if self.main_denoise is not None:
             out[self.cli_models[0]] = self.main_denoise
         return out
+
+    def _blendable(self, name: str) -> bool:
+        from liif_cli.runtime.weights import BUNDLED
+
+        return any(name in (w.name, w.denoise_partner) for w in BUNDLED.values()
+                   if w.denoise_partner)
 
     def check_model(self, model: str | None, denoise: float | None) -> str:
         """The model name to use (None: the first of the command line's), or NotFound/UsageError."""
@@ -291,7 +298,7 @@ class ViewSession:
             raise NotFound(f"unknown model {name!r}")
         if denoise is not None:
             check_denoise(denoise)
-            if name not in self.denoise_models():
+            if not self._blendable(name):
                 raise UsageError(f"model {name!r} has no denoise partner")
         return name
 

@@ -6,7 +6,7 @@
 // server. State for tests and the curious: window.__liifView.
 "use strict";
 (() => {
-  const TILE = 256; // output pixels per tile side
+  let TILE = 256; // output pixels per tile side: the server's choice (info.tile)
   const MAX_INFLIGHT = 3; // tile requests open at once (the server renders one at a time)
   const CACHE_MAX = 400; // tiles kept (256² RGBA: 256 KiB each)
   const SETTLE_MS = 120; // quiet time after a gesture before tiles are requested
@@ -471,6 +471,7 @@
     const r = await fetch(url("/api/info"));
     if (!r.ok) { showError((await r.text()).trim()); return; }
     info = await r.json();
+    TILE = info.tile;
     fillModels();
     setLayer("b", info.model);
     setLayer("a", info.compare);
