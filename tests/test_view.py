@@ -301,3 +301,25 @@ def test_cli_refuses_a_bad_model_before_printing_a_url(files):
                        capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT_S)
     assert r.returncode != 0 and r.stdout == ""
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_denoise_tiles_are_the_blend_upscale_runs(files):
+    from liif_cli import load_model
+
+    srv = ViewServer(ViewSession([files["rgb"]], models=["real"], denoise=0.3, device="cpu"),
+                     "127.0.0.1", 0)
+    srv.start()
+    try:
+        info = json.loads(get(srv, "/api/info")[1])
+        assert info["denoise"]["real"] == 0.3  # the page starts at --denoise
+        for d in (0.3, 0.8):
+            whole = upscale(load_model("real", denoise=d), files["rgb"], scale=2, device="cpu",
+                            precision="fp32").pixels
+            got = tile(srv, image=0, scale=2, x=30, y=20, w=32, h=26, model="real", denoise=d)
+            assert_within_one_level(got, whole[20:46, 30:62], f"denoise {d}")
+        # default is the pair's other end: --denoise applies to it, not to a tiny checkpoint
+        assert get(srv, "/api/tile", image=0, scale=2, x=0, y=0, w=4, h=4, model="default",
+                   denoise=0.5)[0] == 200
+    finally:
+        srv.stop()

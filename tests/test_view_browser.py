@@ -228,3 +228,39 @@ def test_phone_sized_window(server):
         assert drv.execute_script("return document.getElementById('canvas').width") == 390 * 3
     finally:
         drv.quit()
+
+
+def test_export_writes_the_whole_image_and_asks_before_replacing(driver, server):
+    load(driver, server)
+    select(driver, "model-a", "off")
+    driver.execute_script("window.__liifView.zoomTo(2); window.__liifView.settleNow()")
+    wait_for(driver, "v.S === 2", "x2")
+    dst = server.session.images[0].path.with_name("photo_x2.png")
+    assert not dst.exists()
+    driver.find_element("id", "export").click()
+    wait_for(driver, "v.job && v.job.state === 'done'", "the export")
+    assert Image.open(dst).size == (240, 180)
+    dst.write_bytes(b"mine")
+    driver.find_element("id", "export").click()
+    alert = _wait_alert(driver)
+    assert "photo_x2.png" in alert.text and "Replace" in alert.text
+    alert.dismiss()  # no: the file stays
+    time.sleep(1)
+    assert dst.read_bytes() == b"mine"
+    driver.find_element("id", "export").click()
+    _wait_alert(driver).accept()
+    wait_for(driver, "v.job && v.job.id === 2 && v.job.state === 'done'", "the second export")
+    assert Image.open(dst).size == (240, 180)
+    dst.unlink()
+
+
+def _wait_alert(drv):
+    from selenium.common.exceptions import NoAlertPresentException
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < WAIT_S:
+        try:
+            return drv.switch_to.alert
+        except NoAlertPresentException:
+            time.sleep(0.1)
+    raise AssertionError("no confirmation asked")
