@@ -168,6 +168,11 @@ def test_bad_requests_are_refused_with_one_line_and_nothing_done(server, files):
         urllib.request.urlopen(req, timeout=30)
     assert e.value.code == 413
     assert get(server, "/api/info", method="PUT")[0] == 405
+    req = urllib.request.Request(f"http://127.0.0.1:{server.port}/api/jobs?token={server.token}",
+                                 headers={"Content-Length": "abc"}, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 413
     # exports that cannot be: bicubic, a scale past the cap, an unknown image
     assert get(server, "/api/export", method="POST", image=0, scale=2, model="bicubic")[0] == 400
     assert get(server, "/api/export", method="POST", image=0, scale=100)[0] == 400
@@ -207,6 +212,12 @@ def test_info_lists_images_and_models(server):
     assert (info["model"], info["compare"]) == ("tiny", "other")
     status, png = get(server, "/api/image", image=1)
     assert np.asarray(Image.open(io.BytesIO(png))).shape == (17, 13)
+
+
+def test_the_page_says_it_moved_on(server):
+    assert get(server, "/api/moved", method="POST", view="page1", gen=5)[0] == 200
+    assert server.session.queue._stale("page1", 4) and not server.session.queue._stale("page1", 5)
+    assert get(server, "/api/moved", method="POST", view="page1")[0] == 400
 
 
 def test_stale_requests_are_dropped_unrendered():

@@ -60,9 +60,11 @@ ROUTES = {  # (method, path) -> (handler name, parameters it takes besides the t
                                     "view", "gen"}),
     ("POST", "/api/export"): ("export", {"image", "scale", "model", "denoise", "overwrite"}),
     ("GET", "/api/jobs"): ("jobs", set()),
+    ("POST", "/api/moved"): ("moved", {"view", "gen"}),
     ("POST", "/api/cancel"): ("cancel", {"job"}),
 }
 REQUIRED = {"image": {"image"}, "tile": {"image", "scale", "x", "y", "w", "h"},
+            "moved": {"view", "gen"},
             "export": {"image", "scale"}, "cancel": {"job"}}
 
 
@@ -169,8 +171,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _parse(self, method: str) -> tuple[str, dict[str, str]]:
         if len(self.path) > MAX_URL:
             raise Refusal(HTTPStatus.REQUEST_URI_TOO_LONG, f"URL over {MAX_URL} characters")
-        if self.headers.get("Transfer-Encoding") or int(
-                self.headers.get("Content-Length", "0") or "0") > 0:
+        length = self.headers.get("Content-Length", "0") or "0"
+        if self.headers.get("Transfer-Encoding") or not length.isdigit() or int(length) > 0:
             self.close_connection = True  # the body is never read
             raise Refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "requests carry no body")
         parts = urlsplit(self.path)
@@ -267,6 +269,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _jobs(self, p: dict[str, str]) -> None:
         self._json([_job_json(j) for j in self.server.session.jobs.values()])
+
+    def _moved(self, p: dict[str, str]) -> None:
+        """The page moved on and needs nothing new: its queued tiles of older gens are stale."""
+        self.server.session.queue.note(p["view"], int(p["gen"]))
+        self._json({})
 
     def _cancel(self, p: dict[str, str]) -> None:
         job = self.server.session.job(int(p["job"]))

@@ -222,11 +222,14 @@
   // the view has stopped moving: snap to a scale of 1/100 steps and ask for what is missing
   function settle() {
     st.gen++;
+    const aborted = inflight.size > 0;
     for (const c of inflight.values()) c.abort();
     inflight.clear();
     queue = [];
     genDone = 0; genTotal = 0;
     if (!img || st.s <= 1) {
+      if (aborted) fetch(url("/api/moved", { view: viewId, gen: st.gen }), { method: "POST" })
+        .catch(() => {});
       st.S = null;
       requestDraw();
       return;
@@ -252,6 +255,9 @@
     }
     queue.sort((p, q) => p.d - q.d);
     genTotal = queue.length;
+    if (aborted && !queue.length) { // nothing new to ask: tell the server to drop the old
+      fetch(url("/api/moved", { view: viewId, gen: st.gen }), { method: "POST" }).catch(() => {});
+    }
     requestDraw();
     pump();
   }
