@@ -227,6 +227,7 @@
     inflight.clear();
     queue = [];
     genDone = 0; genTotal = 0;
+    tx = Math.round(tx); ty = Math.round(ty); // pixels on device pixels (100 %, and tiles)
     if (!img || st.s <= 1) {
       if (aborted) fetch(url("/api/moved", { view: viewId, gen: st.gen }), { method: "POST" })
         .catch(() => {});
@@ -235,8 +236,10 @@
       return;
     }
     const S = roundS(st.s);
-    if (S !== st.s) setScaleQuiet(S);
-    tx = Math.round(tx); ty = Math.round(ty); // output pixels on device pixels
+    if (S !== st.s) {
+      setScaleQuiet(S);
+      tx = Math.round(tx); ty = Math.round(ty);
+    }
     st.S = S;
     const cx = cw / 2, cy = ch / 2;
     for (const [k, x0, x1] of regions()) {
