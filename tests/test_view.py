@@ -334,3 +334,30 @@ def test_denoise_tiles_are_the_blend_upscale_runs(files):
                    denoise=0.5)[0] == 200
     finally:
         srv.stop()
+
+
+def test_16_bit_image_tiles_are_its_upscale_in_8_bits(files, tmp_path):
+    import cv2
+
+    src = tmp_path / "deep.png"
+    deep = (photo_like(19, 25, seed=5).astype(np.uint16) * 257 + 100).clip(0, 65535)
+    cv2.imwrite(str(src), np.ascontiguousarray(deep[:, :, ::-1].astype(np.uint16)))
+    whole = upscale(str(files["tiny"]), src, scale=3, device="cpu", precision="fp32").pixels
+    assert whole.dtype == np.uint16
+    session = ViewSession([src], models=[str(files["tiny"])], device="cpu")
+    try:
+        got = session.tile(0, "3", 40, 30, 35, 27)
+    finally:
+        session.close()
+    want = np.round(whole[30:57, 40:75] / 257.0)
+    assert_within_one_level(got, want, "16-bit")
+
+
+def test_a_cancelled_export_leaves_nothing(files, tmp_path):
+    src = tmp_path / "big.png"
+    Image.fromarray(photo_like(40, 50, seed=6)).save(src)
+    session = ViewSession([src], models=[str(files["tiny"])], device="cpu")
+    job = session.start_export(0, "40")  # 2000×1600: seconds of work
+    session.close()  # as Ctrl-C does: cancels, waits for the temporary file to go
+    assert job.state == "cancelled" and "nothing written" in job.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
