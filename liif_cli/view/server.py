@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -99,6 +100,7 @@ class ViewServer(ThreadingHTTPServer):
         self.token = token or secrets.token_hex(24)
         self.static = _static_files(self.token)
         self.host_shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), _Handler)
 
     @property
@@ -140,6 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
     def _other(self):
+        self.close_connection = True  # (a HEAD answer has no body: end the connection)
         self._refuse(Refusal(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and POST are served"))
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _other
