@@ -178,6 +178,15 @@ def test_wheel_keys_and_buttons_zoom(driver, server):
     assert state(driver, ".s") > s0
     driver.find_element("id", "zoom-100").click()
     assert state(driver, ".s") == 1
+    # drag pans
+    from selenium.webdriver.common.by import By
+
+    x0, y0 = state(driver, ".origin")
+    ActionChains(driver).drag_and_drop_by_offset(
+        driver.find_element(By.ID, "canvas"), 60, 40).perform()
+    wait_for(driver, f"v.origin[0] !== {x0}", "the drag to pan")
+    x1, y1 = state(driver, ".origin")
+    assert abs((x1 - x0) - 60) <= 1 and abs((y1 - y0) - 40) <= 1
     # zoom goes to 30× and more
     for _ in range(12):
         driver.find_element("id", "zoom-in").click()

@@ -147,6 +147,7 @@
   function draw() {
     drawPending = false;
     st.frames++;
+    st.origin = [tx, ty];
     ctx.fillStyle = BG;
     ctx.fillRect(0, 0, cw, ch);
     if (!img) return;
