@@ -104,6 +104,7 @@ def test_second_model_and_default_model_name(server, files):
                     precision="fp32").pixels
     assert_within_one_level(tile(server, image=0, scale=2, x=0, y=0, w=8, h=8),
                             first[:8, :8], "first model")
+    assert sorted(server.session._upscalers) == [("other", None), ("tiny", None)]  # once each
 
 
 def test_bicubic_tile_is_opencv_bicubic(server, files):

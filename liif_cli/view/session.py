@@ -22,12 +22,17 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from liif_cli.errors import LiifError, UsageError
 from liif_cli.runtime.sizing import parse_scale
+
+if TYPE_CHECKING:  # torch is imported where it is used: `liif view --help` stays instant
+    import torch
+
+    from liif_cli.runtime.upscaler import Upscaler
 
 BICUBIC = "bicubic"  # the pseudo-model: OpenCV bicubic on the same output grid
 MAX_TILE = 512  # output pixels per side of one tile request
@@ -52,7 +57,7 @@ class ViewImage:
     """One image of the command line: its name (never a path a request can give) and pixels."""
 
     path: Path
-    rgb: object  # torch (3, h, w) float32 in [0, 1] (grey repeated), on the CPU
+    rgb: torch.Tensor  # (3, h, w) float32 in [0, 1] (grey repeated), on the CPU
     grey: bool
     bit_depth: int
     height: int
@@ -223,7 +228,7 @@ class ViewSession:
             self.images.append(ViewImage(Path(p), rgb.contiguous(), data.channels == 1,
                                          data.bit_depth, data.height, data.width))
         self._lock = threading.Lock()
-        self._upscalers: dict[tuple[str, float | None], object] = {}
+        self._upscalers: dict[tuple[str, float | None], Upscaler] = {}
         self._sources: dict[str, str] = {}  # model name -> what load_model takes
         self.cli_models: list[str] = []
         self._names: list[str] | None = None
@@ -302,7 +307,7 @@ class ViewSession:
                 raise UsageError(f"model {name!r} has no denoise partner")
         return name
 
-    def upscaler(self, name: str, denoise: float | None):
+    def upscaler(self, name: str, denoise: float | None) -> Upscaler:
         """The Upscaler for (name, denoise), loaded once."""
         from liif_cli import Upscaler, load_model
 
