@@ -94,6 +94,44 @@ def test_chunked_equals_unchunked():
                                    atol=TILED_TOL, err_msg=f"chunk {chunk}")
 
 
+def _windows(H: int, W: int) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, h, w) windows: a corner, the middle, the right and bottom borders, 1×1, all."""
+    return [(0, 0, 5, 7), (H // 3, W // 4, H // 2, W // 3), (H - 6, W - 9, 6, 9),
+            (H - 1, W - 1, 1, 1), (0, W - 4, H, 4), (0, 0, H, W)]
+
+
+@pytest.mark.parametrize("lmf", [False, True])
+def test_window_equals_that_window_of_the_whole_render(lmf):
+    from conftest import random_lmf
+
+    model = random_lmf(seed=6) if lmf else random_model(seed=6)
+    img = torch.rand(3, 13, 17, generator=torch.Generator().manual_seed(6))
+    for sy, sx in ((2, 2), (3, 3), (7.5, 7.5), (2.5, 3), (0.7, 1.3)):
+        H, W = round(13 * sy), round(17 * sx)
+        whole = render(model, img, (H, W), tile=5)
+        for win in _windows(H, W):
+            y0, x0, h, w = win
+            got = render(model, img, (H, W), tile=5, window=win)
+            assert got.shape == (h, w, 3)
+            np.testing.assert_allclose(got, whole[y0:y0 + h, x0:x0 + w], rtol=0, atol=TILED_TOL,
+                                       err_msg=f"x{sy}x{sx} window {win}")
+        # quantised: the same 8-bit values
+        q = np.empty((6, 9, 3), np.uint8)
+        render(model, img, (H, W), q, tile=5, window=(H - 6, W - 9, 6, 9))
+        ref = np.clip(np.round(whole[H - 6:, W - 9:] * 255), 0, 255)
+        assert np.abs(q.astype(int) - ref).max() <= 1
+
+
+def test_window_outside_the_output_is_refused():
+    model = random_model(seed=6)
+    img = torch.rand(3, 4, 4)
+    for win in ((0, 0, 0, 3), (-1, 0, 2, 2), (7, 0, 2, 2), (0, 6, 2, 3)):
+        with pytest.raises(ValueError, match="window"):
+            render(model, img, (8, 8), window=win)
+    with pytest.raises(ValueError, match="out has shape"):
+        render(model, img, (8, 8), np.empty((8, 8, 3), np.float32), window=(0, 0, 2, 2))
+
+
 # down, ×1, ×2, anisotropic and non-integer (×1.29 by ×5.26): the small golden cases
 GOLDEN_CASES = ["synth_31x57_to_16x28", "synth_31x57_to_31x57", "synth_48x40_to_96x80",
                 "synth_31x57_to_40x300"]

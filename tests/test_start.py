@@ -36,7 +36,7 @@ print(json.dumps({"import": after_import, "runs": results}))
 """
 
 COMMANDS = [["--version"], ["--help"], ["upscale", "--help"], ["upscale"],
-            ["upscale", "in.png", "--no-such-option"], ["eval", "--scales"]]
+            ["upscale", "in.png", "--no-such-option"], ["eval", "--scales"], ["view", "--help"]]
 # usage errors the library checks (values, not syntax): answered before torch is imported
 VALUE_ERRORS = {
     "upscale in.png --scale abc": "error: bad scale 'abc'",
@@ -54,6 +54,8 @@ VALUE_ERRORS = {
     "train --data hr --lr -1": "error: --lr must be a positive number",
     "train --data hr --decoder mlp": "error: unknown decoder 'mlp'",
     "train --data hr --val-degrade jpeg=200": "error: ",
+    "view in.png --device tpu": "error: unknown device 'tpu'",
+    "view in.png --denoise 3": "error: --denoise must be between 0 and 1, not 3.0",
 }
 
 

@@ -560,7 +560,8 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
            *, max_memory: int = DEFAULT_MAX_MEMORY, tile: int | None = None,
            chunk: int | None = None, dtype: torch.dtype = torch.float32,
            encoder_dtype: torch.dtype = torch.float32, on_progress: ProgressFn | None = None,
-           decoder: Decoder | None = None) -> np.ndarray:
+           decoder: Decoder | None = None,
+           window: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Decode image `img` (3, h, w) in [0, 1] to an H×W RGB image.
 
     `out` may be a preallocated (H, W, 3) array: uint8 or uint16 (values quantised by
@@ -568,15 +569,22 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
     receives the mean of the three channels, taken before quantising (greyscale images).
     `decoder`: `make_decoder(model, dtype, img.device)` built beforehand and reused across
     images (`runtime.upscaler.Upscaler` does); by default one is built for this call.
+    `window` (y0, x0, h, w): decode only that window of the H×W output (`out` is then
+    (h, w, C)); only the latent tiles under it are encoded, and its pixels are those of the
+    same window of the whole render (tiles give the same latents wherever they start).
     Returns `out`. Call under `torch.inference_mode()` (or `no_grad`) to keep autograd out.
     """
     if decoder is not None and decoder.dtype != dtype:
         raise ValueError(f"decoder was built for {decoder.dtype}, but dtype is {dtype}")
     H, W = out_hw
+    wy, wx, wh, ww = (0, 0, H, W) if window is None else (int(v) for v in window)
+    if min(wy, wx) < 0 or min(wh, ww) < 1 or wy + wh > H or wx + ww > W:
+        raise ValueError(f"window {window} is not inside the {H}x{W} output")
     if out is None:
-        out = np.empty((H, W, 3), dtype=np.float32)
-    if out.shape[:2] != (H, W) or out.ndim != 3 or out.shape[2] not in (1, 3):
-        raise ValueError(f"out has shape {out.shape}; expected ({H}, {W}, 3) or ({H}, {W}, 1)")
+        out = np.empty((wh, ww, 3), dtype=np.float32)
+    if out.shape[:2] != (wh, ww) or out.ndim != 3 or out.shape[2] not in (1, 3):
+        raise ValueError(f"out has shape {out.shape}; expected ({wh}, {ww}, 3) or "
+                         f"({wh}, {ww}, 1)")
     grey = out.shape[2] == 1
     device = img.device
     h, w = img.shape[-2:]
@@ -619,19 +627,26 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
             if maxval is not None:
                 rgb = rgb.clamp_(0, 1).mul_(maxval).round_()
             # (nr, nc, C); exact integers when quantised, so numpy's cast is exact
-            out[j0:j1, c0:c1] = rgb.permute(1, 2, 0).cpu().numpy()
+            out[j0 - wy:j1 - wy, c0 - wx:c1 - wx] = rgb.permute(1, 2, 0).cpu().numpy()
         return (j1 - j0) * (c1 - c0)
 
-    done, total = 0, H * W
-    for a0 in range(0, h, plan.tile):
-        a1 = min(h, a0 + plan.tile)
+    # the latents whose output pixels the window holds; tiles start at the first of them
+    lat_y, lat_x = (0, h), (0, w)
+    if window is not None:
+        lat_y = int(ay.owner[wy]), int(ay.owner[wy + wh - 1]) + 1
+        lat_x = int(ax.owner[wx]), int(ax.owner[wx + ww - 1]) + 1
+    done, total = 0, wh * ww
+    for a0 in range(lat_y[0], lat_y[1], plan.tile):
+        a1 = min(lat_y[1], a0 + plan.tile)
         r0, r1 = ay.span(a0, a1)
-        if r0 == r1:
+        r0, r1 = max(r0, wy), min(r1, wy + wh)
+        if r0 >= r1:
             continue
-        for b0 in range(0, w, plan.tile):
-            b1 = min(w, b0 + plan.tile)
+        for b0 in range(lat_x[0], lat_x[1], plan.tile):
+            b1 = min(lat_x[1], b0 + plan.tile)
             t0, t1 = ax.span(b0, b1)
-            if t0 == t1:
+            t0, t1 = max(t0, wx), min(t1, wx + ww)
+            if t0 >= t1:
                 continue
             # input crop with halo; P region = latents [a0 - 2, a1 + 2) clipped to the image
             iy0, iy1 = max(0, a0 - halo), min(h, a1 + halo)

@@ -88,19 +88,21 @@ class Upscaler:
 
     def render(self, img: torch.Tensor, out_hw: tuple[int, int], out: np.ndarray | None = None,
                *, on_progress: engine.ProgressFn | None = None,
-               dtype: torch.dtype | None = None) -> np.ndarray:
+               dtype: torch.dtype | None = None,
+               window: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """`engine.render` of `img` (3, h, w) in [0, 1] to `out_hw` (H, W), the whole forward
         pass in `dtype` (default: this Upscaler's precision), with the cached decoder.
 
         `out` as in `engine.render`: None (float32 (H, W, 3), raw), or a preallocated
-        uint8/uint16/float32 (H, W, 3) or (H, W, 1) array. Returns it.
+        uint8/uint16/float32 (H, W, 3) or (H, W, 1) array. Returns it. `window` (y0, x0, h, w):
+        only that window of the output, into an (h, w, C) `out` (`engine.render`).
         """
         dtype = self.dtype if dtype is None else dtype
         dec = self.decoder(dtype)
         with torch.inference_mode():
             return engine.render(self.model, img.to(self.device), out_hw, out,
                                  max_memory=self.max_memory, dtype=dtype, encoder_dtype=dtype,
-                                 decoder=dec, on_progress=on_progress)
+                                 decoder=dec, on_progress=on_progress, window=window)
 
     def upscale_image(self, image: ImageData, out_hw: tuple[int, int], *,
                       on_progress: engine.ProgressFn | None = None) -> UpscaleResult:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from liif_cli.cli.commands import batch, bench, evaluate, export, models, train, upscale
+from liif_cli.cli.commands import batch, bench, evaluate, export, models, train, upscale, view
 
 
 def register(app: typer.Typer) -> None:
@@ -19,3 +19,4 @@ def register(app: typer.Typer) -> None:
     app.command(name="eval")(evaluate.eval_)
     app.command(context_settings=batch.CONTEXT)(batch.batch)
     app.command()(bench.bench)
+    app.command()(view.view)

@@ -1,0 +1,102 @@
+"""`liif view`: serve a local page to look at images at any zoom (`liif_cli.view`).
+
+Prints the URL (with its token) on stdout at once, opens the browser unless --no-browser, and
+serves until Ctrl-C (exit 130) or SIGTERM (exit 143), then stops the server, cancels a running
+export (its temporary file is removed) and returns.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WAIT_S = 0.5  # the main thread's wait between looks at the stop flag (signals land there)
+
+
+def view(
+    images: Annotated[List[Path], typer.Argument(help="Images to look at (a strip switches "
+                                                 "between several).", show_default=False)],
+    model: Annotated[Optional[List[str]], typer.Option(
+        "--model", "-m", help="Model name or checkpoint path; repeat it to compare two "
+        "(the second starts on the left of the split). Default: bundled.",
+        envvar="LIIF_MODEL", show_envvar=True)] = None,
+    denoise: Annotated[Optional[float], typer.Option(
+        help="0 to 1: the default/real blend the first model starts at (see `liif upscale`).",
+        show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.",
+                                        envvar="LIIF_DEVICE", show_envvar=True)] = "auto",
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but 127.0.0.1 lets "
+                                      "others who have the URL in.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535,
+                                      help="Port; 0 picks a free one.")] = 8765,
+    no_browser: Annotated[bool, typer.Option("--no-browser",
+                                             help="Print the URL only.")] = False,
+    output_dir: Annotated[Optional[Path], typer.Option(
+        help="Folder for 'upscale the whole image' (default: next to each image).")] = None,
+):
+    """Look at images at any zoom in the browser, the visible part drawn by the model.
+
+    Example: liif view photo.jpg · liif view a.png b.png --model real --no-browser --port 0
+    """
+    import signal
+
+    from liif_cli.cli.displays import console
+    from liif_cli.cli.options import check_options, own_the_process
+    from liif_cli.errors import UsageError, signal_exit_code
+
+    check_options(device=device, denoise=denoise)
+    own_the_process()
+    from liif_cli.view.server import ViewServer
+    from liif_cli.view.session import ViewSession
+
+    session = ViewSession(images, models=model, denoise=denoise, device=device,
+                          output_dir=output_dir)
+    try:
+        server = ViewServer(session, host, port)
+    except OSError as e:
+        session.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e} "
+                         "(try another --port, or --port 0)") from None
+    if host not in LOOPBACK:
+        console.print(f"note: listening on {host}: anyone who can reach this machine and has "
+                      "the URL can use it", soft_wrap=True)
+    print(server.url, flush=True)  # stdout, at once: scripts and tests read it
+
+    stop, got = threading.Event(), {}
+
+    def on_signal(signum, frame):
+        got["signal"] = signum
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start()
+        if not no_browser:
+            _open_browser(server.url, console)
+        while not stop.wait(WAIT_S):
+            pass
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        server.stop()
+    console.print("stopped")
+    raise typer.Exit(signal_exit_code(got.get("signal")))
+
+
+def _open_browser(url: str, console) -> None:
+    """The default browser, in a thread (some wait for the browser); not on a Linux console
+    without a display, where Python's fallbacks are text browsers that would take the
+    terminal."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                 or os.environ.get("WAYLAND_DISPLAY")):
+        console.print("note: no display: open the URL in a browser", soft_wrap=True)
+        return
+    import webbrowser
+
+    threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
