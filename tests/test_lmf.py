@@ -14,6 +14,7 @@ from liif_cli.cli import app
 from liif_cli.errors import CheckpointError, UsageError
 from liif_cli.model import LMLIIF, LmfConfig, config_from_spec, make_cell, make_coord
 from liif_cli.runtime import engine
+from liif_cli.runtime.decoders import lmf as lmf_decoder
 from liif_cli.runtime.weights import (
     checkpoint_dict,
     load_checkpoint,
@@ -179,9 +180,9 @@ def test_engine_working_memory_does_not_grow_with_output():
         return max(e.cpu_memory_usage for e in prof.events())
 
     small, big = largest_allocation((48, 48)), largest_allocation((256, 256))
-    ch = engine.LmfDecoder.channels_of(model.config)
+    ch = lmf_decoder.LmfDecoder.channels_of(model.config)
     # a chunk: its gathered P (members × queries × channels) and ≤ 4× hidden activations
-    chunk_bytes = 4 * 256 * (ch + 4 * engine.LMF_QUERY_LIVE_HIDDEN * 16) * 4
+    chunk_bytes = 4 * 256 * (ch + 4 * lmf_decoder.LMF_QUERY_LIVE_HIDDEN * 16) * 4
     assert big <= max(small, chunk_bytes), (small, big)
     assert big < 256 * 256 * 3 * 4 / 1.5  # below one float32 copy of the output
 
@@ -190,7 +191,7 @@ def test_engine_runs_split_and_pad_rows_exactly():
     """Output rows that read one latent row form runs of at most `run` rows; longer runs
     (clamped borders) are split and short ones padded, and every row finds its own slot."""
     model = random_lmf()
-    dec = engine.LmfDecoder(model, torch.float32, torch.device("cpu"))
+    dec = lmf_decoder.LmfDecoder(model, torch.float32, torch.device("cpu"))
     dec.run = 3
     iy = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2])  # a 5-row run at the border: 3 + 2
     ry = torch.linspace(-1, 1, 9)
