@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .coords import coord_seq, make_coord
+from .coords import coord_seq, inverse, make_coord
 
 ENSEMBLE_EPS_SHIFT = 1e-6  # nudge off exact latent borders so ties go one way (official value)
 COORD_CLAMP = 1 - 1e-6  # keep shifted queries strictly inside the grid (official value)
@@ -54,8 +54,10 @@ def members(local_ensemble: bool) -> list[tuple[int, int]]:
 
 
 def shift(coord: torch.Tensor, v: int, n: int, eps: float) -> torch.Tensor:
-    """One axis of query coordinates moved by v half cells of an n-latent axis, clamped."""
-    return (coord + (v * (1 / n) + eps)).clamp(-COORD_CLAMP, COORD_CLAMP)
+    """One axis of query coordinates moved by v half cells of an n-latent axis, clamped. The
+    shift is computed in float64 and rounded once, as the official `vx * rx + eps_shift`."""
+    offset = (v * inverse(n) + eps).float()  # a 0-dim CPU scalar: fine on any device
+    return (coord + offset).clamp(-COORD_CLAMP, COORD_CLAMP)
 
 
 def nearest_latent(shifted: torch.Tensor, n: int) -> torch.Tensor:
