@@ -1,5 +1,5 @@
 """LM-LIIF (`lmf.py`) is the official function: official golden outputs, official key names and
-shapes loading strictly, and the engine's fast path equal to the plain reference forward."""
+shapes loading strictly, and the engine equal to the plain reference forward."""
 
 from __future__ import annotations
 
@@ -396,3 +396,28 @@ def test_engine_decodes_pieces_side_by_side_with_the_same_pixels():
     assert np.abs(side - ref).max() < 2e-5
     np.testing.assert_allclose(side, serial, rtol=0, atol=1e-6)
     assert len(seen) > 4 and seen == sorted(seen) and seen[-1] == (70 * 61, 70 * 61)
+
+
+def test_cell_is_clipped_at_the_training_scale_as_the_official_lmf_demo(monkeypatch):
+    """Official LMF demo/test: cell × max(s / 4, 1). At ×6 the model sees ×4's cell (per axis
+    here: ×6 rows, ×2 columns clips the rows only), in the reference and the engine alike;
+    up to ×4 nothing changes (the golden above)."""
+    from liif_cli.model import lmf
+
+    model = random_lmf()
+    img = torch.from_numpy(photo_like(13, 11)).permute(2, 0, 1).float() / 255
+    H, W = 13 * 6, 11 * 2
+    with torch.no_grad():
+        feat = model.encode(((img - 0.5) / 0.5)[None])
+        coord, cell = make_coord((H, W))[None], make_cell((H, W), H * W)[None]
+        ours = model.query(feat, coord, cell)
+        official = model.query(feat, coord, cell * torch.tensor([6 / 4, 1.0]))
+        monkeypatch.setattr(lmf, "clip_rel_cell", lambda rel: rel)
+        unclipped = model.query(feat, coord, cell)
+        monkeypatch.undo()
+    assert (ours - official).abs().max() <= 1e-5
+    assert (ours - unclipped).abs().max() > 1e-3  # the clip matters at ×6
+    ref = (ours[0] * 0.5 + 0.5).view(H, W, 3).numpy()
+    with torch.inference_mode():
+        got = engine.render(model, img, (H, W), tile=5, chunk=300)
+    assert np.abs(got - ref).max() <= ENGINE_TOL

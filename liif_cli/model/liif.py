@@ -1,7 +1,9 @@
 """LIIF: encoder + MLP decoder with feature unfolding, local ensemble and cell decoding.
 
 `LIIF.query` is a plain, direct implementation of the official forward pass (`query_rgb` in
-yinboc/liif), kept as the oracle that the fast engine (`liif_cli.engine`) is tested against.
+yinboc/liif), kept as the oracle that the engine (`liif_cli.runtime.engine`) is tested against;
+`query_fast` is the same function with the first layer on the grid (training, ONNX). Both take
+their local ensemble from `ensemble.py`.
 Pure API: `feat = model.encode(img)` then `rgb = model.query(feat, coord, cell)`; nothing is
 stored between calls and the device always comes from the tensors.
 
@@ -53,13 +55,7 @@ class LiifConfig:
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "LiifConfig":
         """Read an official model spec; defaults are the official ones."""
-        if not isinstance(spec, dict) or spec.get("name") != "liif":
-            name = spec.get("name") if isinstance(spec, dict) else type(spec).__name__
-            raise CheckpointError(f"model is {name!r}, not a LIIF model ('liif')")
-        args = spec.get("args") or {}
-        enc = args.get("encoder_spec")
-        if not isinstance(enc, dict) or "name" not in enc:
-            raise CheckpointError("model spec has no encoder_spec")
+        args, enc = spec_parts(spec, "liif", "a LIIF model ('liif')")
         imnet = args.get("imnet_spec")
         if not isinstance(imnet, dict) or imnet.get("name") != "mlp":
             raise CheckpointError("model spec has no MLP decoder (imnet_spec of name 'mlp')")
@@ -69,9 +65,7 @@ class LiifConfig:
             encoder_args=dict(enc.get("args") or {}),
             hidden=tuple(int(h) for h in iargs.get("hidden_list", ())),
             out_dim=int(iargs.get("out_dim", 3)),
-            local_ensemble=bool(args.get("local_ensemble", True)),
-            feat_unfold=bool(args.get("feat_unfold", True)),
-            cell_decode=bool(args.get("cell_decode", True)),
+            **decoder_switches(args),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,18 +74,40 @@ class LiifConfig:
         return d
 
 
+def spec_parts(spec: Any, name: str, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An official spec's args and encoder_spec, once its name is checked to be `name`."""
+    if not isinstance(spec, dict) or spec.get("name") != name:
+        shown = spec.get("name") if isinstance(spec, dict) else type(spec).__name__
+        raise CheckpointError(f"model is {shown!r}, not {what}")
+    args = spec.get("args") or {}
+    enc = args.get("encoder_spec")
+    if not isinstance(enc, dict) or "name" not in enc:
+        raise CheckpointError("model spec has no encoder_spec")
+    return args, enc
+
+
+def decoder_switches(args: dict[str, Any]) -> dict[str, bool]:
+    """local_ensemble, feat_unfold and cell_decode of an official spec's args (default on)."""
+    return {k: bool(args.get(k, True)) for k in ("local_ensemble", "feat_unfold", "cell_decode")}
+
+
+def linear_stack(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+    """Linear/ReLU pairs, then an output Linear: names `layers.{0,2,4,...}`, as official."""
+    layers: list[nn.Module] = []
+    last = in_dim
+    for h in hidden:
+        layers += [nn.Linear(last, h), nn.ReLU()]
+        last = h
+    layers.append(nn.Linear(last, out_dim))
+    return nn.Sequential(*layers)
+
+
 class MLP(nn.Module):
     """Linear/ReLU stack; parameter names `layers.{0,2,4,...}` as the official `mlp`."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: tuple[int, ...]):
         super().__init__()
-        layers: list[nn.Module] = []
-        last = in_dim
-        for h in hidden:
-            layers += [nn.Linear(last, h), nn.ReLU()]
-            last = h
-        layers.append(nn.Linear(last, out_dim))
-        self.layers = nn.Sequential(*layers)
+        self.layers = linear_stack(in_dim, hidden, out_dim)
 
     @property
     def linears(self) -> list[nn.Linear]:

@@ -7,7 +7,7 @@ the 3×3-unfolded latent plus the relative cell to
 and, once per output pixel and ensemble member, a tiny *render MLP* (the official `imnet`,
 `lmmlp`: hidden 16, depth 6) decodes [compressed latent, rel. coord, rel. cell] with every
 hidden layer's output modulated as `h * (scale + 1) + shift` before its ReLU. Local ensemble,
-cell decoding and the coordinate conventions are LIIF's (`liif.py`); the member of each query
+cell decoding and the coordinate conventions are LIIF's (`ensemble.py`); the member of each query
 takes its modulations and compressed latent from the same (nearest, shifted) latent.
 
 Official facts this file follows (github HeZongyao/LMF, models/lmliif.py, lmmlp.py, mlp.py):
@@ -44,7 +44,7 @@ from torch import nn
 from ..errors import CheckpointError
 from .encoders import make_encoder
 from .ensemble import ensemble_reference, rel_cell
-from .liif import MLP
+from .liif import MLP, decoder_switches, linear_stack, spec_parts
 
 LMF_NAME = "lmliif"  # official model name in checkpoints
 # The largest scale LM-LIIF models train at (the official `scale_max`, demo.py and test.py):
@@ -112,13 +112,7 @@ class LmfConfig:
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "LmfConfig":
         """Read an official lmliif spec; defaults are the official constructor's."""
-        if not isinstance(spec, dict) or spec.get("name") != LMF_NAME:
-            name = spec.get("name") if isinstance(spec, dict) else type(spec).__name__
-            raise CheckpointError(f"model is {name!r}, not an LM-LIIF model ({LMF_NAME!r})")
-        args = spec.get("args") or {}
-        enc = args.get("encoder_spec")
-        if not isinstance(enc, dict) or "name" not in enc:
-            raise CheckpointError("model spec has no encoder_spec")
+        args, enc = spec_parts(spec, LMF_NAME, f"an LM-LIIF model ({LMF_NAME!r})")
         imnet, hyper = args.get("imnet_spec"), args.get("hypernet_spec")
         if not isinstance(imnet, dict) or imnet.get("name") != "lmmlp":
             raise CheckpointError("LM-LIIF spec has no render MLP (imnet_spec of name 'lmmlp')")
@@ -139,9 +133,7 @@ class LmfConfig:
             mod_shift=bool(iargs.get("mod_shift", True)),
             mod_input=bool(args.get("mod_input", False)),  # official constructor default
             out_dim=int(iargs.get("out_dim", 3)),
-            local_ensemble=bool(args.get("local_ensemble", True)),
-            feat_unfold=bool(args.get("feat_unfold", True)),
-            cell_decode=bool(args.get("cell_decode", True)),
+            **decoder_switches(args),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -157,13 +149,7 @@ class ModulatedMLP(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, hidden: int, depth: int,
                  mod_scale: bool, mod_shift: bool):
         super().__init__()
-        layers: list[nn.Module] = []
-        last = in_dim
-        for _ in range(depth):
-            layers += [nn.Linear(last, hidden), nn.ReLU()]
-            last = hidden
-        layers.append(nn.Linear(last, out_dim))
-        self.layers = nn.Sequential(*layers)
+        self.layers = linear_stack(in_dim, (hidden,) * depth, out_dim)
         self.hidden, self.depth = hidden, depth
         self.mod_scale, self.mod_shift = mod_scale, mod_shift
 
