@@ -1,35 +1,28 @@
-"""Memory-bounded LIIF and LM-LIIF inference: tiled encoding, first layer on the latent grid,
-chunked queries.
+"""Memory-bounded LIIF and LM-LIIF inference: the plan, and the tile/chunk loop.
 
-The same function as `LIIF.query` (the oracle), reorganised; nothing here approximates:
-- The MLP's first layer is linear in [unfolded latent, rel. coord, cell]. Its latent part is a
-  3×3 convolution of the latent grid (unfold channel order c*9 + ky*3 + kx, zero padding), so we
-  compute it once per latent pixel (`P`, (h, w, hidden)) instead of once per query and ensemble
-  member; the cell part is one constant per image, folded into P's bias.
-- Query coordinates are separable: row j of the output only fixes the row latent index and the
-  row offset, column i only the column ones. Each chunk's coordinates are generated on the fly
-  from 1-D axes; there are no full-size coordinate or cell tensors. The row-offset term is added
-  to the few latent rows a chunk needs before its columns are gathered, so the full-size work of
-  the first layer is one gather, one add (the column-offset term) and one ReLU.
-- The 4 ensemble members of a chunk go through the remaining layers as one batched matmul each;
-  on the CPU through oneDNN with bias and ReLU fused (`torch.ops.mkldnn._linear_pointwise`,
-  checked against `addmm` before use; plain `addmm` + `relu_` elsewhere).
+The same function as `LIIF.query` / `LMLIIF.query` (the oracles), reorganised; nothing here
+approximates:
 - The latent grid is encoded in tiles with a halo of `receptive_radius + TILE_MARGIN` input
   pixels, so tiles give the same latents as one whole-image pass; each tile decodes the output
   pixels whose centres fall in it, straight into the caller's output buffer.
+- Per tile, the decoder computes P: per latent, all the work that does not depend on the query
+  (LIIF: its MLP's first layer, a 3×3 convolution of the grid; LM-LIIF: the latent MLP's
+  modulations and the render MLP's first layer).
+- Query coordinates are separable: row j of the output only fixes the row latents and offsets
+  of the local ensemble (`model.ensemble.axis_members`), column i only the column ones. Each
+  chunk's coordinates come from 1-D axes; there are no full-size coordinate or cell tensors.
+  A tile's output is cut into column pieces, each into row chunks, which the decoder decodes.
 
-This module is the plan and the tile/chunk loop; what P is and how a chunk is decoded is each
-architecture's decoder's (`runtime.decoders`: `LiifDecoder`, and `LmfDecoder` for LM-LIIF,
-whose P is the latent MLP's output (modulations) plus the render MLP's first layer, so that
-only the 16-wide render MLP runs per query). The ensemble's lookups and weights are
-`model.ensemble`'s.
+What P is and how a chunk is decoded (and how big a chunk may be, whether pieces run side by
+side) is each architecture's decoder's: `runtime.decoders` (`LiifDecoder`, `LmfDecoder`),
+behind one protocol, so that this loop has no architecture branches.
 
 Precision: the encoder and P are float32 unless `encoder_dtype` says otherwise (then the
-encoder runs under autocast; in fp32 no autocast region is entered at all, which torch 2.3-2.5
-refuse on MPS even disabled); the decoder MLP runs in `dtype` (fp32, or bf16/fp16 for speed);
-the ensemble blend is always float32. Quantised outputs are clamped, scaled and rounded on the
-device, and come to the host as uint8/uint16. The tasks
-set both to one dtype through `runtime.upscaler.Upscaler` (the policy is `runtime.device`'s).
+encoder runs under autocast; in fp32 no autocast region is entered at all: torch 2.3-2.5 refuse
+one on MPS, even disabled); the decoder MLP runs in `dtype` (fp32, or bf16/fp16 for speed);
+the ensemble blend is always float32. The tasks set both to one dtype through
+`runtime.upscaler.Upscaler` (the policy is `runtime.device`'s). Quantised outputs are clamped,
+scaled and rounded on the device and come to the host as uint8/uint16.
 Tile and chunk sizes come from a memory budget (`max_memory` bytes of working memory), so peak
 memory does not grow with the output beyond the output buffer itself.
 """
@@ -159,7 +152,7 @@ class _Axis:
         return lo, hi
 
 
-def _pieces(dec, p: torch.Tensor, ax: _Axis, ay: _Axis, col_span: tuple[int, int],
+def _pieces(dec: Decoder, p: torch.Tensor, ax: _Axis, ay: _Axis, col_span: tuple[int, int],
             row_span: tuple[int, int], col_piece: int, chunk: int, px0: int, py0: int
             ) -> Iterator[tuple]:
     """A tile's output in pieces of at most `chunk` queries: column pieces of `col_piece`

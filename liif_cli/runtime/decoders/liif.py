@@ -1,5 +1,17 @@
 """LIIF's decoder for the engine (`engine.render`): the first layer on the latent grid, the
-rest per query, all ensemble members of a chunk in one batched matmul per layer."""
+rest per query, all ensemble members of a chunk in one batched matmul per layer.
+
+- The MLP's first layer is linear in [unfolded latent, rel. coord, cell]. Its latent part is a
+  3×3 convolution of the latent grid (unfold channel order c*9 + ky*3 + kx, zero padding), so
+  it is computed once per latent (`P`, (h, w, hidden)) instead of once per query and ensemble
+  member; the cell part is one constant per image, folded into P's bias.
+- The row-offset term is added to the few latent rows a chunk needs before its columns are
+  gathered, so the full-size work of the first layer is one gather, one add (the column-offset
+  term) and one ReLU.
+- The 4 ensemble members of a chunk go through the remaining layers as one batched matmul each;
+  on the CPU through oneDNN with bias and ReLU fused (`kernels`, checked against `addmm`
+  before use; plain `addmm` + `relu_` elsewhere).
+"""
 
 from __future__ import annotations
 
