@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from liif_cli.model import LMLIIF
 from liif_cli.model.encoders import MeanShift
 from liif_cli.runtime import engine
+from liif_cli.runtime.decoders import kernels
 from liif_cli.runtime.weights import save_checkpoint
 from liif_cli.tasks.bench import random_model, synthetic_image
 
@@ -72,14 +73,14 @@ def counted_macs(model, size: int, scale: float) -> float:
     """Matmul and convolution multiply-adds of one engine.render, per output pixel."""
     img = torch.from_numpy(synthetic_image(size)).permute(2, 0, 1).float() / 255
     out_hw = (round(size * scale), round(size * scale))
-    fused = dict(engine._FUSED_OK)
-    engine._FUSED_OK[torch.float32] = False  # the counter sees addmm, not oneDNN's fused op
+    fused = dict(kernels._FUSED_OK)
+    kernels._FUSED_OK[torch.float32] = False  # the counter sees addmm, not oneDNN's fused op
     try:
         with FlopCounterMode(display=False) as fc, torch.inference_mode():
             engine.render(model, img, out_hw)
     finally:
-        engine._FUSED_OK.clear()
-        engine._FUSED_OK.update(fused)
+        kernels._FUSED_OK.clear()
+        kernels._FUSED_OK.update(fused)
     return fc.get_total_flops() / 2 / (out_hw[0] * out_hw[1])
 
 

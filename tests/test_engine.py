@@ -1,4 +1,4 @@
-"""The fast engine is the official forward pass: against the oracle (`LIIF.query`), the official
+"""The engine is the official forward pass: against the oracle (`LIIF.query`), the official
 golden outputs, itself tiled and untiled, and in its memory plan."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ENCODER, random_model, tiny_config
+from conftest import TINY_ENCODER, random_lmf, random_model, tiny_config
 
 from liif_cli.model import LIIF, LiifConfig
 from liif_cli.model.coords import make_cell, make_coord
@@ -51,7 +51,7 @@ CASES = [
 
 @pytest.mark.parametrize("flags", list(itertools.product([True, False], repeat=3)),
                          ids=lambda f: "le{:d}-fu{:d}-cd{:d}".format(*f))
-def test_fast_equals_oracle_every_architecture_switch(flags):
+def test_engine_equals_oracle_every_architecture_switch(flags):
     le, fu, cd = flags
     model = random_model(tiny_config(local_ensemble=le, feat_unfold=fu, cell_decode=cd))
     g = torch.Generator().manual_seed(1)
@@ -62,7 +62,7 @@ def test_fast_equals_oracle_every_architecture_switch(flags):
                                    err_msg=f"{h}x{w} -> {H}x{W}, tile {tile}, chunk {chunk}")
 
 
-def test_fast_equals_oracle_random_sizes_scales_tiles_chunks():
+def test_engine_equals_oracle_random_sizes_scales_tiles_chunks():
     model = random_model(seed=2)
     rng = np.random.default_rng(7)
     for _ in range(12):
@@ -177,6 +177,36 @@ def test_grey_output_is_channel_mean_before_quantising():
     assert np.abs(grey.astype(int) - expected).max() <= 1
     with pytest.raises(ValueError, match="expected"):
         render(model, img, (20, 21), np.empty((20, 21, 2), np.uint8))
+
+
+def test_fp32_enters_no_autocast_region(monkeypatch):
+    """torch 2.3-2.5 refuse `torch.autocast("mps", enabled=False)`: fp32 builds none at all."""
+    def refuse(*args, **kw):
+        raise AssertionError("torch.autocast constructed in fp32")
+
+    monkeypatch.setattr(torch, "autocast", refuse)
+    img = torch.rand(3, 9, 8, generator=torch.Generator().manual_seed(3))
+    for model in (random_model(), random_lmf()):
+        assert np.isfinite(render(model, img, (20, 17), tile=4)).all()
+
+
+def test_quantised_chunks_come_to_the_host_as_integers(monkeypatch):
+    """uint8/uint16 outputs are quantised on the device and copied as such; float32 stays."""
+    copied: list[torch.dtype] = []
+    real = torch.Tensor.cpu
+
+    def spy(self, *args, **kw):
+        copied.append(self.dtype)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", spy)
+    model = random_model(seed=5)
+    img = torch.rand(3, 9, 10, generator=torch.Generator().manual_seed(5))
+    for dtype, want in ((np.uint8, torch.uint8), (np.uint16, torch.uint16),
+                        (np.float32, torch.float32)):
+        copied.clear()
+        out = render(model, img, (27, 31), np.empty((27, 31, 3), dtype), tile=4, chunk=50)
+        assert out.dtype == dtype and copied and set(copied) == {want}, (dtype, copied)
 
 
 def test_progress_reports_every_pixel_once():

@@ -1,5 +1,5 @@
 """LM-LIIF (`lmf.py`) is the official function: official golden outputs, official key names and
-shapes loading strictly, and the engine's fast path equal to the plain reference forward."""
+shapes loading strictly, and the engine equal to the plain reference forward."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from liif_cli.cli import app
 from liif_cli.errors import CheckpointError, UsageError
 from liif_cli.model import LMLIIF, LmfConfig, config_from_spec, make_cell, make_coord
 from liif_cli.runtime import engine
+from liif_cli.runtime.decoders import lmf as lmf_decoder
 from liif_cli.runtime.weights import (
     checkpoint_dict,
     load_checkpoint,
@@ -179,9 +180,9 @@ def test_engine_working_memory_does_not_grow_with_output():
         return max(e.cpu_memory_usage for e in prof.events())
 
     small, big = largest_allocation((48, 48)), largest_allocation((256, 256))
-    ch = engine.LmfDecoder.channels_of(model.config)
+    ch = lmf_decoder.LmfDecoder.channels_of(model.config)
     # a chunk: its gathered P (members × queries × channels) and ≤ 4× hidden activations
-    chunk_bytes = 4 * 256 * (ch + 4 * engine.LMF_QUERY_LIVE_HIDDEN * 16) * 4
+    chunk_bytes = 4 * 256 * (ch + 4 * lmf_decoder.LMF_QUERY_LIVE_HIDDEN * 16) * 4
     assert big <= max(small, chunk_bytes), (small, big)
     assert big < 256 * 256 * 3 * 4 / 1.5  # below one float32 copy of the output
 
@@ -190,7 +191,7 @@ def test_engine_runs_split_and_pad_rows_exactly():
     """Output rows that read one latent row form runs of at most `run` rows; longer runs
     (clamped borders) are split and short ones padded, and every row finds its own slot."""
     model = random_lmf()
-    dec = engine.LmfDecoder(model, torch.float32, torch.device("cpu"))
+    dec = lmf_decoder.LmfDecoder(model, torch.float32, torch.device("cpu"))
     dec.run = 3
     iy = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2])  # a 5-row run at the border: 3 + 2
     ry = torch.linspace(-1, 1, 9)
@@ -395,3 +396,28 @@ def test_engine_decodes_pieces_side_by_side_with_the_same_pixels():
     assert np.abs(side - ref).max() < 2e-5
     np.testing.assert_allclose(side, serial, rtol=0, atol=1e-6)
     assert len(seen) > 4 and seen == sorted(seen) and seen[-1] == (70 * 61, 70 * 61)
+
+
+def test_cell_is_clipped_at_the_training_scale_as_the_official_lmf_demo(monkeypatch):
+    """Official LMF demo/test: cell × max(s / 4, 1). At ×6 the model sees ×4's cell (per axis
+    here: ×6 rows, ×2 columns clips the rows only), in the reference and the engine alike;
+    up to ×4 nothing changes (the golden above)."""
+    from liif_cli.model import lmf
+
+    model = random_lmf()
+    img = torch.from_numpy(photo_like(13, 11)).permute(2, 0, 1).float() / 255
+    H, W = 13 * 6, 11 * 2
+    with torch.no_grad():
+        feat = model.encode(((img - 0.5) / 0.5)[None])
+        coord, cell = make_coord((H, W))[None], make_cell((H, W), H * W)[None]
+        ours = model.query(feat, coord, cell)
+        official = model.query(feat, coord, cell * torch.tensor([6 / 4, 1.0]))
+        monkeypatch.setattr(lmf, "clip_rel_cell", lambda rel: rel)
+        unclipped = model.query(feat, coord, cell)
+        monkeypatch.undo()
+    assert (ours - official).abs().max() <= 1e-5
+    assert (ours - unclipped).abs().max() > 1e-3  # the clip matters at ×6
+    ref = (ours[0] * 0.5 + 0.5).view(H, W, 3).numpy()
+    with torch.inference_mode():
+        got = engine.render(model, img, (H, W), tile=5, chunk=300)
+    assert np.abs(got - ref).max() <= ENGINE_TOL

@@ -11,12 +11,20 @@ from __future__ import annotations
 import torch
 
 
+def inverse(n: int) -> torch.Tensor:
+    """1 / n as a float64 scalar tensor (on the CPU; MPS has no float64): the same bits as
+    Python's `1 / n`, also when n is a traced size, so that an exported graph (ONNX) does this
+    arithmetic exactly as the eager code does (a graph's own float32 sizes would not)."""
+    return 1.0 / torch.scalar_tensor(n, dtype=torch.float64)
+
+
 def coord_seq(n: int, start: int = 0, stop: int | None = None, *, device=None) -> torch.Tensor:
     """Centres of pixels start..stop-1 of an axis of n pixels, float32, shape (stop - start,)."""
     stop = n if stop is None else stop
-    r = 1.0 / n  # half a pixel in [-1, 1] units: (v1 - v0) / (2n)
+    r = inverse(n)  # half a pixel in [-1, 1] units: (v1 - v0) / (2n), in float64
     idx = torch.arange(start, stop, device=device).float()
-    return (-1 + r) + (2 * r) * idx
+    # the official order of operations: (-1 + r) and 2r rounded to float32, then in float32
+    return (-1 + r).float() + (2 * r).float() * idx  # 0-dim CPU scalars: fine on any device
 
 
 def make_coord(shape: tuple[int, int], *, flatten: bool = True, device=None) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """LIIF: encoder + MLP decoder with feature unfolding, local ensemble and cell decoding.
 
 `LIIF.query` is a plain, direct implementation of the official forward pass (`query_rgb` in
-yinboc/liif), kept as the oracle that the fast engine (`liif_cli.engine`) is tested against.
+yinboc/liif), kept as the oracle that the engine (`liif_cli.runtime.engine`) is tested against;
+`query_fast` is the same function with the first layer on the grid (training, ONNX). Both take
+their local ensemble from `ensemble.py`.
 Pure API: `feat = model.encode(img)` then `rgb = model.query(feat, coord, cell)`; nothing is
 stored between calls and the device always comes from the tensors.
 
@@ -20,12 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from .coords import coord_seq, make_coord
 from .encoders import make_encoder
-
-ENSEMBLE_EPS_SHIFT = 1e-6  # nudge off exact latent borders so ties go one way (official value)
-COORD_CLAMP = 1 - 1e-6  # keep shifted queries strictly inside the grid (official value)
-AREA_EPS = 1e-9  # keeps ensemble weights finite when a query sits on a latent centre (official)
+from .ensemble import axis_members, ensemble_reference, member_weights, rel_cell
 
 
 @dataclass(frozen=True)
@@ -57,13 +55,7 @@ class LiifConfig:
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "LiifConfig":
         """Read an official model spec; defaults are the official ones."""
-        if not isinstance(spec, dict) or spec.get("name") != "liif":
-            name = spec.get("name") if isinstance(spec, dict) else type(spec).__name__
-            raise CheckpointError(f"model is {name!r}, not a LIIF model ('liif')")
-        args = spec.get("args") or {}
-        enc = args.get("encoder_spec")
-        if not isinstance(enc, dict) or "name" not in enc:
-            raise CheckpointError("model spec has no encoder_spec")
+        args, enc = spec_parts(spec, "liif", "a LIIF model ('liif')")
         imnet = args.get("imnet_spec")
         if not isinstance(imnet, dict) or imnet.get("name") != "mlp":
             raise CheckpointError("model spec has no MLP decoder (imnet_spec of name 'mlp')")
@@ -73,9 +65,7 @@ class LiifConfig:
             encoder_args=dict(enc.get("args") or {}),
             hidden=tuple(int(h) for h in iargs.get("hidden_list", ())),
             out_dim=int(iargs.get("out_dim", 3)),
-            local_ensemble=bool(args.get("local_ensemble", True)),
-            feat_unfold=bool(args.get("feat_unfold", True)),
-            cell_decode=bool(args.get("cell_decode", True)),
+            **decoder_switches(args),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -84,18 +74,40 @@ class LiifConfig:
         return d
 
 
+def spec_parts(spec: Any, name: str, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An official spec's args and encoder_spec, once its name is checked to be `name`."""
+    if not isinstance(spec, dict) or spec.get("name") != name:
+        shown = spec.get("name") if isinstance(spec, dict) else type(spec).__name__
+        raise CheckpointError(f"model is {shown!r}, not {what}")
+    args = spec.get("args") or {}
+    enc = args.get("encoder_spec")
+    if not isinstance(enc, dict) or "name" not in enc:
+        raise CheckpointError("model spec has no encoder_spec")
+    return args, enc
+
+
+def decoder_switches(args: dict[str, Any]) -> dict[str, bool]:
+    """local_ensemble, feat_unfold and cell_decode of an official spec's args (default on)."""
+    return {k: bool(args.get(k, True)) for k in ("local_ensemble", "feat_unfold", "cell_decode")}
+
+
+def linear_stack(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+    """Linear/ReLU pairs, then an output Linear: names `layers.{0,2,4,...}`, as official."""
+    layers: list[nn.Module] = []
+    last = in_dim
+    for h in hidden:
+        layers += [nn.Linear(last, h), nn.ReLU()]
+        last = h
+    layers.append(nn.Linear(last, out_dim))
+    return nn.Sequential(*layers)
+
+
 class MLP(nn.Module):
     """Linear/ReLU stack; parameter names `layers.{0,2,4,...}` as the official `mlp`."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: tuple[int, ...]):
         super().__init__()
-        layers: list[nn.Module] = []
-        last = in_dim
-        for h in hidden:
-            layers += [nn.Linear(last, h), nn.ReLU()]
-            last = h
-        layers.append(nn.Linear(last, out_dim))
-        self.layers = nn.Sequential(*layers)
+        self.layers = linear_stack(in_dim, hidden, out_dim)
 
     @property
     def linears(self) -> list[nn.Linear]:
@@ -137,45 +149,15 @@ class LIIF(nn.Module):
         if cfg.cell_decode and cell is None:
             raise ValueError("this model decodes cells: pass `cell`")
         feat = self.unfold(feat)  # (B, C', h, w)
-        b, _, h, w = feat.shape
-        shifts = [(-1, -1), (-1, 1), (1, -1), (1, 1)] if cfg.local_ensemble else [(0, 0)]
-        eps = ENSEMBLE_EPS_SHIFT if cfg.local_ensemble else 0.0
-        ry, rx = 1 / h, 1 / w  # half a latent cell in [-1, 1] units
-        feat_coord = make_coord((h, w), flatten=False, device=feat.device)
-        feat_coord = feat_coord.permute(2, 0, 1).unsqueeze(0).expand(b, 2, h, w)
+        h, w = feat.shape[-2:]
+        cells = rel_cell(cell, h, w) if cfg.cell_decode else None
 
-        preds, areas = [], []
-        for vy, vx in shifts:
-            shifted = coord.clone()
-            shifted[:, :, 0] += vy * ry + eps
-            shifted[:, :, 1] += vx * rx + eps
-            shifted.clamp_(-COORD_CLAMP, COORD_CLAMP)
-            grid = shifted.flip(-1).unsqueeze(1)  # grid_sample wants (x, y): (B, 1, Q, 2)
-            q_feat = F.grid_sample(feat, grid, mode="nearest", align_corners=False)
-            q_feat = q_feat[:, :, 0, :].permute(0, 2, 1)  # (B, Q, C')
-            q_coord = F.grid_sample(feat_coord, grid, mode="nearest", align_corners=False)
-            q_coord = q_coord[:, :, 0, :].permute(0, 2, 1)  # (B, Q, 2): the latent's centre
-            rel_coord = coord - q_coord
-            rel_coord[:, :, 0] *= h  # in latent-cell units
-            rel_coord[:, :, 1] *= w
-            inp = [q_feat, rel_coord]
-            if cfg.cell_decode:
-                rel_cell = cell.clone()
-                rel_cell[:, :, 0] *= h
-                rel_cell[:, :, 1] *= w
-                inp.append(rel_cell)
-            preds.append(self.imnet(torch.cat(inp, dim=-1)))  # (B, Q, out_dim)
-            areas.append(torch.abs(rel_coord[:, :, 0] * rel_coord[:, :, 1]) + AREA_EPS)
+        def member(sampled: list[torch.Tensor], rel: torch.Tensor,
+                   cells: torch.Tensor | None) -> torch.Tensor:
+            inp = [sampled[0], rel] + ([cells] if cells is not None else [])
+            return self.imnet(torch.cat(inp, dim=-1))  # (B, Q, out_dim)
 
-        total = torch.stack(areas).sum(dim=0)
-        if cfg.local_ensemble:
-            # each corner weighted by the area of the rectangle opposite it (local ensemble):
-            # shifts are ordered so that opposite corners are i and 3 - i.
-            areas = areas[::-1]
-        out = 0
-        for pred, area in zip(preds, areas):
-            out = out + pred * (area / total).unsqueeze(-1)
-        return out
+        return ensemble_reference([feat], coord, cells, cfg.local_ensemble, member)
 
     def query_fast(self, feat: torch.Tensor, coord: torch.Tensor,
                    cell: torch.Tensor | None = None) -> torch.Tensor:
@@ -184,7 +166,8 @@ class LIIF(nn.Module):
         The first Linear is split: its latent part becomes a 3×3 convolution of the latent grid
         (computed once per latent instead of once per query and ensemble member, and without
         materialising the 9× unfolded grid); the offset and cell parts are added per query.
-        The 4 members then share one matmul per remaining layer. Differentiable (training).
+        The 4 members then share one matmul per remaining layer. Differentiable (training);
+        traceable with dynamic sizes (the ONNX graph is this function).
         """
         cfg = self.config
         if cfg.cell_decode and cell is None:
@@ -197,31 +180,27 @@ class LIIF(nn.Module):
         w_query = first.weight[:, n_feat:]  # (hidden, 2 or 4): offset (y, x), then cell
         p = F.conv2d(feat, w_feat, first.bias, padding=k // 2)  # (B, hidden, h, w)
         p = p.flatten(2).transpose(1, 2)  # (B, h*w, hidden)
-        axis_shifts = [-1, 1] if cfg.local_ensemble else [0]
-        eps = ENSEMBLE_EPS_SHIFT if cfg.local_ensemble else 0.0
-        ys = nearest_axis(coord[..., 0], h, axis_shifts, eps)  # per shift: (index, offset)
-        xs = nearest_axis(coord[..., 1], w, axis_shifts, eps)
-        # members in `query`'s order: (-1,-1), (-1,1), (1,-1), (1,1); all M of them go through
-        # one gather, one small matmul and one add, laid out as (B, M*Q, ...)
-        members = [(iy, ry, ix, rx) for iy, ry in ys for ix, rx in xs]
-        n_mem, q = len(members), coord.shape[1]
-        flat = torch.cat([iy * w + ix for iy, _, ix, _ in members], 1)  # (B, M*Q)
+        ys = axis_members(coord[..., 0], h, cfg.local_ensemble)  # per shift: (index, offset)
+        xs = axis_members(coord[..., 1], w, cfg.local_ensemble)
+        # members in the official order; all M of them go through one gather, one small
+        # matmul and one add, laid out as (B, M*Q, ...)
+        mem = [(iy, ry, ix, rx) for iy, ry in ys for ix, rx in xs]
+        n_mem, q = len(mem), coord.shape[1]
+        flat = torch.cat([iy * w + ix for iy, _, ix, _ in mem], 1)  # (B, M*Q)
         # rows of the (B*h*w, hidden) grid: one index_select (a gather with an index expanded
         # over the channels would build that index, B*M*Q*hidden int64s, first)
         flat = flat + torch.arange(b, device=flat.device).unsqueeze(1) * (h * w)
         x = p.reshape(b * h * w, -1).index_select(0, flat.reshape(-1)).view(b, n_mem * q, -1)
-        rel = torch.cat([torch.stack([ry, rx], -1) for _, ry, _, rx in members], 1)
+        rel = torch.cat([torch.stack([ry, rx], -1) for _, ry, _, rx in mem], 1)
         if cfg.cell_decode:
-            rel_cell = cell * torch.tensor([h, w], dtype=cell.dtype, device=cell.device)
-            rel = torch.cat([rel, rel_cell.repeat(1, n_mem, 1)], -1)
+            rel = torch.cat([rel, rel_cell(cell, h, w).repeat(1, n_mem, 1)], -1)
         x = (x + F.linear(rel, w_query)).view(b, n_mem, q, -1)  # first layer's output
         for lin in rest:
             x = F.linear(torch.relu(x), lin.weight, lin.bias)
         if n_mem == 1:
             return x[:, 0]
-        areas = torch.stack([torch.abs(ry * rx) + AREA_EPS for _, ry, _, rx in members], 1)
-        # each corner weighted by the area of the rectangle opposite it (local ensemble)
-        weights = areas.flip(1) / areas.sum(1, keepdim=True)  # (B, M, Q)
+        weights = member_weights(torch.stack([ry for _, ry, _, _ in mem], 1),
+                                 torch.stack([rx for _, _, _, rx in mem], 1), 1)  # (B, M, Q)
         return (x * weights.unsqueeze(-1)).sum(1)
 
     def decode(self, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor | None = None
@@ -233,21 +212,3 @@ class LIIF(nn.Module):
                 ) -> torch.Tensor:
         return self.decode(self.encode(img), coord, cell)
 
-
-def nearest_axis(coord: torch.Tensor, n: int, shifts: list[int], eps: float
-                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per shift: (latent index grid_sample 'nearest' picks, offset in latent cells) on one axis.
-
-    Indices come from grid_sample itself on a 1×n ramp, so ties round as in the official code.
-    """
-    centres = coord_seq(n, device=coord.device)
-    ramp = torch.arange(n, dtype=torch.float32, device=coord.device).view(1, 1, 1, n)
-    coord = coord.detach().float()
-    out = []
-    for v in shifts:
-        shifted = (coord + (v * (1 / n) + eps)).clamp_(-COORD_CLAMP, COORD_CLAMP)
-        grid = torch.stack([shifted, torch.zeros_like(shifted)], -1).view(1, 1, -1, 2)
-        idx = F.grid_sample(ramp, grid, mode="nearest", align_corners=False)
-        idx = idx.view(coord.shape).round().long()
-        out.append((idx, (coord - centres[idx]) * n))
-    return out

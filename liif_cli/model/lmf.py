@@ -7,7 +7,7 @@ the 3×3-unfolded latent plus the relative cell to
 and, once per output pixel and ensemble member, a tiny *render MLP* (the official `imnet`,
 `lmmlp`: hidden 16, depth 6) decodes [compressed latent, rel. coord, rel. cell] with every
 hidden layer's output modulated as `h * (scale + 1) + shift` before its ReLU. Local ensemble,
-cell decoding and the coordinate conventions are LIIF's (`liif.py`); the member of each query
+cell decoding and the coordinate conventions are LIIF's (`ensemble.py`); the member of each query
 takes its modulations and compressed latent from the same (nearest, shifted) latent.
 
 Official facts this file follows (github HeZongyao/LMF, models/lmliif.py, lmmlp.py, mlp.py):
@@ -22,6 +22,10 @@ Official facts this file follows (github HeZongyao/LMF, models/lmliif.py, lmmlp.
   `hidden` channels. The output layer is not modulated.
 - the latent MLP sees the relative cell of the image's queries: the official code pairs latent
   i with query i's cell (`cell[:, :h*w]`), all equal within an image; we take the first one.
+- the cell is clipped at the training scale, as the official demo and test do before calling
+  the model (`cell × max(s / 4, 1)`, `scale_max = 4`): at ×6 the model sees ×4's cell. Ours
+  does it inside the model (`clip_rel_cell`, per axis), so every path (reference, training,
+  engine, ONNX) follows it; nothing changes up to ×4. LIIF has no such convention.
 
 `LMLIIF.query` is the plain reference forward (the oracle); `forward` (training) computes the
 same modulations with the first latent layer as a 3×3 convolution (`modulations`), and the
@@ -38,11 +42,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from .coords import make_coord
 from .encoders import make_encoder
-from .liif import AREA_EPS, COORD_CLAMP, ENSEMBLE_EPS_SHIFT, MLP
+from .ensemble import ensemble_reference, rel_cell
+from .liif import MLP, decoder_switches, linear_stack, spec_parts
 
 LMF_NAME = "lmliif"  # official model name in checkpoints
+# The largest scale LM-LIIF models train at (the official `scale_max`, demo.py and test.py):
+# beyond it, the cell is clipped to the cell at this scale (`clip_rel_cell`).
+TRAIN_SCALE_MAX = 4
+
+
+def clip_rel_cell(rel: torch.Tensor) -> torch.Tensor:
+    """The official LMF convention for cells beyond training: cell × max(s / 4, 1) at scale s.
+
+    `rel` (…, 2) is the relative cell, 2/s per axis (s = H/h, per axis here; the official demo
+    has one scale for both). Unchanged, bit for bit, at scales up to `TRAIN_SCALE_MAX`.
+    """
+    return rel * torch.clamp_min((2 / rel) / TRAIN_SCALE_MAX, 1.0)
+
 
 
 @dataclass(frozen=True)
@@ -95,13 +112,7 @@ class LmfConfig:
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> "LmfConfig":
         """Read an official lmliif spec; defaults are the official constructor's."""
-        if not isinstance(spec, dict) or spec.get("name") != LMF_NAME:
-            name = spec.get("name") if isinstance(spec, dict) else type(spec).__name__
-            raise CheckpointError(f"model is {name!r}, not an LM-LIIF model ({LMF_NAME!r})")
-        args = spec.get("args") or {}
-        enc = args.get("encoder_spec")
-        if not isinstance(enc, dict) or "name" not in enc:
-            raise CheckpointError("model spec has no encoder_spec")
+        args, enc = spec_parts(spec, LMF_NAME, f"an LM-LIIF model ({LMF_NAME!r})")
         imnet, hyper = args.get("imnet_spec"), args.get("hypernet_spec")
         if not isinstance(imnet, dict) or imnet.get("name") != "lmmlp":
             raise CheckpointError("LM-LIIF spec has no render MLP (imnet_spec of name 'lmmlp')")
@@ -122,9 +133,7 @@ class LmfConfig:
             mod_shift=bool(iargs.get("mod_shift", True)),
             mod_input=bool(args.get("mod_input", False)),  # official constructor default
             out_dim=int(iargs.get("out_dim", 3)),
-            local_ensemble=bool(args.get("local_ensemble", True)),
-            feat_unfold=bool(args.get("feat_unfold", True)),
-            cell_decode=bool(args.get("cell_decode", True)),
+            **decoder_switches(args),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -140,13 +149,7 @@ class ModulatedMLP(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, hidden: int, depth: int,
                  mod_scale: bool, mod_shift: bool):
         super().__init__()
-        layers: list[nn.Module] = []
-        last = in_dim
-        for _ in range(depth):
-            layers += [nn.Linear(last, hidden), nn.ReLU()]
-            last = hidden
-        layers.append(nn.Linear(last, out_dim))
-        self.layers = nn.Sequential(*layers)
+        self.layers = linear_stack(in_dim, (hidden,) * depth, out_dim)
         self.hidden, self.depth = hidden, depth
         self.mod_scale, self.mod_shift = mod_scale, mod_shift
 
@@ -205,13 +208,19 @@ class LMLIIF(nn.Module):
         """Normalised image (B, 3, h, w) -> latent grid (B, C, h, w)."""
         return self.encoder(img)
 
-    def _rel_cell(self, cell: torch.Tensor | None, h: int, w: int) -> torch.Tensor | None:
-        """(B, Q, 2) query cells -> the image's relative cell (B, 2), in latent cells."""
+    def rel_cells(self, cell: torch.Tensor | None, h: int, w: int) -> torch.Tensor | None:
+        """(B, Q, 2) query cells -> relative cells in latent cells, clipped at the training
+        scale (`clip_rel_cell`, the official LMF convention); None without cell decoding."""
         if not self.config.cell_decode:
             return None
         if cell is None:
             raise ValueError("this model decodes cells: pass `cell`")
-        return cell[:, 0] * torch.tensor([h, w], dtype=cell.dtype, device=cell.device)
+        return clip_rel_cell(rel_cell(cell, h, w))
+
+    def _rel_cell(self, cell: torch.Tensor | None, h: int, w: int) -> torch.Tensor | None:
+        """The image's relative cell (B, 2) for the latent MLP: its first query's."""
+        cells = self.rel_cells(cell, h, w)
+        return None if cells is None else cells[:, 0]
 
     def modulations_reference(self, feat: torch.Tensor, cell: torch.Tensor | None
                               ) -> torch.Tensor:
@@ -260,45 +269,17 @@ class LMLIIF(nn.Module):
         cfg = self.config
         if cfg.cell_decode and cell is None:
             raise ValueError("this model decodes cells: pass `cell`")
-        z = self.render_latent(feat, mod)  # (B, Cz, h, w)
-        mods = mod[:, :cfg.mod_dim]
-        b, _, h, w = feat.shape
-        shifts = [(-1, -1), (-1, 1), (1, -1), (1, 1)] if cfg.local_ensemble else [(0, 0)]
-        eps = ENSEMBLE_EPS_SHIFT if cfg.local_ensemble else 0.0
-        ry, rx = 1 / h, 1 / w  # half a latent cell in [-1, 1] units
-        feat_coord = make_coord((h, w), flatten=False, device=feat.device)
-        feat_coord = feat_coord.permute(2, 0, 1).unsqueeze(0).expand(b, 2, h, w)
+        h, w = feat.shape[-2:]
+        cells = self.rel_cells(cell, h, w)
 
-        def sample(grid_src: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-            out = F.grid_sample(grid_src, grid, mode="nearest", align_corners=False)
-            return out[:, :, 0, :].permute(0, 2, 1)  # (B, Q, channels)
+        def member(sampled: list[torch.Tensor], rel: torch.Tensor,
+                   cells: torch.Tensor | None) -> torch.Tensor:
+            z, mods = sampled  # the member's latent, its modulations
+            inp = [z, rel] + ([cells] if cells is not None else [])
+            return self.imnet(torch.cat(inp, dim=-1), mods)
 
-        preds, areas = [], []
-        for vy, vx in shifts:
-            shifted = coord.clone()
-            shifted[:, :, 0] += vy * ry + eps
-            shifted[:, :, 1] += vx * rx + eps
-            shifted.clamp_(-COORD_CLAMP, COORD_CLAMP)
-            grid = shifted.flip(-1).unsqueeze(1)  # grid_sample wants (x, y): (B, 1, Q, 2)
-            rel_coord = coord - sample(feat_coord, grid)  # from the latent's centre
-            rel_coord[:, :, 0] *= h  # in latent-cell units
-            rel_coord[:, :, 1] *= w
-            inp = [sample(z, grid), rel_coord]
-            if cfg.cell_decode:
-                rel_cell = cell.clone()
-                rel_cell[:, :, 0] *= h
-                rel_cell[:, :, 1] *= w
-                inp.append(rel_cell)
-            preds.append(self.imnet(torch.cat(inp, dim=-1), sample(mods, grid)))
-            areas.append(torch.abs(rel_coord[:, :, 0] * rel_coord[:, :, 1]) + AREA_EPS)
-
-        total = torch.stack(areas).sum(dim=0)
-        if cfg.local_ensemble:
-            areas = areas[::-1]  # each corner weighted by the area opposite it (i and 3 - i)
-        out = 0
-        for pred, area in zip(preds, areas):
-            out = out + pred * (area / total).unsqueeze(-1)
-        return out
+        grids = [self.render_latent(feat, mod), mod[:, :cfg.mod_dim]]
+        return ensemble_reference(grids, coord, cells, cfg.local_ensemble, member)
 
     def query(self, feat: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor | None = None
               ) -> torch.Tensor:

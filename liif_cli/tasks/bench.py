@@ -1,4 +1,4 @@
-"""Benchmark: the fast engine against the oracle (the plain official forward) on the same weights.
+"""Benchmark: the engine against the oracle (the plain official forward) on the same weights.
 
 The oracle is what the official `demo.py` does: encode once, then `LIIF.query` over the full
 coordinate and cell tensors in batches of `OFFICIAL_BATCH` queries (its `batched_predict`).

@@ -30,14 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from liif_cli import __version__
 from liif_cli.errors import ExportError, LiifError, UsageError
 from liif_cli.io.files import atomic_write, check_output_path
-from liif_cli.model.liif import AREA_EPS, COORD_CLAMP, ENSEMBLE_EPS_SHIFT, LIIF
 from liif_cli.runtime.weights import (
     LoadedModel,
     checkpoint_dict,
@@ -54,7 +53,11 @@ ONNX_INPUTS = ("image", "coord", "cell")
 ONNX_OUTPUT = "rgb"
 # the example input torch.export traces with (any size works; dims are declared dynamic)
 TRACE_HW, TRACE_OUT_HW = (12, 14), (29, 31)
-ONNX_CHECK_TOLERANCE = 1e-3  # onnxruntime vs torch on the example, in [0, 1] units
+ONNX_CHECK_TOLERANCE = 1e-3  # onnxruntime vs torch on the examples, in [0, 1] units
+# (in h, w), (out H, W) the written graph is checked on, none the traced size: a fractional
+# scale, and ×3, whose border pixels sit exactly on latent centres (where a lost epsilon once
+# gave NaN) and whose ensemble shifts land exactly on latent edges
+ONNX_CHECK_CASES = (((9, 17), (20, 23)), ((19, 23), (57, 69)))
 
 
 @dataclass
@@ -143,68 +146,13 @@ def _check_checkpoint(tmp: str, back: dict[str, Any], ckpt: dict[str, Any]) -> s
 class LiifQueryGraph(nn.Module):
     """image (1, 3, h, w) in [0, 1], coord (1, N, 2), cell (1, N, 2) -> rgb (1, N, 3) in [0, 1].
 
-    The official `gen_feat` + `query_rgb`, written with ops every ONNX runtime has: the nearest
-    latent of each ensemble member by arithmetic (grid_sample's unnormalisation, then round
-    half to even as its nearest mode does), the first MLP layer's latent part as a 3×3
-    convolution on the grid, gathered per query (as `LIIF.query_fast`).
+    The official `gen_feat` + `query_rgb`: the normalisation, the encoder, then the model's own
+    decoder (`decode`: LIIF's `query_fast`, the first MLP layer as a 3×3 convolution on the
+    grid gathered per query; LM-LIIF's convolutional latent MLP and render MLP), whose local
+    ensemble is `model.ensemble`'s: the nearest latents by arithmetic (grid_sample's
+    unnormalisation, rounded half to even), which every ONNX runtime has. Any model with
+    `encode` and `decode` (LIIF, LM-LIIF).
     """
-
-    def __init__(self, model: LIIF):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor
-                ) -> torch.Tensor:
-        m, cfg = self.model, self.model.config
-        feat = m.encode((image - 0.5) / 0.5)  # (1, C, h, w); the official normalisation
-        first, rest = m.imnet.linears[0], m.imnet.linears[1:]
-        _, c, h, w = feat.shape
-        k = 3 if cfg.feat_unfold else 1
-        n_feat = c * k * k
-        w_feat = first.weight[:, :n_feat].reshape(-1, c, k, k)  # channel c*9 + ky*3 + kx
-        p = F.conv2d(feat, w_feat, first.bias, padding=k // 2)  # (1, hidden, h, w)
-        p = p.flatten(2).transpose(1, 2)  # (1, h*w, hidden)
-        w_query = first.weight[:, n_feat:]  # (hidden, 2 or 4): offset (y, x), then cell
-        shifts = [-1, 1] if cfg.local_ensemble else [0]
-        eps = ENSEMBLE_EPS_SHIFT if cfg.local_ensemble else 0.0
-        one = torch.ones_like(coord[:, :1, 0])  # (1, 1): shapes as float tensors, dynamically
-        nh, nw = one * h, one * w
-
-        def axis(x: torch.Tensor, n: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-            out = []
-            for v in shifts:
-                s = (x + (v / n + eps)).clamp(-COORD_CLAMP, COORD_CLAMP)
-                idx = torch.round(((s + 1) * n - 1) / 2)  # the latent grid_sample picks
-                centre = -1 + 1 / n + (2 / n) * idx
-                out.append((idx.long(), (x - centre) * n))  # offset in latent cells
-            return out
-
-        ys, xs = axis(coord[..., 0], nh), axis(coord[..., 1], nw)  # (1, N) each
-        rel_cell = cell * torch.stack([nh, nw], -1)  # (1, N, 2)
-        preds, areas = [], []
-        for iy, ry in ys:  # members in the official order: (-1,-1), (-1,1), (1,-1), (1,1)
-            for ix, rx in xs:
-                flat = (iy * w + ix).unsqueeze(-1).expand(-1, -1, p.shape[-1])
-                x = torch.gather(p, 1, flat)  # (1, N, hidden)
-                rel = torch.stack([ry, rx], -1)
-                if cfg.cell_decode:
-                    rel = torch.cat([rel, rel_cell], -1)
-                x = x + F.linear(rel, w_query)
-                for lin in rest:
-                    x = F.linear(torch.relu(x), lin.weight, lin.bias)
-                preds.append(x)  # (1, N, 3)
-                areas.append(torch.abs(ry * rx) + AREA_EPS)
-        if len(preds) == 1:
-            out = preds[0]
-        else:
-            total = areas[0] + areas[1] + areas[2] + areas[3]
-            # each corner weighted by the area of the rectangle opposite it (local ensemble)
-            out = sum(pr * (a / total).unsqueeze(-1) for pr, a in zip(preds, areas[::-1]))
-        return (out * 0.5 + 0.5).clamp(0, 1)
-
-
-class QueryGraph(nn.Module):
-    """The same signature for any model with `encode` and `query` (e.g. LM-LIIF)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -212,12 +160,12 @@ class QueryGraph(nn.Module):
 
     def forward(self, image: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor
                 ) -> torch.Tensor:
-        feat = self.model.encode((image - 0.5) / 0.5)
-        return (self.model.query(feat, coord, cell) * 0.5 + 0.5).clamp(0, 1)
+        feat = self.model.encode((image - 0.5) / 0.5)  # (1, C, h, w); official normalisation
+        return (self.model.decode(feat, coord, cell) * 0.5 + 0.5).clamp(0, 1)
 
 
 def query_graph(model: nn.Module) -> nn.Module:
-    return (LiifQueryGraph(model) if isinstance(model, LIIF) else QueryGraph(model)).eval()
+    return LiifQueryGraph(model).eval()
 
 
 def example_inputs(in_hw: tuple[int, int] = TRACE_HW, out_hw: tuple[int, int] = TRACE_OUT_HW,
@@ -286,14 +234,18 @@ def _check_onnx(path: str, graph: nn.Module, inputs) -> str:
         import onnxruntime as ort
     except ImportError:
         return "onnx.checker passed (onnxruntime not installed: not run)"
-    image, coord, cell = example_inputs((9, 17), (20, 23), seed=1)  # other sizes than traced
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    got = session.run([ONNX_OUTPUT], {"image": image.numpy(), "coord": coord.numpy(),
-                                      "cell": cell.numpy()})[0]
-    with torch.no_grad():
-        want = graph(image, coord, cell).numpy()
-    diff = float(abs(got - want).max()) if got.shape == want.shape else float("inf")
-    if not diff <= ONNX_CHECK_TOLERANCE:
-        raise ExportError(f"onnxruntime's output differs from torch's by {diff:.3g} on a test "
-                          "input; not writing the graph")
+    diff = 0.0
+    for in_hw, out_hw in ONNX_CHECK_CASES:
+        image, coord, cell = example_inputs(in_hw, out_hw, seed=1)
+        got = session.run([ONNX_OUTPUT], {"image": image.numpy(), "coord": coord.numpy(),
+                                          "cell": cell.numpy()})[0]
+        with torch.no_grad():
+            want = graph(image, coord, cell).numpy()
+        d = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+        if not d <= ONNX_CHECK_TOLERANCE:  # NaN fails too
+            raise ExportError(f"onnxruntime's output differs from torch's by {d:.3g} on a "
+                              f"{in_hw[1]}x{in_hw[0]} -> {out_hw[1]}x{out_hw[0]} test input; "
+                              "not writing the graph")
+        diff = max(diff, d)
     return f"onnx.checker passed; onnxruntime matches torch to {diff:.1e}"
