@@ -52,7 +52,7 @@ def golden_manifest(golden_dir) -> dict:
 def golden_model(golden_dir) -> LIIF:
     from liif_cli.runtime.weights import load_checkpoint
 
-    return load_checkpoint(golden_dir / "edsr-baseline-liif-seed0-cudatag.pth").model
+    return load_checkpoint(golden_dir / "edsr-baseline-liif-seed0-cudatag.pth")
 
 
 def tiny_config(**kw) -> LiifConfig:

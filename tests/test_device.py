@@ -94,8 +94,8 @@ def test_train_bf16_on_an_emulating_cpu_trains_in_fp32(native, tmp_path, monkeyp
         warnings.simplefilter("always")
         assert train(cfg)["stopped"] is None
     notes = [w for w in caught if issubclass(w.category, PrecisionWarning)]
-    assert autocasts, "the training step ran no autocast region"
     if native:
+        assert autocasts, "the training step ran no autocast region"
         assert set(autocasts) == {(torch.bfloat16, True)} and notes == []
-    else:
-        assert set(autocasts) == {(torch.float32, False)} and len(notes) == 1
+    else:  # fp32 enters no autocast region at all (torch 2.3-2.5 refuse a disabled one on MPS)
+        assert autocasts == [] and len(notes) == 1

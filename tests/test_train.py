@@ -412,7 +412,7 @@ def test_distill_pulls_towards_the_teacher_on_its_latent_or_its_own(folder, tmp_
     from liif_cli.runtime.weights import load_model
     from liif_cli.tasks.train import _build_teacher
 
-    student = load_model(t_pth).model
+    student = load_model(t_pth)
     assert _build_teacher(t_pth, student, torch.device("cpu"))[1] is False  # encoder trains
     student.encoder.requires_grad_(False)
     assert _build_teacher(t_pth, student, torch.device("cpu"))[1] is True

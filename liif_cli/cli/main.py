@@ -152,7 +152,8 @@ SizeOpt = Annotated[Optional[str], typer.Option(
 WidthOpt = Annotated[Optional[int], typer.Option(help="Output width; height keeps the aspect.")]
 HeightOpt = Annotated[Optional[int], typer.Option(help="Output height; width keeps the aspect.")]
 MaxMemoryOpt = Annotated[str, typer.Option(
-    help="Working-memory budget for tiles and chunks, e.g. 256M, 2G.", envvar="LIIF_MAX_MEMORY",
+    help="Working-memory budget for tiles and chunks, e.g. 256M, 2G; auto: 512M on a CPU, "
+    "half the free memory of a GPU (which also caps a size given).", envvar="LIIF_MAX_MEMORY",
     show_envvar=True)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")]
@@ -170,8 +171,11 @@ DenoiseOpt = Annotated[Optional[float], typer.Option(
     show_default=False)]
 
 
-def parse_bytes(text: str) -> int:
-    """'512M' -> 536870912; plain numbers are bytes."""
+def parse_bytes(text: str) -> int | None:
+    """'512M' -> 536870912; plain numbers are bytes; 'auto' -> None (the device's default,
+    `runtime.device.memory_budget`)."""
+    if text.strip().lower() == "auto":
+        return None
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
     try:
@@ -257,7 +261,7 @@ def upscale(
     scale: ScaleOpt = None, size: SizeOpt = None, width: WidthOpt = None,
     height: HeightOpt = None, fit: FitOpt = None, model: ModelOpt = None,
     device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto", max_memory: MaxMemoryOpt = "512M",
+    precision: PrecisionOpt = "auto", max_memory: MaxMemoryOpt = "auto",
     overwrite: OverwriteOpt = False, quiet: QuietOpt = False, quality: QualityOpt = 95,
     max_output_pixels: MaxOutOpt = 1_000_000_000, max_input_pixels: MaxInOpt = 200_000_000,
     denoise: DenoiseOpt = None,
@@ -513,7 +517,7 @@ def eval_(
         help="Degrade every LR input, in this order, seeded per image: e.g. jpeg=70, "
         "noise=5,jpeg=80, blur=1.5 (keys blur, noise, gray, poisson, jpeg).")] = None,
     device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
-    max_memory: MaxMemoryOpt = "512M", overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
+    max_memory: MaxMemoryOpt = "auto", overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
 ):
     """PSNR (and SSIM) of a model on a folder of HR images, under the LIIF paper's protocols.
 
@@ -718,7 +722,7 @@ def batch(
     overwrite: OverwriteOpt = False, model: ModelOpt = None, device: DevicesOpt = "auto",
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Workers per device; on the "
                                       "CPU, processes sharing its cores.")] = 1,
-    precision: PrecisionOpt = "auto", max_memory: MaxMemoryOpt = "512M",
+    precision: PrecisionOpt = "auto", max_memory: MaxMemoryOpt = "auto",
     shard: Annotated[Optional[str], typer.Option(
         help="Do only part I of N (1/4 … 4/4), e.g. one per machine; parts never overlap. "
         "auto: from the job engine (Slurm array, srun, torchrun, Kubernetes Indexed Job).")
@@ -902,7 +906,7 @@ def bench(
     skip_oracle: Annotated[bool, typer.Option(
         "--skip-oracle", help="Do not run the slow official forward; compare with fp32.")
     ] = False,
-    max_memory: MaxMemoryOpt = "512M",
+    max_memory: MaxMemoryOpt = "auto",
     json_out: Annotated[Optional[Path], typer.Option(
         "--json", help="Also write the results to this JSON file.")] = None,
     overwrite: OverwriteOpt = False,
@@ -939,8 +943,8 @@ def bench(
     else:
         from liif_cli.runtime.weights import load_model
 
-        loaded = load_model(model)
-        net, name = loaded.model, loaded.name
+        net = load_model(model)
+        name = net.card.name
 
     def on_stage(text: str) -> None:
         if not quiet:
