@@ -82,13 +82,14 @@ class Upscaler:
             self.dtype = resolve_precision(precision, self.device)
         use_device(self.device)
         set_tf32(self.device, tf32)
-        if isinstance(model, SRModel):
-            net = model if _ready_on(model, self.device) else copy.deepcopy(model)
-        else:
-            net = load_model(model)  # our own: moved below
+        if isinstance(model, SRModel) and _ready_on(model, self.device):
+            net = model  # the caller's, used as it is: never moved nor flipped
+        else:  # a copy of the caller's, or one we load: ours to move
+            net = copy.deepcopy(model) if isinstance(model, SRModel) else load_model(model)
+            net = net.to(self.device).eval()
         card = card_of(net)
         self.name: str | None = card.name if card else None  # None: the caller names it
-        self.model: SRModel = net.to(self.device).eval()
+        self.model: SRModel = net
         self.max_memory = memory_budget(self.device, max_memory)
         self._decoders: dict[torch.dtype, engine.Decoder] = {}
 
