@@ -423,3 +423,92 @@ def test_distill_pulls_towards_the_teacher_on_its_latent_or_its_own(folder, tmp_
     res = runner.invoke(app, ["train", "--data", str(folder), "--out", str(tmp_path / "c"),
                               "--distill", "default", "--distill-weight", "2"])
     assert res.exit_code == 2 and "--distill-weight must be in (0, 1]" in res.output, res.output
+
+
+# ----------------------------------------------------------------------------------------------
+# on GPUs and Macs (issue 25): no autocast in fp32, few host syncs, one loader, agreed stops
+
+def test_an_fp32_step_enters_no_autocast_region(folder, tmp_path, monkeypatch):
+    """torch 2.3-2.5 reject torch.autocast("mps", enabled=False): fp32 must not build one."""
+    import liif_cli.tasks.train as tr
+
+    def refuse(*a, **k):
+        raise RuntimeError("User specified an unsupported autocast device_type 'mps'")
+
+    monkeypatch.setattr(torch, "autocast", refuse)
+    monkeypatch.setattr(tr.torch, "autocast", refuse)
+    cfg = TrainConfig(data=str(folder), out=str(tmp_path / "run"), **{**TINY, "epochs": 1})
+    assert train(cfg)["stopped"] is None
+
+
+def test_the_loop_waits_for_the_device_only_every_few_steps(folder, tmp_path, monkeypatch):
+    import liif_cli.tasks.train as tr
+
+    reads = []  # a value of the step read on the host: the loss or a flag computed from it
+
+    def spy(name):
+        real = getattr(torch.Tensor, name)
+
+        def read(t):
+            if t.grad_fn is not None or (t.dtype == torch.bool and t.dim() == 0):
+                reads.append(name)
+            return real(t)
+        monkeypatch.setattr(torch.Tensor, name, read)
+
+    spy("item")
+    spy("__bool__")
+    steps = []
+    cfg = TrainConfig(data=str(folder), out=str(tmp_path / "run"),
+                      **{**TINY, "epochs": 1, "repeat": 16, "val_images": 0})
+    train(cfg, on_event=lambda e: steps.append(e.loss) if e.kind == "step" else None)
+    assert len(steps) == 24 and all(isinstance(x, float) for x in steps)
+    # checks at steps 1, 10, 20, 24: loss, finiteness (and nothing else per step)
+    assert len(reads) <= 4 * 2 < len(steps), len(reads)
+    assert tr.CHECK_EVERY == 10
+
+
+def test_the_loaders_workers_are_forked_once_per_run(folder, tmp_path, monkeypatch):
+    made = []
+    real = torch.utils.data.DataLoader
+
+    def spy(*a, **k):
+        made.append(k.get("persistent_workers"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", spy)
+    cfg = TrainConfig(data=str(folder), out=str(tmp_path / "run"),
+                      **{**TINY, "epochs": 3, "workers": 1, "val_images": 0})
+    train(cfg)
+    assert made == [True]
+
+
+def _agree_rank(rank: int, store_path: str, signalled: int, out) -> None:
+    import torch.distributed as dist
+
+    from liif_cli.tasks.train import _Stop
+
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
+                            world_size=2)
+    run = type("Run", (), {"world": 2, "dev": torch.device("cpu")})()
+    stop = _Stop()
+    first = stop.agree(run)  # nobody signalled yet
+    if rank == signalled:
+        stop.signal = 15  # SIGTERM reaches one rank only
+    second = stop.agree(run)
+    out.put((rank, first, second, stop.stopping))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_to_stop_when_one_is_signalled(tmp_path):
+    """Over gloo, two processes: the rank without the signal stops at the same step."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_agree_rank, args=(r, str(tmp_path / "store"), 1, out))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    got = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert got == [(0, False, True, True), (1, False, True, True)]
