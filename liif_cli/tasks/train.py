@@ -558,7 +558,7 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: _Stop,
                            steps=run.init_steps + run.run_steps(epoch, it), loss=shown["loss"],
                            lr=step_lr, its=its, **extra)
             emit(Progress("step", epoch, it, iters, loss=shown["loss"], lr=step_lr, its=its))
-            if check and stop.agree(run):
+            if (check or run.world == 1) and stop.agree(run):  # alone: no collective, no sync
                 break
     finally:
         if hook is not None:
