@@ -55,6 +55,10 @@ def cpu_unless_marked_cuda(request, monkeypatch):
     workstation or a Mac as here (tests assert "cpu fp32" after a run with no --device)."""
     if "cuda" not in request.keywords:
         force_cpu(monkeypatch)
+    else:  # the library's fp32 policy (Upscaler applies it; engine tests call render directly)
+        from liif_cli.runtime.device import set_tf32
+
+        set_tf32(torch.device("cuda"), False)
 
 
 @pytest.fixture
