@@ -221,3 +221,12 @@ def test_max_memory_auto_on_the_command_line():
     from liif_cli.cli.main import parse_bytes
 
     assert parse_bytes("auto") is None and parse_bytes("2G") == 2 * 2**30
+
+
+def test_batch_under_torchrun_puts_each_local_rank_on_its_own_gpu(fake_gpus, monkeypatch):
+    from liif_cli.tasks.batch import parse_devices
+
+    fake_gpus({0: (8, 0), 1: (8, 0)})
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert parse_devices("auto", jobs=2) == [torch.device("cuda", 1)] * 2
+    assert parse_devices("all") == [torch.device("cuda", 0), torch.device("cuda", 1)]
