@@ -230,3 +230,27 @@ def test_batch_under_torchrun_puts_each_local_rank_on_its_own_gpu(fake_gpus, mon
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert parse_devices("auto", jobs=2) == [torch.device("cuda", 1)] * 2
     assert parse_devices("all") == [torch.device("cuda", 0), torch.device("cuda", 1)]
+
+
+def test_the_device_check_script_runs_here_and_says_why_it_skips(tmp_path):
+    """scripts/device_check.py on a CPU: what needs CUDA is skipped with its reason, and the
+    report is written (the full CPU trial: `--tiny`, every section, a few minutes)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "device_check.py"), "--tiny",
+                        "--device", "cpu", "--out", str(tmp_path),
+                        "--only", "env,cuda_tests,tf32,memory,oom"],
+                       capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((tmp_path / "device_check.json").read_text())
+    assert report["env"]["status"] == "ok" and report["env"]["detail"]["device"] == "cpu"
+    for name in ("cuda_tests", "tf32", "memory", "oom"):
+        assert report[name]["status"] == "skipped"
+        assert report[name]["detail"].startswith("needs a CUDA GPU")
+        assert f"{name:<10} skipped" in r.stdout
