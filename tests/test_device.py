@@ -254,3 +254,17 @@ def test_the_device_check_script_runs_here_and_says_why_it_skips(tmp_path):
         assert report[name]["status"] == "skipped"
         assert report[name]["detail"].startswith("needs a CUDA GPU")
         assert f"{name:<10} skipped" in r.stdout
+
+
+def test_training_bf16_on_a_gpu_without_it_trains_fp16_with_loss_scaling(fake_gpus):
+    from liif_cli.tasks.train import TrainConfig, _Run
+
+    fake_gpus({0: (7, 5)})
+    cfg = TrainConfig(data="x", out="unused", precision="bf16")
+    run = _Run(cfg, torch.device("cuda", 0), 1, 1, None, None, None, None)  # rank 1: no files
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.open_folder()
+    assert run.amp_dtype == torch.float16 and run.scaler is not None
+    assert [str(w.message) for w in caught if issubclass(w.category, PrecisionWarning)] == [
+        device.CUDA_BF16_FALLBACK_NOTE.format(cap="7.5")]

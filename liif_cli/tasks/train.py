@@ -335,7 +335,9 @@ class _Run:
         # with a note
         amp_dtype = resolve_precision(self.cfg.precision, self.dev)
         self.amp_dtype = None if amp_dtype == torch.float32 else amp_dtype
-        self.scaler = torch.amp.GradScaler("cuda") if self.cfg.precision == "fp16" else None
+        # fp16, asked for or bf16's fallback on a GPU without native bf16, needs loss scaling
+        self.scaler = (torch.amp.GradScaler(self.dev.type) if amp_dtype == torch.float16
+                       else None)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             self.log = open(self.out / "metrics.jsonl", "a")
