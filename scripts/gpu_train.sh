@@ -2,7 +2,7 @@
 # Train the next model on a lent GPU, within its time budget; bring the weights back (maintainers).
 #
 # On this machine, once:   echo /.gpu_data/ >> .git/info/exclude
-#                          python scripts/pack_gpu_data.py        # ../shared/data/train -> .gpu_data/train
+#                          python scripts/pack_gpu_data.py   # ../shared -> .gpu_data/train
 # then one device `run`, carry [".gpu_data"] (the current weights travel in the tree: bundled/,
 # docs/weights/; or put a run's last.pth under .gpu_data/resume/ to continue it):
 #     BUDGET_S=600 bash scripts/gpu_train.sh
@@ -15,7 +15,8 @@
 #   3. $OUT/summary.txt: steps, the last losses and validation, the command to continue here.
 # Environment (defaults): OUT (gpu-out) DATA (.gpu_data/train) INIT (default) BUDGET_S (600)
 # CHECK (1) CHECK_S (300) CHECK_ARGS () BATCH (64) PRECISION (bf16) DEVICE (cuda)
-# WORKERS (cores - 2) EPOCHS (1000000) LR (1e-4) MILESTONES (100000) EXTRA (more `liif train` options).
+# WORKERS (cores - 2) EPOCHS (1000000) LR (1e-4) MILESTONES (100000)
+# EXTRA (more `liif train` options).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -36,7 +37,10 @@ MILESTONES=${MILESTONES:-100000}  # epochs: with repeat 1 an epoch is a few step
 EXTRA=${EXTRA:-}
 START=$(date +%s)
 mkdir -p "$OUT"
-[ -d "$DATA" ] || { echo "no training data at $DATA (scripts/pack_gpu_data.py, carry .gpu_data)" >&2; exit 2; }
+if [ ! -d "$DATA" ]; then
+  echo "no training data at $DATA (scripts/pack_gpu_data.py, carry .gpu_data)" >&2
+  exit 2
+fi
 
 if [ "$CHECK" = 1 ]; then
   # shellcheck disable=SC2086

@@ -76,7 +76,8 @@ def fake_gpus(monkeypatch):
         monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
         monkeypatch.setattr(torch.cuda, "get_device_capability",
                             lambda dev=None: capabilities[index(dev)])
-        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (10 * 2**30, 80 * 2**30))
+        monkeypatch.setattr(torch.cuda, "mem_get_info",
+                            lambda dev=None: (10 * 2**30, 80 * 2**30))
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # counts emulation
         monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
 

@@ -2,8 +2,8 @@
 
 `Upscaler(model, device=..., precision=..., max_memory=...)` resolves the device and the dtype
 once (`runtime.device`: the one precision policy, TF32 off on a GPU, the memory budget), puts
-the network there, and builds the engine's decoder (`engine.make_decoder`) the first time it renders, then reuses it for every
-image. Upscale, batch (one per worker), eval, train's validation and bench all render through
+the network there, and builds the engine's decoder (`engine.make_decoder`) the first time it
+renders, then reuses it for every image. Upscale, batch (one per worker), eval, train's validation and bench all render through
 one, so `--precision` means one thing everywhere: the dtype of the whole forward pass, encoder
 (under autocast) and decoder MLP alike, as `engine.render`'s `dtype` and `encoder_dtype`.
 16-bit images are computed in float32 whatever the precision (a second decoder, built once).
@@ -60,10 +60,10 @@ class Upscaler:
 
     `model`: a network (LIIF or LM-LIIF, e.g. from `load_model`), a model name or a checkpoint
     path (None: the bundled default); a network is used as it is only when it is already on
-    `device` in eval mode, else copied (the caller's module is never moved nor flipped). `precision`: a `--precision` name, resolved by
-    `device.resolve_precision` (an explicit bf16 on a CPU without native bf16 becomes fp32
-    with one `PrecisionWarning`), or a torch dtype taken as already resolved (bench measures
-    emulated bf16 that way). Usage errors (device, precision) come before the model is loaded.
+    `device` in eval mode, else copied (the caller's module is never moved nor flipped).
+    `precision`: a `--precision` name, resolved by `device.resolve_precision` (an explicit
+    bf16 where the hardware lacks it falls back with one `PrecisionWarning`), or a torch dtype
+    taken as already resolved (bench measures emulated bf16 that way). Usage errors (device, precision) come before the model is loaded.
     `max_memory`: bytes, None for the device's default (`device.memory_budget`: 512 MiB on a
     CPU, half the free memory of a CUDA GPU, which also caps a given value). `tf32`: allow
     TF32 in fp32 work on a CUDA GPU (`device.set_tf32`; default off: fp32 is exact).

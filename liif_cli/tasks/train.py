@@ -247,8 +247,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                 break
             _end_epoch(run, data, epoch, it, emit)
             if stop.stopping:
-                stopped = f"stopped by signal {signal.Signals(_signal_of(stop)).name} after epoch " \
-                          f"{epoch + 1}; resume with --resume"
+                name = signal.Signals(_signal_of(stop)).name
+                stopped = f"stopped by signal {name} after epoch {epoch + 1}; resume with --resume"
                 break
     run.close()
     summary = {"epochs_done": epoch + 1 if stopped is None else None, "best_psnr": run.best,
