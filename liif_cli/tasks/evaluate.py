@@ -337,7 +337,7 @@ def evaluate(model: Any, data: str | os.PathLike, *,
              examples: int = EXAMPLE_IMAGES, overwrite: bool = False,
              degrade: str | None = None,
              on_progress: ProgressFn | None = None) -> EvalResult:
-    """Score `model` (LoadedModel, LIIF, name or path; None: bundled) on the HR folder `data`.
+    """Score `model` (a network, a name or a path; None: bundled) on the HR folder `data`.
 
     `degrade`: a spec such as "noise=5,jpeg=80" (`degrade.parse_spec`); every LR input, made or
     paired, is degraded by it, seeded by image name and scale, so reruns score the same pixels.
