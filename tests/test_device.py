@@ -232,6 +232,7 @@ def test_batch_under_torchrun_puts_each_local_rank_on_its_own_gpu(fake_gpus, mon
     assert parse_devices("all") == [torch.device("cuda", 0), torch.device("cuda", 1)]
 
 
+@pytest.mark.slow
 def test_the_device_check_script_runs_here_and_says_why_it_skips(tmp_path):
     """scripts/device_check.py on a CPU: what needs CUDA is skipped with its reason, and the
     report is written (the full CPU trial: `--tiny`, every section, a few minutes)."""
