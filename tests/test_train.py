@@ -532,3 +532,41 @@ def test_the_gpu_training_script_runs_here_in_a_tiny_setting(folder, tmp_path, t
     assert ck["epoch"] >= 1 and ck["liif_cli"]["config"]["precision"] == "bf16"
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert "steps" in summary and "loss: first" in summary
+
+
+SIGNAL_ONE_RANK = """
+import os, signal, sys
+import liif_cli.tasks.train as tr
+from liif_cli.cli import main
+if os.environ["RANK"] == "1":  # SIGTERM reaches rank 1 alone, during its second step
+    real, calls = tr.F.l1_loss, []
+    def l1(a, b):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(a, b)
+    tr.F.l1_loss = l1
+sys.argv = ["liif", "train", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_signal_on_one_ddp_rank_stops_every_rank_and_rank_0_saves(folder, tmp_path):
+    """torchrun, gloo, 2 ranks: rank 1 alone is signalled; both stop at the next agreement
+    (step CHECK_EVERY) instead of rank 0 waiting alone in the gradient all-reduce."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(SIGNAL_ONE_RANK)
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('hidden = [16, 16]\n[encoder_args]\nn_resblocks = 1\nn_feats = 8\n')
+    out = tmp_path / "run"
+    # 3 images x repeat 8 / global batch 2: 12 steps an epoch, the stop agreed at step 10
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", str(driver), "--data", str(folder), "--out",
+                        str(out), "--config", str(tiny), "--epochs", "2", "--batch-size", "2",
+                        "--repeat", "8", "--patch-size", "12", "--scale-max", "2",
+                        "--sample-q", "50", "--workers", "0", "--device", "cpu", "--quiet"],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                       text=True, timeout=240)
+    ck = torch.load(out / "last.pth", weights_only=True)
+    assert (ck["epoch"], ck["train_state"]["iteration"]) == (0, 10), r.stderr[-3000:]
