@@ -2,7 +2,7 @@
 
 Library use:
     from liif_cli import Upscaler, load_model, upscale
-    model = load_model()            # bundled default, or a path / name
+    model = load_model()            # the network (nn.Module); name, file, metadata: model.card
     big = upscale(model, "in.png", scale=7.5)   # ImageData (.pixels, .alpha, ...)
     arr = upscale(model, uint8_array, size=(1920, 1080))   # array in, array out
     up = Upscaler(model, precision="auto")   # device, precision, decoder: once for many images

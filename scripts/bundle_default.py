@@ -51,7 +51,7 @@ def main() -> None:
     meta["source"] = args.checkpoint.name
     meta["steps"] = int(meta.get("steps") or 0) + args.prior_steps
     out = PACKAGE_WEIGHTS_DIR / f"{args.name}.pth"
-    atomic_torch_save(checkpoint_dict(loaded.model, half=True, epoch=raw.get("epoch", 0),
+    atomic_torch_save(checkpoint_dict(loaded, half=True, epoch=raw.get("epoch", 0),
                                       liif_cli=meta), out)
     manifest = PACKAGE_WEIGHTS_DIR / "bundled.json"
     entries = json.loads(manifest.read_text()) if manifest.exists() else []

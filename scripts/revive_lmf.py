@@ -32,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
 
     loaded = load_checkpoint(args.checkpoint)
-    model = loaded.model.float().eval()
+    model = loaded.float().eval()
     if not isinstance(model, LMLIIF):
         raise SystemExit(f"{args.checkpoint} is not an LM-LIIF model")
     cache = ImageCache(find_images(args.data), min_side=192)
@@ -51,7 +51,7 @@ def main() -> None:
     for i, units in enumerate(revived):
         print(f"layer {i}: {len(units)} dead of {model.config.render_hidden} revived {units}")
     print(f"output changed by at most {diff:.2e}")
-    meta = dict(loaded.meta)
+    meta = dict(loaded.card.meta)
     meta["revived_units"] = revived
     atomic_torch_save(checkpoint_dict(model, liif_cli=meta), args.out)
     print(f"wrote {args.out}")

@@ -35,6 +35,55 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+def force_cpu(monkeypatch) -> None:
+    """Make this process, and the commands it starts, see no GPU: `--device auto` is the CPU.
+
+    In process: torch.cuda and MPS report none. Subprocesses: CUDA_VISIBLE_DEVICES hides CUDA,
+    LIIF_DEVICE=cpu sets `--device` of upscale, batch and eval (MPS has no hiding variable).
+    """
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    if getattr(torch.backends, "mps", None) is not None:
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("LIIF_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def cpu_unless_marked_cuda(request, monkeypatch):
+    """Every test not marked `cuda` runs on the CPU, so `pytest` passes the same on a GPU
+    workstation or a Mac as here (tests assert "cpu fp32" after a run with no --device)."""
+    if "cuda" not in request.keywords:
+        force_cpu(monkeypatch)
+    else:  # the library's fp32 policy (Upscaler applies it; engine tests call render directly)
+        from liif_cli.runtime.device import set_tf32
+
+        set_tf32(torch.device("cuda"), False)
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Fake CUDA GPUs for the device policy: `fake_gpus({0: (8, 0), 1: (7, 5)})` makes torch
+    report them (capability per index; 80 GiB each, 10 GiB of it free). No tensor can go there:
+    for the questions asked of torch, not for running on them."""
+
+    def fake(capabilities: dict[int, tuple[int, int]]) -> None:
+        def index(dev=None) -> int:
+            dev = torch.device("cuda", 0) if dev is None else torch.device(dev)
+            return 0 if dev.index is None else dev.index
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
+        monkeypatch.setattr(torch.cuda, "get_device_capability",
+                            lambda dev=None: capabilities[index(dev)])
+        monkeypatch.setattr(torch.cuda, "mem_get_info",
+                            lambda dev=None: (10 * 2**30, 80 * 2**30))
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # counts emulation
+        monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
+
+    return fake
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not GOLDEN_CKPT.exists():
@@ -52,7 +101,7 @@ def golden_manifest(golden_dir) -> dict:
 def golden_model(golden_dir) -> LIIF:
     from liif_cli.runtime.weights import load_checkpoint
 
-    return load_checkpoint(golden_dir / "edsr-baseline-liif-seed0-cudatag.pth").model
+    return load_checkpoint(golden_dir / "edsr-baseline-liif-seed0-cudatag.pth")
 
 
 def tiny_config(**kw) -> LiifConfig:

@@ -229,16 +229,16 @@ def pair(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_denoise_ends_are_exactly_the_two_models(pair):
-    sd0 = pair.load_model("default").model.state_dict()
-    sd1 = pair.load_model("real").model.state_dict()
+    sd0 = pair.load_model("default").state_dict()
+    sd1 = pair.load_model("real").state_dict()
     for model in (None, "default", "real"):
-        a = pair.load_model(model, denoise=0).model.state_dict()
-        b = pair.load_model(model, denoise=1).model.state_dict()
+        a = pair.load_model(model, denoise=0).state_dict()
+        b = pair.load_model(model, denoise=1).state_dict()
         assert all(torch.equal(a[k], sd0[k]) and torch.equal(b[k], sd1[k]) for k in sd0)
     mid = pair.load_model("real", denoise=0.25)
     k = next(iter(sd0))
-    torch.testing.assert_close(mid.model.state_dict()[k], 0.75 * sd0[k] + 0.25 * sd1[k])
-    assert mid.name == "real@0.25"
+    torch.testing.assert_close(mid.state_dict()[k], 0.75 * sd0[k] + 0.25 * sd1[k])
+    assert mid.card.name == "real@0.25"
 
 
 def test_denoise_zero_gives_the_default_models_pixels(pair, tmp_path):
@@ -310,11 +310,11 @@ def test_real_is_bundled_with_default_as_its_partner_and_loads_in_the_official_l
     w = _real()
     assert w.denoise_partner == "default" and 0 <= w.denoise_default <= 1
     a, b = load_model("default"), load_model("real")
-    assert a.model.config == b.model.config  # same architecture: the blend is meaningful
+    assert a.config == b.config  # same architecture: the blend is meaningful
     raw = _torch.load(PACKAGE_WEIGHTS_DIR / w.file, map_location="cpu", weights_only=True)
     assert raw["model"]["name"] == "liif" and set(raw["model"]["sd"]) == set(
-        a.model.state_dict())
-    assert w.steps == b.meta["steps"] > load_model("default").meta["steps"]
+        a.state_dict())
+    assert w.steps == b.card.meta["steps"] > load_model("default").card.meta["steps"]
 
 
 def test_real_model_card_shows_the_bundled_results():

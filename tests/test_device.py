@@ -94,8 +94,178 @@ def test_train_bf16_on_an_emulating_cpu_trains_in_fp32(native, tmp_path, monkeyp
         warnings.simplefilter("always")
         assert train(cfg)["stopped"] is None
     notes = [w for w in caught if issubclass(w.category, PrecisionWarning)]
-    assert autocasts, "the training step ran no autocast region"
     if native:
+        assert autocasts, "the training step ran no autocast region"
         assert set(autocasts) == {(torch.bfloat16, True)} and notes == []
-    else:
-        assert set(autocasts) == {(torch.float32, False)} and len(notes) == 1
+    else:  # fp32 enters no autocast region at all (torch 2.3-2.5 refuse a disabled one on MPS)
+        assert autocasts == [] and len(notes) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# GPUs and Macs, faked: what torch would answer there (issue 25)
+
+REAL_CUDA_AVAILABLE = torch.cuda.is_available
+
+
+def test_the_suite_runs_on_the_cpu_even_where_a_gpu_answers(fake_gpus, monkeypatch, tmp_path,
+                                                            tiny_ckpt):
+    from conftest import force_cpu
+
+    fake_gpus({0: (8, 0), 1: (8, 0)})
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert device.resolve_device("auto").type == "cuda"  # what a GPU box would give
+    force_cpu(monkeypatch)  # what tests/conftest.py does for every test not marked cuda
+    assert device.resolve_device("auto") == CPU
+    import os
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "" and os.environ["LIIF_DEVICE"] == "cpu"
+    img = tmp_path / "in.png"
+    Image.fromarray(photo_like(9, 11)).save(img)
+    res = runner.invoke(app, ["upscale", str(img), "-s", "2", "-m", str(tiny_ckpt),
+                              "-o", str(tmp_path / "out.png")])
+    assert res.exit_code == 0 and "cpu fp32" in res.output, res.output
+
+
+def test_an_ordinary_test_sees_no_gpu():
+    assert torch.cuda.is_available is not REAL_CUDA_AVAILABLE  # the autouse fixture's
+    assert not torch.cuda.is_available() and device.resolve_device("auto") == CPU
+
+
+def test_auto_picks_bf16_only_where_the_chosen_gpu_has_it_natively(fake_gpus):
+    fake_gpus({0: (9, 0), 1: (7, 5), 2: (6, 1)})  # H100, T4, GTX 1080
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto never notes
+        assert resolve_precision("auto", torch.device("cuda", 0)) == torch.bfloat16
+        assert resolve_precision("auto", torch.device("cuda", 1)) == torch.float16
+        assert resolve_precision("auto", torch.device("cuda", 2)) == torch.float16
+        assert resolve_precision("bf16", torch.device("cuda", 0)) == torch.bfloat16
+        assert resolve_precision("fp16", torch.device("cuda", 1)) == torch.float16
+        assert resolve_precision("fp32", torch.device("cuda", 1)) == torch.float32
+
+
+def test_explicit_bf16_on_a_gpu_without_it_falls_back_to_fp16_with_one_note(fake_gpus):
+    fake_gpus({0: (8, 6), 1: (7, 0)})  # the question is asked of cuda:1, not GPU 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert resolve_precision("bf16", torch.device("cuda", 1)) == torch.float16
+    notes = [str(w.message) for w in caught if issubclass(w.category, PrecisionWarning)]
+    assert notes == [device.CUDA_BF16_FALLBACK_NOTE.format(cap="7.0")]
+
+
+@pytest.mark.parametrize("macos14", [True, False])
+def test_bf16_on_mps_needs_macos_14(monkeypatch, macos14):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer",
+                        lambda major, minor: macos14 or (major, minor) < (14, 0))
+    mps = device.resolve_device("auto")
+    assert mps.type == "mps" and resolve_precision("auto", mps) == torch.float16
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = resolve_precision("bf16", mps)
+    notes = [str(w.message) for w in caught if issubclass(w.category, PrecisionWarning)]
+    assert (got, notes) == ((torch.bfloat16, []) if macos14 else
+                            (torch.float16, [device.MPS_BF16_FALLBACK_NOTE]))
+
+
+def test_tf32_is_off_on_a_gpu_unless_asked_for(fake_gpus, monkeypatch):
+    fake_gpus({0: (8, 0)})
+    for flag in (torch.backends.cuda.matmul, torch.backends.cudnn):
+        monkeypatch.setattr(flag, "allow_tf32", True)  # cuDNN's default on Ampere
+    device.set_tf32(CPU, False)  # the CPU: nothing to do
+    assert torch.backends.cudnn.allow_tf32 is True
+    device.set_tf32(torch.device("cuda", 0))
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    device.set_tf32(torch.device("cuda", 0), True)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+
+
+def test_every_upscaler_applies_the_tf32_policy(monkeypatch, tiny_model):
+    from liif_cli.runtime import upscaler
+
+    calls = []
+    monkeypatch.setattr(upscaler, "set_tf32", lambda dev, on=False: calls.append((dev, on)))
+    upscaler.Upscaler(tiny_model, device="cpu")
+    upscaler.Upscaler(tiny_model, device="cpu", tf32=True)
+    assert calls == [(CPU, False), (CPU, True)]
+
+
+def test_auto_gives_each_local_rank_its_own_gpu(fake_gpus, monkeypatch):
+    fake_gpus({0: (8, 0), 1: (8, 0)})
+    set_to = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: set_to.append(torch.device(dev)))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("SLURM_LOCALID", raising=False)
+    assert device.resolve_device("auto") == torch.device("cuda")  # alone: the current GPU
+    for var, rank, want in [("LOCAL_RANK", "1", 1), ("LOCAL_RANK", "3", 1),
+                            ("SLURM_LOCALID", "2", 0)]:
+        monkeypatch.setenv(var, rank)
+        assert device.resolve_device("auto") == torch.device("cuda", want), (var, rank)
+        assert device.resolve_device("cuda") == torch.device("cuda", want)
+        assert device.resolve_device("cuda:0") == torch.device("cuda", 0)  # named: as named
+        monkeypatch.delenv(var)
+    device.use_device(torch.device("cuda", 1))  # a single process on cuda:N makes it current
+    device.use_device(CPU)
+    assert set_to == [torch.device("cuda", 1)]
+
+
+def test_the_memory_budget_takes_a_share_of_a_gpus_free_memory(fake_gpus):
+    fake_gpus({0: (8, 0)})
+    gpu, G = torch.device("cuda", 0), 2**30
+    assert device.memory_budget(gpu) == 5 * G  # half of the 10 GiB free
+    assert device.memory_budget(gpu, 2 * G) == 2 * G  # --max-memory caps it
+    assert device.memory_budget(gpu, 100 * G) == 5 * G  # and cannot exceed it
+    assert device.memory_budget(CPU) == 512 * 2**20
+    assert device.memory_budget(CPU, 2 * G) == 2 * G
+
+
+def test_max_memory_auto_on_the_command_line():
+    from liif_cli.cli.options import parse_bytes
+
+    assert parse_bytes("auto") is None and parse_bytes("2G") == 2 * 2**30
+
+
+def test_batch_under_torchrun_puts_each_local_rank_on_its_own_gpu(fake_gpus, monkeypatch):
+    from liif_cli.tasks.batch import parse_devices
+
+    fake_gpus({0: (8, 0), 1: (8, 0)})
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert parse_devices("auto", jobs=2) == [torch.device("cuda", 1)] * 2
+    assert parse_devices("all") == [torch.device("cuda", 0), torch.device("cuda", 1)]
+
+
+@pytest.mark.slow
+def test_the_device_check_script_runs_here_and_says_why_it_skips(tmp_path):
+    """scripts/device_check.py on a CPU: what needs CUDA is skipped with its reason, and the
+    report is written (the full CPU trial: `--tiny`, every section, a few minutes)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "device_check.py"), "--tiny",
+                        "--device", "cpu", "--out", str(tmp_path),
+                        "--only", "env,cuda_tests,tf32,memory,oom"],
+                       capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((tmp_path / "device_check.json").read_text())
+    assert report["env"]["status"] == "ok" and report["env"]["detail"]["device"] == "cpu"
+    for name in ("cuda_tests", "tf32", "memory", "oom"):
+        assert report[name]["status"] == "skipped"
+        assert report[name]["detail"].startswith("needs a CUDA GPU")
+        assert f"{name:<10} skipped" in r.stdout
+
+
+def test_training_bf16_on_a_gpu_without_it_trains_fp16_with_loss_scaling(fake_gpus):
+    from liif_cli.tasks.train import TrainConfig, _Run
+
+    fake_gpus({0: (7, 5)})
+    cfg = TrainConfig(data="x", out="unused", precision="bf16")
+    run = _Run(cfg, torch.device("cuda", 0), 1, 1, None, None, None, None)  # rank 1: no files
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.open_folder()
+    assert run.amp_dtype == torch.float16 and run.scaler is not None
+    assert [str(w.message) for w in caught if issubclass(w.category, PrecisionWarning)] == [
+        device.CUDA_BF16_FALLBACK_NOTE.format(cap="7.5")]

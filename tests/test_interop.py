@@ -219,7 +219,7 @@ def test_safetensors_keeps_dtype_and_round_trips_to_pth(tmp_path):
     # fp16 as in the .pth: about half the size of fp32 weights
     n = sum(v.numel() for v in model.state_dict().values())
     assert (tmp_path / "half.safetensors").stat().st_size < 2.5 * n + 4096
-    assert load_model(str(tmp_path / "half.safetensors")).meta["steps"] == 7
+    assert load_model(str(tmp_path / "half.safetensors")).card.meta["steps"] == 7
     r = run("export", tmp_path / "half.safetensors", "-o", tmp_path / "back.pth", "-q")
     assert r.exit_code == 0, r.output
     a = torch.load(tmp_path / "half.pth", weights_only=True)["model"]
@@ -239,7 +239,7 @@ def test_models_folder_lists_and_loads_safetensors(tmp_path, tiny_st, monkeypatc
     assert mine and mine[0][1] == "user" and mine[0][3] == "edsr-baseline"
     assert int(mine[0][4]) > 0 and mine[0][7].endswith("mine.safetensors")
     assert all(len(row) == 8 for row in rows)
-    assert load_model("mine").name == "mine"  # by name, from the folder
+    assert load_model("mine").card.name == "mine"  # by name, from the folder
 
 
 def test_models_json(tmp_path, tiny_ckpt, monkeypatch):
@@ -299,7 +299,7 @@ def test_export_refuses_to_clobber(tmp_path, tiny_ckpt):
     r = run("export", tiny_ckpt, "-o", dst)
     assert r.exit_code == 2 and "output exists" in r.output and dst.read_bytes() == b"precious"
     r = run("export", tiny_ckpt, "-o", dst, "--overwrite", "-q")
-    assert r.exit_code == 0 and load_checkpoint(dst).model is not None
+    assert r.exit_code == 0 and load_checkpoint(dst) is not None
     assert listing(tmp_path) == ["m.safetensors", "tiny.pth"]  # no temporaries left
     r = run("export", tiny_ckpt, "-o", tmp_path / "m.pth", "--format", "onnx")
     assert r.exit_code == 2 and "--format onnx disagrees" in r.output

@@ -96,7 +96,7 @@ def test_official_checkpoint_with_cmsr_spec_and_wrong_shapes(tmp_path):
 
 def test_reference_forward_is_the_official_one():
     """tests/data/lmf_golden: the official code's own file and outputs (eval and train mode)."""
-    model = load_checkpoint(GOLDEN / "model.pth").model
+    model = load_checkpoint(GOLDEN / "model.pth")
     assert isinstance(model, LMLIIF)
     g = np.load(GOLDEN / "golden.npz")
     cases = [k for k in g.files if k.startswith("eval_")]
@@ -208,8 +208,8 @@ def test_lmf_checkpoint_through_load_and_the_cli(tmp_path):
     path = tmp_path / "fast.pth"
     save_checkpoint(model, path)
     loaded = load_checkpoint(path)
-    assert isinstance(loaded.model, LMLIIF) and loaded.model.config == model.config
-    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(),
+    assert isinstance(loaded, LMLIIF) and loaded.config == model.config
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
                                                  model.state_dict().values()))
     Image.fromarray(photo_like(10, 12)).save(tmp_path / "in.png")
     r = CliRunner().invoke(app, ["upscale", str(tmp_path / "in.png"), "--scale", "2",
@@ -268,7 +268,7 @@ def test_train_lmf_on_a_liif_encoder_resume_and_cli(tmp_path):
     assert ck2["liif_cli"]["config"]["decoder"] == "lmf"
     moved = ck2["model"]["sd"]["imnet.layers.12.weight"] - ck["model"]["sd"]["imnet.layers.12.weight"]
     assert moved.abs().max() > 1e-5
-    assert isinstance(load_checkpoint(lmf_run / "last.pth").model, LMLIIF)
+    assert isinstance(load_checkpoint(lmf_run / "last.pth"), LMLIIF)
     # the CLI: --decoder is an option, an unknown one one clear line and exit code 2
     r = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "x"),
                                  "--decoder", "mlp"])

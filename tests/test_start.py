@@ -89,6 +89,7 @@ def test_help_version_and_usage_errors_never_import_torch(tmp_path):
 
 
 def test_the_commands_defaults_are_the_librarys():
+    import torch
     from typer.testing import CliRunner
 
     from liif_cli.cli import app, options
@@ -96,9 +97,11 @@ def test_the_commands_defaults_are_the_librarys():
     from liif_cli.data.recipe import TrainConfig
     from liif_cli.io.images import DEFAULT_MAX_INPUT_PIXELS
     from liif_cli.runtime import engine, sizing
+    from liif_cli.runtime.device import memory_budget
     from liif_cli.tasks import evaluate as evaluate_task
 
-    assert options.parse_bytes(options.DEFAULT_MAX_MEMORY) == engine.DEFAULT_MAX_MEMORY
+    assert options.parse_bytes(options.DEFAULT_MAX_MEMORY) is None  # auto: the device's
+    assert memory_budget(torch.device("cpu")) == engine.DEFAULT_MAX_MEMORY
     assert options.DEFAULT_MAX_OUTPUT_PIXELS == sizing.DEFAULT_MAX_OUTPUT_PIXELS
     assert options.DEFAULT_MAX_INPUT_PIXELS == DEFAULT_MAX_INPUT_PIXELS
     assert evaluate.DEFAULT_SCALES == ",".join(map(str, evaluate_task.DEFAULT_SCALES))

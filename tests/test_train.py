@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import photo_like
+from conftest import REPO, photo_like
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -412,7 +412,7 @@ def test_distill_pulls_towards_the_teacher_on_its_latent_or_its_own(folder, tmp_
     from liif_cli.runtime.weights import load_model
     from liif_cli.tasks.train import _build_teacher
 
-    student = load_model(t_pth).model
+    student = load_model(t_pth)
     assert _build_teacher(t_pth, student, torch.device("cpu"))[1] is False  # encoder trains
     student.encoder.requires_grad_(False)
     assert _build_teacher(t_pth, student, torch.device("cpu"))[1] is True
@@ -423,3 +423,150 @@ def test_distill_pulls_towards_the_teacher_on_its_latent_or_its_own(folder, tmp_
     res = runner.invoke(app, ["train", "--data", str(folder), "--out", str(tmp_path / "c"),
                               "--distill", "default", "--distill-weight", "2"])
     assert res.exit_code == 2 and "--distill-weight must be in (0, 1]" in res.output, res.output
+
+
+# ----------------------------------------------------------------------------------------------
+# on GPUs and Macs (issue 25): no autocast in fp32, few host syncs, one loader, agreed stops
+
+def test_an_fp32_step_enters_no_autocast_region(folder, tmp_path, monkeypatch):
+    """torch 2.3-2.5 reject torch.autocast("mps", enabled=False): fp32 must not build one."""
+    import liif_cli.tasks.train as tr
+
+    def refuse(*a, **k):
+        raise RuntimeError("User specified an unsupported autocast device_type 'mps'")
+
+    monkeypatch.setattr(torch, "autocast", refuse)
+    monkeypatch.setattr(tr.torch, "autocast", refuse)
+    cfg = TrainConfig(data=str(folder), out=str(tmp_path / "run"), **{**TINY, "epochs": 1})
+    assert train(cfg)["stopped"] is None
+
+
+def test_the_loop_waits_for_the_device_only_every_few_steps(folder, tmp_path, monkeypatch):
+    import liif_cli.tasks.train as tr
+
+    reads = []  # a value of the step read on the host: the loss or a flag computed from it
+
+    def spy(name):
+        real = getattr(torch.Tensor, name)
+
+        def read(t):
+            if t.grad_fn is not None or (t.dtype == torch.bool and t.dim() == 0):
+                reads.append(name)
+            return real(t)
+        monkeypatch.setattr(torch.Tensor, name, read)
+
+    spy("item")
+    spy("__bool__")
+    steps = []
+    cfg = TrainConfig(data=str(folder), out=str(tmp_path / "run"),
+                      **{**TINY, "epochs": 1, "repeat": 16, "val_images": 0})
+    train(cfg, on_event=lambda e: steps.append(e.loss) if e.kind == "step" else None)
+    assert len(steps) == 24 and all(isinstance(x, float) for x in steps)
+    # checks at steps 1, 10, 20, 24: loss, finiteness (and nothing else per step)
+    assert len(reads) <= 4 * 2 < len(steps), len(reads)
+    assert tr.CHECK_EVERY == 10
+
+
+def test_the_loaders_workers_are_forked_once_per_run(folder, tmp_path, monkeypatch):
+    made = []
+    real = torch.utils.data.DataLoader
+
+    def spy(*a, **k):
+        made.append(k.get("persistent_workers"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", spy)
+    cfg = TrainConfig(data=str(folder), out=str(tmp_path / "run"),
+                      **{**TINY, "epochs": 3, "workers": 1, "val_images": 0})
+    train(cfg)
+    assert made == [True]
+
+
+def _agree_rank(rank: int, store_path: str, signalled: int, out) -> None:
+    import torch.distributed as dist
+
+    from liif_cli.tasks.train import _Stop
+
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
+                            world_size=2)
+    run = type("Run", (), {"world": 2, "dev": torch.device("cpu")})()
+    stop = _Stop()
+    first = stop.agree(run)  # nobody signalled yet
+    if rank == signalled:
+        stop.signal = 15  # SIGTERM reaches one rank only
+    second = stop.agree(run)
+    out.put((rank, first, second, stop.stopping))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_to_stop_when_one_is_signalled(tmp_path):
+    """Over gloo, two processes: the rank without the signal stops at the same step."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_agree_rank, args=(r, str(tmp_path / "store"), 1, out))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    got = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert got == [(0, False, True, True), (1, False, True, True)]
+
+
+@pytest.mark.slow
+def test_the_gpu_training_script_runs_here_in_a_tiny_setting(folder, tmp_path, tiny_ckpt):
+    """scripts/gpu_train.sh on the CPU: trains until its budget, saves, summarises."""
+    import shutil
+
+    if shutil.which("timeout") is None:
+        pytest.skip("needs coreutils' timeout")
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "DATA": str(folder),
+           "INIT": str(tiny_ckpt), "BUDGET_S": "60", "CHECK": "0", "BATCH": "2",
+           "DEVICE": "cpu", "WORKERS": "0", "OMP_NUM_THREADS": "1",
+           "EXTRA": "--patch-size 12 --scale-max 2 --sample-q 50"}
+    r = subprocess.run(["bash", str(REPO / "scripts" / "gpu_train.sh")], env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    ck = torch.load(tmp_path / "out" / "run" / "last.pth", weights_only=True)
+    assert ck["epoch"] >= 1 and ck["liif_cli"]["config"]["precision"] == "bf16"
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert "steps" in summary and "loss: first" in summary
+
+
+SIGNAL_ONE_RANK = """
+import os, signal, sys
+import liif_cli.tasks.train as tr
+from liif_cli.cli import main
+if os.environ["RANK"] == "1":  # SIGTERM reaches rank 1 alone, during its second step
+    real, calls = tr.F.l1_loss, []
+    def l1(a, b):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(a, b)
+    tr.F.l1_loss = l1
+sys.argv = ["liif", "train", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_signal_on_one_ddp_rank_stops_every_rank_and_rank_0_saves(folder, tmp_path):
+    """torchrun, gloo, 2 ranks: rank 1 alone is signalled; both stop at the next agreement
+    (step CHECK_EVERY) instead of rank 0 waiting alone in the gradient all-reduce."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(SIGNAL_ONE_RANK)
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('hidden = [16, 16]\n[encoder_args]\nn_resblocks = 1\nn_feats = 8\n')
+    out = tmp_path / "run"
+    # 3 images x repeat 8 / global batch 2: 12 steps an epoch, the stop agreed at step 10
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", str(driver), "--data", str(folder), "--out",
+                        str(out), "--config", str(tiny), "--epochs", "2", "--batch-size", "2",
+                        "--repeat", "8", "--patch-size", "12", "--scale-max", "2",
+                        "--sample-q", "50", "--workers", "0", "--device", "cpu", "--quiet"],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                       text=True, timeout=240)
+    ck = torch.load(out / "last.pth", weights_only=True)
+    assert (ck["epoch"], ck["train_state"]["iteration"]) == (0, 10), r.stderr[-3000:]

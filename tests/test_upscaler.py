@@ -18,11 +18,12 @@ import liif_cli
 from liif_cli.data.samples import to_tensor
 from liif_cli.errors import UsageError
 from liif_cli.io.images import ImageData, read_image
+from liif_cli.model import LIIF
 from liif_cli.runtime import device, engine
 from liif_cli.runtime.device import PrecisionWarning
 from liif_cli.runtime.sizing import size_request
 from liif_cli.runtime.upscaler import Upscaler
-from liif_cli.runtime.weights import LoadedModel, load_model
+from liif_cli.runtime.weights import ModelCard, card_of, load_model
 
 CPU = torch.device("cpu")
 
@@ -195,28 +196,58 @@ def test_each_command_notes_a_bf16_fallback_once(command, tmp_path, tiny_ckpt, m
 
 
 # ----------------------------------------------------------------------------------------------
-# load_model's result is usable as the network
+# load_model returns the network; Upscaler and export leave a caller's module as it was
 
-def test_a_loaded_model_is_usable_as_the_network(tiny_ckpt):
-    loaded = load_model(str(tiny_ckpt))
-    net = loaded.model
-    assert loaded.to("cpu") is loaded and loaded.eval() is loaded and not net.training
-    assert loaded.train() is loaded and net.training
-    loaded.eval()
-    assert loaded.config is net.config and loaded.encode is not None
-    assert [p.data_ptr() for p in loaded.parameters()] == [p.data_ptr() for p in net.parameters()]
-    inp = torch.rand(1, 3, 6, 7) * 2 - 1
-    coord = torch.rand(1, 5, 2) * 2 - 1
-    cell = torch.full((1, 5, 2), 2 / 12)
-    with torch.no_grad():
-        assert torch.equal(loaded(inp, coord, cell), net(inp, coord, cell))
-        feat = loaded.encode(inp)
-        assert torch.equal(loaded.query(feat, coord, cell), net.query(feat, coord, cell))
-    with pytest.raises(AttributeError, match="no_such_thing"):
-        loaded.no_such_thing
-    for twin in (copy.deepcopy(loaded), pickle.loads(pickle.dumps(loaded))):
-        assert isinstance(twin, LoadedModel) and twin.name == loaded.name
-        assert torch.equal(twin.model.imnet.linears[0].weight, net.imnet.linears[0].weight)
+def test_load_model_returns_the_network_with_its_card(tiny_ckpt):
+    net = load_model(str(tiny_ckpt))
+    assert isinstance(net, torch.nn.Module) and isinstance(net, LIIF) and not net.training
+    assert net.card == ModelCard("tiny", Path(tiny_ckpt), {}) and card_of(net) is net.card
+    assert card_of(random_model()) is None  # built in code: no card
+    assert "card" not in str(net.state_dict().keys())  # not a weight
+    for twin in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert twin.card == net.card
+        assert torch.equal(twin.imnet.linears[0].weight, net.imnet.linears[0].weight)
+
+
+def _state(model: torch.nn.Module) -> tuple:
+    return (model.training, {p.device for p in model.parameters()},
+            {p.dtype for p in model.parameters()}, [p.data_ptr() for p in model.parameters()])
+
+
+def test_an_upscaler_never_moves_or_flips_the_callers_module(tiny_model, monkeypatch):
+    tiny_model.train()
+    before = _state(tiny_model)
+    up = Upscaler(tiny_model, device="cpu", precision="fp32")
+    assert _state(tiny_model) == before and up.model is not tiny_model  # rendered from a copy
+    assert not up.model.training
+    img = torch.rand(3, 6, 7)
+    a = up.render(img, (12, 14))
+    tiny_model.eval()
+    ready = Upscaler(tiny_model, device="cpu", precision="fp32")
+    assert ready.model is tiny_model  # on the device, in eval mode: used as it is
+    assert np.array_equal(ready.render(img, (12, 14)), a)
+    # nothing is ever asked of the caller's module: `.to` (a move) only on the Upscaler's own
+    moved = []
+    real_to = torch.nn.Module.to
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: (
+        moved.append(self), real_to(self, *a, **k))[1])
+    Upscaler(tiny_model, device="cpu")
+    assert moved == []
+    tiny_model.train()
+    second = Upscaler(tiny_model, device="cpu")
+    assert moved == [second.model] and second.model is not tiny_model and tiny_model.training
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", pytest.param("onnx", marks=pytest.mark.slow)])
+def test_export_leaves_the_callers_module_where_and_as_it_was(tiny_model, tmp_path, fmt):
+    from liif_cli.tasks.export import export_model
+
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    model = tiny_model.to(torch.bfloat16).train()
+    before = _state(model)
+    assert export_model(model, tmp_path / f"m.{fmt}").path.exists()
+    assert _state(model) == before
 
 
 def test_upscaler_is_exported_lazily():

@@ -27,12 +27,12 @@ runner = CliRunner()
 
 def test_golden_gpu_saved_checkpoint_loads_on_cpu(golden_dir, golden_manifest):
     loaded = load_checkpoint(golden_dir / "edsr-baseline-liif-seed0-cudatag.pth")
-    assert loaded.model.config.encoder == "edsr-baseline"
+    assert loaded.config.encoder == "edsr-baseline"
     raw = torch.load(golden_dir / "edsr-baseline-liif-seed0-cudatag.pth", map_location="cpu",
                      weights_only=True)
-    assert loaded.meta["epoch"] == raw["epoch"]
-    assert all(t.device.type == "cpu" for t in loaded.model.state_dict().values())
-    n = sum(t.numel() for t in loaded.model.state_dict().values())
+    assert loaded.card.meta["epoch"] == raw["epoch"]
+    assert all(t.device.type == "cpu" for t in loaded.state_dict().values())
+    n = sum(t.numel() for t in loaded.state_dict().values())
     assert n == golden_manifest["models"]["edsr-baseline-liif"]["n_params"]
 
 
@@ -50,7 +50,7 @@ def test_our_checkpoint_has_the_official_layout_and_round_trips(tmp_path):
                                                                   "hidden_list": [32, 32]}}
     assert list(spec["sd"]) == list(model.state_dict())
     assert "encoder.sub_mean.weight" in spec["sd"]  # kept, as the official EDSR has it
-    again = load_checkpoint(path).model
+    again = load_checkpoint(path)
     x = torch.rand(1, 3, 8, 9)
     coord = make_coord((17, 19))[None]
     cell = make_cell((17, 19), coord.shape[1])[None]
@@ -88,7 +88,7 @@ def test_half_precision_storage_loads_as_float32(tmp_path):
     model = random_model()
     path = tmp_path / "half.pth"
     torch.save(checkpoint_dict(model, half=True), path)
-    again = load_checkpoint(path).model
+    again = load_checkpoint(path)
     assert all(p.dtype == torch.float32 for p in again.parameters())
 
 
@@ -153,7 +153,7 @@ def test_model_names_resolve_from_the_user_folder(tmp_path, monkeypatch):
     torch.save(checkpoint_dict(random_model(), epoch=1000), tmp_path / "official.pth")
     torch.save(checkpoint_dict(random_model(), epoch=3, liif_cli={"steps": 12345}),
                tmp_path / "ours.pth")
-    assert load_model("mine").name == "mine"
+    assert load_model("mine").card.name == "mine"
     rows = {r["name"]: r for r in list_models()}
     assert rows["mine"]["encoder"] == "edsr-baseline" and rows["mine"]["source"] == "user"
     assert rows["official"]["trained"] == "1000 epochs"
@@ -170,9 +170,9 @@ def test_default_model_is_bundled_and_verified():
             load_model(None)
         return
     loaded = load_model(None)
-    assert loaded.model.config.encoder == "edsr-baseline"
-    assert loaded.model.config.hidden == (256, 256, 256, 256)
-    assert load_model("default").path == loaded.path
+    assert loaded.config.encoder == "edsr-baseline"
+    assert loaded.config.hidden == (256, 256, 256, 256)
+    assert load_model("default").card.path == loaded.card.path
 
 
 @pytest.mark.slow
@@ -222,7 +222,7 @@ def test_model_card_shows_the_bundled_models_eval_results():
     assert w.metrics, "bundled.json has no eval results: run the card's liif eval commands " \
                       "and scripts/bundle_default.py --eval-json"
     assert w.steps > 0 and w.recipe
-    assert w.steps == load_model("default").meta["steps"]
+    assert w.steps == load_model("default").card.meta["steps"]
     readme = README.read_text()
     for row in card_rows(w.metrics):
         assert row in readme, f"README's model card lacks: {row}"

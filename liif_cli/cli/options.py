@@ -14,7 +14,7 @@ import typer
 
 from liif_cli.errors import UsageError
 
-DEFAULT_MAX_MEMORY = "512M"  # engine.DEFAULT_MAX_MEMORY, as --max-memory takes it
+DEFAULT_MAX_MEMORY = "auto"  # runtime.device.memory_budget: 512M on a CPU, a share of a GPU
 DEFAULT_QUALITY = 95  # JPEG/WebP quality, io.images.write_image's default
 DEFAULT_MAX_OUTPUT_PIXELS = 1_000_000_000  # sizing's guard against absurd outputs
 DEFAULT_MAX_INPUT_PIXELS = 200_000_000  # io.images' decompression-bomb guard
@@ -43,7 +43,8 @@ FitOpt = Annotated[Optional[str], typer.Option(
     "aspect kept) or cover (smallest covering WxH), as ImageMagick's WxH!, WxH and WxH^.",
     show_default=False)]
 MaxMemoryOpt = Annotated[str, typer.Option(
-    help="Working-memory budget for tiles and chunks, e.g. 256M, 2G.", envvar="LIIF_MAX_MEMORY",
+    help="Working-memory budget for tiles and chunks, e.g. 256M, 2G; auto: 512M on a CPU, "
+    "half the free memory of a GPU (which also caps a size given).", envvar="LIIF_MAX_MEMORY",
     show_envvar=True)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 QuietOpt = Annotated[bool, typer.Option(
@@ -58,8 +59,11 @@ DenoiseOpt = Annotated[Optional[float], typer.Option(
     show_default=False)]
 
 
-def parse_bytes(text: str) -> int:
-    """'512M' -> 536870912; plain numbers are bytes."""
+def parse_bytes(text: str) -> int | None:
+    """'512M' -> 536870912; plain numbers are bytes; 'auto' -> None (the device's default,
+    `runtime.device.memory_budget`)."""
+    if text.strip().lower() == "auto":
+        return None
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
     try:

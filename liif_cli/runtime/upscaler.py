@@ -1,12 +1,16 @@
 """The model as every task runs it: on its device, in one precision, its decoder built once.
 
 `Upscaler(model, device=..., precision=..., max_memory=...)` resolves the device and the dtype
-once (`runtime.device`: the one precision policy), moves the network there, and builds the
-engine's decoder (`engine.make_decoder`) the first time it renders, then reuses it for every
-image. Upscale, batch (one per worker), eval, train's validation and bench all render through
+once (`runtime.device`: the one precision policy, TF32 off on a GPU, the memory budget), puts
+the network there, and builds the engine's decoder (`engine.make_decoder`) the first time it
+renders, then reuses it for every image. Upscale, batch (one per worker), eval, train's validation and bench all render through
 one, so `--precision` means one thing everywhere: the dtype of the whole forward pass, encoder
 (under autocast) and decoder MLP alike, as `engine.render`'s `dtype` and `encoder_dtype`.
 16-bit images are computed in float32 whatever the precision (a second decoder, built once).
+
+A network the caller passes is never moved or flipped in place: when it is not already on the
+device in eval mode, the Upscaler renders a copy (so a second Upscaler on another device leaves
+the first, and the caller's module, as they were). A model it loads itself is its own.
 
 The decoder is a snapshot of the weights (some of its tensors are copies): after the weights
 change (a training step, `load_state_dict`) make a new Upscaler. That is cheap (a decoder
@@ -15,6 +19,7 @@ build, milliseconds); training's validation makes one per validation.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, replace
@@ -26,10 +31,18 @@ from liif_cli.errors import UsageError
 from liif_cli.io.images import ImageData
 from liif_cli.model import SRModel
 from liif_cli.runtime import engine
-from liif_cli.runtime.device import DTYPES, precision_name, resolve_device, resolve_precision
-from liif_cli.runtime.weights import LoadedModel, load_model
+from liif_cli.runtime.device import (
+    DTYPES,
+    memory_budget,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+    set_tf32,
+    use_device,
+)
+from liif_cli.runtime.weights import card_of, load_model
 
-ModelRef = LoadedModel | SRModel | str | os.PathLike | None  # None: the bundled default
+ModelRef = SRModel | str | os.PathLike | None  # a network, a name or a path; None: the default
 
 
 @dataclass
@@ -45,16 +58,20 @@ class UpscaleResult:
 class Upscaler:
     """A model ready to render: on `device`, in `precision`, within `max_memory` bytes.
 
-    `model`: a LoadedModel, a network (LIIF or LM-LIIF), a model name or a checkpoint path
-    (None: the bundled default). `precision`: a `--precision` name, resolved by
-    `device.resolve_precision` (an explicit bf16 on a CPU without native bf16 becomes fp32
-    with one `PrecisionWarning`), or a torch dtype taken as already resolved (bench measures
-    emulated bf16 that way). Usage errors (device, precision) come before the model is loaded.
+    `model`: a network (LIIF or LM-LIIF, e.g. from `load_model`), a model name or a checkpoint
+    path (None: the bundled default); a network is used as it is only when it is already on
+    `device` in eval mode, else copied (the caller's module is never moved nor flipped).
+    `precision`: a `--precision` name, resolved by `device.resolve_precision` (an explicit
+    bf16 where the hardware lacks it falls back with one `PrecisionWarning`), or a torch dtype
+    taken as already resolved (bench measures emulated bf16 that way). Usage errors (device, precision) come before the model is loaded.
+    `max_memory`: bytes, None for the device's default (`device.memory_budget`: 512 MiB on a
+    CPU, half the free memory of a CUDA GPU, which also caps a given value). `tf32`: allow
+    TF32 in fp32 work on a CUDA GPU (`device.set_tf32`; default off: fp32 is exact).
     """
 
     def __init__(self, model: ModelRef = None, *, device: str | torch.device | None = "auto",
                  precision: str | torch.dtype = "auto",
-                 max_memory: int = engine.DEFAULT_MAX_MEMORY):
+                 max_memory: int | None = None, tf32: bool = False):
         self.device = resolve_device(device)
         if isinstance(precision, torch.dtype):
             if precision not in DTYPES.values():
@@ -63,14 +80,17 @@ class Upscaler:
             self.dtype = precision
         else:
             self.dtype = resolve_precision(precision, self.device)
-        if isinstance(model, SRModel):
-            self.name: str | None = None  # the caller knows what to call it
-            net = model
-        else:
-            loaded = model if isinstance(model, LoadedModel) else load_model(model)
-            self.name, net = loaded.name, loaded.model
-        self.model: SRModel = net.to(self.device).eval()
-        self.max_memory = max_memory
+        use_device(self.device)
+        set_tf32(self.device, tf32)
+        if isinstance(model, SRModel) and _ready_on(model, self.device):
+            net = model  # the caller's, used as it is: never moved nor flipped
+        else:  # a copy of the caller's, or one we load: ours to move
+            net = copy.deepcopy(model) if isinstance(model, SRModel) else load_model(model)
+            net = net.to(self.device).eval()
+        card = card_of(net)
+        self.name: str | None = card.name if card else None  # None: the caller names it
+        self.model: SRModel = net
+        self.max_memory = memory_budget(self.device, max_memory)
         self._decoders: dict[torch.dtype, engine.Decoder] = {}
 
     @property
@@ -135,6 +155,23 @@ class Upscaler:
     def __repr__(self) -> str:
         return (f"Upscaler({self.name or type(self.model).__name__}, device={self.device}, "
                 f"precision={self.precision}, max_memory={self.max_memory})")
+
+
+def _ready_on(model: SRModel, device: torch.device) -> bool:
+    """True when `model` can render as it is: in eval mode, every tensor on `device`."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return not model.training and all(_same_device(t.device, device) for t in tensors)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """'cuda' (the current GPU) and 'cuda:N' are the same device when N is current."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    return (a.index if a.index is not None else current) == (
+        b.index if b.index is not None else current)
 
 
 def resize_plane(plane: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:

@@ -189,52 +189,35 @@ def model_from_spec(spec: dict[str, Any], *, source: str = "checkpoint") -> SRMo
     return model.eval()
 
 
-@dataclass
-class LoadedModel:
-    """A model and what is known about it; usable as the network itself.
+@dataclass(frozen=True)
+class ModelCard:
+    """What is known about a loaded network, kept on it as `model.card` (as whisper keeps its
+    dimensions on `model.dims`): `load_model` returns the network itself."""
 
-    Calling it runs the network's forward (`loaded(inp, coord, cell)`); `.to()`, `.eval()`
-    and `.train()` act on the network and return this LoadedModel, as nn.Module's do; any
-    other attribute is the network's (`loaded.encode`, `loaded.config`,
-    `loaded.parameters()`). Where torch needs the nn.Module object itself (`isinstance`,
-    `torch.compile`, DDP, `engine.render`), pass `loaded.model`.
-    """
-
-    model: SRModel
     name: str  # what to call it in summaries and tables
-    path: Path | None
-    meta: dict[str, Any]  # the file's 'liif_cli' entry, if any, plus 'epoch'
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
-
-    def to(self, *args: Any, **kwargs: Any) -> LoadedModel:
-        self.model.to(*args, **kwargs)
-        return self
-
-    def eval(self) -> LoadedModel:
-        self.model.eval()
-        return self
-
-    def train(self, mode: bool = True) -> LoadedModel:
-        self.model.train(mode)
-        return self
-
-    def __getattr__(self, name: str) -> Any:
-        # only for names a LoadedModel lacks; never while `model` itself is missing (copy and
-        # pickle build the object empty first) nor for private and special names
-        if name.startswith("_") or "model" not in self.__dict__:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(self.model, name)
+    path: Path | None  # the file it came from; None for a blend made in memory
+    meta: dict[str, Any] = field(default_factory=dict)  # the file's 'liif_cli' entry + 'epoch'
 
 
-def load_checkpoint(path: str | os.PathLike, *, name: str | None = None) -> LoadedModel:
+def card_of(model: SRModel) -> ModelCard | None:
+    """`model.card`, or None for a network built in code."""
+    card = getattr(model, "card", None)
+    return card if isinstance(card, ModelCard) else None
+
+
+def _with_card(model: SRModel, card: ModelCard) -> SRModel:
+    model.card = card  # a plain attribute: not in state_dict, kept by copy.deepcopy and pickle
+    return model
+
+
+def load_checkpoint(path: str | os.PathLike, *, name: str | None = None) -> SRModel:
+    """The network in a checkpoint file, on the CPU, in eval mode, with its `card`."""
     ckpt = read_checkpoint(path)
     model = model_from_spec(ckpt["model"], source=str(path))
     meta = dict(ckpt.get("liif_cli") or {})
     if "epoch" in ckpt:
         meta.setdefault("epoch", ckpt["epoch"])
-    return LoadedModel(model, name or Path(path).stem, Path(path), meta)
+    return _with_card(model, ModelCard(name or Path(path).stem, Path(path), meta))
 
 
 def resolve_model_path(model: str | os.PathLike | None) -> tuple[str, Path]:
@@ -266,8 +249,11 @@ def resolve_model_path(model: str | os.PathLike | None) -> tuple[str, Path]:
 
 
 def load_model(model: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
-               denoise: float | None = None) -> LoadedModel:
+               denoise: float | None = None) -> SRModel:
     """Load the bundled default (None), a bundled or user model by name, or any file by path.
+
+    Returns the network (LIIF or LM-LIIF, an nn.Module) on `device` in eval mode; its name,
+    file and metadata are on `model.card` (`ModelCard`).
 
     `denoise` (0 to 1): the weights of a model that has a denoise partner (`real`, partner
     `default`) blended as (1 - S)·partner + S·model before the run, one forward pass at no
@@ -280,9 +266,7 @@ def load_model(model: str | os.PathLike | None = None, *, device: str | torch.de
     name, path = resolve_model_path(model)
     if name in BUNDLED and BUNDLED[name].denoise_partner and BUNDLED[name].denoise_default != 1:
         return load_denoise_blend(name, BUNDLED[name].denoise_default, device=device)
-    loaded = load_checkpoint(path, name=name)
-    loaded.model.to(device)
-    return loaded
+    return load_checkpoint(path, name=name).to(device)
 
 
 def denoise_pair(model: str | os.PathLike | None) -> tuple[str, str]:
@@ -299,7 +283,7 @@ def denoise_pair(model: str | os.PathLike | None) -> tuple[str, str]:
 
 
 def load_denoise_blend(model: str | os.PathLike | None, strength: float, *,
-                       device: str | torch.device = "cpu") -> LoadedModel:
+                       device: str | torch.device = "cpu") -> SRModel:
     """The pair's weights blended at `strength` (see `load_model`)."""
     check_denoise(strength)
     start, end = denoise_pair(model)
@@ -309,12 +293,11 @@ def load_denoise_blend(model: str | os.PathLike | None, strength: float, *,
     else:
         a = load_checkpoint(resolve_model_path(start)[1], name=start)
         b = load_checkpoint(resolve_model_path(end)[1], name=end)
-        blend = interpolate_state(a.model.state_dict(), b.model.state_dict(), strength)
-        a.model.load_state_dict(blend, strict=True)
-        loaded = LoadedModel(a.model, f"{end}@{strength:g}", None,
-                             {"denoise": strength, "pair": [start, end]})
-    loaded.model.to(device)
-    return loaded
+        blend = interpolate_state(a.state_dict(), b.state_dict(), strength)
+        a.load_state_dict(blend, strict=True)
+        loaded = _with_card(a, ModelCard(f"{end}@{strength:g}", None,
+                                         {"denoise": strength, "pair": [start, end]}))
+    return loaded.to(device)
 
 
 def interpolate_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
@@ -338,8 +321,8 @@ def list_models() -> list[dict[str, Any]]:
                 rows.append({"name": p.stem, "path": p, "source": "user", "description": ""})
     for row in rows:
         try:
-            loaded = load_checkpoint(row["path"])
-            m, meta = loaded.model, loaded.meta
+            m = load_checkpoint(row["path"])
+            meta = m.card.meta
             row["encoder"] = m.config.encoder
             row["arch"] = arch_name(m)
             row["params"] = sum(t.numel() for t in m.state_dict().values())

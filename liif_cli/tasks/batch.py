@@ -74,7 +74,6 @@ from liif_cli.io.images import (
     write_image,
 )
 from liif_cli.model import LIIF, SRModel
-from liif_cli.runtime import engine
 from liif_cli.runtime.device import (
     PrecisionWarning,
     precision_name,
@@ -84,7 +83,7 @@ from liif_cli.runtime.device import (
 from liif_cli.runtime.malloc import keep_freed_memory
 from liif_cli.runtime.sizing import DEFAULT_MAX_OUTPUT_PIXELS, SizeRequest, target_size
 from liif_cli.runtime.upscaler import Upscaler
-from liif_cli.runtime.weights import LoadedModel, load_model
+from liif_cli.runtime.weights import ModelCard, card_of, load_model
 
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff",
                   "tif": ".tiff", "same": None}
@@ -862,7 +861,7 @@ def _process_main(cfg: _WorkerConfig, model_ref: str | LIIF, tasks, results, sto
     try:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        model = model_ref if isinstance(model_ref, SRModel) else load_model(model_ref).model
+        model = model_ref if isinstance(model_ref, SRModel) else load_model(model_ref)
         _Worker(cfg, model, tasks, results, stop, parent_pid).run()
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which carries on
         results.put(("fatal", cfg.name, _describe(e)))
@@ -900,10 +899,10 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = None, *,
+def run_batch(plan: BatchPlan, model: SRModel | str | os.PathLike | None = None, *,
               size: SizeRequest, max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
               devices: str = "auto", jobs: int = 1, precision: str = "auto",
-              max_memory: int = engine.DEFAULT_MAX_MEMORY, quality: int = 95,
+              max_memory: int | None = None, quality: int = 95,
               max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS, fail_fast: bool = False,
               stop: threading.Event | None = None, on_event: EventFn | None = None,
               on_record: Callable[[FileRecord], None] | None = None) -> BatchResult:
@@ -923,7 +922,7 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
     devs, loaded, precisions = _check_devices_and_load(devices, jobs, precision, model)
     names = worker_names(devs)
     records, todo = _planned_records(plan, record)
-    result = BatchResult(plan, [], 0.0, loaded.name, names)
+    result = BatchResult(plan, [], 0.0, _card(loaded).name, names)
     result.removed_temps = remove_stale_temps(plan)
     emit(BatchEvent("start", 0, len(todo), message=", ".join(names)))
     if fail_fast and plan.count("fail"):
@@ -950,14 +949,19 @@ def run_batch(plan: BatchPlan, model: LoadedModel | str | os.PathLike | None = N
 
 
 def _check_devices_and_load(devices: str, jobs: int, precision: str,
-                            model: LoadedModel | str | os.PathLike | None
-                            ) -> tuple[list[torch.device], LoadedModel, dict[torch.device, str]]:
+                            model: SRModel | str | os.PathLike | None
+                            ) -> tuple[list[torch.device], SRModel, dict[torch.device, str]]:
     """One device per worker, the model loaded, and the precision each device computes in
     (resolved once: a usage error or a fallback note comes here, not from every worker)."""
     devs = parse_devices(devices, jobs=jobs)
     # fp16 on a CPU etc.: a usage error before any work; a bf16 fallback noted once, here
     names = {d: precision_name(resolve_precision(precision, d)) for d in set(devs)}
-    return devs, model if isinstance(model, LoadedModel) else load_model(model), names
+    return devs, model if isinstance(model, SRModel) else load_model(model), names
+
+
+def _card(model: SRModel) -> ModelCard:
+    """The model's card; a network built in code is named by its class."""
+    return card_of(model) or ModelCard(type(model).__name__.lower(), None)
 
 
 def _planned_records(plan: BatchPlan, record: Callable[[FileRecord], None]
@@ -1004,13 +1008,14 @@ class _Dispatch:
 
     # -- start and feed
 
-    def start_workers(self, devs: list[torch.device], loaded: LoadedModel, *,
+    def start_workers(self, devs: list[torch.device], loaded: SRModel, *,
                       size: SizeRequest, max_output_pixels: int,
                       precisions: dict[torch.device, str],
                       max_memory: int, quality: int, max_input_pixels: int) -> None:
         """A worker per device (a thread, or spawned processes), each given its first files."""
         threaded, ctx = self.threaded, self.ctx
-        model_ref: str | LIIF = str(loaded.path) if loaded.path is not None else loaded.model
+        model_ref: str | SRModel = (str(_card(loaded).path) if _card(loaded).path is not None
+                                    else loaded)
         for name, dev in zip(self.result.workers, devs):
             self.task_qs[name] = queue.Queue() if threaded else ctx.Queue()
             cfg = _WorkerConfig(name, str(dev), size, max_output_pixels, precisions[dev],
@@ -1018,7 +1023,7 @@ class _Dispatch:
                                 quality, self.plan.overwrite, max_input_pixels,
                                 None if threaded else max(1, _cpu_count() // len(devs)))
             if threaded:
-                w = _Worker(cfg, loaded.model, self.task_qs[name], self.results, self.halt)
+                w = _Worker(cfg, loaded, self.task_qs[name], self.results, self.halt)
                 threading.Thread(target=_thread_main, args=(w,), daemon=True,
                                  name=f"liif-worker-{name}").start()
             else:

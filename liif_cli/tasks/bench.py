@@ -247,7 +247,7 @@ def _sync(device: torch.device) -> None:
 
 def run_bench(model: SRModel, *, image: np.ndarray | None = None, size: int = 256,
               scale: float = 4.0, devices: str = "auto", precisions: str = "auto",
-              skip_oracle: bool = False, max_memory: int = engine.DEFAULT_MAX_MEMORY,
+              skip_oracle: bool = False, max_memory: int | None = None,
               model_name: str = "model", on_stage: Callable[[str], None] | None = None
               ) -> BenchReport:
     """Time engine (each precision) and oracle (fp32) on each device for one input and scale.

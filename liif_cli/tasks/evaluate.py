@@ -57,7 +57,6 @@ from liif_cli.data.samples import load_rgb_uint8 as load_rgb
 from liif_cli.errors import DataError, UsageError
 from liif_cli.io.files import atomic_write_text, check_output_path, find_images
 from liif_cli.io.images import READABLE_SUFFIXES
-from liif_cli.runtime import engine
 from liif_cli.runtime.device import resolve_device, resolve_precision
 from liif_cli.runtime.sizing import parse_scales
 from liif_cli.runtime.upscaler import Upscaler
@@ -333,12 +332,12 @@ def evaluate(model: Any, data: str | os.PathLike, *,
              scales: str | Iterable[float] = DEFAULT_SCALES, protocol: str = "auto",
              lr_dir: str | os.PathLike | None = None, bicubic: bool = True,
              with_ssim: bool = False, device: str | torch.device | None = "auto",
-             precision: str = "fp32", max_memory: int = engine.DEFAULT_MAX_MEMORY,
+             precision: str = "fp32", max_memory: int | None = None,
              examples_dir: str | os.PathLike | None = None,
              examples: int = EXAMPLE_IMAGES, overwrite: bool = False,
              degrade: str | None = None,
              on_progress: ProgressFn | None = None) -> EvalResult:
-    """Score `model` (LoadedModel, LIIF, name or path; None: bundled) on the HR folder `data`.
+    """Score `model` (a network, a name or a path; None: bundled) on the HR folder `data`.
 
     `degrade`: a spec such as "noise=5,jpeg=80" (`degrade.parse_spec`); every LR input, made or
     paired, is degraded by it, seeded by image name and scale, so reruns score the same pixels.

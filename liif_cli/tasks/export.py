@@ -20,6 +20,7 @@ Every file is written to a temporary name, checked by reading it back, then rena
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -37,8 +38,10 @@ from torch import nn
 from liif_cli import __version__
 from liif_cli.errors import ExportError, LiifError, UsageError
 from liif_cli.io.files import atomic_write, check_output_path
+from liif_cli.model import SRModel
 from liif_cli.runtime.weights import (
-    LoadedModel,
+    ModelCard,
+    card_of,
     checkpoint_dict,
     load_model,
     model_from_spec,
@@ -91,20 +94,22 @@ def export_format(fmt: str | None, output: str | os.PathLike | None) -> str:
     return SUFFIX_FORMATS[suffix]
 
 
-def export_model(model: str | os.PathLike | LoadedModel | None, output: str | os.PathLike
+def export_model(model: str | os.PathLike | SRModel | None, output: str | os.PathLike
                  | None = None, *, fmt: str | None = None, overwrite: bool = False
                  ) -> ExportResult:
     """Write `model` (a name, a path, None for the bundled default) as `fmt` to `output`
-    (default: NAME.safetensors / .onnx / .pth in the current folder)."""
+    (default: NAME.safetensors / .onnx / .pth in the current folder). A network passed in is
+    left where it is, in its dtype and mode: the export works on a CPU fp32 copy."""
     t0 = time.perf_counter()
     key = export_format(fmt, output)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    net = model if isinstance(model, SRModel) else load_model(model)
+    loaded = _card(net)
     dst = Path(output) if output is not None else Path(loaded.name + EXPORT_FORMATS[key])
     check_output_path(dst, overwrite=overwrite)
     if key == "onnx":
-        check = atomic_write(dst, lambda tmp: _write_onnx(loaded, tmp), overwrite=overwrite)
+        check = atomic_write(dst, lambda tmp: _write_onnx(net, tmp), overwrite=overwrite)
     else:
-        ckpt = _checkpoint_of(loaded)
+        ckpt = _checkpoint_of(net)
         if key == "safetensors":
             blob = safetensors_bytes(ckpt)
 
@@ -121,14 +126,20 @@ def export_model(model: str | os.PathLike | LoadedModel | None, output: str | os
                         check)
 
 
-def _checkpoint_of(loaded: LoadedModel) -> dict[str, Any]:
+def _card(net: SRModel) -> ModelCard:
+    """The network's card; one built in code is named by its class."""
+    return card_of(net) or ModelCard(type(net).__name__.lower(), None)
+
+
+def _checkpoint_of(net: SRModel) -> dict[str, Any]:
     """The file's own checkpoint when there is one (its dtypes kept), else the model's."""
+    loaded = _card(net)
     if loaded.path is not None:
         try:
             return read_checkpoint(loaded.path)
         except LiifError:
             pass
-    return checkpoint_dict(loaded.model, liif_cli=dict(loaded.meta))
+    return checkpoint_dict(net, liif_cli=dict(loaded.meta))
 
 
 def _check_checkpoint(tmp: str, back: dict[str, Any], ckpt: dict[str, Any]) -> str:
@@ -189,9 +200,10 @@ def _onnx_modules():
     return onnx
 
 
-def _write_onnx(loaded: LoadedModel, tmp: str) -> str:
+def _write_onnx(net: SRModel, tmp: str) -> str:
+    loaded = _card(net)
     onnx = _onnx_modules()
-    graph = query_graph(loaded.model.float().cpu())
+    graph = query_graph(copy.deepcopy(net).float().cpu().eval())  # the caller's stays put
     inputs = example_inputs()
     h, w, n = (torch.export.Dim(d, min=1) for d in ("h", "w", "N"))
     shapes = {"image": {2: h, 3: w}, "coord": {1: n}, "cell": {1: n}}
@@ -214,7 +226,7 @@ def _write_onnx(loaded: LoadedModel, tmp: str) -> str:
     proto = program.model_proto
     proto.doc_string = ("LIIF query: image [1,3,h,w] in [0,1], coord [1,N,2] (row, col) pixel "
                         "centres in [-1,1], cell [1,N,2] = (2/H, 2/W) -> rgb [1,N,3] in [0,1]")
-    spec = loaded.model.config.to_spec()
+    spec = net.config.to_spec()
     for key, value in (("liif_cli_version", __version__), ("model", loaded.name),
                        ("name", spec["name"]), ("args", json.dumps(spec["args"]))):
         entry = proto.metadata_props.add()

@@ -15,6 +15,7 @@ Data randomness is a pure function of (seed, epoch, sample), so a resumed run co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -57,7 +58,7 @@ from liif_cli.data.samples import (
 )
 from liif_cli.errors import TrainingError, UsageError, signal_exit_code
 from liif_cli.model import LmfConfig, SRModel, build_model
-from liif_cli.runtime.device import resolve_device, resolve_precision
+from liif_cli.runtime.device import resolve_device, resolve_precision, set_tf32, use_device
 from liif_cli.runtime.malloc import keep_freed_memory
 from liif_cli.runtime.upscaler import Upscaler
 from liif_cli.runtime.weights import (
@@ -70,6 +71,9 @@ from liif_cli.runtime.weights import (
 __all__ = ["Progress", "TrainConfig", "config_from", "train", "validate"]
 
 LOG_EVERY = 10  # iterations between metrics.jsonl records
+# iterations between the checks that wait for the device (a finite loss, the loss shown) and,
+# under DDP, the ranks' agreement to stop: each is a host sync, which a GPU step should not have
+CHECK_EVERY = LOG_EVERY
 
 
 def _retune_schedule(opt: torch.optim.Optimizer, sched: Any, cfg: TrainConfig,
@@ -154,11 +158,30 @@ class Progress:
 
 
 class _Stop:
-    """SIGINT/SIGTERM set a flag; the loop saves and stops at the next iteration."""
+    """SIGINT/SIGTERM set a flag; the loop saves and stops once the ranks agree (`agree`).
+
+    Under DDP every rank must leave the loop at the same iteration: a rank that broke alone on
+    its own signal would leave the others waiting in the next gradient all-reduce, and rank 0's
+    save could be lost. So `stopping` (what the loop obeys) changes only in `agree`, which all
+    ranks call at the same iterations.
+    """
 
     def __init__(self):
         self.signal: int | None = None
+        self.stopping = False  # agreed by every rank
         self._old: dict[int, Any] = {}
+
+    def agree(self, run: _Run) -> bool:
+        """Whether any rank has a signal (one all-reduce under DDP); sets `stopping`."""
+        mine = self.signal is not None
+        if run.world > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([int(mine)], device=run.dev)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            mine = bool(flag.item())
+        self.stopping = self.stopping or mine
+        return self.stopping
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -217,23 +240,28 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     with _Stop() as stop:
         for epoch in range(run.start_epoch, run.cfg.epochs):
             it = _train_epoch(run, data, epoch, stop, emit)
-            if stop.signal is not None and it < run.iters:
+            if stop.stopping and it < run.iters:
                 run.save(run.last, epoch, it)
-                stopped = f"stopped by signal {signal.Signals(stop.signal).name} at epoch " \
+                stopped = f"stopped by signal {signal.Signals(_signal_of(stop)).name} at epoch " \
                           f"{epoch + 1}, iteration {it}/{run.iters}; resume with --resume"
                 break
             _end_epoch(run, data, epoch, it, emit)
-            if stop.signal is not None:
-                stopped = f"stopped by signal {signal.Signals(stop.signal).name} after epoch " \
-                          f"{epoch + 1}; resume with --resume"
+            if stop.stopping:
+                name = signal.Signals(_signal_of(stop)).name
+                stopped = f"stopped by signal {name} after epoch {epoch + 1}; resume with --resume"
                 break
     run.close()
     summary = {"epochs_done": epoch + 1 if stopped is None else None, "best_psnr": run.best,
                "seconds": time.time() - t_start, "out": str(run.out), "stopped": stopped,
-               "signal": stop.signal if stopped is not None else None,
-               "exit_code": signal_exit_code(stop.signal) if stopped is not None else 0}
+               "signal": _signal_of(stop) if stopped is not None else None,
+               "exit_code": signal_exit_code(_signal_of(stop)) if stopped is not None else 0}
     emit(Progress("stop", epoch, message=stopped or "finished"))
     return summary
+
+
+def _signal_of(stop: _Stop) -> int:
+    """The signal that stopped the run; SIGTERM on a rank that only agreed to another's."""
+    return stop.signal if stop.signal is not None else signal.SIGTERM
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,6 +281,8 @@ def _start_device(cfg: TrainConfig, world: int, local_rank: int) -> torch.device
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     else:
         dev = resolve_device(cfg.device)
+        use_device(dev)  # cuda:N current, so pinned-memory threads stay off GPU 0
+    set_tf32(dev, False)  # fp32 is exact fp32, as in every render (runtime.device)
     if cfg.precision == "fp16" and dev.type != "cuda":
         raise UsageError("fp16 training needs a CUDA GPU; on the CPU use --precision bf16")
     return dev
@@ -306,7 +336,9 @@ class _Run:
         # with a note
         amp_dtype = resolve_precision(self.cfg.precision, self.dev)
         self.amp_dtype = None if amp_dtype == torch.float32 else amp_dtype
-        self.scaler = torch.amp.GradScaler("cuda") if self.cfg.precision == "fp16" else None
+        # fp16, asked for or bf16's fallback on a GPU without native bf16, needs loss scaling
+        self.scaler = (torch.amp.GradScaler(self.dev.type) if amp_dtype == torch.float16
+                       else None)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             self.log = open(self.out / "metrics.jsonl", "a")
@@ -368,7 +400,7 @@ def _build_teacher(ref: str, model: SRModel, dev: torch.device) -> tuple[SRModel
     """--distill's model on `dev`, frozen, and whether it may decode the student's latent: when
     the student's encoder is frozen and equal to the teacher's (`--init T --freeze-encoder
     --distill T`), the teacher's own encoder pass would compute the same grid again."""
-    teacher = load_model(ref).model.to(dev).eval().requires_grad_(False)
+    teacher = load_model(ref).to(dev).eval().requires_grad_(False)
     mine = model.encoder.state_dict()
     theirs = teacher.encoder.state_dict()
     shared = (not any(p.requires_grad for p in model.encoder.parameters())
@@ -386,9 +418,9 @@ def _build_model(cfg: TrainConfig, state: dict[str, Any] | None
         model = model_from_spec(state["model"], source=str(Path(cfg.out) / "last.pth"))
     elif cfg.init:
         init = load_model(cfg.init)  # a path, or a bundled or user model name
-        model, cfg = _init_model(cfg, init.model)
-        if model is init.model:
-            init_steps = int(init.meta.get("steps") or 0)
+        model, cfg = _init_model(cfg, init)
+        if model is init:
+            init_steps = int(init.card.meta.get("steps") or 0)
     else:
         model = build_model(cfg.model_config())
     return model, replace(cfg, decoder=decoder_of(model)), init_steps  # stored: resume rebuilds
@@ -411,6 +443,26 @@ def _restore(run: _Run, state: dict[str, Any], saved: dict[str, Any]) -> None:
 class _Data:
     dataset: RandomScaleSamples
     val_images: list[np.ndarray]  # on rank 0; [] without --val-data
+    loader: Any = None  # one DataLoader for the run: its workers persist across epochs
+    batches: EpochBatches | None = None  # the loader's sampler, set to each epoch in turn
+
+    def epoch_loader(self, run: _Run, epoch: int, skip: int) -> torch.utils.data.DataLoader:
+        """The loader, its sampler set to `epoch` (from batch `skip`); made on first use.
+
+        Its workers are forked once (`persistent_workers`), not every epoch: the sampler runs
+        in this process and the dataset reads the epoch from each index, so the workers need
+        not know it.
+        """
+        cfg = run.cfg
+        if self.loader is None:
+            self.batches = EpochBatches(len(self.dataset), batch_size=cfg.batch_size,
+                                        epoch=epoch, seed=cfg.seed, rank=run.rank,
+                                        world=run.world, skip=skip)
+            self.loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=self.batches, num_workers=cfg.workers,
+                pin_memory=run.dev.type == "cuda", persistent_workers=cfg.workers > 0)
+        self.batches.epoch, self.batches.skip = epoch, skip
+        return self.loader
 
 
 def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
@@ -446,17 +498,15 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: _Stop,
     run.iters when a signal stopped it."""
     cfg, dev, opt, iters = run.cfg, run.dev, run.opt, run.iters
     skip = run.skip if epoch == run.start_epoch else 0
-    batches = EpochBatches(len(data.dataset), batch_size=cfg.batch_size, epoch=epoch,
-                           seed=cfg.seed, rank=run.rank, world=run.world, skip=skip)
-    loader = torch.utils.data.DataLoader(data.dataset, batch_sampler=batches,
-                                         num_workers=cfg.workers,
-                                         pin_memory=dev.type == "cuda")
+    loader = data.epoch_loader(run, epoch, skip)
     run.net.train()
     latents: list[torch.Tensor] = []  # the student's latent, for a teacher that shares it
     hook = run.model.encoder.register_forward_hook(
         lambda _m, _i, out: latents.append(out)) if run.shared_latent else None
     t0, it, n_run = time.time(), skip, 0
     loss_teacher = None
+    shown: dict[str, float] = {}  # the losses as last read from the device
+    nonfinite = torch.zeros((), dtype=torch.bool, device=dev)  # any step's loss not finite
     try:
         for batch in loader:
             inp = (batch["inp"].to(dev, non_blocking=True) - 0.5) / 0.5
@@ -470,11 +520,7 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: _Stop,
             if run.teacher is not None:
                 loss_teacher = _teacher_loss(run, pred, inp, coord, cell, latents)
                 loss = (1 - cfg.distill_weight) * loss_gt + cfg.distill_weight * loss_teacher
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss.item()} at epoch {epoch + 1} iteration {it + 1}; "
-                    f"stopped, the last good checkpoint is kept ({run.last}). Try a lower --lr "
-                    "or --precision fp32")
+            nonfinite |= ~torch.isfinite(loss.detach())  # on the device: no sync
             opt.zero_grad(set_to_none=True)
             # linear warm-up over the run's first steps (a fresh Adam on --init weights
             # otherwise takes full-size steps from noisy moments); the schedule is untouched
@@ -495,13 +541,27 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: _Stop,
             it += 1
             n_run += 1
             its = n_run / max(time.time() - t0, 1e-9)
+            # the checks that wait for the device: every CHECK_EVERY steps, at the epoch's
+            # end and on the first step (every step alone: no collective, a CPU has no sync)
+            check = (n_run == 1 or it % CHECK_EVERY == 0 or it == iters
+                     or (run.world == 1 and stop.signal is not None))
+            if check:
+                shown["loss"] = loss_gt.item()
+                if loss_teacher is not None:
+                    shown["loss_teacher"] = loss_teacher.item()
+                if nonfinite.item():
+                    now = loss.item()
+                    raise TrainingError(
+                        f"loss became {now if not math.isfinite(now) else 'non-finite'} at "
+                        f"epoch {epoch + 1} (by iteration {it}); stopped, the last good "
+                        f"checkpoint is kept ({run.last}). Try a lower --lr or --precision fp32")
             if it % LOG_EVERY == 0 or it == iters:  # `loss`: L1 to the ground truth, always
-                extra = {} if loss_teacher is None else {"loss_teacher": loss_teacher.item()}
+                extra = {k: v for k, v in shown.items() if k == "loss_teacher"}
                 run.record(kind="step", epoch=epoch + 1, iteration=it,
-                           steps=run.init_steps + run.run_steps(epoch, it), loss=loss_gt.item(),
+                           steps=run.init_steps + run.run_steps(epoch, it), loss=shown["loss"],
                            lr=step_lr, its=its, **extra)
-            emit(Progress("step", epoch, it, iters, loss=loss_gt.item(), lr=step_lr, its=its))
-            if stop.signal is not None:
+            emit(Progress("step", epoch, it, iters, loss=shown["loss"], lr=step_lr, its=its))
+            if (check or run.world == 1) and stop.agree(run):  # alone: no collective, no sync
                 break
     finally:
         if hook is not None:
@@ -509,9 +569,12 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: _Stop,
     return it
 
 
-def _autocast(run: _Run) -> torch.autocast:
-    return torch.autocast(run.dev.type, dtype=run.amp_dtype or torch.float32,
-                          enabled=run.amp_dtype is not None)
+def _autocast(run: _Run) -> contextlib.AbstractContextManager:
+    """Autocast to the training precision; in fp32 no autocast region at all (torch 2.3-2.5
+    reject `torch.autocast("mps", enabled=False)` before reading `enabled`)."""
+    if run.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(run.dev.type, dtype=run.amp_dtype)
 
 
 def _teacher_loss(run: _Run, pred: torch.Tensor, inp: torch.Tensor, coord: torch.Tensor,

@@ -75,7 +75,7 @@ def default_output_path(inp: str | os.PathLike, request: SizeRequest,
 
 def upscale_image(model: ModelRef | Upscaler, image: ImageData, *, out_hw: tuple[int, int],
                   device: str | torch.device | None = "auto", precision: str = "auto",
-                  max_memory: int = engine.DEFAULT_MAX_MEMORY,
+                  max_memory: int | None = None,
                   on_progress: engine.ProgressFn | None = None) -> UpscaleResult:
     """Upscale ImageData to out_hw = (H, W), keeping mode, bit depth and metadata
     (`Upscaler.upscale_image`). An `Upscaler` as `model` brings its own device, precision and
@@ -103,7 +103,7 @@ def upscale(model: ModelRef | Upscaler, image: str | os.PathLike | ImageData | n
             size: tuple[int, int] | str | None = None, width: int | None = None,
             height: int | None = None, fit: str | None = None,
             device: str | torch.device | None = "auto",
-            precision: str = "auto", max_memory: int = engine.DEFAULT_MAX_MEMORY,
+            precision: str = "auto", max_memory: int | None = None,
             max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
             on_progress: Callable[[int, int], None] | None = None):
     """Upscale a file, ImageData or uint8/uint16 array by `scale`, to `size` (W, H), or to a
@@ -156,7 +156,7 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
                  size: str | tuple[int, int] | None = None, width: int | None = None,
                  height: int | None = None, fit: str | None = None, fmt: str | None = None,
                  device: str | torch.device | None = "auto",
-                 precision: str = "auto", max_memory: int = engine.DEFAULT_MAX_MEMORY,
+                 precision: str = "auto", max_memory: int | None = None,
                  overwrite: bool = False, quality: int = 95,
                  max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
                  max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,

@@ -68,8 +68,8 @@ def bench(
     else:
         from liif_cli.runtime.weights import load_model
 
-        loaded = load_model(model)
-        net, name = loaded.model, loaded.name
+        net = load_model(model)
+        name = net.card.name
     report = run_bench(net, image=image, size=size, scale=scale, devices=device,
                        precisions=precision, skip_oracle=skip_oracle, max_memory=budget,
                        model_name=name,
