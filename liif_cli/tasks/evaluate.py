@@ -56,7 +56,7 @@ from liif_cli.data.samples import bicubic_upsample, hr_crop_size, lr_size, make_
 from liif_cli.data.samples import load_rgb_uint8 as load_rgb
 from liif_cli.errors import DataError, UsageError
 from liif_cli.io.files import atomic_write_text, check_output_path, find_images
-from liif_cli.io.images import READABLE_SUFFIXES
+from liif_cli.io.formats import READABLE_SUFFIXES
 from liif_cli.runtime import engine
 from liif_cli.runtime.device import resolve_device, resolve_precision
 from liif_cli.runtime.sizing import parse_scales

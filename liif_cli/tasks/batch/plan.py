@@ -19,7 +19,7 @@ from typing import Iterable
 
 from liif_cli.errors import ImageReadError, UsageError
 from liif_cli.io.files import matches_pattern, path_order, scan_images, temp_target
-from liif_cli.io.images import FORMATS, is_image_name
+from liif_cli.io.formats import FORMATS, is_image_name
 from liif_cli.tasks.batch.shard import shard_of
 
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff",
