@@ -409,7 +409,7 @@ def train(
 
     Example: liif train --data DIV2K/DIV2K_train_HR --val-data DIV2K/DIV2K_valid_HR
     """
-    from liif_cli.data.recipe import check_new_run, config_from
+    from liif_cli.recipe import check_new_run, config_from
 
     if plot is not None:
         from liif_cli.io.plot import plot_run

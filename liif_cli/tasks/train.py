@@ -33,14 +33,6 @@ import torch.nn.functional as F
 from liif_cli import __version__
 from liif_cli.data.degrade import degrade_image, parse_spec, spec_text
 from liif_cli.data.metrics import psnr
-from liif_cli.data.recipe import (  # TrainConfig and config_from: also public from here
-    TrainConfig,
-    _make_config,
-    _saved_run,
-    check_new_run,
-    config_from,
-    resume_config,
-)
 from liif_cli.data.samples import (
     EpochBatches,
     ImageCache,
@@ -52,6 +44,14 @@ from liif_cli.data.samples import (
 )
 from liif_cli.errors import TrainingError, UsageError
 from liif_cli.model import LmfConfig, SRModel, build_model
+from liif_cli.recipe import (  # TrainConfig and config_from: also public from here
+    TrainConfig,
+    _make_config,
+    _saved_run,
+    check_new_run,
+    config_from,
+    resume_config,
+)
 from liif_cli.runtime.device import resolve_device, resolve_precision
 from liif_cli.runtime.malloc import keep_freed_memory
 from liif_cli.runtime.upscaler import Upscaler
