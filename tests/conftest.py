@@ -4,7 +4,6 @@ small synthetic images, and the one-thread fixture for tests on tiny tensors."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +21,6 @@ GOLDEN_CKPT = GOLDEN / "edsr-baseline-liif-seed0-cudatag.pth"
 DATA = SHARED / "data"
 SUBPROCESS_TIMEOUT_S = 180  # generous: the test machine is shared and often loaded
 TINY_ENCODER = {"n_resblocks": 2, "n_feats": 16, "no_upsampling": True}  # EDSR-baseline, tiny
-
-# scripts/card_tables.py formats the model cards' rows; tests check the README shows them
-sys.path.insert(0, str(REPO / "scripts"))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -361,8 +361,9 @@ def test_real_is_bundled_with_default_as_its_partner_and_loads_in_the_official_l
 
 
 def test_real_model_card_shows_the_bundled_results():
-    from card_tables import degraded_rows
     from conftest import README
+
+    from liif_cli.data.cards import degraded_rows
 
     w = _real()
     assert w.degraded_metrics and "none" in w.degraded_metrics

@@ -215,8 +215,9 @@ CARD_TOL_DB = 0.01  # the card prints 2 decimals; bf16 kernels may differ by CPU
 
 
 def test_model_card_shows_the_bundled_models_eval_results():
-    from card_tables import card_rows
     from conftest import README
+
+    from liif_cli.data.cards import card_rows
 
     w = BUNDLED["default"]
     assert w.metrics, "bundled.json has no eval results: run the card's liif eval commands " \
