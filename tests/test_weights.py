@@ -25,11 +25,10 @@ from liif_cli.runtime.weights import (
 runner = CliRunner()
 
 
-def test_golden_gpu_saved_checkpoint_loads_on_cpu(golden_dir, golden_manifest):
-    loaded = load_checkpoint(golden_dir / "edsr-baseline-liif-seed0-cudatag.pth")
+def test_golden_gpu_saved_checkpoint_loads_on_cpu(shared_golden_ckpt, golden_manifest):
+    loaded = load_checkpoint(shared_golden_ckpt)
     assert loaded.model.config.encoder == "edsr-baseline"
-    raw = torch.load(golden_dir / "edsr-baseline-liif-seed0-cudatag.pth", map_location="cpu",
-                     weights_only=True)
+    raw = torch.load(shared_golden_ckpt, map_location="cpu", weights_only=True)
     assert loaded.meta["epoch"] == raw["epoch"]
     assert all(t.device.type == "cpu" for t in loaded.model.state_dict().values())
     n = sum(t.numel() for t in loaded.model.state_dict().values())
