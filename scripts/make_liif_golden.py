@@ -10,7 +10,7 @@ anything (and, where ../shared exists, that the rebuilt weights equal the checkp
 (github yinboc/liif 4c833f8f, demo.py and test.py, see ../shared/golden/README.md): the inputs,
 the raw outputs of six cases (down, ×1, ×2, non-integer, anisotropic), the encoder features and
 the evaluation files (LR made by the official resize_fn, ground truth, raw prediction; PSNRs
-in the manifest).
+in the manifest) and the official RDN-LIIF state-dict key list.
 
     python scripts/make_liif_golden.py [--shared ../shared/golden] [--out tests/data/liif_golden]
 """
@@ -28,6 +28,7 @@ CASES = ["synth_31x57_to_16x28", "synth_31x57_to_31x57", "synth_48x40_to_48x40",
          "synth_48x40_to_96x80", "synth_48x40_to_173x131", "synth_31x57_to_40x300"]
 FILES = (["inputs/synth_48x40.png", "inputs/synth_31x57.png", "inputs/synth_100x84_hr.png",
           "edsr-baseline-liif/synth_48x40.feat.npy", "edsr-baseline-liif/synth_31x57.feat.npy"]
+         + ["rdn-liif-state-dict.txt"]
          + [f"edsr-baseline-liif/{c}.raw.npy" for c in CASES]
          + [f"edsr-baseline-liif/eval/synth_100x84_x{s}_{k}"
             for s in (2, 3, 4, 6) for k in ("lr.npy", "lr.png", "gt.npy", "pred_raw.npy")])
