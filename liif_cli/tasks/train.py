@@ -201,7 +201,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     Under torchrun with gloo, end the process with os._exit once done, as `liif train` does
     (`cli._leave_distributed`): gloo's worker threads can abort a finalizing interpreter.
     """
-    keep_freed_memory()
+    keep_freed_memory(kept_max=None)  # all of it: the peak recurs on every step
     rank, world, local_rank = _dist_info()
     emit = on_event if (on_event and rank == 0) else (lambda e: None)
     dev = _start_device(cfg, world, local_rank)
