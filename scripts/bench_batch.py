@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from liif_cli.tasks.bench import synthetic_image
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 GOLDEN_CKPT = SHARED / "golden" / "edsr-baseline-liif-seed0-cudatag.pth"
@@ -40,10 +42,7 @@ def make_images(folder: Path, n: int, px: int) -> None:
             x, y = (k * 37) % (im.width - px), (k * 53) % (im.height - px)
             im.crop((x, y, x + px, y + px)).save(folder / f"img{k:03d}.png")
         else:
-            sys.path.insert(0, str(REPO / "tests"))
-            from conftest import photo_like
-
-            Image.fromarray(photo_like(px, px, seed=k)).save(folder / f"img{k:03d}.png")
+            Image.fromarray(synthetic_image(px, seed=k)).save(folder / f"img{k:03d}.png")
 
 
 def timed(cmd: list[str]) -> float:

@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 
 import torch
-from card_tables import degraded_metrics_from_reports, metrics_from_reports
 
+from liif_cli.data.cards import degraded_metrics_from_reports, metrics_from_reports
 from liif_cli.runtime.weights import (
     PACKAGE_WEIGHTS_DIR,
     atomic_torch_save,

@@ -200,10 +200,53 @@ def test_train_config_checks_degrade(tmp_path):
 def test_validation_reports_degraded_scores_too():
     from liif_cli.tasks.train import validate
 
-    imgs = [photo_like(40, 40, seed=i) for i in range(2)]
+    imgs = {f"{i}.png": photo_like(40, 40, seed=i) for i in range(2)}
     res = validate(random_model(), imgs, (2.0,), degrade="noise=8")
     assert set(res) == {"x2", "x2 noise=8"}
     assert res["x2"] != res["x2 noise=8"]
+
+
+def test_eval_and_validation_degrade_an_image_alike(tmp_path, monkeypatch):
+    """`liif eval --degrade` and `liif train --val-degrade` score the same degraded pixels: both
+    seed by the file name (`degrade.degrade_image`), not by the image's place in a list."""
+    from liif_cli.tasks import evaluate as ev
+    from liif_cli.tasks import train
+
+    seen: dict[str, list] = {"eval": [], "val": []}
+
+    def spy(module, key):
+        real = module.degrade_image
+
+        def degrade_image(lr, spec, **kw):
+            out = real(lr, spec, **kw)
+            seen[key].append((kw["name"], out))
+            return out
+        monkeypatch.setattr(module, "degrade_image", degrade_image)
+
+    spy(ev, "eval")
+    spy(train, "val")
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    imgs = {name: photo_like(48, 40, seed=k) for k, name in enumerate(["b.png", "a.png"])}
+    for name, img in imgs.items():
+        Image.fromarray(img).save(folder / name)
+    model = random_model()
+    ev.evaluate(model, folder, scales=[3.0], protocol="div2k", bicubic=False, device="cpu",
+                degrade="noise=6,jpeg=70")
+    train.validate(model, {"sub/" + n: im for n, im in imgs.items()}, (3.0,),
+                   degrade="noise=6,jpeg=70")
+    by_eval, by_val = dict(seen["eval"]), dict(seen["val"])
+    assert sorted(by_eval) == sorted(by_val) == ["a.png", "b.png"]
+    for name in by_eval:
+        assert np.array_equal(by_eval[name], by_val[name]), name
+    # validation lists b.png first, eval a.png: an index seed would have swapped their noise
+    from liif_cli.data.samples import make_lr
+
+    for name, img in imgs.items():
+        clean = make_lr(img, 3.0)[1]
+        assert not np.array_equal(by_val[name], clean)
+        assert np.array_equal(by_val[name], dg.degrade_image(clean, "noise=6,jpeg=70",
+                                                             name=name, scale=3.0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,8 +361,9 @@ def test_real_is_bundled_with_default_as_its_partner_and_loads_in_the_official_l
 
 
 def test_real_model_card_shows_the_bundled_results():
-    from card_tables import degraded_rows
     from conftest import README
+
+    from liif_cli.data.cards import degraded_rows
 
     w = _real()
     assert w.degraded_metrics and "none" in w.degraded_metrics

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import GOLDEN_CKPT, photo_like
+from conftest import photo_like
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -86,7 +86,7 @@ def test_metric_on_official_prediction(golden_dir, golden_manifest, protocol):
 
 
 @pytest.mark.slow
-def test_cli_reproduces_official_psnr(golden_dir, golden_manifest, tmp_path):
+def test_cli_reproduces_official_psnr(golden_dir, golden_manifest, golden_ckpt, tmp_path):
     """`liif eval` on a folder holding the golden image gives the official PSNRs: div2k at
     every golden scale, benchmark at two (CLI), no-shave at one (library). The metric alone
     is checked at every scale and protocol above; this is the whole path, kept short."""
@@ -96,7 +96,7 @@ def test_cli_reproduces_official_psnr(golden_dir, golden_manifest, tmp_path):
     shutil.copy(golden_dir / "inputs" / "synth_100x84_hr.png", data)
     for protocol, scales in (("div2k", GOLDEN_SCALES), ("benchmark", (3, 6))):
         report = tmp_path / f"{protocol}.json"
-        r = runner.invoke(app, ["eval", "--data", str(data), "--model", str(GOLDEN_CKPT),
+        r = runner.invoke(app, ["eval", "--data", str(data), "--model", str(golden_ckpt),
                                 "--scales", ",".join(map(str, scales)), "--protocol", protocol,
                                 "--no-bicubic", "--json", str(report), "--quiet",
                                 "--device", "cpu"])
@@ -106,7 +106,7 @@ def test_cli_reproduces_official_psnr(golden_dir, golden_manifest, tmp_path):
         for row in rows:
             assert row["images"] == 1 and row["protocol"] == protocol and row["lr"] == "made"
             assert abs(row["psnr"] - official[(protocol, row["scale"])]) < GOLDEN_TOL_DB
-    res = ev.evaluate(GOLDEN_CKPT, data, scales=[4], protocol="rgb", bicubic=False,
+    res = ev.evaluate(golden_ckpt, data, scales=[4], protocol="rgb", bicubic=False,
                       device="cpu")
     assert abs(res.records[0].psnr - official[("rgb", 4)]) < GOLDEN_TOL_DB
 

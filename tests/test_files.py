@@ -31,7 +31,8 @@ from liif_cli.io.files import (
     scan_images,
     temp_target,
 )
-from liif_cli.io.images import READABLE_SUFFIXES, ImageData
+from liif_cli.io.formats import READABLE_SUFFIXES
+from liif_cli.io.images import ImageData
 from liif_cli.tasks.batch import PlanItem, find_stale_temps
 
 runner = CliRunner()
@@ -336,3 +337,29 @@ def test_discovery_order_hidden_and_recursive(tmp_path):
     assert find_images(tmp_path, recursive=True) == [tmp_path / r for r in deep.rels]
     with pytest.raises(OSError):
         scan_images(tmp_path / "missing")
+
+
+def test_io_modules_import_each_other_one_way():
+    """No cycle inside liif_cli.io (files <-> images was one): imports at any depth, a DAG."""
+    import ast
+
+    folder = Path(files.__file__).parent
+    graph = {}
+    for p in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            found |= {m.split(".")[2] for m in mods
+                      if m.startswith("liif_cli.io.") and m.split(".")[2] != "__init__"}
+        graph[p.stem] = found - {p.stem}
+    assert "formats" in graph["files"] and "files" in graph["images"]
+
+    def reaches(a: str, b: str, seen=()) -> bool:
+        return any(n == b or (n not in seen and reaches(n, b, (*seen, n)))
+                   for n in graph.get(a, ()))
+    assert [m for m in graph if reaches(m, m)] == []

@@ -16,7 +16,8 @@ from PIL import ExifTags, Image, ImageCms, ImageOps
 
 from liif_cli.errors import ImageReadError, ImageWriteError, UsageError
 from liif_cli.io import images as imageio
-from liif_cli.io.images import FORMATS, ImageData, read_image, write_image
+from liif_cli.io.formats import FORMATS
+from liif_cli.io.images import ImageData, read_image, write_image
 
 SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 

@@ -39,15 +39,45 @@ def test_kept_memory_is_reused_instead_of_faulted_in_again():
     assert faults_for_ten_tensors("keep") < PAGES // 2
 
 
+KEPT_PROBE = """
+import os, sys, torch
+from liif_cli.runtime.malloc import KEPT_MAX, keep_freed_memory
+assert keep_freed_memory()
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+small = KEPT_MAX // 2  # bytes: kept for reuse
+big = KEPT_MAX + 2**24  # bytes: an image-sized block, handed back
+base = rss()
+torch.empty(small // 4).fill_(1)
+after_small = rss()
+torch.empty(big // 4).fill_(1)
+print(after_small - base, rss() - after_small)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="tunes glibc's allocator; does nothing elsewhere")
+@pytest.mark.slow
+def test_kept_memory_is_bounded():
+    """Freed blocks below the cap stay resident (reused); an image-sized one goes back."""
+    from liif_cli.runtime.malloc import KEPT_MAX
+
+    out = subprocess.run([sys.executable, "-c", KEPT_PROBE], capture_output=True, text=True,
+                         check=True)
+    kept_small, kept_big = (int(v) for v in out.stdout.split())
+    assert kept_small > KEPT_MAX // 2 * 0.9  # still in the heap after its free
+    assert kept_big < KEPT_MAX // 8  # above the cap, freed: not kept
+
+
 def test_train_keeps_freed_memory(monkeypatch, tmp_path):
     import liif_cli.tasks.train as tr
     from liif_cli.errors import LiifError
 
     called = []
-    monkeypatch.setattr(tr, "keep_freed_memory", lambda: called.append(True))
+    monkeypatch.setattr(tr, "keep_freed_memory", lambda **kw: called.append(kw))
     with pytest.raises(LiifError):  # no data: stops after the set-up, which is what we check
         tr.train(tr.TrainConfig(data=str(tmp_path / "none"), out=str(tmp_path / "run")))
-    assert called
+    assert called == [{"kept_max": None}]  # all of it: a training step's peak recurs
 
 
 def test_rendering_commands_keep_freed_memory_in_their_process(monkeypatch, tmp_path):

@@ -138,13 +138,13 @@ def test_receptive_radius_is_true():
 
 
 @pytest.mark.slow
-def test_every_golden_case_reproduces_through_liif_upscale(golden_dir, tmp_path):
+def test_every_golden_case_reproduces_through_liif_upscale(golden_dir, golden_ckpt, tmp_path):
     """End to end: the PNG equals round(clamp(raw, 0, 1) * 255) within 1 level, ≥ 99.9 %."""
     from typer.testing import CliRunner
 
     from liif_cli.cli import app
 
-    ckpt = golden_dir / "edsr-baseline-liif-seed0-cudatag.pth"
+    ckpt = golden_ckpt
     for name, (h, w), raw_path in golden_cases(golden_dir):
         out = tmp_path / f"{name}_{h}x{w}.png"
         res = CliRunner().invoke(app, ["upscale", str(golden_dir / "inputs" / f"{name}.png"),

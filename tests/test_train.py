@@ -378,7 +378,7 @@ def test_every_config_key_is_either_recipe_or_may_change_on_resume():
     (and resume_config's docstring) so that adding one is a decision."""
     from dataclasses import fields
 
-    from liif_cli.data.recipe import RESUME_MAY_CHANGE, resume_config
+    from liif_cli.recipe import RESUME_MAY_CHANGE, resume_config
 
     recipe = {f.name for f in fields(TrainConfig)} - RESUME_MAY_CHANGE - {"out"}
     assert recipe == {"data", "encoder", "encoder_args", "hidden", "decoder", "batch_size",

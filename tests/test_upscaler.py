@@ -277,16 +277,22 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
+def _task_of(path: Path) -> str:
+    """The task a file belongs to: its module (tasks/upscale.py) or its package (tasks/batch/)."""
+    return path.relative_to(TASKS).parts[0].removesuffix(".py")
+
+
 def test_no_task_imports_another_task():
-    tasks = {p.stem for p in TASKS.glob("*.py") if p.stem != "__init__"}
+    files = [p for p in sorted(TASKS.rglob("*.py")) if p != TASKS / "__init__.py"]
+    tasks = {_task_of(p) for p in files}
     assert {"upscale", "batch", "evaluate", "train", "bench", "export"} <= tasks
     found = {}
-    for p in sorted(TASKS.glob("*.py")):
-        others = {f"liif_cli.tasks.{t}" for t in tasks - {p.stem}}
+    for p in files:
+        others = {f"liif_cli.tasks.{t}" for t in tasks - {_task_of(p)}}
         hits = sorted(n for n in _imports(p) if any(n == o or n.startswith(o + ".")
                                                     for o in others))
         if hits:
-            found[p.name] = hits
+            found[str(p.relative_to(TASKS))] = hits
     assert found == {}
 
 

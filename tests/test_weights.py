@@ -25,11 +25,10 @@ from liif_cli.runtime.weights import (
 runner = CliRunner()
 
 
-def test_golden_gpu_saved_checkpoint_loads_on_cpu(golden_dir, golden_manifest):
-    loaded = load_checkpoint(golden_dir / "edsr-baseline-liif-seed0-cudatag.pth")
+def test_golden_gpu_saved_checkpoint_loads_on_cpu(shared_golden_ckpt, golden_manifest):
+    loaded = load_checkpoint(shared_golden_ckpt)
     assert loaded.config.encoder == "edsr-baseline"
-    raw = torch.load(golden_dir / "edsr-baseline-liif-seed0-cudatag.pth", map_location="cpu",
-                     weights_only=True)
+    raw = torch.load(shared_golden_ckpt, map_location="cpu", weights_only=True)
     assert loaded.card.meta["epoch"] == raw["epoch"]
     assert all(t.device.type == "cpu" for t in loaded.state_dict().values())
     n = sum(t.numel() for t in loaded.state_dict().values())
@@ -215,8 +214,9 @@ CARD_TOL_DB = 0.01  # the card prints 2 decimals; bf16 kernels may differ by CPU
 
 
 def test_model_card_shows_the_bundled_models_eval_results():
-    from card_tables import card_rows
     from conftest import README
+
+    from liif_cli.data.cards import card_rows
 
     w = BUNDLED["default"]
     assert w.metrics, "bundled.json has no eval results: run the card's liif eval commands " \

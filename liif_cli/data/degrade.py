@@ -284,7 +284,13 @@ def apply_spec(img: np.ndarray, steps: Sequence[Step], rng: np.random.Generator)
 
 def degrade_image(img: np.ndarray, spec: str | Sequence[Step], *, name: str = "",
                   scale: float = 1.0) -> np.ndarray:
-    """A degraded copy of an LR image by a spec, seeded from (name, scale, spec): a library call
-    for making test inputs (`liif eval --degrade` uses the same)."""
+    """A degraded copy of an LR image by a spec, seeded from (name, scale, spec).
+
+    The one way an evaluation LR is degraded: `liif eval --degrade` and training validation
+    (`liif train --val-degrade`) both call it, so the same image at the same scale and spec
+    gets the same pixels in both. `name` is the image's file name with its suffix and without
+    its folder (`Path.name`, e.g. "0801.png"): renaming a file changes its noise, moving it
+    does not.
+    """
     steps = parse_spec(spec) if isinstance(spec, str) else tuple(spec)
     return apply_spec(img, steps, np.random.default_rng(spec_seed(name, scale, steps)))

@@ -29,7 +29,7 @@ from PIL import Image
 from liif_cli.data.degrade import RealRanges, random_degrade
 from liif_cli.errors import DataError
 from liif_cli.io import files
-from liif_cli.io.images import READABLE_SUFFIXES
+from liif_cli.io.formats import READABLE_SUFFIXES
 from liif_cli.model.coords import make_coord
 
 LR_FLOOR_EPS = 1e-9  # h_lr = floor(H / s + eps), LIIF SRImplicitDownsampled

@@ -13,7 +13,7 @@ Checking (`check_output_path`): before any work, an output that exists without `
 every command (errors.py). A write that fails later (disk full) is `OutputWriteError`, exit 1.
 
 Discovery (`find_images`, `scan_images`): files whose names say they are images
-(`io.images.READABLE_SUFFIXES`, any case), in order of relative path compared folder by
+(`io.formats.READABLE_SUFFIXES`, any case), in order of relative path compared folder by
 folder (`a/z.png` before `a-b/a.png`, as sorted `Path`s are), hidden files and folders (name
 starting with '.', our temporaries among them) skipped, symlinked folders not followed.
 """
@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, TypeVar
 
 from liif_cli.errors import OutputExistsError, OutputPathError, OutputWriteError
+from liif_cli.io.formats import is_image_name
 
 T = TypeVar("T")
 
@@ -208,8 +209,6 @@ def scan_images(folder: str | os.PathLike, *, recursive: bool = False,
     `exclude`: a resolved folder not to descend into (e.g. an output folder inside the input).
     Raises OSError if `folder` itself cannot be listed; unreadable subfolders are skipped.
     """
-    from liif_cli.io.images import is_image_name  # images.py writes through this module
-
     folder = Path(folder)
     found: list[str] = []
     ignored = 0

@@ -36,20 +36,15 @@ from PIL import Image, PngImagePlugin, TiffImagePlugin
 
 from liif_cli.errors import ImageReadError, ImageWriteError, OutputPathError, UsageError
 from liif_cli.io import files
+from liif_cli.io.formats import (  # noqa: F401 - also importable from here, as before
+    FORMATS,
+    READABLE_SUFFIXES,
+    is_image_name,
+)
 
 # Decompression-bomb guard: refuse inputs above this many pixels unless the caller lifts it.
 DEFAULT_MAX_INPUT_PIXELS = 200_000_000  # ~ 14142 × 14142
 
-FORMATS = {  # output extension -> (PIL format name, supports 16-bit, supports alpha)
-    ".png": ("PNG", True, True),
-    ".jpg": ("JPEG", False, False),
-    ".jpeg": ("JPEG", False, False),
-    ".webp": ("WEBP", False, True),
-    ".tif": ("TIFF", True, True),
-    ".tiff": ("TIFF", True, True),
-    ".bmp": ("BMP", False, False),  # Pillow writes 32-bit BMPs that readers take as RGB
-}
-READABLE_SUFFIXES = frozenset(FORMATS) | {".gif", ".ppm", ".pgm", ".pnm", ".tga", ".jp2"}
 EXIF_ORIENTATION = 0x0112
 EXIF_IFD = 0x8769  # pointer to the Exif sub-IFD
 EXIF_PIXEL_X, EXIF_PIXEL_Y = 0xA002, 0xA003  # PixelXDimension, PixelYDimension (Exif IFD)
@@ -98,10 +93,6 @@ class ImageData:
 def pixel_count(n: int) -> str:
     """12_345_678 -> "12.3 MP"; 3000 -> "3,000 pixels" (for messages)."""
     return f"{n / 1e6:,.1f} MP" if n >= 100_000 else f"{n:,} pixels"
-
-
-def is_image_name(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in READABLE_SUFFIXES
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS

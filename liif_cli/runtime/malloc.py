@@ -13,12 +13,25 @@ layer (64 MiB for a 500×500 input), so `liif upscale` of a 500×500 photo with 
 spent half its encoder time in page faults (in process, 2 cores: 9.1 s → 5.4 s with it, the
 encoder 6.3 → 3.3 s; peak RSS 596 → 725 MiB, the heap's slack).
 
-The cost is that the process keeps its high-water mark until it exits, which suits a training
+Rendering keeps a bounded amount, KEPT_MAX (256 MiB): blocks from that size up (whole-image
+buffers) are mapped and handed back on free, as glibc does by default, and free memory at the
+heap's top beyond it is handed back too; smaller freed blocks stay in the heap for reuse.
+Measured on the 2-core machine (peak RSS of `liif upscale -s 8`, EDSR-baseline 2 blocks + MLP
+32-32, random weights; glibc's default / everything kept / bounded): 1024² → 8192² 767 / 1,068
+/ 977 MiB, 512² → 4096² 594 / 714 / 660 MiB. A 500² encode of the fast model keeps its gain:
+1.84 M page faults per encode / 0-10 k / 68-79 k, 7.1 / 3.5 / 3.5 s (one thread). What remains
+of the slack is holes inside the heap, which trimming cannot hand back; caps of 64 or 128 MiB
+left as much of it (957, 954 MiB at 8192²) and cost the encode its gain (0.4-0.7 M faults).
+Training keeps everything (`kept_max=None`): a bf16 step (scripts/bench_train.py's batch, one
+thread) takes 12 k page faults and 1.65 s so, 123 k and 1.88 s bounded, 370 k and 2.46 s with
+glibc's default; its peak recurs on every step anyway.
+
+A process keeps the rest of its heap's high-water mark until it exits, which suits a training
 run (its peak is reached in the first step and recurs on every step) and a rendering command
 (its peak recurs on every tile and image). It is process-wide, so the library calls it only
-where it owns the process: `liif_cli.tasks.train.train`, the batch task's spawned workers, and
-the CLI's upscale, batch, eval and bench commands. A library user's long-lived process may call
-`keep_freed_memory()` itself.
+where it owns the process: `liif_cli.tasks.train.train` (everything), the batch task's spawned
+workers, and the CLI's upscale, batch, eval and bench commands (bounded). A library user's
+long-lived process may call `keep_freed_memory()` itself.
 """
 
 from __future__ import annotations
@@ -28,7 +41,13 @@ import platform
 from typing import Callable
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
+NEVER_TRIM = 2**31 - 1  # bytes: M_TRIM_THRESHOLD's largest value (an int)
+# bytes: blocks from this size up are mapped and handed back on free (the image-sized ones),
+# and the heap hands back free memory at its top beyond it. Above the 61 MiB activations of a
+# 500² encode (64 channels, fp32) and the temporaries they come with.
+KEPT_MAX = 256 * 2**20
 
 
 def _mallopt() -> Callable[[int, int], int] | None:
@@ -42,10 +61,17 @@ def _mallopt() -> Callable[[int, int], int] | None:
     return fn
 
 
-def keep_freed_memory() -> bool:
-    """Keep freed memory for reuse instead of unmapping it, for the rest of the process.
+def keep_freed_memory(*, kept_max: int | None = KEPT_MAX) -> bool:
+    """Keep freed blocks below `kept_max` bytes for reuse instead of unmapping them, for the
+    rest of the process; larger blocks, and free memory beyond `kept_max` at the heap's top,
+    are still handed back. `kept_max=None` keeps everything (training: its peak recurs on
+    every step, and a bound costs it 10 times the page faults).
 
     Returns whether it applied: on Linux with glibc; elsewhere it does nothing.
     """
     fn = _mallopt()
-    return fn is not None and bool(fn(M_MMAP_MAX, 0) and fn(M_TRIM_THRESHOLD, 2**31 - 1))
+    if fn is None:
+        return False
+    if kept_max is None:
+        return bool(fn(M_MMAP_MAX, 0) and fn(M_TRIM_THRESHOLD, NEVER_TRIM))
+    return bool(fn(M_MMAP_THRESHOLD, kept_max) and fn(M_TRIM_THRESHOLD, kept_max))

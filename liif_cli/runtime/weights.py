@@ -205,6 +205,11 @@ def card_of(model: SRModel) -> ModelCard | None:
     return card if isinstance(card, ModelCard) else None
 
 
+def card_or_class(model: SRModel) -> ModelCard:
+    """`model.card`; a network built in code gets one named by its class (no path, no meta)."""
+    return card_of(model) or ModelCard(type(model).__name__.lower(), None)
+
+
 def _with_card(model: SRModel, card: ModelCard) -> SRModel:
     model.card = card  # a plain attribute: not in state_dict, kept by copy.deepcopy and pickle
     return model

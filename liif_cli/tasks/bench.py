@@ -107,7 +107,7 @@ def official_demo(model_path: str, input: str, output: str, out_hw: tuple[int, i
     from liif_cli.runtime.weights import load_checkpoint
 
     img = np.asarray(Image.open(input).convert("RGB"), dtype=np.float32) / 255  # ToTensor
-    model = load_checkpoint(model_path).model
+    model = load_checkpoint(model_path)
     pred = oracle_forward(model, torch.from_numpy(img).permute(2, 0, 1), out_hw)
     # ToPILImage: mul(255) then byte(), which truncates
     from liif_cli.io.files import atomic_write

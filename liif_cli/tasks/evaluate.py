@@ -50,13 +50,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from liif_cli.data.degrade import apply_spec, parse_spec, spec_seed, spec_text
+from liif_cli.data.degrade import degrade_image, parse_spec, spec_text
 from liif_cli.data.metrics import PROTOCOL_NAMES, SSIM_WINDOW, Protocol, get_protocol, psnr, ssim
 from liif_cli.data.samples import bicubic_upsample, hr_crop_size, lr_size, make_lr
 from liif_cli.data.samples import load_rgb_uint8 as load_rgb
 from liif_cli.errors import DataError, UsageError
 from liif_cli.io.files import atomic_write_text, check_output_path, find_images
-from liif_cli.io.images import READABLE_SUFFIXES
+from liif_cli.io.formats import READABLE_SUFFIXES
 from liif_cli.runtime.device import resolve_device, resolve_precision
 from liif_cli.runtime.sizing import parse_scales
 from liif_cli.runtime.upscaler import Upscaler
@@ -384,8 +384,7 @@ def evaluate(model: Any, data: str | os.PathLike, *,
         H, W = job.hr_hw
         gt_u8, lr = job_images(job, hr_cache[1])
         if steps:
-            rng = np.random.default_rng(spec_seed(job.hr.name, job.scale, steps))
-            lr = apply_spec(lr, steps, rng)
+            lr = degrade_image(lr, steps, name=job.hr.name, scale=job.scale)
         gt = gt_u8.astype(np.float32) / 255  # (H, W, 3), as ToTensor makes it
         inp = torch.from_numpy(lr).to(dev).permute(2, 0, 1).float() / 255  # (3, h, w)
         pred = np.empty((H, W, 3), np.float32)

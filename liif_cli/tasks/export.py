@@ -40,8 +40,7 @@ from liif_cli.errors import ExportError, LiifError, UsageError
 from liif_cli.io.files import atomic_write, check_output_path
 from liif_cli.model import SRModel
 from liif_cli.runtime.weights import (
-    ModelCard,
-    card_of,
+    card_or_class,
     checkpoint_dict,
     load_model,
     model_from_spec,
@@ -103,7 +102,7 @@ def export_model(model: str | os.PathLike | SRModel | None, output: str | os.Pat
     t0 = time.perf_counter()
     key = export_format(fmt, output)
     net = model if isinstance(model, SRModel) else load_model(model)
-    loaded = _card(net)
+    loaded = card_or_class(net)
     dst = Path(output) if output is not None else Path(loaded.name + EXPORT_FORMATS[key])
     check_output_path(dst, overwrite=overwrite)
     if key == "onnx":
@@ -126,14 +125,10 @@ def export_model(model: str | os.PathLike | SRModel | None, output: str | os.Pat
                         check)
 
 
-def _card(net: SRModel) -> ModelCard:
-    """The network's card; one built in code is named by its class."""
-    return card_of(net) or ModelCard(type(net).__name__.lower(), None)
-
 
 def _checkpoint_of(net: SRModel) -> dict[str, Any]:
     """The file's own checkpoint when there is one (its dtypes kept), else the model's."""
-    loaded = _card(net)
+    loaded = card_or_class(net)
     if loaded.path is not None:
         try:
             return read_checkpoint(loaded.path)
@@ -201,7 +196,7 @@ def _onnx_modules():
 
 
 def _write_onnx(net: SRModel, tmp: str) -> str:
-    loaded = _card(net)
+    loaded = card_or_class(net)
     onnx = _onnx_modules()
     graph = query_graph(copy.deepcopy(net).float().cpu().eval())  # the caller's stays put
     inputs = example_inputs()

@@ -24,29 +24,16 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
-from typing import Any, Callable
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from liif_cli import __version__
-from liif_cli.data.degrade import (
-    apply_spec,
-    parse_spec,
-    spec_seed,
-    spec_text,
-)
+from liif_cli.data.degrade import degrade_image, parse_spec, spec_text
 from liif_cli.data.metrics import psnr
-from liif_cli.data.recipe import (  # TrainConfig and config_from: also public from here
-    TrainConfig,
-    _make_config,
-    _saved_run,
-    check_new_run,
-    config_from,
-    resume_config,
-)
 from liif_cli.data.samples import (
     EpochBatches,
     ImageCache,
@@ -58,6 +45,14 @@ from liif_cli.data.samples import (
 )
 from liif_cli.errors import TrainingError, UsageError, signal_exit_code
 from liif_cli.model import LmfConfig, SRModel, build_model
+from liif_cli.recipe import (  # TrainConfig and config_from: also public from here
+    TrainConfig,
+    _make_config,
+    _saved_run,
+    check_new_run,
+    config_from,
+    resume_config,
+)
 from liif_cli.runtime.device import resolve_device, resolve_precision, set_tf32, use_device
 from liif_cli.runtime.malloc import keep_freed_memory
 from liif_cli.runtime.upscaler import Upscaler
@@ -113,26 +108,32 @@ def _init_model(cfg: TrainConfig, init: SRModel) -> tuple[SRModel, TrainConfig]:
 # ----------------------------------------------------------------------------------------------
 # validation
 
-def validate(model: SRModel, images: list[np.ndarray], scales: tuple[float, ...],
-             dtype: torch.dtype = torch.float32, degrade: str | None = None) -> dict[str, float]:
+def validate(model: SRModel, images: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+             scales: tuple[float, ...], dtype: torch.dtype = torch.float32,
+             degrade: str | None = None) -> dict[str, float]:
     """Mean PSNR per scale (official div2k protocol: RGB, shave scale + 6; LR made from HR).
 
     `dtype` is the precision of the whole forward pass, as `liif upscale --precision` sets it
     (a bf16 run validates in bf16: within ~0.01 dB of fp32, and faster on the CPU); it is
     taken as resolved (train resolved it). The model renders through a fresh `Upscaler` on its
     own device: the weights changed since the last validation, so its decoder is rebuilt.
-    `degrade`: a spec (`degrade.parse_spec`); the LR is also degraded by it, seeded per image,
-    and those scores are added under keys such as "x2 jpeg=75".
+    `degrade`: a spec (`degrade.parse_spec`); the LR is also degraded by it as `liif eval
+    --degrade` does (`degrade.degrade_image`, seeded by file name: `images` then maps each
+    image's path, or its name, to it), and those scores are added under keys such as "x2 jpeg=75".
     """
+    if degrade and not isinstance(images, Mapping):
+        raise TypeError("validate with degrade needs images by file name (a dict), as eval "
+                        "seeds each image's degradation by its name")
+    named = list(images.items()) if isinstance(images, Mapping) else [("", im) for im in images]
     up = Upscaler(model, device=next(model.parameters()).device, precision=dtype)
     res = {}
     specs = [()] + ([parse_spec(degrade)] if degrade else [])
     for steps, s in [(st, s) for st in specs for s in scales]:
         vals = []
-        for i, hr in enumerate(images):
+        for name, hr in named:
             crop, lr = make_lr(hr, s)
             if steps:
-                lr = apply_spec(lr, steps, np.random.default_rng(spec_seed(str(i), s, steps)))
+                lr = degrade_image(lr, steps, name=PurePosixPath(name).name, scale=s)
             pred = up.render(to_tensor(lr), crop.shape[:2])
             vals.append(psnr(np.clip(pred, 0, 1), crop, protocol="div2k", scale=s))
         res[f"x{s:g}" + (f" {spec_text(steps)}" if steps else "")] = float(np.mean(vals))
@@ -223,7 +224,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     Under torchrun with gloo, end the process with os._exit once done, as `liif train` does
     (`cli._leave_distributed`): gloo's worker threads can abort a finalizing interpreter.
     """
-    keep_freed_memory()
+    keep_freed_memory(kept_max=None)  # all of it: the peak recurs on every step
     rank, world, local_rank = _dist_info()
     emit = on_event if (on_event and rank == 0) else (lambda e: None)
     dev = _start_device(cfg, world, local_rank)
@@ -442,7 +443,7 @@ def _restore(run: _Run, state: dict[str, Any], saved: dict[str, Any]) -> None:
 @dataclass
 class _Data:
     dataset: RandomScaleSamples
-    val_images: list[np.ndarray]  # on rank 0; [] without --val-data
+    val_images: dict[str, np.ndarray]  # path under --val-data -> image, rank 0; {} without
     loader: Any = None  # one DataLoader for the run: its workers persist across epochs
     batches: EpochBatches | None = None  # the loader's sampler, set to each epoch in turn
 
@@ -475,9 +476,10 @@ def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
                                  scale_min=cfg.scale_min, scale_max=cfg.scale_max,
                                  sample_q=cfg.sample_q, seed=cfg.seed,
                                  degrade=cfg.degrade_ranges_obj())
-    val_imgs = []
-    if cfg.val_data and run.rank == 0:
-        val_imgs = [load_rgb_uint8(p) for p in find_images(cfg.val_data)[:cfg.val_images]]
+    val_imgs = {}
+    if cfg.val_data and run.rank == 0:  # by path under --val-data (unique; the file name seeds)
+        for p in find_images(cfg.val_data)[:cfg.val_images]:
+            val_imgs[p.relative_to(cfg.val_data).as_posix()] = load_rgb_uint8(p)
     run.iters = len(dataset) // cfg.batch_size
     if run.iters == 0:
         raise UsageError(f"{len(dataset)} samples per epoch is less than one batch of "

@@ -1,0 +1,26 @@
+"""Image formats by file name: what we write (and how), what we read. Names only, no decoding.
+
+Its own small module so that `files` (discovery) and `images` (decoding, encoding) both use it
+without importing each other's way round: images -> files -> formats, no cycle.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+FORMATS = {  # output extension -> (PIL format name, supports 16-bit, supports alpha)
+    ".png": ("PNG", True, True),
+    ".jpg": ("JPEG", False, False),
+    ".jpeg": ("JPEG", False, False),
+    ".webp": ("WEBP", False, True),
+    ".tif": ("TIFF", True, True),
+    ".tiff": ("TIFF", True, True),
+    ".bmp": ("BMP", False, False),  # Pillow writes 32-bit BMPs that readers take as RGB
+}
+READABLE_SUFFIXES = frozenset(FORMATS) | {".gif", ".ppm", ".pgm", ".pnm", ".tga", ".jp2"}
+
+
+def is_image_name(path: str | os.PathLike) -> bool:
+    """Whether a file's name says it is an image we read (any case)."""
+    return Path(path).suffix.lower() in READABLE_SUFFIXES

@@ -1,0 +1,73 @@
+"""Upscale whole folders: plan, resume, shard, spread over devices, report every file.
+
+One module per job, siblings in the order data flows:
+- `shard`: which files this process does (`--shard I/N`, `--shard auto` from Slurm, torchrun
+  or a Kubernetes Indexed Job); a file's shard depends on its relative path alone.
+- `plan`: every input and output named, what to do with each (upscale, skip, fail); names only.
+- `worker`: decode ahead, compute through one `Upscaler`, write behind (atomic writes);
+  `describe_failure` is the one place a worker's exception becomes a record's reason.
+- `dispatch`: `run_batch`, workers on devices (threads or spawned processes), files handed out
+  as each finishes, a record for every planned file whatever happens (bar a SIGKILL).
+- `report`: records, results, JSON-lines reports and their merging (`--summary`).
+
+Import from here: `from liif_cli.tasks.batch import plan_batch, run_batch`.
+"""
+
+from liif_cli.tasks.batch.dispatch import (
+    CRASH_GRACE_S,
+    FAIL_FAST_REASON,
+    IN_FLIGHT,
+    JOIN_TIMEOUT_S,
+    parse_devices,
+    run_batch,
+    worker_names,
+)
+from liif_cli.tasks.batch.plan import (
+    FALLBACK_EXT,
+    OUTPUT_FORMATS,
+    BatchPlan,
+    PlanItem,
+    discover,
+    find_stale_temps,
+    listed_files,
+    output_ext,
+    plan_batch,
+    read_file_list,
+    remove_stale_temps,
+)
+from liif_cli.tasks.batch.report import (
+    STATUS_RANK,
+    STATUSES,
+    BatchEvent,
+    BatchResult,
+    EventFn,
+    FileRecord,
+    JsonlReport,
+    ReportSummary,
+    is_jsonl,
+    record_line,
+    summarize_reports,
+    summary_totals,
+    write_report,
+)
+from liif_cli.tasks.batch.shard import (
+    SHARD_COUNT_ENV,
+    SHARD_ENV_NAMES,
+    ShardSource,
+    detect_shard,
+    parse_shard,
+    resolve_shard,
+    shard_of,
+)
+from liif_cli.tasks.batch.worker import DECODE_THREADS, POLL_S, PROGRESS_S, describe_failure
+
+__all__ = [
+    "CRASH_GRACE_S", "DECODE_THREADS", "FAIL_FAST_REASON", "FALLBACK_EXT", "IN_FLIGHT",
+    "JOIN_TIMEOUT_S", "OUTPUT_FORMATS", "POLL_S", "PROGRESS_S", "SHARD_COUNT_ENV",
+    "SHARD_ENV_NAMES", "STATUSES", "STATUS_RANK", "BatchEvent", "BatchPlan", "BatchResult",
+    "EventFn", "FileRecord", "JsonlReport", "PlanItem", "ReportSummary", "ShardSource",
+    "describe_failure", "detect_shard", "discover", "find_stale_temps", "is_jsonl",
+    "listed_files", "output_ext", "parse_devices", "parse_shard", "plan_batch", "read_file_list",
+    "record_line", "remove_stale_temps", "resolve_shard", "run_batch", "shard_of",
+    "summarize_reports", "summary_totals", "worker_names", "write_report",
+]
