@@ -1,13 +1,19 @@
-"""The fast model's cost and speed: LM-LIIF (`--decoder lmf`) against exact LIIF, same encoder.
+"""The fast model's cost and speed against exact LIIF (the `default` model), same encoder.
 
 1. Multiply-adds per output pixel, by part (encoder, per-latent decoder work, per-query decoder
    work), from the architectures, and checked against torch's FLOP counter on a real
    `engine.render` of a small input (matmuls and convolutions; elementwise work not counted).
-2. Whole-process `liif upscale` seconds, random weights, fp32, for one input (default: a
-   500×500 synthetic photo at ×4, a 4-megapixel output), LIIF then LM-LIIF, one run each:
+2. Whole-process `liif upscale` seconds, fp32, for one input (default: a 500×500 synthetic
+   photo at ×4, a 4-megapixel output), the reference model then the fast one, one run each:
    wall-clock and CPU time (user + system; on a busy machine the wall-clock ratio is noise).
 
-    python scripts/bench_fast.py [--size 500] [--scale 4] [--no-timing] [--json out.json]
+The two models: `--models REF,FAST`, each a bundled name or a checkpoint path (default:
+`default,fast` when `fast` is bundled); or random weights of two architectures, `--models
+random:liif,random:lmf` (LIIF against LM-LIIF; `random:lite` is LIIF without local ensemble
+and a 256-64-64 MLP, the fast model's shape).
+
+    python scripts/bench_fast.py [--models default,fast] [--size 500] [--scale 4]
+                                 [--no-timing] [--json out.json]
 
 Run it on a quiet machine for figures to quote (`nice` and a busy CPU slow both runs).
 """
@@ -35,6 +41,29 @@ from liif_cli.runtime.weights import save_checkpoint
 from liif_cli.tasks.bench import random_model, synthetic_image
 
 ARCHS = {"liif": "edsr-baseline", "lmf": "lmf"}  # liif_cli.tasks.bench.RANDOM_ARCHS names
+LITE = {"local_ensemble": False, "hidden": (256, 64, 64)}  # the fast model's LIIF decoder
+
+
+def model_of(ref: str):
+    """A bundled name or checkpoint path, or `random:ARCH` (liif, lmf, lite): the network."""
+    from dataclasses import replace
+
+    from liif_cli.model import LIIF
+    from liif_cli.runtime.weights import load_model
+
+    if not ref.startswith("random:"):
+        return load_model(ref)
+    arch = ref.removeprefix("random:")
+    if arch == "lite":
+        torch.manual_seed(0)
+        return LIIF(replace(random_model("edsr-baseline").config, **LITE)).eval()
+    return random_model(ARCHS[arch])
+
+
+def default_models() -> list[str]:
+    from liif_cli.runtime.weights import _bundled
+
+    return ["default", "fast"] if "fast" in _bundled() else ["random:liif", "random:lmf"]
 
 
 def encoder_macs_per_pixel(model) -> int:
@@ -84,10 +113,10 @@ def counted_macs(model, size: int, scale: float) -> float:
     return fc.get_total_flops() / 2 / (out_hw[0] * out_hw[1])
 
 
-def cost_table(scales: list[float]) -> dict:
+def cost_table(refs: list[str], scales: list[float]) -> dict:
     rows = {}
-    for name, arch in ARCHS.items():
-        m = random_model(arch)
+    for name in refs:
+        m = model_of(name)
         enc = encoder_macs_per_pixel(m)
         lat, query = decoder_macs(m)
         for s in scales:
@@ -100,17 +129,21 @@ def cost_table(scales: list[float]) -> dict:
     return rows
 
 
-def time_upscale(size: int, scale: float, threads: int | None) -> dict[str, float]:
-    """Whole-process `liif upscale` seconds for each architecture (random weights, fp32)."""
+def time_upscale(refs: list[str], size: int, scale: float) -> dict[str, float]:
+    """Whole-process `liif upscale` seconds for each model (fp32, CPU), and the first's over
+    the second's."""
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         Image.fromarray(synthetic_image(size)).save(tmp / "in.png")
-        for name, arch in ARCHS.items():
-            save_checkpoint(random_model(arch), tmp / f"{name}.pth")
+        for i, name in enumerate(refs):
+            ref = name
+            if name.startswith("random:"):
+                ref = str(tmp / f"m{i}.pth")
+                save_checkpoint(model_of(name), ref)
             cmd = [sys.executable, "-m", "liif_cli", "upscale", str(tmp / "in.png"),
-                   "--model", str(tmp / f"{name}.pth"), "--scale", f"{scale:g}",
-                   "--precision", "fp32", "--device", "cpu", "-o", str(tmp / f"{name}.png"),
+                   "--model", ref, "--scale", f"{scale:g}",
+                   "--precision", "fp32", "--device", "cpu", "-o", str(tmp / f"m{i}.png"),
                    "-q"]
             cpu0 = _children_cpu()
             t0 = time.perf_counter()
@@ -118,8 +151,9 @@ def time_upscale(size: int, scale: float, threads: int | None) -> dict[str, floa
             res[name] = time.perf_counter() - t0
             res[f"{name}_cpu"] = _children_cpu() - cpu0
             print(f"{name}: {res[name]:.1f} s wall, {res[f'{name}_cpu']:.1f} s CPU", flush=True)
-    res["speedup"] = res["liif"] / res["lmf"]
-    res["speedup_cpu"] = res["liif_cpu"] / res["lmf_cpu"]
+    a, b = refs
+    res["speedup"] = res[a] / res[b]
+    res["speedup_cpu"] = res[f"{a}_cpu"] / res[f"{b}_cpu"]
     return res
 
 
@@ -131,30 +165,35 @@ def _children_cpu() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", help="REF,FAST: bundled names, checkpoint paths or "
+                    "random:ARCH (liif, lmf, lite); default: default,fast when fast is bundled, "
+                    "else random:liif,random:lmf")
     ap.add_argument("--size", type=int, default=500)
     ap.add_argument("--scale", type=float, default=4.0)
     ap.add_argument("--no-timing", action="store_true", help="Only the multiply-add counts.")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    report = {"threads": torch.get_num_threads(), "macs_per_output_pixel": cost_table([2, 4])}
+    refs = args.models.split(",") if args.models else default_models()
+    if len(refs) != 2:
+        ap.error("--models takes two models, REF,FAST")
+    report = {"threads": torch.get_num_threads(), "models": refs,
+              "macs_per_output_pixel": cost_table(refs, [2, 4])}
     for k, r in report["macs_per_output_pixel"].items():
-        print(f"{k:9s} encoder {r['encoder'] / 1e3:8.1f}k  decoder {r['decoder'] / 1e3:8.1f}k "
+        print(f"{k:16s} encoder {r['encoder'] / 1e3:8.1f}k  decoder {r['decoder'] / 1e3:8.1f}k "
               f"(per latent {r['decoder_per_latent'] / 1e3:.1f}k + per query "
               f"{r['decoder_per_query'] / 1e3:.1f}k)  total {r['total'] / 1e3:8.1f}k  "
               f"counted {r['counted_total'] / 1e3:8.1f}k")
     t = report["macs_per_output_pixel"]
+    a, b = refs
     for s in ("x2", "x4"):
-        ratio = t[f"liif {s}"]["decoder"] / t[f"lmf {s}"]["decoder"]
-        print(f"{s}: LM-LIIF decoder = 1/{ratio:.0f} of LIIF's; whole model 1/"
-              f"{t[f'liif {s}']['total'] / t[f'lmf {s}']['total']:.1f}")
+        ratio = t[f"{a} x{s[1:]}"]["decoder"] / t[f"{b} x{s[1:]}"]["decoder"]
+        print(f"{s}: {b} decoder = 1/{ratio:.0f} of {a}'s; whole model 1/"
+              f"{t[f'{a} x{s[1:]}']['total'] / t[f'{b} x{s[1:]}']['total']:.1f}")
     if not args.no_timing:
-        report["upscale_seconds"] = time_upscale(args.size, args.scale, None)
+        secs = report["upscale_seconds"] = time_upscale(refs, args.size, args.scale)
         report["upscale_input"] = [args.size, args.size, args.scale]
-        print(f"liif upscale {args.size}² ×{args.scale:g} fp32: LIIF "
-              f"{report['upscale_seconds']['liif']:.1f} s, LM-LIIF "
-              f"{report['upscale_seconds']['lmf']:.1f} s, "
-              f"{report['upscale_seconds']['speedup']:.2f}× (CPU time "
-              f"{report['upscale_seconds']['speedup_cpu']:.2f}×)")
+        print(f"liif upscale {args.size}² ×{args.scale:g} fp32: {a} {secs[a]:.1f} s, {b} "
+              f"{secs[b]:.1f} s, {secs['speedup']:.2f}× (CPU time {secs['speedup_cpu']:.2f}×)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 
