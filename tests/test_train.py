@@ -170,10 +170,11 @@ def test_config_file_and_overrides(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_matches_one_process(folder, tmp_path):
-    """torchrun, gloo, 2 ranks × batch 1 == 1 process × batch 2 (same global batch)."""
+    """torchrun, gloo, 2 ranks × batch 1 == 1 process × batch 2 (same global batch); with
+    --ema, rank 0's average and trained weights both."""
     common = ["--data", str(folder), "--epochs", "1", "--batch-size", "2", "--repeat", "2",
               "--patch-size", "12", "--scale-max", "2", "--sample-q", "50", "--workers", "0",
-              "--device", "cpu", "--quiet"]
+              "--device", "cpu", "--ema", "0.5", "--quiet"]
     tiny = tmp_path / "tiny.toml"
     tiny.write_text('hidden = [16, 16]\n[encoder_args]\nn_resblocks = 1\nn_feats = 8\n')
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -189,6 +190,11 @@ def test_ddp_on_two_cpu_processes_matches_one_process(folder, tmp_path):
     a, b = weights(tmp_path / "one" / "last.pth"), weights(tmp_path / "two" / "last.pth")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
+    a, b = (torch.load(tmp_path / r / "last.pth", weights_only=True)["train_state"]["ema"]
+            for r in ("one", "two"))
+    assert a["updates"] == b["updates"] == 3
+    for k in a["raw"]:
+        assert torch.allclose(a["raw"][k], b["raw"][k], atol=1e-5), k
 
 
 LEAVE = """
