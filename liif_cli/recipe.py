@@ -69,6 +69,9 @@ class TrainConfig:
     degrade: str | None = None  # "real": LR through degrade.py's blur/noise/JPEG pipeline
     degrade_ranges: dict[str, Any] = field(default_factory=dict)  # RealRanges fields to change
     val_degrade: str | None = None  # also validate on LR degraded by this spec (e.g. jpeg=75)
+    # decay of an exponential moving average of the weights (e.g. 0.999; 0: none), which then
+    # is what validation sees and every checkpoint's model holds (tasks.train's `_Ema`)
+    ema: float = 0.0
 
     def model_config(self) -> ModelConfig:
         from liif_cli.model import LiifConfig, LmfConfig
@@ -107,7 +110,8 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any], *, run: str | Pa
     compares against the run's best so far), save_every, workers, device and precision. `out`
     is the run folder being resumed. Every other key is the recipe: data, encoder,
     encoder_args, hidden, decoder, batch_size, patch_size, scale_min, scale_max, sample_q,
-    repeat, seed, init, freeze_encoder, distill, distill_weight, degrade and degrade_ranges.
+    repeat, seed, init, freeze_encoder, distill, distill_weight, degrade, degrade_ranges and
+    ema (the weights a run produces are its average from the start).
     Giving one the value the run has is fine; another value is a UsageError naming the key
     and both values, since changing the data or the model midway would no longer be this run
     (start a new --out for that). `given` holds only options that were given: a `decoder` of
@@ -219,6 +223,9 @@ def _check(cfg: TrainConfig) -> None:
         raise UsageError("--lr must be a positive number")
     if cfg.warmup < 0:
         raise UsageError("--warmup must be 0 (none) or a number of steps")
+    if isinstance(cfg.ema, bool) or not isinstance(cfg.ema, (int, float)) \
+            or not (0 <= cfg.ema < 1):
+        raise UsageError("--ema must be in [0, 1): the average's decay, e.g. 0.999 (0: none)")
     if cfg.freeze_encoder and not cfg.init:
         raise UsageError("--freeze-encoder keeps --init's encoder: give --init MODEL")
     if not (math.isfinite(cfg.distill_weight) and 0 < cfg.distill_weight <= 1):

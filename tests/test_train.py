@@ -170,10 +170,11 @@ def test_config_file_and_overrides(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_matches_one_process(folder, tmp_path):
-    """torchrun, gloo, 2 ranks × batch 1 == 1 process × batch 2 (same global batch)."""
+    """torchrun, gloo, 2 ranks × batch 1 == 1 process × batch 2 (same global batch); with
+    --ema, rank 0's average and trained weights both."""
     common = ["--data", str(folder), "--epochs", "1", "--batch-size", "2", "--repeat", "2",
               "--patch-size", "12", "--scale-max", "2", "--sample-q", "50", "--workers", "0",
-              "--device", "cpu", "--quiet"]
+              "--device", "cpu", "--ema", "0.5", "--quiet"]
     tiny = tmp_path / "tiny.toml"
     tiny.write_text('hidden = [16, 16]\n[encoder_args]\nn_resblocks = 1\nn_feats = 8\n')
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -189,6 +190,11 @@ def test_ddp_on_two_cpu_processes_matches_one_process(folder, tmp_path):
     a, b = weights(tmp_path / "one" / "last.pth"), weights(tmp_path / "two" / "last.pth")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
+    a, b = (torch.load(tmp_path / r / "last.pth", weights_only=True)["train_state"]["ema"]
+            for r in ("one", "two"))
+    assert a["updates"] == b["updates"] == 3
+    for k in a["raw"]:
+        assert torch.allclose(a["raw"][k], b["raw"][k], atol=1e-5), k
 
 
 LEAVE = """
@@ -384,7 +390,7 @@ def test_every_config_key_is_either_recipe_or_may_change_on_resume():
     assert recipe == {"data", "encoder", "encoder_args", "hidden", "decoder", "batch_size",
                       "patch_size", "scale_min", "scale_max", "sample_q", "repeat", "seed",
                       "init", "freeze_encoder", "distill", "distill_weight", "degrade",
-                      "degrade_ranges"}
+                      "degrade_ranges", "ema"}
     for k in recipe | RESUME_MAY_CHANGE:
         assert re.search(rf"\b{k}\b", resume_config.__doc__), k
     saved = TrainConfig(data="d", hidden=(16, 16)).as_dict()
@@ -570,3 +576,126 @@ def test_a_signal_on_one_ddp_rank_stops_every_rank_and_rank_0_saves(folder, tmp_
                        text=True, timeout=240)
     ck = torch.load(out / "last.pth", weights_only=True)
     assert (ck["epoch"], ck["train_state"]["iteration"]) == (0, 10), r.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------------------------
+# --ema: a moving average of the weights, validated and saved as the model
+
+def _record_steps(monkeypatch) -> list[list[torch.Tensor]]:
+    """The trained parameters before the first optimizer step and after each one."""
+    seen: list[list[torch.Tensor]] = []
+    step = torch.optim.Adam.step
+
+    def recording(self, *a, **k):
+        params = [p for g in self.param_groups for p in g["params"]]
+        if not seen:
+            seen.append([p.detach().clone() for p in params])
+        out = step(self, *a, **k)
+        seen.append([p.detach().clone() for p in params])
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    return seen
+
+
+def test_ema_averages_the_trained_weights_and_changes_nothing_else(folder, tmp_path, monkeypatch):
+    from liif_cli.data.samples import load_rgb_uint8
+    from liif_cli.runtime.weights import load_checkpoint
+    from liif_cli.tasks.train import validate
+
+    base = dict(data=str(folder), val_data=str(folder), **{**TINY, "epochs": 1})
+    train(TrainConfig(out=str(tmp_path / "off"), **base))  # the default: no average
+    off = torch.load(tmp_path / "off" / "last.pth", weights_only=True)
+    assert "ema" not in off["train_state"] and off["liif_cli"]["config"]["ema"] == 0.0
+    seen = _record_steps(monkeypatch)
+    events = []
+    train(TrainConfig(out=str(tmp_path / "on"), ema=0.5, **base), on_event=events.append)
+    last = torch.load(tmp_path / "on" / "last.pth", weights_only=True)
+    raw, state = last["train_state"]["ema"].pop("raw"), last["train_state"]["ema"]
+    assert state == {"decay": 0.5, "updates": 3}
+    # the average changes neither the training nor the optimizer: raw weights as without it
+    assert raw.keys() == off["model"]["sd"].keys()
+    for k, v in off["model"]["sd"].items():
+        assert torch.equal(raw[k], v), k
+    # every saved model is the average: by hand, warm-up d = min(0.5, (1 + n) / (10 + n))
+    ema = seen[0]
+    for n, w in enumerate(seen[1:]):
+        d = min(0.5, (1 + n) / (10 + n))
+        ema = [d * e + (1 - d) * x for e, x in zip(ema, w)]
+    model = load_checkpoint(tmp_path / "on" / "best.pth")
+    trained = [k for k, p in model.named_parameters() if p.requires_grad]
+    assert len(trained) == len(ema) < len(raw)  # EDSR's mean shifts are frozen: copied
+    best = weights(tmp_path / "on" / "best.pth")
+    for name, e in zip(trained, ema):
+        assert torch.allclose(best[name], e, atol=1e-6), name
+        assert not torch.allclose(best[name], raw[name], atol=1e-6), name
+    for k in raw:
+        assert torch.equal(best[k], last["model"]["sd"][k]), k
+        if k not in trained:
+            assert torch.equal(best[k], raw[k]), k
+    # and it is what validation measured
+    imgs = {p.relative_to(folder).as_posix(): load_rgb_uint8(p)
+            for p in find_images(folder)[:TINY["val_images"]]}
+    val = next(e for e in events if e.kind == "val").psnr
+    assert val == pytest.approx(validate(model, imgs, (2.0,)), abs=1e-9)
+
+
+def test_a_resumed_ema_run_continues_its_average_exactly(folder, tmp_path):
+    base = dict(data=str(folder), ema=0.9, **TINY)  # 2 epochs of 3 steps
+    train(TrainConfig(out=str(tmp_path / "full"), **base))
+    part = TrainConfig(out=str(tmp_path / "part"), **{**base, "epochs": 1})
+    train(part)
+    train(replace(part, epochs=2), resume=True)
+    a = torch.load(tmp_path / "full" / "last.pth", weights_only=True)
+    b = torch.load(tmp_path / "part" / "last.pth", weights_only=True)
+    assert a["train_state"]["ema"]["updates"] == b["train_state"]["ema"]["updates"] == 6
+    for x, y in ((a["model"]["sd"], b["model"]["sd"]),
+                 (a["train_state"]["ema"]["raw"], b["train_state"]["ema"]["raw"])):
+        for k in x:
+            assert torch.allclose(x[k], y[k], atol=1e-6), k
+    with pytest.raises(UsageError, match="cannot change ema: .* with 0.9, this asks for 0.5"):
+        config_from(None, {"out": part.out, "ema": 0.5}, resume=True)
+
+
+def test_a_run_made_before_ema_can_turn_it_on_at_resume(folder, tmp_path):
+    """A run whose config has no `ema` key (made by an older liif-cli) resumed with --ema:
+    the average starts from the weights it resumes with."""
+    out = tmp_path / "old"
+    train(TrainConfig(data=str(folder), out=str(out), **{**TINY, "epochs": 1}))
+    ck = torch.load(out / "last.pth", weights_only=True)
+    del ck["liif_cli"]["config"]["ema"]
+    torch.save(ck, out / "last.pth")
+    train(config_from(None, {"out": str(out), "epochs": 2, "ema": 0.9}, resume=True),
+          resume=True)
+    ck = torch.load(out / "last.pth", weights_only=True)
+    assert ck["liif_cli"]["config"]["ema"] == 0.9 and ck["train_state"]["ema"]["updates"] == 3
+    raw = ck["train_state"]["ema"]["raw"]
+    assert any(not torch.equal(v, raw[k]) for k, v in ck["model"]["sd"].items())
+
+
+def test_ema_with_a_frozen_encoder_keeps_the_encoder_as_it_is(folder, tmp_path):
+    train(TrainConfig(data=str(folder), out=str(tmp_path / "a"), **{**TINY, "epochs": 1}))
+    init = weights(tmp_path / "a" / "last.pth")
+    train(TrainConfig(data=str(folder), out=str(tmp_path / "b"), init=str(tmp_path / "a" /
+                      "last.pth"), freeze_encoder=True, ema=0.5, lr=1e-3,
+                      **{**TINY, "epochs": 1, "encoder_args": {}}))
+    ck = torch.load(tmp_path / "b" / "last.pth", weights_only=True)
+    sd, raw = ck["model"]["sd"], ck["train_state"]["ema"]["raw"]
+    for k in sd:
+        if k.startswith("encoder."):
+            assert torch.equal(sd[k], init[k]) and torch.equal(raw[k], init[k]), k
+        else:
+            assert not torch.equal(sd[k], raw[k]) and not torch.equal(sd[k], init[k]), k
+
+
+def test_bad_ema_values_are_refused(tmp_path):
+    for value in ("1", "-0.1", "nan", "1.5"):
+        res = runner.invoke(app, ["train", "--data", str(tmp_path), "--out",
+                                  str(tmp_path / "r"), "--ema", value])
+        assert res.exit_code == 2 and "--ema must be in [0, 1)" in res.output, (value, res.output)
+    toml = tmp_path / "c.toml"
+    toml.write_text('data = "x"\nema = "0.999"\n')
+    with pytest.raises(UsageError, match="--ema must be in"):
+        config_from(str(toml), {})
+    assert config_from(None, {"data": "x", "ema": 0.999}).ema == 0.999
+    assert "--ema" in runner.invoke(app, ["train", "--help"]).output

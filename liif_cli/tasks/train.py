@@ -9,6 +9,9 @@ Run folder:
   epoch, RNG state, best PSNR) and `liif_cli` (config, version, `steps`: optimizer steps in all,
   counting those behind --init's weights). `torch.load(weights_only=True)`.
 - best.pth: best validation PSNR (mean over the validation scales); epoch-N.pth snapshots.
+- With --ema, every file's `model` holds the moving average of the weights (`_Ema`: what is
+  validated, what users load); last.pth's `train_state["ema"]["raw"]` holds the weights being
+  trained, with the average's update count, so that a resume continues both exactly.
 - metrics.jsonl: one JSON record per logged step and per validation.
 Data randomness is a pure function of (seed, epoch, sample), so a resumed run continues exactly.
 """
@@ -16,6 +19,7 @@ Data randomness is a pure function of (seed, epoch, sample), so a resumed run co
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -138,6 +142,46 @@ def validate(model: SRModel, images: Mapping[str, np.ndarray] | Sequence[np.ndar
             vals.append(psnr(np.clip(pred, 0, 1), crop, protocol="div2k", scale=s))
         res[f"x{s:g}" + (f" {spec_text(steps)}" if steps else "")] = float(np.mean(vals))
     return res
+
+
+# ----------------------------------------------------------------------------------------------
+# the moving average of the weights
+
+EMA_WARMUP = 10  # the decay's warm-up: at most (1 + n) / (EMA_WARMUP + n) after n updates
+
+
+class _Ema:
+    """An exponential moving average of a model's weights (--ema DECAY), as SR toolboxes keep.
+
+    After each optimizer step, `update` moves every trainable parameter and floating-point
+    buffer of `module` (a float32 copy of the model, on its device) towards the model's:
+    ema = d·ema + (1 − d)·w. Frozen parameters (--freeze-encoder's encoder) are never updated:
+    they stay as copied, which is what the model has. d = min(decay, (1 + n) / (10 + n)) after
+    n updates (TensorFlow's ExponentialMovingAverage with num_updates): the average spans
+    about the last n / 9 steps until that reaches 1 / (1 − decay) (1,000 steps at 0.999, after
+    ~9,000), so that a run's first steps do not average in the random start.
+    """
+
+    def __init__(self, model: SRModel, decay: float):
+        self.decay, self.updates = decay, 0
+        self.module = copy.deepcopy(model).float().eval().requires_grad_(False)
+        mine = dict(self.module.named_parameters())
+        trained = [(mine[n], p) for n, p in model.named_parameters() if p.requires_grad]
+        self._ema = [e for e, _ in trained]
+        self._raw = [p for _, p in trained]
+        theirs = dict(model.named_buffers())
+        self._buffers = [(b, theirs[n]) for n, b in self.module.named_buffers()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        d = min(self.decay, (1 + self.updates) / (EMA_WARMUP + self.updates))
+        torch._foreach_lerp_(self._ema, self._raw, 1 - d)  # ema += (1 − d)·(w − ema)
+        for mine, theirs in self._buffers:
+            if mine.is_floating_point():
+                mine.lerp_(theirs.float(), 1 - d)
+            else:
+                mine.copy_(theirs)
+        self.updates += 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,6 +362,12 @@ class _Run:
     log: Any = None  # metrics.jsonl, on rank 0
     teacher: SRModel | None = None  # --distill's model, frozen
     shared_latent: bool = False  # the teacher decodes the student's (frozen, same) latent
+    ema: _Ema | None = None  # --ema's average of the weights, on rank 0
+
+    @property
+    def eval_model(self) -> SRModel:
+        """The weights validated and saved as every checkpoint's model: the average's, if any."""
+        return self.ema.module if self.ema is not None else self.model
 
     @property
     def out(self) -> Path:
@@ -352,13 +402,18 @@ class _Run:
         if self.rank != 0:
             return
         cfg = self.cfg
+        train_state = {"scheduler": self.sched.state_dict(), "iteration": iteration,
+                       "best_psnr": self.best, "rng": _rng_state(), "init_steps": self.init_steps}
+        if self.ema is not None:
+            train_state["ema"] = {"decay": self.ema.decay, "updates": self.ema.updates}
+            if path == self.last:  # what a resume needs: the weights being trained
+                train_state["ema"]["raw"] = {k: v.detach().cpu()
+                                             for k, v in self.model.state_dict().items()}
         ckpt = checkpoint_dict(
-            self.model,
+            self.eval_model,
             optimizer={"name": "adam", "args": {"lr": cfg.lr}, "sd": self.opt.state_dict()},
             epoch=epoch_done,
-            train_state={"scheduler": self.sched.state_dict(), "iteration": iteration,
-                         "best_psnr": self.best, "rng": _rng_state(),
-                         "init_steps": self.init_steps},
+            train_state=train_state,
             liif_cli={"version": __version__, "config": cfg.as_dict(),
                       "epoch": epoch_done, "iteration": iteration,
                       "steps": self.init_steps + self.run_steps(epoch_done, iteration)})
@@ -389,6 +444,11 @@ def _build_run(cfg: TrainConfig, dev: torch.device, *, rank: int, world: int,
     run = _Run(cfg, dev, rank, world, model, model, opt, sched, init_steps=init_steps)
     if cfg.distill:
         run.teacher, run.shared_latent = _build_teacher(cfg.distill, model, dev)
+    if cfg.ema and rank == 0:
+        # a copy of the model as built: on a resume, last.pth's model, which is the average
+        # (or, for a run that had none, the weights it starts from); `_restore` then loads
+        # the weights being trained into `model`
+        run.ema = _Ema(model, cfg.ema)
     if state is not None:
         _restore(run, state, saved)
     if world > 1:
@@ -435,6 +495,11 @@ def _restore(run: _Run, state: dict[str, Any], saved: dict[str, Any]) -> None:
     run.start_epoch, run.skip = int(state.get("epoch", 0)), int(ts.get("iteration", 0))
     run.best = float(ts.get("best_psnr", -math.inf))
     run.init_steps = int(ts.get("init_steps", 0))
+    ema = ts.get("ema") or {}
+    if "raw" in ema:  # the checkpoint's model is the average; these are the trained weights
+        run.model.load_state_dict(ema["raw"], strict=True)
+    if run.ema is not None:
+        run.ema.updates = int(ema.get("updates", 0))
     _retune_schedule(run.opt, run.sched, run.cfg, saved)
     if "rng" in ts:
         torch.set_rng_state(ts["rng"]["torch"])
@@ -537,6 +602,8 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: _Stop,
             else:
                 loss.backward()
                 opt.step()
+            if run.ema is not None:
+                run.ema.update()
             step_lr = opt.param_groups[0]["lr"]
             for g, lr in zip(opt.param_groups, base_lr):
                 g["lr"] = lr
@@ -601,7 +668,7 @@ def _end_epoch(run: _Run, data: _Data, epoch: int, it: int,
     done = epoch + 1
     psnr = None
     if data.val_images and (done % cfg.val_every == 0 or done == cfg.epochs):
-        psnr = validate(run.model, data.val_images, cfg.val_scales,
+        psnr = validate(run.eval_model, data.val_images, cfg.val_scales,
                         run.amp_dtype or torch.float32, cfg.val_degrade)
         mean = float(np.mean(list(psnr.values())))
         run.record(kind="val", epoch=done, steps=run.init_steps + run.run_steps(done, 0),

@@ -85,6 +85,8 @@ DistillOpt = Annotated[Str, _opt(
     "same queries, e.g. a fast model learning from default.")]
 DistillWeightOpt = Annotated[Float, _opt(
     "The teacher's share of the loss, in (0, 1]; the rest is L1 to the ground truth.")]
+EmaOpt = Annotated[Float, _opt(
+    "Decay of a moving average of the weights, e.g. 0.999: validated and saved as the model.")]
 ValEveryOpt = Annotated[Int, _opt("Epochs between validations.")]
 ValImagesOpt = Annotated[Int, _opt("Validate on the first K images.")]
 SaveEveryOpt = Annotated[Int, _opt("Epochs between snapshots.")]
@@ -110,8 +112,8 @@ def train(
     warmup: WarmupOpt = None, repeat: RepeatOpt = None, workers: WorkersOpt = None,
     device: DeviceOpt = None, precision: PrecisionOpt = None, seed: IntOpt = None,
     init: InitOpt = None, freeze_encoder: FreezeOpt = None, distill: DistillOpt = None,
-    distill_weight: DistillWeightOpt = None, val_every: ValEveryOpt = None,
-    val_images: ValImagesOpt = None, save_every: SaveEveryOpt = None,
+    distill_weight: DistillWeightOpt = None, ema: EmaOpt = None,
+    val_every: ValEveryOpt = None, val_images: ValImagesOpt = None, save_every: SaveEveryOpt = None,
     degrade: DegradeOpt = None, val_degrade: ValDegradeOpt = None, resume: ResumeOpt = False,
     config: ConfigOpt = None, plot: PlotOpt = None, quiet: QuietOpt = False,
 ):
