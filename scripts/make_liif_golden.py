@@ -18,10 +18,11 @@ in the manifest) and the official RDN-LIIF state-dict key list.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 from pathlib import Path
+
+from liif_cli.runtime.weights import state_dict_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = ["synth_31x57_to_16x28", "synth_31x57_to_31x57", "synth_48x40_to_48x40",
@@ -33,15 +34,6 @@ FILES = (["inputs/synth_48x40.png", "inputs/synth_31x57.png", "inputs/synth_100x
          + [f"edsr-baseline-liif/eval/synth_100x84_x{s}_{k}"
             for s in (2, 3, 4, 6) for k in ("lr.npy", "lr.png", "gt.npy", "pred_raw.npy")])
 
-
-def state_dict_sha256(sd: dict) -> str:
-    """sha256 over the keys, in sorted order, and their tensors' fp32 bytes (tests/conftest.py
-    computes the same for the rebuilt weights)."""
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().float().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def main() -> None:

@@ -3,7 +3,6 @@ small synthetic images, and the one-thread fixture for tests on tiny tensors."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 
 from liif_cli.model import LIIF, LMLIIF, LiifConfig, LmfConfig
+from liif_cli.runtime.weights import state_dict_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -105,15 +105,6 @@ def shared_golden_ckpt() -> Path:
 def golden_manifest(golden_dir) -> dict:
     return json.loads((golden_dir / "manifest.json").read_text())
 
-
-def state_dict_sha256(sd: dict) -> str:
-    """sha256 over the keys, in sorted order, and their tensors' fp32 bytes (as
-    scripts/make_liif_golden.py records the official checkpoint's)."""
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().float().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def official_golden_weights() -> LIIF:
@@ -247,3 +238,20 @@ def write_images(folder: Path, names: list[str], hw: tuple[int, int] = (16, 20))
 def listing(folder: Path) -> list[str]:
     """The names in a folder, sorted: what a run left there (temporaries included)."""
     return sorted(p.name for p in folder.iterdir())
+
+
+def onnx_upscale(session, image: np.ndarray, out_hw, chunk: int = 4096) -> np.ndarray:
+    """Every output pixel's query through an exported ONNX graph (an onnxruntime session),
+    N chunked, as the README tells other runtimes to do; rounded to 8-bit levels (ints)."""
+    from liif_cli.model.coords import make_cell, make_coord
+
+    H, W = out_hw
+    x = (image.astype(np.float32) / 255).transpose(2, 0, 1)[None]
+    coord = make_coord((H, W)).numpy()[None]
+    cell = make_cell((H, W), H * W).numpy()[None]
+    parts = [session.run(["rgb"], {"image": x, "coord": coord[:, i:i + chunk],
+                                   "cell": cell[:, i:i + chunk]})[0]
+             for i in range(0, H * W, chunk)]
+    rgb = np.concatenate(parts, 1)[0].reshape(H, W, 3)
+    assert np.isfinite(rgb).all()
+    return np.round(rgb * 255).astype(int)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import photo_like, random_lmf, random_model
+from conftest import onnx_upscale, photo_like, random_lmf, random_model
 
 from liif_cli.errors import ExportError
 from liif_cli.model import ensemble
-from liif_cli.model.coords import coord_seq, make_cell, make_coord
+from liif_cli.model.coords import coord_seq
 from liif_cli.runtime.weights import save_checkpoint
 from liif_cli.tasks.export import export_model
 from liif_cli.tasks.upscale import upscale
@@ -58,20 +58,6 @@ def liif_graph(ort, tmp_path_factory):
 @pytest.fixture(scope="module")
 def lmf_graph(ort, tmp_path_factory):
     return exported(tmp_path_factory, random_lmf(), "lmf")
-
-
-def onnx_upscale(session, image: np.ndarray, out_hw, chunk: int = 4096) -> np.ndarray:
-    """Every output pixel's query through the graph, N chunked, as the README does."""
-    H, W = out_hw
-    x = (image.astype(np.float32) / 255).transpose(2, 0, 1)[None]
-    coord = make_coord((H, W)).numpy()[None]
-    cell = make_cell((H, W), H * W).numpy()[None]
-    parts = [session.run(["rgb"], {"image": x, "coord": coord[:, i:i + chunk],
-                                   "cell": cell[:, i:i + chunk]})[0]
-             for i in range(0, H * W, chunk)]
-    rgb = np.concatenate(parts, 1)[0].reshape(H, W, 3)
-    assert np.isfinite(rgb).all()
-    return np.round(rgb * 255).astype(int)
 
 
 def assert_parity(graph, cases) -> None:

@@ -13,11 +13,11 @@ from conftest import (
     SHARED_GOLDEN,
     SHARED_GOLDEN_CKPT,
     official_golden_weights,
-    state_dict_sha256,
 )
 from PIL import Image
 
 from liif_cli.runtime import engine
+from liif_cli.runtime.weights import state_dict_sha256
 
 ORACLE_TOL = 1e-4  # max |Δ| on raw [0, 1] outputs: float reordering only (golden README)
 MAX_BYTES = 3_000_000  # the committed golden stays small

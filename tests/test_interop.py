@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import README, listing, photo_like, random_model
+from conftest import README, listing, onnx_upscale, photo_like, random_model
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -313,21 +313,6 @@ def ort():
     return pytest.importorskip("onnxruntime", reason="needs the [onnx] extra")
 
 
-def _onnx_upscale(session, image: np.ndarray, out_hw, chunk: int) -> np.ndarray:
-    """What the README tells other runtimes to do: every output pixel's query, N chunked."""
-    from liif_cli.model.coords import make_cell, make_coord
-
-    H, W = out_hw
-    x = (image.astype(np.float32) / 255).transpose(2, 0, 1)[None]
-    coord = make_coord((H, W)).numpy()[None]
-    cell = make_cell((H, W), H * W).numpy()[None]
-    parts = [session.run(["rgb"], {"image": x, "coord": coord[:, i:i + chunk],
-                                   "cell": cell[:, i:i + chunk]})[0]
-             for i in range(0, H * W, chunk)]
-    rgb = np.concatenate(parts, 1)[0].reshape(H, W, 3)
-    return np.round(rgb * 255).astype(np.uint8)
-
-
 @pytest.mark.slow
 def test_onnx_graph_matches_liif_upscale(tmp_path, ort, tiny_ckpt, photo):
     import onnx
@@ -347,13 +332,13 @@ def test_onnx_graph_matches_liif_upscale(tmp_path, ort, tiny_ckpt, photo):
     r = run("upscale", photo, "--size", "37x29", "-m", tiny_ckpt, "-o", tmp_path / "ref.png")
     assert r.exit_code == 0, r.output
     ref = read_image(tmp_path / "ref.png").pixels
-    got = _onnx_upscale(session, read_image(photo).pixels, (29, 37), chunk=300)
+    got = onnx_upscale(session, read_image(photo).pixels, (29, 37), chunk=300)
     diff = np.abs(got.astype(int) - ref.astype(int))
     assert diff.max() <= 1, diff.max()  # within one 8-bit level
     assert (diff == 0).mean() > 0.99
     # another input size, one query at a time for a few points: N = 1 works
     small = photo_like(7, 5, seed=9)
-    one = _onnx_upscale(session, small, (3, 2), chunk=1)
+    one = onnx_upscale(session, small, (3, 2), chunk=1)
     assert np.abs(one.astype(int) - upscale(load_model(str(tiny_ckpt)), small, size=(2, 3))
                   .astype(int)).max() <= 1
 
