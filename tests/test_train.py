@@ -491,16 +491,15 @@ def test_the_loaders_workers_are_forked_once_per_run(folder, tmp_path, monkeypat
 def _agree_rank(rank: int, store_path: str, signalled: int, out) -> None:
     import torch.distributed as dist
 
-    from liif_cli.tasks.train import _Stop
+    from liif_cli.runtime.distributed import StopSignal
 
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
                             world_size=2)
-    run = type("Run", (), {"world": 2, "dev": torch.device("cpu")})()
-    stop = _Stop()
-    first = stop.agree(run)  # nobody signalled yet
+    stop = StopSignal()
+    first = stop.agree(2, torch.device("cpu"))  # nobody signalled yet
     if rank == signalled:
         stop.signal = 15  # SIGTERM reaches one rank only
-    second = stop.agree(run)
+    second = stop.agree(2, torch.device("cpu"))
     out.put((rank, first, second, stop.stopping))
     dist.destroy_process_group()
 

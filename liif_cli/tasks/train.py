@@ -9,8 +9,8 @@ Run folder:
   epoch, RNG state, best PSNR) and `liif_cli` (config, version, `steps`: optimizer steps in all,
   counting those behind --init's weights). `torch.load(weights_only=True)`.
 - best.pth: best validation PSNR (mean over the validation scales); epoch-N.pth snapshots.
-- With --ema, every file's `model` holds the moving average of the weights (`_Ema`: what is
-  validated, what users load); last.pth's `train_state["ema"]["raw"]` holds the weights being
+- With --ema, every file's `model` holds the moving average of the weights
+  (`model.ema.WeightAverage`: what is validated, what users load); last.pth's `train_state["ema"]["raw"]` holds the weights being
   trained, with the average's update count, so that a resume continues both exactly.
 - metrics.jsonl: one JSON record per logged step and per validation.
 Data randomness is a pure function of (seed, epoch, sample), so a resumed run continues exactly.
@@ -19,10 +19,8 @@ Data randomness is a pure function of (seed, epoch, sample), so a resumed run co
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
-import os
 import signal
 import time
 import warnings
@@ -49,6 +47,7 @@ from liif_cli.data.samples import (
 )
 from liif_cli.errors import TrainingError, UsageError, signal_exit_code
 from liif_cli.model import LmfConfig, SRModel, build_model
+from liif_cli.model.ema import WeightAverage
 from liif_cli.recipe import (  # TrainConfig and config_from: also public from here
     TrainConfig,
     _make_config,
@@ -58,6 +57,7 @@ from liif_cli.recipe import (  # TrainConfig and config_from: also public from h
     resume_config,
 )
 from liif_cli.runtime.device import resolve_device, resolve_precision, set_tf32, use_device
+from liif_cli.runtime.distributed import StopSignal, dist_info
 from liif_cli.runtime.malloc import keep_freed_memory
 from liif_cli.runtime.upscaler import Upscaler
 from liif_cli.runtime.weights import (
@@ -147,43 +147,6 @@ def validate(model: SRModel, images: Mapping[str, np.ndarray] | Sequence[np.ndar
 # ----------------------------------------------------------------------------------------------
 # the moving average of the weights
 
-EMA_WARMUP = 10  # the decay's warm-up: at most (1 + n) / (EMA_WARMUP + n) after n updates
-
-
-class _Ema:
-    """An exponential moving average of a model's weights (--ema DECAY), as SR toolboxes keep.
-
-    After each optimizer step, `update` moves every trainable parameter and floating-point
-    buffer of `module` (a float32 copy of the model, on its device) towards the model's:
-    ema = d·ema + (1 − d)·w. Frozen parameters (--freeze-encoder's encoder) are never updated:
-    they stay as copied, which is what the model has. d = min(decay, (1 + n) / (10 + n)) after
-    n updates (TensorFlow's ExponentialMovingAverage with num_updates): the average spans
-    about the last n / 9 steps until that reaches 1 / (1 − decay) (1,000 steps at 0.999, after
-    ~9,000), so that a run's first steps do not average in the random start.
-    """
-
-    def __init__(self, model: SRModel, decay: float):
-        self.decay, self.updates = decay, 0
-        self.module = copy.deepcopy(model).float().eval().requires_grad_(False)
-        mine = dict(self.module.named_parameters())
-        trained = [(mine[n], p) for n, p in model.named_parameters() if p.requires_grad]
-        self._ema = [e for e, _ in trained]
-        self._raw = [p for _, p in trained]
-        theirs = dict(model.named_buffers())
-        self._buffers = [(b, theirs[n]) for n, b in self.module.named_buffers()]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        d = min(self.decay, (1 + self.updates) / (EMA_WARMUP + self.updates))
-        torch._foreach_lerp_(self._ema, self._raw, 1 - d)  # ema += (1 − d)·(w − ema)
-        for mine, theirs in self._buffers:
-            if mine.is_floating_point():
-                mine.lerp_(theirs.float(), 1 - d)
-            else:
-                mine.copy_(theirs)
-        self.updates += 1
-
-
 # ----------------------------------------------------------------------------------------------
 # the loop
 
@@ -200,56 +163,6 @@ class Progress:
     its: float | None = None  # iterations per second
     psnr: dict[str, float] | None = None
     message: str = ""
-
-
-class _Stop:
-    """SIGINT/SIGTERM set a flag; the loop saves and stops once the ranks agree (`agree`).
-
-    Under DDP every rank must leave the loop at the same iteration: a rank that broke alone on
-    its own signal would leave the others waiting in the next gradient all-reduce, and rank 0's
-    save could be lost. So `stopping` (what the loop obeys) changes only in `agree`, which all
-    ranks call at the same iterations.
-    """
-
-    def __init__(self):
-        self.signal: int | None = None
-        self.stopping = False  # agreed by every rank
-        self._old: dict[int, Any] = {}
-
-    def agree(self, run: _Run) -> bool:
-        """Whether any rank has a signal (one all-reduce under DDP); sets `stopping`."""
-        mine = self.signal is not None
-        if run.world > 1:
-            import torch.distributed as dist
-
-            flag = torch.tensor([int(mine)], device=run.dev)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            mine = bool(flag.item())
-        self.stopping = self.stopping or mine
-        return self.stopping
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, sig, frame):
-        if self.signal is not None:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signal = sig
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _dist_info() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -269,7 +182,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     (`cli._leave_distributed`): gloo's worker threads can abort a finalizing interpreter.
     """
     keep_freed_memory(kept_max=None)  # all of it: the peak recurs on every step
-    rank, world, local_rank = _dist_info()
+    rank, world, local_rank = dist_info()
     emit = on_event if (on_event and rank == 0) else (lambda e: None)
     dev = _start_device(cfg, world, local_rank)
     state, saved = None, {}
@@ -282,7 +195,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     run.open_folder()
     stopped, epoch, it = None, run.start_epoch, run.skip
     t_start = time.time()
-    with _Stop() as stop:
+    with StopSignal() as stop:
         for epoch in range(run.start_epoch, run.cfg.epochs):
             it = _train_epoch(run, data, epoch, stop, emit)
             if stop.stopping and it < run.iters:
@@ -304,7 +217,7 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     return summary
 
 
-def _signal_of(stop: _Stop) -> int:
+def _signal_of(stop: StopSignal) -> int:
     """The signal that stopped the run; SIGTERM on a rank that only agreed to another's."""
     return stop.signal if stop.signal is not None else signal.SIGTERM
 
@@ -362,7 +275,7 @@ class _Run:
     log: Any = None  # metrics.jsonl, on rank 0
     teacher: SRModel | None = None  # --distill's model, frozen
     shared_latent: bool = False  # the teacher decodes the student's (frozen, same) latent
-    ema: _Ema | None = None  # --ema's average of the weights, on rank 0
+    ema: WeightAverage | None = None  # --ema's average of the weights, on rank 0
 
     @property
     def eval_model(self) -> SRModel:
@@ -448,7 +361,7 @@ def _build_run(cfg: TrainConfig, dev: torch.device, *, rank: int, world: int,
         # a copy of the model as built: on a resume, last.pth's model, which is the average
         # (or, for a run that had none, the weights it starts from); `_restore` then loads
         # the weights being trained into `model`
-        run.ema = _Ema(model, cfg.ema)
+        run.ema = WeightAverage(model, cfg.ema)
     if state is not None:
         _restore(run, state, saved)
     if world > 1:
@@ -559,7 +472,7 @@ def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
     return _Data(dataset, val_imgs)
 
 
-def _train_epoch(run: _Run, data: _Data, epoch: int, stop: _Stop,
+def _train_epoch(run: _Run, data: _Data, epoch: int, stop: StopSignal,
                  emit: Callable[[Progress], None]) -> int:
     """One epoch's optimizer steps (from run.skip on); returns the iterations done, fewer than
     run.iters when a signal stopped it."""
@@ -630,7 +543,7 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: _Stop,
                            steps=run.init_steps + run.run_steps(epoch, it), loss=shown["loss"],
                            lr=step_lr, its=its, **extra)
             emit(Progress("step", epoch, it, iters, loss=shown["loss"], lr=step_lr, its=its))
-            if (check or run.world == 1) and stop.agree(run):  # alone: no collective, no sync
+            if (check or run.world == 1) and stop.agree(run.world, run.dev):  # alone: no collective, no sync
                 break
     finally:
         if hook is not None:
