@@ -221,6 +221,7 @@ def test_lmf_checkpoint_through_load_and_the_cli(tmp_path):
     assert got.shape == (20, 24, 3) and np.abs(got.astype(int) - want).max() <= 1
     r = CliRunner().invoke(app, ["models"], env={"LIIF_MODELS_DIR": str(tmp_path)})
     assert r.exit_code == 0 and "fast" in r.output and "LM-LIIF" in r.output, r.output
+    assert "hidden by the bundled 'fast'" in " ".join(r.output.split()), r.output  # a bundled name
 
 
 def test_train_lmf_on_a_liif_encoder_resume_and_cli(tmp_path):

@@ -333,8 +333,11 @@ def list_models() -> list[dict[str, Any]]:
     folder = user_models_dir()
     if folder.is_dir():
         for p in sorted(folder.iterdir()):
-            if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.stem not in BUNDLED:
-                rows.append({"name": p.stem, "path": p, "source": "user", "description": ""})
+            if p.suffix.lower() in CHECKPOINT_SUFFIXES:
+                # a bundled name wins in --model: say so rather than hide the file
+                note = (f"hidden by the bundled {p.stem!r} (--model {p.stem} loads that): "
+                        "rename the file to use it" if p.stem in BUNDLED else "")
+                rows.append({"name": p.stem, "path": p, "source": "user", "description": note})
     for row in rows:
         try:
             m = load_checkpoint(row["path"])
