@@ -168,14 +168,22 @@ def test_bf16_on_mps_needs_macos_14(monkeypatch, macos14):
 
 def test_tf32_is_off_on_a_gpu_unless_asked_for(fake_gpus, monkeypatch):
     fake_gpus({0: (8, 0)})
-    for flag in (torch.backends.cuda.matmul, torch.backends.cudnn):
-        monkeypatch.setattr(flag, "allow_tf32", True)  # cuDNN's default on Ampere
-    device.set_tf32(CPU, False)  # the CPU: nothing to do
-    assert torch.backends.cudnn.allow_tf32 is True
-    device.set_tf32(torch.device("cuda", 0))
-    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-    device.set_tf32(torch.device("cuda", 0), True)
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    # saved and restored by hand: the cuBLAS flag is a module __getattr__, which pytest's
+    # monkeypatch (9.2) cannot undo
+    before = [f.allow_tf32 for f in flags]
+    try:
+        for flag in flags:
+            flag.allow_tf32 = True  # cuDNN's default on Ampere
+        device.set_tf32(CPU, False)  # the CPU: nothing to do
+        assert torch.backends.cudnn.allow_tf32 is True
+        device.set_tf32(torch.device("cuda", 0))
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        device.set_tf32(torch.device("cuda", 0), True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        for flag, was in zip(flags, before):
+            flag.allow_tf32 = was
 
 
 def test_every_upscaler_applies_the_tf32_policy(monkeypatch, tiny_model):
