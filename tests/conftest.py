@@ -12,16 +12,13 @@ import torch
 from PIL import Image
 
 from liif_cli.model import LIIF, LMLIIF, LiifConfig, LmfConfig
-from liif_cli.runtime.weights import state_dict_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 SHARED = REPO.parent / "shared"
 SHARED_GOLDEN = SHARED / "golden"
 SHARED_GOLDEN_CKPT = SHARED_GOLDEN / "edsr-baseline-liif-seed0-cudatag.pth"
-# a committed subset of it (scripts/make_liif_golden.py): official outputs, weights by seed
-COMMITTED_GOLDEN = REPO / "tests" / "data" / "liif_golden"
-GOLDEN = SHARED_GOLDEN if SHARED_GOLDEN_CKPT.exists() else COMMITTED_GOLDEN
+GOLDEN = SHARED_GOLDEN
 DATA = SHARED / "data"
 SUBPROCESS_TIMEOUT_S = 180  # generous: the test machine is shared and often loaded
 TINY_ENCODER = {"n_resblocks": 2, "n_feats": 16, "no_upsampling": True}  # EDSR-baseline, tiny
@@ -84,20 +81,21 @@ def fake_gpus(monkeypatch):
     return fake
 
 
+SHARED_ONLY = ("only in the project's CI and development machines: ../shared is never "
+               "committed, and a user's clone has none")
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    """The official LIIF code's outputs: ../shared/golden (CI and development machines), else
-    the subset committed in tests/data/liif_golden."""
+    """The official LIIF code's outputs (../shared/golden)."""
+    if not SHARED_GOLDEN_CKPT.exists():
+        pytest.skip(f"golden official outputs not found at {GOLDEN} ({SHARED_ONLY})")
     return GOLDEN
 
 
 @pytest.fixture(scope="session")
-def shared_golden_ckpt() -> Path:
-    """The official checkpoint file itself (saved on a GPU): only in ../shared."""
-    if not SHARED_GOLDEN_CKPT.exists():
-        pytest.skip(f"the official checkpoint file is not at {SHARED_GOLDEN_CKPT} (only in the "
-                    "project's CI and development machines; tests/data/liif_golden has its "
-                    "weights by seed)")
+def shared_golden_ckpt(golden_dir) -> Path:
+    """The official checkpoint file itself (saved on a GPU)."""
     return SHARED_GOLDEN_CKPT
 
 
@@ -106,51 +104,18 @@ def golden_manifest(golden_dir) -> dict:
     return json.loads((golden_dir / "manifest.json").read_text())
 
 
-
-def official_golden_weights() -> LIIF:
-    """The golden checkpoint's EDSR-baseline-LIIF rebuilt from its seed: torch.manual_seed(0),
-    the modules made in the official order (encoder, then MLP), Kaiming-normal MLP weights, the
-    last layer's × 0.6. Bit for bit the official file's weights (`state_dict_sha256` in the
-    committed manifest; the global RNG is left as it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LIIF(LiifConfig(encoder="edsr-baseline", encoder_args={"no_upsampling": True},
-                                hidden=(256, 256, 256, 256)))
-        linears = [m for m in model.imnet.modules() if isinstance(m, torch.nn.Linear)]
-        for m in linears:
-            torch.nn.init.kaiming_normal_(m.weight)
-    with torch.no_grad():
-        linears[-1].weight.mul_(0.6)
-    return model.eval()
-
-
 @pytest.fixture(scope="session")
 def golden_model(golden_dir) -> LIIF:
-    """The official checkpoint's model: loaded from ../shared, else rebuilt from its seed and
-    checked against the hash of the official weights (a mismatch fails, never skips)."""
+    """The official checkpoint's model."""
     from liif_cli.runtime.weights import load_checkpoint
 
-    if SHARED_GOLDEN_CKPT.exists():
-        return load_checkpoint(SHARED_GOLDEN_CKPT)
-    model = official_golden_weights()
-    manifest = json.loads((COMMITTED_GOLDEN / "manifest.json").read_text())
-    want = manifest["committed_subset"]["state_dict_sha256"]
-    assert state_dict_sha256(model.state_dict()) == want, (
-        "the golden weights rebuilt from their seed are not the official checkpoint's: did "
-        "the model's construction order or torch's init change?")
-    return model
+    return load_checkpoint(SHARED_GOLDEN_CKPT)
 
 
 @pytest.fixture(scope="session")
-def golden_ckpt(golden_model, tmp_path_factory) -> Path:
-    """A checkpoint file of the golden model (the official one where ../shared exists)."""
-    if SHARED_GOLDEN_CKPT.exists():
-        return SHARED_GOLDEN_CKPT
-    from liif_cli.runtime.weights import save_checkpoint
-
-    path = tmp_path_factory.mktemp("golden") / "edsr-baseline-liif-seed0.pth"
-    save_checkpoint(golden_model, path)
-    return path
+def golden_ckpt(golden_dir) -> Path:
+    """The official checkpoint file."""
+    return SHARED_GOLDEN_CKPT
 
 
 def tiny_config(**kw) -> LiifConfig:

@@ -85,17 +85,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def state_dict_sha256(sd: dict[str, torch.Tensor]) -> str:
-    """sha256 over the keys, in sorted order, and their tensors' float32 bytes: the same for a
-    checkpoint's weights whatever their storage dtype or device (the committed golden records
-    the official checkpoint's)."""
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """torch.load a checkpoint safely (weights only, onto the CPU) with one-line errors.
 
