@@ -61,9 +61,9 @@ def model_of(ref: str):
 
 
 def default_models() -> list[str]:
-    from liif_cli.runtime.weights import _bundled
+    from liif_cli.runtime.weights import BUNDLED
 
-    return ["default", "fast"] if "fast" in _bundled() else ["random:liif", "random:lmf"]
+    return ["default", "fast"] if "fast" in BUNDLED else ["random:liif", "random:lmf"]
 
 
 def encoder_macs_per_pixel(model) -> int:
