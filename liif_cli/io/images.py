@@ -58,6 +58,11 @@ METRES_PER_INCH = 0.0254  # PNG pHYs stores pixels per metre
 # zlib level for PNG: 4 is 3× faster than Pillow's default 6 (measured: 1.9 s vs 5.9 s for a
 # 4096² upscale) for files 2-10% larger, which matters at the sizes this tool writes
 PNG_COMPRESS_LEVEL = 4
+# zlib strategy for PNG: run-length matches only. After PNG's row filters a photograph is small
+# residuals, which Huffman coding packs as well without the string search: measured on 2 cores,
+# Pillow at level 4, upscaled photos (1-4 MP) 1.4-1.9× faster and 0-8 % smaller, the photos
+# themselves ~2 % larger (a 2000² `fast` output: 0.72 -> 0.38 s, 7.4 -> 6.8 MB)
+PNG_ZLIB_STRATEGY = zlib.Z_RLE
 
 
 @dataclass
@@ -492,6 +497,7 @@ def _write_pil(tmp: str, fmt: str, pixels: np.ndarray, alpha: np.ndarray | None,
             kwargs["tiffinfo"] = info
     if fmt == "PNG":
         kwargs["compress_level"] = PNG_COMPRESS_LEVEL
+        kwargs["compress_type"] = PNG_ZLIB_STRATEGY
         if xmp:
             info = PngImagePlugin.PngInfo()
             info.add_itxt(PNG_XMP_KEY, xmp.decode("utf-8", "replace"), zip=False)
@@ -515,7 +521,8 @@ def _write_16bit(tmp: str, suffix: str, pixels: np.ndarray, alpha: np.ndarray | 
         arr = pixels[:, :, ::-1] if pixels.shape[2] == 3 else pixels  # OpenCV wants BGR
         if alpha is not None:
             arr = np.dstack([arr, alpha])
-        params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESS_LEVEL]
+        params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESS_LEVEL,
+                  cv2.IMWRITE_PNG_STRATEGY, PNG_ZLIB_STRATEGY]  # zlib's numbering, as OpenCV's
         ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr), params)
         if not ok:
             raise ImageWriteError(f"OpenCV could not encode a 16-bit {suffix} image")
@@ -575,6 +582,11 @@ def _png_insert_after_ihdr(png: bytes, chunks: bytes) -> bytes:
     return png[:ihdr_end] + chunks + png[ihdr_end:]
 
 
+def _deflate(data: bytes) -> bytes:
+    z = zlib.compressobj(PNG_COMPRESS_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 8, PNG_ZLIB_STRATEGY)
+    return z.compress(data) + z.flush()
+
+
 def _png_encode(arr: np.ndarray) -> bytes:
     """(H, W, C) uint8/uint16 -> PNG bytes, every row with the Up filter."""
     h, w, c = arr.shape
@@ -587,7 +599,7 @@ def _png_encode(arr: np.ndarray) -> bytes:
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as the filter wants
     ihdr = struct.pack(">IIBBBBB", w, h, depth, PNG_COLOUR_TYPES[c], 0, 0, 0)
     return (PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), PNG_COMPRESS_LEVEL))
+            + _png_chunk(b"IDAT", _deflate(filtered.tobytes()))
             + _png_chunk(b"IEND", b""))
 
 
