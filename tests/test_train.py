@@ -488,6 +488,116 @@ def test_the_loaders_workers_are_forked_once_per_run(folder, tmp_path, monkeypat
     assert made == [True]
 
 
+def _workers() -> list[int]:
+    """The pids of this process's DataLoader workers."""
+    import multiprocessing
+
+    return [p.pid for p in multiprocessing.active_children()]
+
+
+def _died(pid: int, within: float) -> bool:
+    """Whether child `pid` ends within `within` seconds (left unreaped, for its owner)."""
+    import time
+
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_sigterm_to_the_process_group_leaves_the_workers_and_the_run_saves(folder, tmp_path):
+    """SIGTERM to the trainer and its DataLoader workers alike (Slurm, `kill` of the group):
+    the workers ignore it, the trainer saves where it stopped and reports exit 143."""
+    out = tmp_path / "run"
+    got = {}
+
+    def terminate(ev):  # at step 2, as `kill -TERM -PGID` does
+        if ev.kind == "step" and ev.iteration == 2:
+            got["workers"] = _workers()
+            os.kill(os.getpid(), signal.SIGTERM)
+            for pid in got["workers"]:
+                os.kill(pid, signal.SIGTERM)
+            got["died"] = [pid for pid in got["workers"] if _died(pid, 0.5)]
+
+    summary = train(TrainConfig(data=str(folder), out=str(out), **{**TINY, "workers": 1}),
+                    on_event=terminate)
+    assert len(got["workers"]) == 1 and got["died"] == []
+    assert summary["exit_code"] == 143 and "SIGTERM at epoch 1, iteration 2/3" in \
+        summary["stopped"]
+    ck = torch.load(out / "last.pth", weights_only=True)
+    assert (ck["epoch"], ck["train_state"]["iteration"]) == (0, 2)
+
+
+def test_a_worker_killed_during_a_stop_ends_in_the_stop_not_an_error(folder, tmp_path):
+    """A worker that dies anyway once a stop was asked for (killed on its own): the run stops
+    as asked and saves the steps done, instead of torch's "DataLoader worker ... is killed"."""
+    out = tmp_path / "run"
+
+    def terminate(ev):
+        if ev.kind == "step" and ev.iteration == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            (pid,) = _workers()
+            os.kill(pid, signal.SIGKILL)
+            assert _died(pid, 10)  # torch's SIGCHLD handler raises here, in the main thread
+
+    summary = train(TrainConfig(data=str(folder), out=str(out), **{**TINY, "workers": 1}),
+                    on_event=terminate)
+    assert summary["exit_code"] == 143 and "iteration 2/3" in summary["stopped"]
+    ck = torch.load(out / "last.pth", weights_only=True)
+    assert (ck["epoch"], ck["train_state"]["iteration"]) == (0, 2)
+
+
+@pytest.mark.slow
+def test_liif_train_stopped_by_sigterm_to_its_process_group_saves_and_resumes(folder, tmp_path):
+    """`liif train --workers 1`, SIGTERM to its whole process group (what Slurm's preemption
+    or a session's stop sends) after its first logged step: exit 143, one line, last.pth at
+    the step it stopped at; --resume continues from that step."""
+    import time
+
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('hidden = [16, 16]\n[encoder_args]\nn_resblocks = 1\nn_feats = 8\n')
+    out = tmp_path / "run"
+    # 3 images x repeat 200 / batch 2: 300 steps, the first logged at step 10
+    p = subprocess.Popen([sys.executable, "-m", "liif_cli", "train", "--data", str(folder),
+                          "--out", str(out), "--config", str(tiny), "--epochs", "1",
+                          "--batch-size", "2", "--repeat", "200", "--patch-size", "12",
+                          "--scale-max", "2", "--sample-q", "50", "--workers", "1",
+                          "--device", "cpu", "-q"], start_new_session=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        metrics, end = out / "metrics.jsonl", time.monotonic() + 120
+        while not (metrics.exists() and metrics.read_text().strip()) and p.poll() is None \
+                and time.monotonic() < end:
+            time.sleep(0.01)
+        os.killpg(p.pid, signal.SIGTERM)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 143, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and stdout == "", stderr
+    assert re.fullmatch(r"stopped by signal SIGTERM at epoch 1, iteration (\d+)/300; resume "
+                        r"with --resume", lines[0]), lines[0]
+    done = int(re.search(r"iteration (\d+)", lines[0]).group(1))
+    ck = torch.load(out / "last.pth", weights_only=True)
+    assert (ck["epoch"], ck["train_state"]["iteration"]) == (0, done) and done >= 10
+    first = []
+
+    def interrupt(ev):  # the resumed run's first step, then a Ctrl-C
+        if ev.kind == "step" and not first:
+            first.append(ev.iteration)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    summary = train(config_from(None, {"out": str(out), "workers": 0}, resume=True),
+                    resume=True, on_event=interrupt)
+    assert first == [done + 1] and summary["exit_code"] == 130
+    assert torch.load(out / "last.pth", weights_only=True)["train_state"]["iteration"] == done + 1
+
+
 def _agree_rank(rank: int, store_path: str, signalled: int, out) -> None:
     import torch.distributed as dist
 
