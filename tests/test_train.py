@@ -19,7 +19,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from liif_cli.cli import app
-from liif_cli.data.samples import EpochBatches, ImageCache, RandomScaleSamples, find_images
+from liif_cli.data.samples import (
+    EpochBatches,
+    ImageCache,
+    RandomScaleSamples,
+    training_images,
+)
 from liif_cli.errors import TrainingError, UsageError
 from liif_cli.tasks.train import TrainConfig, config_from, train
 
@@ -49,7 +54,7 @@ def steps(path: Path) -> int:
 
 
 def test_samples_follow_the_recipe(folder):
-    cache = ImageCache(find_images(folder), min_side=24)
+    cache = ImageCache(training_images(folder), min_side=24)
     assert len(cache) == 3 and [p.name for p in cache.skipped] == ["small.png"]
     ds = RandomScaleSamples(cache, repeat=2, patch=12, scale_max=2.0, sample_q=50)
     s = ds[3]
@@ -744,7 +749,7 @@ def test_ema_averages_the_trained_weights_and_changes_nothing_else(folder, tmp_p
             assert torch.equal(best[k], raw[k]), k
     # and it is what validation measured
     imgs = {p.relative_to(folder).as_posix(): load_rgb_uint8(p)
-            for p in find_images(folder)[:TINY["val_images"]]}
+            for p in training_images(folder)[:TINY["val_images"]]}
     val = next(e for e in events if e.kind == "val").psnr
     assert val == pytest.approx(validate(model, imgs, (2.0,)), abs=1e-9)
 

@@ -40,10 +40,10 @@ from liif_cli.data.samples import (
     EpochBatches,
     ImageCache,
     RandomScaleSamples,
-    find_images,
     load_rgb_uint8,
     make_lr,
     to_tensor,
+    training_images,
 )
 from liif_cli.errors import TrainingError, UsageError, signal_exit_code
 from liif_cli.model import LmfConfig, SRModel, build_model
@@ -456,7 +456,7 @@ class _Data:
 def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
     """Decode the training (and validation) images; say how the run starts."""
     cfg = run.cfg
-    files = find_images(cfg.data)
+    files = training_images(cfg.data)
     cache = ImageCache(files, min_side=round(cfg.patch_size * cfg.scale_max),
                        on_progress=lambda i, n: emit(Progress("load", run.start_epoch, i, n)))
     dataset = RandomScaleSamples(cache, repeat=cfg.repeat, patch=cfg.patch_size,
@@ -465,7 +465,7 @@ def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
                                  degrade=cfg.degrade_ranges_obj())
     val_imgs = {}
     if cfg.val_data and run.rank == 0:  # by path under --val-data (unique; the file name seeds)
-        for p in find_images(cfg.val_data)[:cfg.val_images]:
+        for p in training_images(cfg.val_data)[:cfg.val_images]:
             val_imgs[p.relative_to(cfg.val_data).as_posix()] = load_rgb_uint8(p)
     run.iters = len(dataset) // cfg.batch_size
     if run.iters == 0:

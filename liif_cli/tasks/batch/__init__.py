@@ -23,7 +23,6 @@ from liif_cli.tasks.batch.dispatch import (
     worker_names,
 )
 from liif_cli.tasks.batch.plan import (
-    FALLBACK_EXT,
     OUTPUT_FORMATS,
     BatchPlan,
     PlanItem,
@@ -62,7 +61,7 @@ from liif_cli.tasks.batch.shard import (
 from liif_cli.tasks.batch.worker import DECODE_THREADS, POLL_S, PROGRESS_S
 
 __all__ = [
-    "CRASH_GRACE_S", "DECODE_THREADS", "FAIL_FAST_REASON", "FALLBACK_EXT", "IN_FLIGHT",
+    "CRASH_GRACE_S", "DECODE_THREADS", "FAIL_FAST_REASON", "IN_FLIGHT",
     "JOIN_TIMEOUT_S", "OUTPUT_FORMATS", "POLL_S", "PROGRESS_S", "SHARD_COUNT_ENV",
     "SHARD_ENV_NAMES", "STATUSES", "STATUS_RANK", "BatchEvent", "BatchPlan", "BatchResult",
     "EventFn", "FileRecord", "JsonlReport", "PlanItem", "ReportSummary", "ShardSource",
