@@ -493,11 +493,11 @@ def test_the_loaders_workers_are_forked_once_per_run(folder, tmp_path, monkeypat
     assert made == [True]
 
 
-def _workers() -> list[int]:
-    """The pids of this process's DataLoader workers."""
+def _children() -> set[int]:
+    """The pids of this process's live multiprocessing children (DataLoader workers)."""
     import multiprocessing
 
-    return [p.pid for p in multiprocessing.active_children()]
+    return {p.pid for p in multiprocessing.active_children()}
 
 
 def _died(pid: int, within: float) -> bool:
@@ -516,11 +516,11 @@ def test_a_sigterm_to_the_process_group_leaves_the_workers_and_the_run_saves(fol
     """SIGTERM to the trainer and its DataLoader workers alike (Slurm, `kill` of the group):
     the workers ignore it, the trainer saves where it stopped and reports exit 143."""
     out = tmp_path / "run"
-    got = {}
+    got, before = {}, _children()  # any other test's left alone
 
     def terminate(ev):  # at step 2, as `kill -TERM -PGID` does
         if ev.kind == "step" and ev.iteration == 2:
-            got["workers"] = _workers()
+            got["workers"] = sorted(_children() - before)
             os.kill(os.getpid(), signal.SIGTERM)
             for pid in got["workers"]:
                 os.kill(pid, signal.SIGTERM)
@@ -538,12 +538,12 @@ def test_a_sigterm_to_the_process_group_leaves_the_workers_and_the_run_saves(fol
 def test_a_worker_killed_during_a_stop_ends_in_the_stop_not_an_error(folder, tmp_path):
     """A worker that dies anyway once a stop was asked for (killed on its own): the run stops
     as asked and saves the steps done, instead of torch's "DataLoader worker ... is killed"."""
-    out = tmp_path / "run"
+    out, before = tmp_path / "run", _children()
 
     def terminate(ev):
         if ev.kind == "step" and ev.iteration == 2:
             os.kill(os.getpid(), signal.SIGTERM)
-            (pid,) = _workers()
+            (pid,) = _children() - before
             os.kill(pid, signal.SIGKILL)
             assert _died(pid, 10)  # torch's SIGCHLD handler raises here, in the main thread
 
@@ -564,9 +564,9 @@ def test_liif_train_stopped_by_sigterm_to_its_process_group_saves_and_resumes(fo
     tiny = tmp_path / "tiny.toml"
     tiny.write_text('hidden = [16, 16]\n[encoder_args]\nn_resblocks = 1\nn_feats = 8\n')
     out = tmp_path / "run"
-    # 3 images x repeat 200 / batch 2: 300 steps, the first logged at step 10
+    # 3 images x repeat 200 / batch 2: 300 steps an epoch, the first logged at step 10
     p = subprocess.Popen([sys.executable, "-m", "liif_cli", "train", "--data", str(folder),
-                          "--out", str(out), "--config", str(tiny), "--epochs", "1",
+                          "--out", str(out), "--config", str(tiny), "--epochs", "2",
                           "--batch-size", "2", "--repeat", "200", "--patch-size", "12",
                           "--scale-max", "2", "--sample-q", "50", "--workers", "1",
                           "--device", "cpu", "-q"], start_new_session=True,
@@ -577,7 +577,8 @@ def test_liif_train_stopped_by_sigterm_to_its_process_group_saves_and_resumes(fo
         while not (metrics.exists() and metrics.read_text().strip()) and p.poll() is None \
                 and time.monotonic() < end:
             time.sleep(0.01)
-        os.killpg(p.pid, signal.SIGTERM)
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
         stdout, stderr = p.communicate(timeout=120)
     finally:
         if p.poll() is None:
@@ -585,11 +586,13 @@ def test_liif_train_stopped_by_sigterm_to_its_process_group_saves_and_resumes(fo
     assert p.returncode == 143, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and stdout == "", stderr
-    assert re.fullmatch(r"stopped by signal SIGTERM at epoch 1, iteration (\d+)/300; resume "
-                        r"with --resume", lines[0]), lines[0]
-    done = int(re.search(r"iteration (\d+)", lines[0]).group(1))
+    stopped = re.fullmatch(r"stopped by signal SIGTERM at epoch (\d+), iteration (\d+)/300; "
+                           r"resume with --resume", lines[0])
+    assert stopped, lines[0]
+    epoch, done = int(stopped[1]), int(stopped[2])
     ck = torch.load(out / "last.pth", weights_only=True)
-    assert (ck["epoch"], ck["train_state"]["iteration"]) == (0, done) and done >= 10
+    assert (ck["epoch"], ck["train_state"]["iteration"]) == (epoch - 1, done)
+    assert (epoch - 1) * 300 + done >= 10
     first = []
 
     def interrupt(ev):  # the resumed run's first step, then a Ctrl-C
