@@ -43,6 +43,15 @@ class StopSignal:
         self.stopping = self.stopping or mine
         return self.stopping
 
+    def lost_worker(self, exc: BaseException, world: int) -> bool:
+        """Whether `exc` is torch's "DataLoader worker (pid N) is killed by signal" (or "exited
+        unexpectedly") once a signal asked this process to stop: a worker that died anyway
+        (started otherwise than by a fork and signalled before it could ignore it, or killed on
+        its own). The stop then goes on with the iterations done (a batch is a pure function
+        of its index). Not under DDP (`world` > 1): the other ranks wait for this one's
+        gradients, so that run cannot stop here."""
+        return self.signal is not None and world == 1 and "DataLoader worker" in str(exc)
+
     def __enter__(self):
         for sig in STOP_SIGNALS:
             try:

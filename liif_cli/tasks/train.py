@@ -555,13 +555,9 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: StopSignal,
             if (check or run.world == 1) and stop.agree(run.world, run.dev):  # alone: no collective, no sync
                 break
     except RuntimeError as e:
-        # a worker killed by the stop's signal anyway (one started in another way than a fork
-        # and signalled before it ignored it, or killed on its own): torch raises this in the
-        # main thread; the iterations done are kept (a batch is a pure function of its index).
-        # Under DDP the other ranks need this one's gradients: that run cannot stop here.
-        if stop.signal is None or run.world > 1 or "DataLoader worker" not in str(e):
+        if not stop.lost_worker(e, run.world):
             raise
-        stop.agree(1, dev)
+        stop.agree(1, dev)  # the stop asked for goes on, with the iterations done
     finally:
         if hook is not None:
             hook.remove()
