@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from liif_cli.data.samples import find_images
+from liif_cli.data.samples import training_images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--dst", type=Path, default=REPO / ".gpu_data" / "train")
     ap.add_argument("--limit", type=int, default=0, help="first N images only (a trial)")
     args = ap.parse_args()
-    files = find_images(args.src)[:args.limit or None]
+    files = training_images(args.src)[:args.limit or None]
     total = 0
     for f in files:
         out = args.dst / f.relative_to(args.src)

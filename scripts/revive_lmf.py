@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from liif_cli.data.samples import ImageCache, RandomScaleSamples, find_images
+from liif_cli.data.samples import ImageCache, RandomScaleSamples, training_images
 from liif_cli.model import LMLIIF
 from liif_cli.model.lmf import revive_dead_units
 from liif_cli.runtime.weights import atomic_torch_save, checkpoint_dict, load_checkpoint
@@ -35,7 +35,7 @@ def main() -> None:
     model = loaded.float().eval()
     if not isinstance(model, LMLIIF):
         raise SystemExit(f"{args.checkpoint} is not an LM-LIIF model")
-    cache = ImageCache(find_images(args.data), min_side=192)
+    cache = ImageCache(training_images(args.data), min_side=192)
     ds = RandomScaleSamples(cache, repeat=1, seed=args.seed)
     batches = []
     for b in range(args.batches):

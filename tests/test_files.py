@@ -302,7 +302,7 @@ def _touch(folder: Path, names: list[str]) -> None:
 
 def test_every_task_finds_the_same_images(tmp_path):
     """batch, eval and train list one folder alike: every suffix the readers read, any case."""
-    from liif_cli.data.samples import find_images as training_images
+    from liif_cli.data.samples import training_images
     from liif_cli.tasks.batch import plan_batch
     from liif_cli.tasks.evaluate import find_dataset
 

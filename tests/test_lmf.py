@@ -188,19 +188,44 @@ def test_engine_working_memory_does_not_grow_with_output():
 
 
 def test_engine_runs_split_and_pad_rows_exactly():
-    """Output rows that read one latent row form runs of at most `run` rows; longer runs
+    """Output rows that read one latent row form runs of at most k rows; longer runs
     (clamped borders) are split and short ones padded, and every row finds its own slot."""
     model = random_lmf()
     dec = lmf_decoder.LmfDecoder(model, torch.float32, torch.device("cpu"))
-    dec.run = 3
     iy = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2])  # a 5-row run at the border: 3 + 2
     ry = torch.linspace(-1, 1, 9)
-    lat, slot, ry_slot = dec._runs([(iy, ry), (iy + 1, -ry)])
+    lat, slot, ry_slot = dec._runs([(iy, ry), (iy + 1, -ry)], 3)
     assert lat.tolist() == [0, 0, 1, 2, 1, 1, 2, 3]
     assert slot.tolist() == [0, 1, 2, 3, 4, 6, 7, 8, 9, 12, 13, 14, 15, 16, 18, 19, 20, 21]
     assert torch.equal(ry_slot[slot], torch.cat([ry, -ry]))
     assert ry_slot.numel() == 8 * 3 and set(range(24)) - set(slot.tolist()) == {5, 10, 11,
                                                                                 17, 22, 23}
+
+
+def test_one_decoder_renders_two_images_at_once_as_each_alone(monkeypatch):
+    """One decoder (an Upscaler's) serves renders on several threads (`liif view`'s tiles):
+    another image at another scale rendered in the middle of a decode, where a thread switch
+    may put it, changes neither image's pixels (each render's runs are its own)."""
+    model = random_lmf()
+    dec = engine.make_decoder(model, torch.float32, torch.device("cpu"))
+    a, b = torch.rand(3, 12, 12), torch.rand(3, 9, 7)
+
+    def render(img, out_hw):
+        return engine.render(model, img, out_hw, tile=6, chunk=256, decoder=dec)
+
+    want_a, want_b = render(a, (48, 48)), render(b, (9, 10))  # runs of 4 rows; of 1 row
+    got_b = []
+    real = lmf_decoder.LmfDecoder._runs
+
+    def runs_after_another_render(*args, **kw):
+        if not got_b:  # the first chunk of `a` is being decoded: `b` runs meanwhile
+            got_b.append(None)
+            got_b[0] = render(b, (9, 10))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(lmf_decoder.LmfDecoder, "_runs", staticmethod(runs_after_another_render))
+    got_a = render(a, (48, 48))
+    assert np.array_equal(got_b[0], want_b) and np.array_equal(got_a, want_a)
 
 
 def test_lmf_checkpoint_through_load_and_the_cli(tmp_path):

@@ -19,7 +19,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from liif_cli.cli import app
-from liif_cli.data.samples import EpochBatches, ImageCache, RandomScaleSamples, find_images
+from liif_cli.data.samples import (
+    EpochBatches,
+    ImageCache,
+    RandomScaleSamples,
+    training_images,
+)
 from liif_cli.errors import TrainingError, UsageError
 from liif_cli.tasks.train import TrainConfig, config_from, train
 
@@ -49,7 +54,7 @@ def steps(path: Path) -> int:
 
 
 def test_samples_follow_the_recipe(folder):
-    cache = ImageCache(find_images(folder), min_side=24)
+    cache = ImageCache(training_images(folder), min_side=24)
     assert len(cache) == 3 and [p.name for p in cache.skipped] == ["small.png"]
     ds = RandomScaleSamples(cache, repeat=2, patch=12, scale_max=2.0, sample_q=50)
     s = ds[3]
@@ -488,6 +493,119 @@ def test_the_loaders_workers_are_forked_once_per_run(folder, tmp_path, monkeypat
     assert made == [True]
 
 
+def _children() -> set[int]:
+    """The pids of this process's live multiprocessing children (DataLoader workers)."""
+    import multiprocessing
+
+    return {p.pid for p in multiprocessing.active_children()}
+
+
+def _died(pid: int, within: float) -> bool:
+    """Whether child `pid` ends within `within` seconds (left unreaped, for its owner)."""
+    import time
+
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_sigterm_to_the_process_group_leaves_the_workers_and_the_run_saves(folder, tmp_path):
+    """SIGTERM to the trainer and its DataLoader workers alike (Slurm, `kill` of the group):
+    the workers ignore it, the trainer saves where it stopped and reports exit 143."""
+    out = tmp_path / "run"
+    got, before = {}, _children()  # any other test's left alone
+
+    def terminate(ev):  # at step 2, as `kill -TERM -PGID` does
+        if ev.kind == "step" and ev.iteration == 2:
+            got["workers"] = sorted(_children() - before)
+            os.kill(os.getpid(), signal.SIGTERM)
+            for pid in got["workers"]:
+                os.kill(pid, signal.SIGTERM)
+            got["died"] = [pid for pid in got["workers"] if _died(pid, 0.5)]
+
+    summary = train(TrainConfig(data=str(folder), out=str(out), **{**TINY, "workers": 1}),
+                    on_event=terminate)
+    assert len(got["workers"]) == 1 and got["died"] == []
+    assert summary["exit_code"] == 143 and "SIGTERM at epoch 1, iteration 2/3" in \
+        summary["stopped"]
+    ck = torch.load(out / "last.pth", weights_only=True)
+    assert (ck["epoch"], ck["train_state"]["iteration"]) == (0, 2)
+
+
+def test_a_worker_killed_during_a_stop_ends_in_the_stop_not_an_error(folder, tmp_path):
+    """A worker that dies anyway once a stop was asked for (killed on its own): the run stops
+    as asked and saves the steps done, instead of torch's "DataLoader worker ... is killed"."""
+    out, before = tmp_path / "run", _children()
+
+    def terminate(ev):
+        if ev.kind == "step" and ev.iteration == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            (pid,) = _children() - before
+            os.kill(pid, signal.SIGKILL)
+            assert _died(pid, 10)  # torch's SIGCHLD handler raises here, in the main thread
+
+    summary = train(TrainConfig(data=str(folder), out=str(out), **{**TINY, "workers": 1}),
+                    on_event=terminate)
+    assert summary["exit_code"] == 143 and "iteration 2/3" in summary["stopped"]
+    ck = torch.load(out / "last.pth", weights_only=True)
+    assert (ck["epoch"], ck["train_state"]["iteration"]) == (0, 2)
+
+
+@pytest.mark.slow
+def test_liif_train_stopped_by_sigterm_to_its_process_group_saves_and_resumes(folder, tmp_path):
+    """`liif train --workers 1`, SIGTERM to its whole process group (what Slurm's preemption
+    or a session's stop sends) after its first logged step: exit 143, one line, last.pth at
+    the step it stopped at; --resume continues from that step."""
+    import time
+
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('hidden = [16, 16]\n[encoder_args]\nn_resblocks = 1\nn_feats = 8\n')
+    out = tmp_path / "run"
+    # 3 images x repeat 200 / batch 2: 300 steps an epoch, the first logged at step 10
+    p = subprocess.Popen([sys.executable, "-m", "liif_cli", "train", "--data", str(folder),
+                          "--out", str(out), "--config", str(tiny), "--epochs", "2",
+                          "--batch-size", "2", "--repeat", "200", "--patch-size", "12",
+                          "--scale-max", "2", "--sample-q", "50", "--workers", "1",
+                          "--device", "cpu", "-q"], start_new_session=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        metrics, end = out / "metrics.jsonl", time.monotonic() + 120
+        while not (metrics.exists() and metrics.read_text().strip()) and p.poll() is None \
+                and time.monotonic() < end:
+            time.sleep(0.01)
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 143, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and stdout == "", stderr
+    stopped = re.fullmatch(r"stopped by signal SIGTERM at epoch (\d+), iteration (\d+)/300; "
+                           r"resume with --resume", lines[0])
+    assert stopped, lines[0]
+    epoch, done = int(stopped[1]), int(stopped[2])
+    ck = torch.load(out / "last.pth", weights_only=True)
+    assert (ck["epoch"], ck["train_state"]["iteration"]) == (epoch - 1, done)
+    assert (epoch - 1) * 300 + done >= 10
+    first = []
+
+    def interrupt(ev):  # the resumed run's first step, then a Ctrl-C
+        if ev.kind == "step" and not first:
+            first.append(ev.iteration)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    summary = train(config_from(None, {"out": str(out), "workers": 0}, resume=True),
+                    resume=True, on_event=interrupt)
+    assert first == [done + 1] and summary["exit_code"] == 130
+    assert torch.load(out / "last.pth", weights_only=True)["train_state"]["iteration"] == done + 1
+
+
 def _agree_rank(rank: int, store_path: str, signalled: int, out) -> None:
     import torch.distributed as dist
 
@@ -634,7 +752,7 @@ def test_ema_averages_the_trained_weights_and_changes_nothing_else(folder, tmp_p
             assert torch.equal(best[k], raw[k]), k
     # and it is what validation measured
     imgs = {p.relative_to(folder).as_posix(): load_rgb_uint8(p)
-            for p in find_images(folder)[:TINY["val_images"]]}
+            for p in training_images(folder)[:TINY["val_images"]]}
     val = next(e for e in events if e.kind == "val").psnr
     assert val == pytest.approx(validate(model, imgs, (2.0,)), abs=1e-9)
 

@@ -35,9 +35,10 @@ from liif_cli.model.coords import make_coord
 LR_FLOOR_EPS = 1e-9  # h_lr = floor(H / s + eps), LIIF SRImplicitDownsampled
 
 
-def find_images(folder: str | Path, *, recursive: bool = True) -> list[Path]:
-    """The training (or validation) images in `folder` and below (`files.find_images`: the
-    readable suffixes, hidden files skipped, in path order); DataError if missing or empty."""
+def training_images(folder: str | Path, *, recursive: bool = True) -> list[Path]:
+    """The training (or validation) images in `folder` and below, as `files.find_images` finds
+    them (the readable suffixes, hidden files skipped, in path order); DataError when the
+    folder is missing, unreadable or holds none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"data folder not found: {folder}")

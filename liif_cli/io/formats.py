@@ -7,7 +7,7 @@ without importing each other's way round: images -> files -> formats, no cycle.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 
 FORMATS = {  # output extension -> (PIL format name, supports 16-bit, supports alpha)
     ".png": ("PNG", True, True),
@@ -19,8 +19,16 @@ FORMATS = {  # output extension -> (PIL format name, supports 16-bit, supports a
     ".bmp": ("BMP", False, False),  # Pillow writes 32-bit BMPs that readers take as RGB
 }
 READABLE_SUFFIXES = frozenset(FORMATS) | {".gif", ".ppm", ".pgm", ".pnm", ".tga", ".jp2"}
+FALLBACK_SUFFIX = ".png"  # the output of an input we read but cannot write (gif, ppm, ...)
 
 
 def is_image_name(path: str | os.PathLike) -> bool:
     """Whether a file's name says it is an image we read (any case)."""
     return Path(path).suffix.lower() in READABLE_SUFFIXES
+
+
+def same_format_suffix(path: str | os.PathLike) -> str:
+    """The suffix of an output in the format of input `path`: the input's own (its case kept)
+    when we write that format, else FALLBACK_SUFFIX (photo.JPG -> .JPG, anim.gif -> .png)."""
+    suffix = PurePath(path).suffix
+    return suffix if suffix.lower() in FORMATS else FALLBACK_SUFFIX

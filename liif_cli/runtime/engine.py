@@ -232,7 +232,7 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
         j0, j1, c0, c1, p_cols, cols, areas_cols, rows = piece
         with torch.inference_mode(inference), torch.no_grad():
             write(j0 - wy, j1 - wy, c0 - wx, c1 - wx,
-                  dec.decode(p_cols, rows, cols, areas_cols, buf))
+                  dec.decode(p_cols, rows, cols, areas_cols, buf, sched))
         return (j1 - j0) * (c1 - c0)
 
     # the latents whose output pixels the window holds; tiles start at the first of them

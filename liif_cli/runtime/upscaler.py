@@ -6,7 +6,8 @@ the network there, and builds the engine's decoder (`engine.make_decoder`) the f
 renders, then reuses it for every image. Upscale, batch (one per worker), eval, train's validation and bench all render through
 one, so `--precision` means one thing everywhere: the dtype of the whole forward pass, encoder
 (under autocast) and decoder MLP alike, as `engine.render`'s `dtype` and `encoder_dtype`.
-16-bit images are computed in float32 whatever the precision (a second decoder, built once).
+16-bit images are computed in float32 whatever the precision (`render_dtype`; a second decoder,
+built once); `model_input` turns any image into what the model takes.
 
 A network the caller passes is never moved or flipped in place: when it is not already on the
 device in eval mode, the Upscaler renders a copy (so a second Upscaler on another device leaves
@@ -106,6 +107,12 @@ class Upscaler:
                 self._decoders[dtype] = engine.make_decoder(self.model, dtype, self.device)
         return self._decoders[dtype]
 
+    def render_dtype(self, bit_depth: int) -> torch.dtype:
+        """The dtype an image of `bit_depth` bits per sample renders in: float32 for 16-bit
+        images whatever the precision (bf16 or fp16 would not keep 65,536 levels), this
+        Upscaler's otherwise. `upscale_image` and `liif view`'s tiles both ask here."""
+        return torch.float32 if bit_depth == 16 else self.dtype
+
     def render(self, img: torch.Tensor, out_hw: tuple[int, int], out: np.ndarray | None = None,
                *, on_progress: engine.ProgressFn | None = None,
                dtype: torch.dtype | None = None,
@@ -133,16 +140,9 @@ class Upscaler:
         16-bit images are computed in float32 throughout whatever the precision.
         """
         t0 = time.perf_counter()
-        dtype = torch.float32 if image.bit_depth == 16 else self.dtype  # 16 bits in and out
-        maxval = 65535.0 if image.bit_depth == 16 else 255.0
+        dtype = self.render_dtype(image.bit_depth)
         H, W = out_hw
-        px = image.pixels
-        # torch has few uint16 kernels (none on some devices) and warns on read-only arrays
-        px = px.astype(np.float32) if px.dtype == np.uint16 else np.array(px, copy=True)
-        pixels = torch.from_numpy(px).to(self.device)  # (h, w, C)
-        rgb = pixels.permute(2, 0, 1).float() / maxval  # (C, h, w) in [0, 1]
-        if rgb.shape[0] == 1:
-            rgb = rgb.expand(3, -1, -1)
+        rgb = model_input(image, self.device)
         out_px = np.empty((H, W, image.channels), dtype=image.pixels.dtype)
         self.render(rgb, (H, W), out_px, on_progress=on_progress, dtype=dtype)
         alpha = None if image.alpha is None else resize_plane(image.alpha, (H, W))
@@ -155,6 +155,18 @@ class Upscaler:
     def __repr__(self) -> str:
         return (f"Upscaler({self.name or type(self.model).__name__}, device={self.device}, "
                 f"precision={self.precision}, max_memory={self.max_memory})")
+
+
+def model_input(image: ImageData, device: torch.device | None = None) -> torch.Tensor:
+    """`image`'s colour as the model takes it: (3, h, w) float32 in [0, 1] on `device` (default:
+    the CPU), 8- or 16-bit levels scaled to 1, grey repeated (an expanded view)."""
+    maxval = 65535.0 if image.bit_depth == 16 else 255.0
+    px = image.pixels
+    # torch has few uint16 kernels (none on some devices) and warns on read-only arrays
+    px = px.astype(np.float32) if px.dtype == np.uint16 else np.array(px, copy=True)
+    pixels = torch.from_numpy(px).to(device)  # (h, w, C), uint8 or float32
+    rgb = pixels.permute(2, 0, 1).float() / maxval  # (C, h, w) in [0, 1]
+    return rgb.expand(3, -1, -1) if rgb.shape[0] == 1 else rgb
 
 
 def _ready_on(model: SRModel, device: torch.device) -> bool:

@@ -27,7 +27,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, fields, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,10 +40,10 @@ from liif_cli.data.samples import (
     EpochBatches,
     ImageCache,
     RandomScaleSamples,
-    find_images,
     load_rgb_uint8,
     make_lr,
     to_tensor,
+    training_images,
 )
 from liif_cli.errors import TrainingError, UsageError, signal_exit_code
 from liif_cli.model import LmfConfig, SRModel, build_model
@@ -57,7 +57,12 @@ from liif_cli.recipe import (  # TrainConfig and config_from: also public from h
     resume_config,
 )
 from liif_cli.runtime.device import resolve_device, resolve_precision, set_tf32, use_device
-from liif_cli.runtime.distributed import StopSignal, dist_info
+from liif_cli.runtime.distributed import (
+    StopSignal,
+    dist_info,
+    ignore_stop_signals,
+    stop_signals_held,
+)
 from liif_cli.runtime.malloc import keep_freed_memory
 from liif_cli.runtime.upscaler import Upscaler
 from liif_cli.runtime.weights import (
@@ -425,12 +430,14 @@ class _Data:
     loader: Any = None  # one DataLoader for the run: its workers persist across epochs
     batches: EpochBatches | None = None  # the loader's sampler, set to each epoch in turn
 
-    def epoch_loader(self, run: _Run, epoch: int, skip: int) -> torch.utils.data.DataLoader:
-        """The loader, its sampler set to `epoch` (from batch `skip`); made on first use.
+    def epoch_batches(self, run: _Run, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
+        """The loader's batches, its sampler set to `epoch` (from batch `skip`); the loader is
+        made on first use.
 
         Its workers are forked once (`persistent_workers`), not every epoch: the sampler runs
         in this process and the dataset reads the epoch from each index, so the workers need
-        not know it.
+        not know it. They ignore SIGINT/SIGTERM (`ignore_stop_signals`, held off until then):
+        this process decides a stop, saves, and ends them.
         """
         cfg = run.cfg
         if self.loader is None:
@@ -439,15 +446,17 @@ class _Data:
                                         world=run.world, skip=skip)
             self.loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=self.batches, num_workers=cfg.workers,
-                pin_memory=run.dev.type == "cuda", persistent_workers=cfg.workers > 0)
+                pin_memory=run.dev.type == "cuda", persistent_workers=cfg.workers > 0,
+                worker_init_fn=ignore_stop_signals if cfg.workers > 0 else None)
         self.batches.epoch, self.batches.skip = epoch, skip
-        return self.loader
+        with stop_signals_held():  # the first epoch forks the workers
+            return iter(self.loader)
 
 
 def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
     """Decode the training (and validation) images; say how the run starts."""
     cfg = run.cfg
-    files = find_images(cfg.data)
+    files = training_images(cfg.data)
     cache = ImageCache(files, min_side=round(cfg.patch_size * cfg.scale_max),
                        on_progress=lambda i, n: emit(Progress("load", run.start_epoch, i, n)))
     dataset = RandomScaleSamples(cache, repeat=cfg.repeat, patch=cfg.patch_size,
@@ -456,7 +465,7 @@ def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
                                  degrade=cfg.degrade_ranges_obj())
     val_imgs = {}
     if cfg.val_data and run.rank == 0:  # by path under --val-data (unique; the file name seeds)
-        for p in find_images(cfg.val_data)[:cfg.val_images]:
+        for p in training_images(cfg.val_data)[:cfg.val_images]:
             val_imgs[p.relative_to(cfg.val_data).as_posix()] = load_rgb_uint8(p)
     run.iters = len(dataset) // cfg.batch_size
     if run.iters == 0:
@@ -478,7 +487,7 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: StopSignal,
     run.iters when a signal stopped it."""
     cfg, dev, opt, iters = run.cfg, run.dev, run.opt, run.iters
     skip = run.skip if epoch == run.start_epoch else 0
-    loader = data.epoch_loader(run, epoch, skip)
+    batches = data.epoch_batches(run, epoch, skip)
     run.net.train()
     latents: list[torch.Tensor] = []  # the student's latent, for a teacher that shares it
     hook = run.model.encoder.register_forward_hook(
@@ -488,7 +497,7 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: StopSignal,
     shown: dict[str, float] = {}  # the losses as last read from the device
     nonfinite = torch.zeros((), dtype=torch.bool, device=dev)  # any step's loss not finite
     try:
-        for batch in loader:
+        for batch in batches:
             inp = (batch["inp"].to(dev, non_blocking=True) - 0.5) / 0.5
             coord = batch["coord"].to(dev, non_blocking=True)
             cell = batch["cell"].to(dev, non_blocking=True)
@@ -545,6 +554,10 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: StopSignal,
             emit(Progress("step", epoch, it, iters, loss=shown["loss"], lr=step_lr, its=its))
             if (check or run.world == 1) and stop.agree(run.world, run.dev):  # alone: no collective, no sync
                 break
+    except RuntimeError as e:
+        if not stop.lost_worker(e, run.world):
+            raise
+        stop.agree(1, dev)  # the stop asked for goes on, with the iterations done
     finally:
         if hook is not None:
             hook.remove()

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from liif_cli.errors import UsageError
+from liif_cli.io.formats import same_format_suffix
 from liif_cli.io.images import (
     DEFAULT_MAX_INPUT_PIXELS,
-    FORMATS,
     STDIO,
     ImageData,
     check_output_path,
@@ -52,7 +52,8 @@ from liif_cli.runtime.upscaler import (  # noqa: F401 - UpscaleResult, resize_pl
 def default_output_path(inp: str | os.PathLike, request: SizeRequest,
                         scale_text: str | None = None) -> Path:
     """photo.jpg --scale 7.5 -> photo_x7.5.jpg; --size 1920x1080 -> photo_1920x1080.jpg;
-    --width 800 -> photo_800w.jpg. Inputs in a format we cannot write get .png."""
+    --width 800 -> photo_800w.jpg: the input's format, in lower case (`same_format_suffix`:
+    .png for one we cannot write)."""
     inp = Path(inp)
     if request.scale is not None:
         sy, sx = request.scale
@@ -66,8 +67,7 @@ def default_output_path(inp: str | os.PathLike, request: SizeRequest,
         tag = f"{request.width}w"
     else:
         tag = f"{request.height}h"
-    suffix = inp.suffix.lower() if inp.suffix.lower() in FORMATS else ".png"
-    return inp.with_name(f"{inp.stem}_{tag}{suffix}")
+    return inp.with_name(f"{inp.stem}_{tag}{same_format_suffix(inp).lower()}")
 
 
 # ----------------------------------------------------------------------------------------------

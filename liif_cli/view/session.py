@@ -204,11 +204,10 @@ class ViewSession:
     def __init__(self, images: list[str | Path], *, models: list[str] | None = None,
                  denoise: float | None = None, device: str = "auto",
                  output_dir: str | Path | None = None) -> None:
-        import torch
-
         from liif_cli.io.images import read_image
         from liif_cli.runtime.device import resolve_device
         from liif_cli.runtime.options import check_denoise
+        from liif_cli.runtime.upscaler import model_input
 
         if not images:
             raise UsageError("give at least one image to view")
@@ -221,10 +220,7 @@ class ViewSession:
         self.images: list[ViewImage] = []
         for p in images:
             data = read_image(Path(p))
-            px = data.pixels.astype(np.float32) / (65535.0 if data.bit_depth == 16 else 255.0)
-            rgb = torch.from_numpy(px).permute(2, 0, 1)
-            if rgb.shape[0] == 1:
-                rgb = rgb.expand(3, -1, -1)
+            rgb = model_input(data)  # (3, h, w) on the CPU
             self.images.append(ViewImage(Path(p), rgb.contiguous(), data.channels == 1,
                                          data.bit_depth, data.height, data.width))
         self._lock = threading.Lock()
@@ -364,13 +360,9 @@ class ViewSession:
         self.queue.note(view, gen)
 
         def render() -> np.ndarray:
-            import torch
-
             up = self.upscaler(name, denoise)
             out = np.empty((h, w, 1 if img.grey else 3), np.uint8)
-            # 16-bit images run in float32 whatever the precision, as upscale_image does
-            dtype = torch.float32 if img.bit_depth == 16 else up.dtype
-            up.render(img.rgb, out_hw, out, dtype=dtype, window=window)
+            up.render(img.rgb, out_hw, out, dtype=up.render_dtype(img.bit_depth), window=window)
             return out
 
         return self.queue.submit(render, view=view, gen=gen).result()

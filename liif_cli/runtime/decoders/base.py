@@ -12,12 +12,15 @@ Offsets = list[tuple[torch.Tensor, torch.Tensor]]  # per shift: (latent index, o
 
 @dataclass(frozen=True)
 class Schedule:
-    """How a render feeds one decoder: queries per chunk, columns per piece, and how many
-    pieces run side by side (threads; 1: one after the other, each using all threads)."""
+    """How one render feeds its decoder: queries per chunk, columns per piece, how many pieces
+    run side by side (threads; 1: one after the other, each using all threads), and what else
+    the decoder needs to know of this image. It is the render's own: a decoder is shared by
+    renders on several threads (`liif view`), so it keeps no per-image state itself."""
 
     chunk: int
     col_piece: int
     threads: int
+    rows_per_run: int = 1  # output rows decoded against one gathered latent row (LM-LIIF)
 
 
 class Decoder(Protocol):
@@ -33,7 +36,7 @@ class Decoder(Protocol):
 
     def schedule(self, out_rows: int, lat_rows: int, chunk: int,
                  device: torch.device) -> Schedule:
-        """The chunking for one image of out_rows from lat_rows (may set per-image state)."""
+        """The chunking for one image of out_rows from lat_rows (changes nothing here)."""
         ...
 
     def buffer_numel(self, members: int, chunk: int) -> int:
@@ -53,6 +56,8 @@ class Decoder(Protocol):
         ...
 
     def decode(self, p_cols: torch.Tensor, rows: Offsets, cols: Any,
-               areas_cols: list[torch.Tensor], buf: torch.Tensor) -> torch.Tensor:
-        """The nr×nc queries of a chunk -> (out_dim, nr, nc) float32, normalised space."""
+               areas_cols: list[torch.Tensor], buf: torch.Tensor,
+               sched: Schedule) -> torch.Tensor:
+        """The nr×nc queries of a chunk of the render `sched` (from `schedule`) ->
+        (out_dim, nr, nc) float32, normalised space."""
         ...

@@ -99,8 +99,9 @@ class LiifDecoder:
         return p_cols, list(zip(local, terms))
 
     def decode(self, p_cols: torch.Tensor, rows: Offsets, cols: Offsets,
-               areas_cols: list[torch.Tensor], buf: torch.Tensor) -> torch.Tensor:
-        """Decode the nr×nc grid of queries.
+               areas_cols: list[torch.Tensor], buf: torch.Tensor,
+               sched: Schedule) -> torch.Tensor:
+        """Decode the nr×nc grid of queries (`sched`: unused, every query is decoded alone).
 
         p_cols (ph, nu, hidden) float32 from `columns`; rows: per row shift (row in p_cols,
         offset) for each output row; cols: per column shift (column in p_cols, column term);

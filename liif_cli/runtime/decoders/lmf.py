@@ -72,7 +72,6 @@ class LmfDecoder:
         self.groups = self.channels // hd
         self.scale_group = 1 if cfg.mod_scale else None  # P group of layer 0's S
         self.shift_group = 1 + (cfg.render_depth if cfg.mod_scale else 0)  # ... of its T
-        self.run = 1  # output rows per run (`schedule`)
 
     @staticmethod
     def channels_of(cfg) -> int:
@@ -87,15 +86,17 @@ class LmfDecoder:
 
     def schedule(self, out_rows: int, lat_rows: int, chunk: int,
                  device: torch.device) -> Schedule:
-        """Rows per run: the row scale, rounded up (1 when downscaling). The rows of a run
-        share their gathered P: per query it shrinks by the run length, so chunks may hold
-        that many more queries (up to 4×: the hidden activations grow), cut into columns
-        narrow enough for about 8 runs of rows per chunk. Per query the work is many small
-        operations that one thread each runs best: on the CPU, pieces run side by side."""
-        self.run = max(1, -(-out_rows // lat_rows))
-        chunk = chunk * min(self.run, 4)
+        """Rows per run (`rows_per_run`): the row scale, rounded up (1 when downscaling). The
+        rows of a run share their gathered P: per query it shrinks by the run length, so chunks
+        may hold that many more queries (up to 4×: the hidden activations grow), cut into
+        columns narrow enough for about 8 runs of rows per chunk. Per query the work is many
+        small operations that one thread each runs best: on the CPU, pieces run side by side.
+        """
+        run = max(1, -(-out_rows // lat_rows))
+        chunk = chunk * min(run, 4)
         threads = torch.get_num_threads() if device.type == "cpu" else 1
-        return Schedule(chunk=chunk, col_piece=max(8, chunk // (8 * self.run)), threads=threads)
+        return Schedule(chunk=chunk, col_piece=max(8, chunk // (8 * run)), threads=threads,
+                        rows_per_run=run)
 
     def buffer_numel(self, members: int, chunk: int) -> int:
         return 0  # decode allocates per chunk: at most the gathered P, bounded by the plan
@@ -161,13 +162,13 @@ class LmfDecoder:
         term = torch.outer(rx, self.w_rel[:, 1]).to(self.dtype)  # (shifts × nc, hidden)
         return p, (torch.cat([ix for ix, _ in cols]), term)
 
-    def _runs(self, rows: Offsets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Split each row shift's output rows into runs of one latent row, ≤ `run` rows long.
+    @staticmethod
+    def _runs(rows: Offsets, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Split each row shift's output rows into runs of one latent row, ≤ `k` rows long.
 
         Returns the latent row of each run (R,), each output row's slot (run × k + position;
         row shifts concatenated) and the row offset of every slot (R × k,; 0 where padded).
         """
-        k = self.run
         lats, slots, base = [], [], 0
         for iy, _ in rows:
             n = iy.numel()
@@ -186,13 +187,15 @@ class LmfDecoder:
         return torch.cat(lats), slot, ry
 
     def decode(self, p_cols: torch.Tensor, rows: Offsets, cols: tuple[torch.Tensor, torch.Tensor],
-               areas_cols: list[torch.Tensor], buf: torch.Tensor) -> torch.Tensor:
+               areas_cols: list[torch.Tensor], buf: torch.Tensor,
+               sched: Schedule) -> torch.Tensor:
         """Decode the nr×nc grid of queries; arguments as LiifDecoder.decode, `cols` from
-        `columns` (`buf` unused). Returns (out_dim, nr, nc) float32 in normalised space."""
+        `columns` (`buf` unused), runs of `sched.rows_per_run` rows. Returns (out_dim, nr, nc)
+        float32 in normalised space."""
         n_r, n_c = len(rows), len(areas_cols)
         nr, nc = rows[0][0].numel(), areas_cols[0].numel()
-        hd, k = self.hidden, self.run
-        run_lat, slot, ry = self._runs(rows)
+        hd, k = self.hidden, sched.rows_per_run
+        run_lat, slot, ry = self._runs(rows, k)
         n_runs, m = run_lat.numel(), n_c * nc  # runs (all row shifts); member columns
         ix, term = cols
         # (G, runs, member columns, hidden): each run's latents, once per output column

@@ -4,8 +4,8 @@ One module per job, siblings in the order data flows:
 - `shard`: which files this process does (`--shard I/N`, `--shard auto` from Slurm, torchrun
   or a Kubernetes Indexed Job); a file's shard depends on its relative path alone.
 - `plan`: every input and output named, what to do with each (upscale, skip, fail); names only.
-- `worker`: decode ahead, compute through one `Upscaler`, write behind (atomic writes);
-  `describe_failure` is the one place a worker's exception becomes a record's reason.
+- `worker`: decode ahead, compute through one `Upscaler`, write behind (atomic writes); a
+  file's exception becomes its record's reason through `errors.describe`, as in the CLI.
 - `dispatch`: `run_batch`, workers on devices (threads or spawned processes), files handed out
   as each finishes, a record for every planned file whatever happens (bar a SIGKILL).
 - `report`: records, results, JSON-lines reports and their merging (`--summary`).
@@ -23,7 +23,6 @@ from liif_cli.tasks.batch.dispatch import (
     worker_names,
 )
 from liif_cli.tasks.batch.plan import (
-    FALLBACK_EXT,
     OUTPUT_FORMATS,
     BatchPlan,
     PlanItem,
@@ -59,14 +58,14 @@ from liif_cli.tasks.batch.shard import (
     resolve_shard,
     shard_of,
 )
-from liif_cli.tasks.batch.worker import DECODE_THREADS, POLL_S, PROGRESS_S, describe_failure
+from liif_cli.tasks.batch.worker import DECODE_THREADS, POLL_S, PROGRESS_S
 
 __all__ = [
-    "CRASH_GRACE_S", "DECODE_THREADS", "FAIL_FAST_REASON", "FALLBACK_EXT", "IN_FLIGHT",
+    "CRASH_GRACE_S", "DECODE_THREADS", "FAIL_FAST_REASON", "IN_FLIGHT",
     "JOIN_TIMEOUT_S", "OUTPUT_FORMATS", "POLL_S", "PROGRESS_S", "SHARD_COUNT_ENV",
     "SHARD_ENV_NAMES", "STATUSES", "STATUS_RANK", "BatchEvent", "BatchPlan", "BatchResult",
     "EventFn", "FileRecord", "JsonlReport", "PlanItem", "ReportSummary", "ShardSource",
-    "describe_failure", "detect_shard", "discover", "find_stale_temps", "is_jsonl",
+    "detect_shard", "discover", "find_stale_temps", "is_jsonl",
     "listed_files", "output_ext", "parse_devices", "parse_shard", "plan_batch", "read_file_list",
     "record_line", "remove_stale_temps", "resolve_shard", "run_batch", "shard_of",
     "summarize_reports", "summary_totals", "worker_names", "write_report",

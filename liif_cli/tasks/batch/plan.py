@@ -19,12 +19,11 @@ from typing import Iterable
 
 from liif_cli.errors import ImageReadError, UsageError
 from liif_cli.io.files import matches_pattern, path_order, scan_images, temp_target
-from liif_cli.io.formats import FORMATS, is_image_name
+from liif_cli.io.formats import is_image_name, same_format_suffix
 from liif_cli.tasks.batch.shard import shard_of
 
 OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff",
-                  "tif": ".tiff", "same": None}
-FALLBACK_EXT = ".png"  # `--format same` for inputs we can read but not write (gif, ppm, ...)
+                  "tif": ".tiff", "same": None}  # same: `formats.same_format_suffix`
 
 
 @dataclass(frozen=True)
@@ -55,10 +54,7 @@ def output_ext(rel: str, fmt: str) -> str:
     if fmt not in OUTPUT_FORMATS:
         raise UsageError(f"unknown --format {fmt!r}: use png, jpg, webp, tiff or same")
     ext = OUTPUT_FORMATS[fmt]
-    if ext is None:
-        suffix = PurePosixPath(rel).suffix
-        ext = suffix if suffix.lower() in FORMATS else FALLBACK_EXT
-    return ext
+    return same_format_suffix(rel) if ext is None else ext
 
 
 def discover(input_dir: Path, *, recursive: bool = False, pattern: str | None = None,

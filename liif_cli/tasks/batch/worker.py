@@ -5,8 +5,8 @@ loading the model once. Each renders through one `Upscaler` (its decoder built o
 file). DECODE_THREADS decode ahead of the model and one writer thread encodes behind it; outputs
 go through `imageio.write_image` (temporary name, then rename), so any kill leaves only whole
 outputs. When `stop` is set, the file being computed is abandoned at its next chunk and what is
-already computed is still written. A bad file fails alone: `describe_failure` turns its
-exception into the record's reason.
+already computed is still written. A bad file fails alone: its exception becomes the record's
+reason through `errors.describe`, the line the CLI would print for the same error.
 """
 
 from __future__ import annotations
@@ -61,12 +61,6 @@ class _Cancelled(Exception):
 
 
 Task = tuple[int, str, str]  # (plan index, input path, output path)
-
-
-def describe_failure(e: BaseException) -> tuple[str, int]:
-    """A worker's exception as (one-line reason, exit code): the one place a batch worker turns
-    an error into words. A file's record keeps the reason; a library error keeps its own code."""
-    return describe(e)  # the line and code the CLI would give for the same error
 
 
 class _Worker:
@@ -134,7 +128,7 @@ class _Worker:
                 self._record(task, "skipped", "output appeared while running (another run?)",
                              seconds=seconds, **sizes)
             else:
-                self._record(task, "failed", describe_failure(e)[0], seconds=seconds, **sizes)
+                self._record(task, "failed", describe(e)[0], seconds=seconds, **sizes)
             return
         self._record(task, "done", seconds=spent + time.perf_counter() - t0, **sizes)
 
@@ -168,7 +162,7 @@ class _Worker:
                     self._record(task, "cancelled", "interrupted")
                     continue
                 except Exception as e:  # one bad file never stops the batch
-                    self._record(task, "failed", describe_failure(e)[0])
+                    self._record(task, "failed", describe(e)[0])
                     continue
                 if pending is not None:
                     pending.result()  # at most one finished output waits in memory
@@ -193,7 +187,7 @@ def _process_main(cfg: _WorkerConfig, model_ref: str | LIIF, tasks, results, sto
         model = model_ref if isinstance(model_ref, SRModel) else load_model(model_ref)
         _Worker(cfg, model, tasks, results, stop, parent_pid).run()
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which carries on
-        results.put(("fatal", cfg.name, describe_failure(e)[0]))
+        results.put(("fatal", cfg.name, describe(e)[0]))
     finally:
         results.put(("exit", cfg.name))
 
@@ -202,6 +196,6 @@ def _thread_main(worker: _Worker) -> None:
     try:
         worker.run()
     except BaseException as e:  # noqa: BLE001
-        worker.results.put(("fatal", worker.cfg.name, describe_failure(e)[0]))
+        worker.results.put(("fatal", worker.cfg.name, describe(e)[0]))
     finally:
         worker.results.put(("exit", worker.cfg.name))
