@@ -77,16 +77,18 @@ def cuda_is_identity():
         torch.Tensor.cuda = saved
 
 
-def load_official(git_dir: str, rev: str) -> types.ModuleType:
-    """The official `models` package, its files read unmodified from the git copy."""
-    src = Path(tempfile.mkdtemp(prefix="liif-official-"))
+def load_official(git_dir: str, rev: str, files: list[str] = FILES,
+                  model_modules: str = "edsr, mlp, liif") -> types.ModuleType:
+    """The official `models` package, its files read unmodified from the git copy; only the
+    package's __init__ is ours (it imports `model_modules`). Also serves make_lmf_golden.py."""
+    src = Path(tempfile.mkdtemp(prefix="official-"))
     (src / "models").mkdir()
-    for f in FILES:
+    for f in files:
         text = subprocess.run(["git", f"--git-dir={git_dir}", "show", f"{rev}:{f}"],
                               check=True, capture_output=True, text=True).stdout
         (src / f).write_text(text)
     (src / "models" / "__init__.py").write_text(
-        "from .models import register, make\nfrom . import edsr, mlp, liif\n")
+        f"from .models import register, make\nfrom . import {model_modules}\n")
     sys.modules["tensorboardX"] = types.SimpleNamespace(SummaryWriter=None)
     sys.path.insert(0, str(src))
     import models  # noqa: E402 - the official package, from src

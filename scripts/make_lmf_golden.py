@@ -19,14 +19,11 @@ file stays small; the decoder is the official EDSR-baseline LM-LIIF's.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
-import tempfile
-import types
 from pathlib import Path
 
 import numpy as np
 import torch
+from make_liif_golden import load_official  # scripts/ is on sys.path when run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,17 +61,7 @@ def main() -> None:
     ap.add_argument("--rev", default="HEAD")
     ap.add_argument("--out", default=str(REPO / "tests" / "data" / "lmf_golden"))
     args = ap.parse_args()
-    src = Path(tempfile.mkdtemp(prefix="lmf-official-"))
-    (src / "models").mkdir()
-    for f in FILES:
-        text = subprocess.run(["git", f"--git-dir={args.official}", "show", f"{args.rev}:{f}"],
-                              check=True, capture_output=True, text=True).stdout
-        (src / f).write_text(text)
-    (src / "models" / "__init__.py").write_text(
-        "from .models import register, make\nfrom . import edsr, mlp, lmmlp, lmliif\n")
-    sys.modules["tensorboardX"] = types.SimpleNamespace(SummaryWriter=None)
-    sys.path.insert(0, str(src))
-    import models  # noqa: E402 - the official package, from src
+    models = load_official(args.official, args.rev, FILES, "edsr, mlp, lmmlp, lmliif")
 
     torch.manual_seed(0)
     model = models.make(SPEC)
