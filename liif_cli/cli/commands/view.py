@@ -44,11 +44,9 @@ def view(
 
     Example: liif view photo.jpg · liif view a.png b.png --model real --no-browser --port 0
     """
-    import signal
-
     from liif_cli.cli.displays import console
     from liif_cli.cli.options import check_options, own_the_process
-    from liif_cli.errors import UsageError, signal_exit_code
+    from liif_cli.errors import UsageError
 
     check_options(device=device, denoise=denoise)
     own_the_process()
@@ -68,6 +66,16 @@ def view(
                       "the URL can use it", soft_wrap=True)
     print(server.url, flush=True)  # stdout, at once: scripts and tests read it
 
+    raise typer.Exit(_serve_until_signal(server, console, browser=not no_browser))
+
+
+def _serve_until_signal(server, console, *, browser: bool) -> int:
+    """Serve until SIGINT or SIGTERM (the main thread waits; signals land there), then stop
+    the server; returns the signal's exit code."""
+    import signal
+
+    from liif_cli.errors import signal_exit_code
+
     stop, got = threading.Event(), {}
 
     def on_signal(signum, frame):
@@ -77,7 +85,7 @@ def view(
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.start()
-        if not no_browser:
+        if browser:
             _open_browser(server.url, console)
         while not stop.wait(WAIT_S):
             pass
@@ -86,7 +94,7 @@ def view(
             signal.signal(s, h)
         server.stop()
     console.print("stopped")
-    raise typer.Exit(signal_exit_code(got.get("signal")))
+    return signal_exit_code(got.get("signal"))
 
 
 def _open_browser(url: str, console) -> None:
