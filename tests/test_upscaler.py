@@ -303,3 +303,28 @@ def test_the_import_check_sees_imports(tmp_path):
                       "from liif_cli.tasks import upscale\nfrom . import bench\n")
     names = _imports(sample)
     assert {"liif_cli.tasks.evaluate", "liif_cli.tasks.upscale", "liif_cli.tasks.bench"} <= names
+
+
+def test_decoder_is_built_once_for_threads(monkeypatch):
+    """`liif view` asks from several render threads at once: one decoder, built once."""
+    import threading
+    import time
+
+    from liif_cli.runtime import engine
+
+    built = []
+
+    def slow_make(model, dtype, device):
+        built.append(dtype)
+        time.sleep(0.05)  # long enough for the other threads to arrive while it builds
+        return object()
+
+    monkeypatch.setattr(engine, "make_decoder", slow_make)
+    up = Upscaler(random_model(), device="cpu", precision="fp32")
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(up.decoder())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and len(got) == 4 and all(d is got[0] for d in got)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 import time
 from dataclasses import dataclass, replace
 
@@ -93,6 +94,7 @@ class Upscaler:
         self.model: SRModel = net
         self.max_memory = memory_budget(self.device, max_memory)
         self._decoders: dict[torch.dtype, engine.Decoder] = {}
+        self._decoders_lock = threading.Lock()  # `liif view` renders from several threads
 
     @property
     def precision(self) -> str:
@@ -102,10 +104,11 @@ class Upscaler:
     def decoder(self, dtype: torch.dtype | None = None) -> engine.Decoder:
         """The engine's decoder in `dtype` (default: this Upscaler's), built on first use."""
         dtype = self.dtype if dtype is None else dtype
-        if dtype not in self._decoders:
-            with torch.no_grad():  # plain tensors: usable in and out of inference mode
-                self._decoders[dtype] = engine.make_decoder(self.model, dtype, self.device)
-        return self._decoders[dtype]
+        with self._decoders_lock:
+            if dtype not in self._decoders:
+                with torch.no_grad():  # plain tensors: usable in and out of inference mode
+                    self._decoders[dtype] = engine.make_decoder(self.model, dtype, self.device)
+            return self._decoders[dtype]
 
     def render_dtype(self, bit_depth: int) -> torch.dtype:
         """The dtype an image of `bit_depth` bits per sample renders in: float32 for 16-bit
