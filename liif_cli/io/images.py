@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin, TiffImagePlugin
 
 from liif_cli.errors import ImageReadError, ImageWriteError, OutputPathError, UsageError
-from liif_cli.io import files
+from liif_cli.io import files, png
 from liif_cli.io.formats import (  # noqa: F401 - also importable from here, as before
     FORMATS,
     READABLE_SUFFIXES,
@@ -55,14 +55,6 @@ XMP_ORIENTATION = re.compile(rb'(tiff:Orientation\s*=\s*["\']|<tiff:Orientation>
 STDIO = "-"  # as an input or output name: stdin / stdout
 CONVERTED_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes we convert to RGB on reading
 METRES_PER_INCH = 0.0254  # PNG pHYs stores pixels per metre
-# zlib level for PNG: 4 is 3× faster than Pillow's default 6 (measured: 1.9 s vs 5.9 s for a
-# 4096² upscale) for files 2-10% larger, which matters at the sizes this tool writes
-PNG_COMPRESS_LEVEL = 4
-# zlib strategy for PNG: run-length matches only. After PNG's row filters a photograph is small
-# residuals, which Huffman coding packs as well without the string search: measured on 2 cores,
-# Pillow at level 4, upscaled photos (1-4 MP) 1.4-1.9× faster and 0-8 % smaller, the photos
-# themselves ~2 % larger (a 2000² `fast` output: 0.72 -> 0.38 s, 7.4 -> 6.8 MB)
-PNG_ZLIB_STRATEGY = zlib.Z_RLE
 
 
 @dataclass
@@ -496,11 +488,11 @@ def _write_pil(tmp: str, fmt: str, pixels: np.ndarray, alpha: np.ndarray | None,
             info.tagtype[TAG_XMP] = TIFF_BYTE
             kwargs["tiffinfo"] = info
     if fmt == "PNG":
-        kwargs["compress_level"] = PNG_COMPRESS_LEVEL
-        kwargs["compress_type"] = PNG_ZLIB_STRATEGY
+        kwargs["compress_level"] = png.COMPRESS_LEVEL
+        kwargs["compress_type"] = png.ZLIB_STRATEGY
         if xmp:
             info = PngImagePlugin.PngInfo()
-            info.add_itxt(PNG_XMP_KEY, xmp.decode("utf-8", "replace"), zip=False)
+            info.add_itxt(png.XMP_KEY, xmp.decode("utf-8", "replace"), zip=False)
             kwargs["pnginfo"] = info
     if fmt in ("JPEG", "WEBP") and xmp:
         kwargs["xmp"] = xmp
@@ -516,31 +508,31 @@ def _write_16bit(tmp: str, suffix: str, pixels: np.ndarray, alpha: np.ndarray | 
     import cv2
 
     if pixels.shape[2] == 1 and alpha is not None:
-        blob = _png_encode(np.dstack([pixels, alpha]))  # 16-bit grey+alpha: our own encoder
+        blob = png.encode(np.dstack([pixels, alpha]))  # 16-bit grey+alpha: our own encoder
     else:
         arr = pixels[:, :, ::-1] if pixels.shape[2] == 3 else pixels  # OpenCV wants BGR
         if alpha is not None:
             arr = np.dstack([arr, alpha])
-        params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESS_LEVEL,
-                  cv2.IMWRITE_PNG_STRATEGY, PNG_ZLIB_STRATEGY]  # zlib's numbering, as OpenCV's
+        params = [cv2.IMWRITE_PNG_COMPRESSION, png.COMPRESS_LEVEL,
+                  cv2.IMWRITE_PNG_STRATEGY, png.ZLIB_STRATEGY]  # zlib's numbering, as OpenCV's
         ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr), params)
         if not ok:
             raise ImageWriteError(f"OpenCV could not encode a 16-bit {suffix} image")
         blob = buf.tobytes()
     chunks = []
     if data.icc_profile:
-        chunks.append(_png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(data.icc_profile)))
+        chunks.append(png.chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(data.icc_profile)))
     if data.dpi:
         ppm = [max(1, round(d / METRES_PER_INCH)) for d in data.dpi]
-        chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
+        chunks.append(png.chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
     exif = _exif_for_output(data)
     if exif:
-        chunks.append(_png_chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00")))
+        chunks.append(png.chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00")))
     if data.xmp:  # iTXt: keyword, NUL, uncompressed, method, no language, no translation
-        chunks.append(_png_chunk(b"iTXt", PNG_XMP_KEY.encode() + b"\x00\x00\x00\x00\x00"
+        chunks.append(png.chunk(b"iTXt", png.XMP_KEY.encode() + b"\x00\x00\x00\x00\x00"
                                  + data.xmp))
     with open(tmp, "wb") as f:
-        f.write(_png_insert_after_ihdr(blob, b"".join(chunks)))
+        f.write(png.insert_after_ihdr(blob, b"".join(chunks)))
 
 
 def _write_tiff16(tmp: str, pixels: np.ndarray, alpha: np.ndarray | None,
@@ -561,46 +553,6 @@ def _write_tiff16(tmp: str, pixels: np.ndarray, alpha: np.ndarray | None,
                      planarconfig="contig", extrasamples=None if alpha is None else ["unassalpha"],
                      compression="zlib", iccprofile=data.icc_profile or None, metadata=None,
                      extratags=extratags, **kwargs)
-
-
-# --- PNG: chunks (PNG spec §5.3) and a minimal encoder for what OpenCV cannot write
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> grey, grey+alpha, RGB, RGBA
-PNG_FILTER_UP = 2  # each byte minus the one above it: cheap, and good on photographs
-PNG_XMP_KEY = "XML:com.adobe.xmp"  # the iTXt keyword XMP lives under
-
-
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-
-def _png_insert_after_ihdr(png: bytes, chunks: bytes) -> bytes:
-    """Insert chunks right after IHDR (where iCCP and pHYs must come before IDAT)."""
-    ihdr_end = 8 + 4 + 4 + 13 + 4  # signature, length, type, IHDR data, CRC
-    return png[:ihdr_end] + chunks + png[ihdr_end:]
-
-
-def _deflate(data: bytes) -> bytes:
-    z = zlib.compressobj(PNG_COMPRESS_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 8, PNG_ZLIB_STRATEGY)
-    return z.compress(data) + z.flush()
-
-
-def _png_encode(arr: np.ndarray) -> bytes:
-    """(H, W, C) uint8/uint16 -> PNG bytes, every row with the Up filter."""
-    h, w, c = arr.shape
-    depth = 16 if arr.dtype == np.uint16 else 8
-    rows = np.ascontiguousarray(arr.astype(">u2" if depth == 16 else np.uint8))
-    rows = rows.view(np.uint8).reshape(h, w * c * depth // 8)
-    filtered = np.empty((h, rows.shape[1] + 1), np.uint8)  # filter byte + row
-    filtered[:, 0] = PNG_FILTER_UP
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as the filter wants
-    ihdr = struct.pack(">IIBBBBB", w, h, depth, PNG_COLOUR_TYPES[c], 0, 0, 0)
-    return (PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", _deflate(filtered.tobytes()))
-            + _png_chunk(b"IEND", b""))
 
 
 # --- TIFF tags we read and write (TIFF 6.0; XMP: Adobe XMP spec part 3)

@@ -26,23 +26,19 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, fields, replace
-from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from liif_cli import __version__
-from liif_cli.data.degrade import degrade_image, parse_spec, spec_text
-from liif_cli.data.metrics import psnr
 from liif_cli.data.samples import (
     EpochBatches,
     ImageCache,
     RandomScaleSamples,
     load_rgb_uint8,
-    make_lr,
-    to_tensor,
     training_images,
 )
 from liif_cli.errors import TrainingError, UsageError, signal_exit_code
@@ -64,13 +60,13 @@ from liif_cli.runtime.distributed import (
     stop_signals_held,
 )
 from liif_cli.runtime.malloc import keep_freed_memory
-from liif_cli.runtime.upscaler import Upscaler
 from liif_cli.runtime.weights import (
     atomic_torch_save,
     checkpoint_dict,
     load_model,
     model_from_spec,
 )
+from liif_cli.tasks.validation import validate  # also public from here
 
 __all__ = ["Progress", "TrainConfig", "config_from", "train", "validate"]
 
@@ -113,44 +109,6 @@ def _init_model(cfg: TrainConfig, init: SRModel) -> tuple[SRModel, TrainConfig]:
     model.encoder.load_state_dict(init.encoder.state_dict(), strict=True)
     return model, cfg
 
-
-# ----------------------------------------------------------------------------------------------
-# validation
-
-def validate(model: SRModel, images: Mapping[str, np.ndarray] | Sequence[np.ndarray],
-             scales: tuple[float, ...], dtype: torch.dtype = torch.float32,
-             degrade: str | None = None) -> dict[str, float]:
-    """Mean PSNR per scale (official div2k protocol: RGB, shave scale + 6; LR made from HR).
-
-    `dtype` is the precision of the whole forward pass, as `liif upscale --precision` sets it
-    (a bf16 run validates in bf16: within ~0.01 dB of fp32, and faster on the CPU); it is
-    taken as resolved (train resolved it). The model renders through a fresh `Upscaler` on its
-    own device: the weights changed since the last validation, so its decoder is rebuilt.
-    `degrade`: a spec (`degrade.parse_spec`); the LR is also degraded by it as `liif eval
-    --degrade` does (`degrade.degrade_image`, seeded by file name: `images` then maps each
-    image's path, or its name, to it), and those scores are added under keys such as "x2 jpeg=75".
-    """
-    if degrade and not isinstance(images, Mapping):
-        raise TypeError("validate with degrade needs images by file name (a dict), as eval "
-                        "seeds each image's degradation by its name")
-    named = list(images.items()) if isinstance(images, Mapping) else [("", im) for im in images]
-    up = Upscaler(model, device=next(model.parameters()).device, precision=dtype)
-    res = {}
-    specs = [()] + ([parse_spec(degrade)] if degrade else [])
-    for steps, s in [(st, s) for st in specs for s in scales]:
-        vals = []
-        for name, hr in named:
-            crop, lr = make_lr(hr, s)
-            if steps:
-                lr = degrade_image(lr, steps, name=PurePosixPath(name).name, scale=s)
-            pred = up.render(to_tensor(lr), crop.shape[:2])
-            vals.append(psnr(np.clip(pred, 0, 1), crop, protocol="div2k", scale=s))
-        res[f"x{s:g}" + (f" {spec_text(steps)}" if steps else "")] = float(np.mean(vals))
-    return res
-
-
-# ----------------------------------------------------------------------------------------------
-# the moving average of the weights
 
 # ----------------------------------------------------------------------------------------------
 # the loop
