@@ -60,13 +60,13 @@ from liif_cli.runtime.distributed import (
     stop_signals_held,
 )
 from liif_cli.runtime.malloc import keep_freed_memory
+from liif_cli.runtime.validation import validate  # also public from here
 from liif_cli.runtime.weights import (
     atomic_torch_save,
     checkpoint_dict,
     load_model,
     model_from_spec,
 )
-from liif_cli.tasks.validation import validate  # also public from here
 
 __all__ = ["Progress", "TrainConfig", "config_from", "train", "validate"]
 
