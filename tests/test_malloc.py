@@ -37,7 +37,7 @@ def faults_for_ten_tensors(mode: str) -> int:
 def test_kept_memory_is_reused_instead_of_faulted_in_again():
     assert faults_for_ten_tensors("glibc") > 5 * PAGES  # glibc: mmap, fault, munmap, each time
     # the better of two runs: on the dev machine (kdamond running) a run now and then faulted
-    # some kept pages in again, for reasons outside the process (seen with either setting)
+    # some kept pages in again, for reasons outside the process (the older test too)
     assert min(faults_for_ten_tensors("keep") for _ in range(2)) < PAGES // 2
 
 
