@@ -513,9 +513,7 @@ def _write_16bit(tmp: str, suffix: str, pixels: np.ndarray, alpha: np.ndarray | 
         arr = pixels[:, :, ::-1] if pixels.shape[2] == 3 else pixels  # OpenCV wants BGR
         if alpha is not None:
             arr = np.dstack([arr, alpha])
-        params = [cv2.IMWRITE_PNG_COMPRESSION, png.COMPRESS_LEVEL,
-                  cv2.IMWRITE_PNG_STRATEGY, png.ZLIB_STRATEGY]  # zlib's numbering, as OpenCV's
-        ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr), params)
+        ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr), png.cv2_params())
         if not ok:
             raise ImageWriteError(f"OpenCV could not encode a 16-bit {suffix} image")
         blob = buf.tobytes()

@@ -34,6 +34,13 @@ def insert_after_ihdr(png: bytes, chunks: bytes) -> bytes:
     return png[:ihdr_end] + chunks + png[ihdr_end:]
 
 
+def cv2_params() -> list[int]:
+    """OpenCV's imencode parameters for our zlib settings (OpenCV numbers strategies as zlib)."""
+    import cv2
+
+    return [cv2.IMWRITE_PNG_COMPRESSION, COMPRESS_LEVEL, cv2.IMWRITE_PNG_STRATEGY, ZLIB_STRATEGY]
+
+
 def deflate(data: bytes) -> bytes:
     z = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 8, ZLIB_STRATEGY)
     return z.compress(data) + z.flush()

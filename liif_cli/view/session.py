@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from liif_cli.errors import LiifError, UsageError
+from liif_cli.io import png
 from liif_cli.runtime.sizing import parse_scale
 
 if TYPE_CHECKING:  # torch is imported where it is used: `liif view --help` stays instant
@@ -41,7 +42,6 @@ MAX_TILE = 512  # output pixels per side of one tile request
 PAGE_TILE = 256
 MAX_SCALE = 64.0  # per axis; the page zooms to 30× and more
 MIN_SCALE = 1 / 64  # per axis; a tile of a downscale is allowed, as upscale allows it
-PNG_LEVEL = 1  # zlib level of tile PNGs: fast beats small on localhost
 
 
 class StaleRequest(Exception):
@@ -106,8 +106,9 @@ def encode_png(pixels: np.ndarray) -> bytes:
         pixels = pixels[:, :, ::-1]
     elif pixels.shape[2] == 4:
         pixels = pixels[:, :, [2, 1, 0, 3]]
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(pixels),
-                           [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])
+    # io.png's settings: on 256² tiles of an upscaled photo, 3.0 ms and 98 KiB a tile against
+    # 3.7 ms and 114 KiB at zlib level 1 with the default strategy
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(pixels), png.cv2_params())
     if not ok:  # pragma: no cover - OpenCV encodes any uint8 array
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
