@@ -173,6 +173,14 @@ def test_config_file_and_overrides(tmp_path):
         config_from(str(toml), {})
 
 
+@pytest.mark.parametrize("toml", sorted((REPO / "docs" / "recipes").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_the_documented_recipes_load(toml):
+    cfg = config_from(str(toml), {})  # unknown keys, bad ranges and values are refused here
+    assert cfg.data and cfg.out.startswith("runs/")
+    assert (cfg.degrade_ranges_obj() is None) == (not cfg.degrade)  # unknown range keys refused
+
+
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_matches_one_process(folder, tmp_path):
     """torchrun, gloo, 2 ranks × batch 1 == 1 process × batch 2 (same global batch); with
