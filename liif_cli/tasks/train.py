@@ -259,7 +259,7 @@ class _Run:
 
     def open_folder(self) -> None:
         """The precision policy, then the run folder and its metrics log (rank 0)."""
-        # bf16 on a CPU without native bf16 trains in fp32 (emulated bf16 is 6-7x slower),
+        # bf16 on a CPU without native bf16 trains in fp32 (emulated bf16 is 2-7x slower),
         # with a note
         amp_dtype = resolve_precision(self.cfg.precision, self.dev)
         self.amp_dtype = None if amp_dtype == torch.float32 else amp_dtype
