@@ -302,8 +302,9 @@ def test_bench_reports_engine_against_oracle(tiny_ckpt):
 
     model = random_model()
     img = torch.rand(3, 9, 7, generator=torch.Generator().manual_seed(11))
-    np.testing.assert_array_equal(oracle_forward(model, img, (20, 15), batch=37),
-                                  oracle(model, img, (20, 15)))
+    # the same sums in other batches: equal but for the last bit (GEMM blocking differs by CPU)
+    np.testing.assert_allclose(oracle_forward(model, img, (20, 15), batch=37),
+                               oracle(model, img, (20, 15)), rtol=0, atol=1e-6)
     report = run_bench(model, size=12, scale=2.5, devices="cpu", precisions="fp32,bf16")
     rows = {(r.path, r.precision): r for r in report.rows}
     assert report.out_hw == (30, 30) and set(rows) == {("oracle", "fp32"), ("engine", "fp32"),

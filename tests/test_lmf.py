@@ -111,7 +111,8 @@ def test_reference_forward_is_the_official_one():
             fwd = model(x[None], coord, cell)[0].numpy()
             fast = engine.render(model, torch.from_numpy(g[f"inp_{name}"]), (H, W))
         assert g[key].std() > 0.5  # far from flat
-        assert np.abs(ref - g[key]).max() <= 1e-6, key
+        # 1e-5: fp32 kernels differ with the CPU (3.3e-6 measured on an AVX-512 Ice Lake)
+        assert np.abs(ref - g[key]).max() <= 1e-5, key
         assert np.abs(fwd - g[key]).max() <= 2 * ENGINE_TOL, key  # normalised units
         assert np.abs(fast - (g[key].reshape(H, W, 3) * 0.5 + 0.5)).max() <= ENGINE_TOL, key
     for name in ("a", "b"):  # train mode, random queries
