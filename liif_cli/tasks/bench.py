@@ -191,7 +191,7 @@ class BenchReport:
     in_hw: tuple[int, int]
     out_hw: tuple[int, int]
     threads: int
-    cpu_bf16_native: bool  # oneDNN has native bf16 kernels for this CPU
+    cpu_bf16_native: bool  # native bf16 on this CPU (runtime.device.cpu_bf16_native)
     fused_linear: bool  # the decoder's hidden layers use oneDNN's fused linear+ReLU
     rows: list[BenchRow] = field(default_factory=list)
 
