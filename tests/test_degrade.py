@@ -209,8 +209,8 @@ def test_validation_reports_degraded_scores_too():
 def test_eval_and_validation_degrade_an_image_alike(tmp_path, monkeypatch):
     """`liif eval --degrade` and `liif train --val-degrade` score the same degraded pixels: both
     seed by the file name (`degrade.degrade_image`), not by the image's place in a list."""
-    from liif_cli.runtime import validation as train
     from liif_cli.tasks import evaluate as ev
+    from liif_cli.tasks.train import validation as train
 
     seen: dict[str, list] = {"eval": [], "val": []}
 

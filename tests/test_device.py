@@ -294,7 +294,7 @@ def test_the_device_check_script_runs_here_and_says_why_it_skips(tmp_path):
 
 
 def test_training_bf16_on_a_gpu_without_it_trains_fp16_with_loss_scaling(fake_gpus):
-    from liif_cli.tasks.train import TrainConfig, _Run
+    from liif_cli.tasks.train.loop import TrainConfig, _Run
 
     fake_gpus({0: (7, 5)})
     cfg = TrainConfig(data="x", out="unused", precision="bf16")

@@ -72,7 +72,7 @@ def test_kept_memory_is_bounded():
 
 
 def test_train_keeps_freed_memory(monkeypatch, tmp_path):
-    import liif_cli.tasks.train as tr
+    import liif_cli.tasks.train.loop as tr
     from liif_cli.errors import LiifError
 
     called = []

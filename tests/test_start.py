@@ -95,10 +95,10 @@ def test_the_commands_defaults_are_the_librarys():
     from liif_cli.cli import app, options
     from liif_cli.cli.commands import evaluate
     from liif_cli.io.images import DEFAULT_MAX_INPUT_PIXELS
-    from liif_cli.recipe import TrainConfig
     from liif_cli.runtime import engine, sizing
     from liif_cli.runtime.device import memory_budget
     from liif_cli.tasks import evaluate as evaluate_task
+    from liif_cli.tasks.train.recipe import TrainConfig
 
     assert options.parse_bytes(options.DEFAULT_MAX_MEMORY) is None  # auto: the device's
     assert memory_budget(torch.device("cpu")) == engine.DEFAULT_MAX_MEMORY

@@ -133,7 +133,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(folder, tmp_path):
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
         folder, tmp_path, monkeypatch):
-    import liif_cli.tasks.train as tr
+    import liif_cli.tasks.train.loop as tr
 
     out = tmp_path / "run"
     calls = {"n": 0}
@@ -397,7 +397,7 @@ def test_every_config_key_is_either_recipe_or_may_change_on_resume():
     (and resume_config's docstring) so that adding one is a decision."""
     from dataclasses import fields
 
-    from liif_cli.recipe import RESUME_MAY_CHANGE, resume_config
+    from liif_cli.tasks.train.recipe import RESUME_MAY_CHANGE, resume_config
 
     recipe = {f.name for f in fields(TrainConfig)} - RESUME_MAY_CHANGE - {"out"}
     assert recipe == {"data", "encoder", "encoder_args", "hidden", "decoder", "batch_size",
@@ -429,7 +429,7 @@ def test_distill_pulls_towards_the_teacher_on_its_latent_or_its_own(folder, tmp_
     for name, steps in logs.items():
         assert steps and steps[0]["loss_teacher"] < 1e-6 < steps[0]["loss"], (name, steps)
     from liif_cli.runtime.weights import load_model
-    from liif_cli.tasks.train import _build_teacher
+    from liif_cli.tasks.train.loop import _build_teacher
 
     student = load_model(t_pth)
     assert _build_teacher(t_pth, student, torch.device("cpu"))[1] is False  # encoder trains
@@ -449,7 +449,7 @@ def test_distill_pulls_towards_the_teacher_on_its_latent_or_its_own(folder, tmp_
 
 def test_an_fp32_step_enters_no_autocast_region(folder, tmp_path, monkeypatch):
     """torch 2.3-2.5 reject torch.autocast("mps", enabled=False): fp32 must not build one."""
-    import liif_cli.tasks.train as tr
+    import liif_cli.tasks.train.loop as tr
 
     def refuse(*a, **k):
         raise RuntimeError("User specified an unsupported autocast device_type 'mps'")
@@ -461,7 +461,7 @@ def test_an_fp32_step_enters_no_autocast_region(folder, tmp_path, monkeypatch):
 
 
 def test_the_loop_waits_for_the_device_only_every_few_steps(folder, tmp_path, monkeypatch):
-    import liif_cli.tasks.train as tr
+    import liif_cli.tasks.train.loop as tr
 
     reads = []  # a value of the step read on the host: the loss or a flag computed from it
 
@@ -617,7 +617,7 @@ def test_liif_train_stopped_by_sigterm_to_its_process_group_saves_and_resumes(fo
 def _agree_rank(rank: int, store_path: str, signalled: int, out) -> None:
     import torch.distributed as dist
 
-    from liif_cli.runtime.distributed import StopSignal
+    from liif_cli.tasks.train.distributed import StopSignal
 
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
                             world_size=2)
@@ -667,7 +667,7 @@ def test_the_gpu_training_script_runs_here_in_a_tiny_setting(folder, tmp_path, t
 
 SIGNAL_ONE_RANK = """
 import os, signal, sys
-import liif_cli.tasks.train as tr
+import liif_cli.tasks.train.loop as tr
 from liif_cli.cli import main
 if os.environ["RANK"] == "1":  # SIGTERM reaches rank 1 alone, during its second step
     real, calls = tr.F.l1_loss, []

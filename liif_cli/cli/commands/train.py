@@ -1,9 +1,9 @@
 """`liif train`: the paper's recipe (`tasks.train`), options over `TrainConfig`.
 
 Every recipe option defaults to None, "not given", so that a TOML file and a resumed run's
-saved config can fill it (`liif_cli.recipe.config_from`); `--help` shows the default each one
-falls back to, read from `TrainConfig` itself when the help is printed (not when `liif` starts:
-the recipe's module imports numpy).
+saved config can fill it (`liif_cli.tasks.train.config_from`); `--help` shows the default each
+one falls back to, read from `TrainConfig` itself when the help is printed (not when `liif`
+starts: the recipe's module imports numpy).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class TrainCommand(TyperCommand):
     def format_help(self, ctx, formatter):  # noqa: D102
         from dataclasses import fields
 
-        from liif_cli.recipe import TrainConfig
+        from liif_cli.tasks.train import TrainConfig
 
         defaults = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
         defaults.update(SHOWN_DEFAULTS)
@@ -121,7 +121,7 @@ def train(
 
     Example: liif train --data DIV2K/DIV2K_train_HR --val-data DIV2K/DIV2K_valid_HR
     """
-    from liif_cli.recipe import check_new_run, config_from
+    from liif_cli.tasks.train import check_new_run, config_from
 
     if plot is not None:
         from liif_cli.io.plot import plot_run

@@ -44,7 +44,21 @@ from liif_cli.data.samples import (
 from liif_cli.errors import TrainingError, UsageError, signal_exit_code
 from liif_cli.model import LmfConfig, SRModel, build_model
 from liif_cli.model.ema import WeightAverage
-from liif_cli.recipe import (  # TrainConfig and config_from: also public from here
+from liif_cli.runtime.device import resolve_device, resolve_precision, set_tf32, use_device
+from liif_cli.runtime.malloc import keep_freed_memory
+from liif_cli.runtime.weights import (
+    atomic_torch_save,
+    checkpoint_dict,
+    load_model,
+    model_from_spec,
+)
+from liif_cli.tasks.train.distributed import (
+    StopSignal,
+    dist_info,
+    ignore_stop_signals,
+    stop_signals_held,
+)
+from liif_cli.tasks.train.recipe import (  # TrainConfig and config_from: also public from here
     TrainConfig,
     _make_config,
     _saved_run,
@@ -52,21 +66,7 @@ from liif_cli.recipe import (  # TrainConfig and config_from: also public from h
     config_from,
     resume_config,
 )
-from liif_cli.runtime.device import resolve_device, resolve_precision, set_tf32, use_device
-from liif_cli.runtime.distributed import (
-    StopSignal,
-    dist_info,
-    ignore_stop_signals,
-    stop_signals_held,
-)
-from liif_cli.runtime.malloc import keep_freed_memory
-from liif_cli.runtime.validation import validate  # also public from here
-from liif_cli.runtime.weights import (
-    atomic_torch_save,
-    checkpoint_dict,
-    load_model,
-    model_from_spec,
-)
+from liif_cli.tasks.train.validation import validate  # also public from here
 
 __all__ = ["Progress", "TrainConfig", "config_from", "train", "validate"]
 
