@@ -20,8 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from liif_cli.errors import LiifError
-
-__version__ = "0.1.0"
+from liif_cli.version import __version__
 
 __all__ = ["LiifError", "Upscaler", "__version__", "load_model", "upscale", "upscale_file"]
 

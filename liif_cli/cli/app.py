@@ -25,10 +25,10 @@ except ImportError:  # pragma: no cover - older Typer uses Click itself
     from click import get_current_context
     from click.exceptions import ClickException
 
-from liif_cli import __version__
 from liif_cli.cli import commands
 from liif_cli.cli.displays import console, error_line, note_line, out
 from liif_cli.errors import LiifWarning, describe, is_bug
+from liif_cli.version import __version__
 
 DEBUG_HINT = " (rerun with LIIF_DEBUG=1 for the traceback, and please report it)"
 

@@ -27,7 +27,6 @@ SLURM_LOCALID) each local process takes its own GPU, `cuda:(local rank mod GPUs)
 from __future__ import annotations
 
 import functools
-import os
 import platform
 import warnings
 
@@ -35,11 +34,11 @@ import torch
 
 from liif_cli.errors import DeviceError, LiifWarning, UsageError
 from liif_cli.runtime.options import DEVICE_HINT, check_precision
+from liif_cli.runtime.process import local_rank
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CUDA_BF16_CAPABILITY = (8, 0)  # Ampere: the first CUDA GPUs with native bf16 tensor cores
 MPS_BF16_MACOS = (14, 0)  # Metal has bf16 from macOS 14 (Sonoma)
-LOCAL_RANK_VARS = ("LOCAL_RANK", "SLURM_LOCALID")  # torchrun's, then srun's per-node index
 CPU_MAX_MEMORY = 512 * 2**20  # bytes: the working-memory budget on a CPU (engine's default)
 GPU_MEMORY_SHARE = 0.5  # of the GPU's free memory, the budget when none is given
 MIN_MAX_MEMORY = 16 * 2**20  # bytes: below this a budget cannot hold one chunk
@@ -92,15 +91,6 @@ def mps_bf16_native() -> bool:
 
 def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-
-
-def local_rank() -> int | None:
-    """This process's index on its node under torchrun (LOCAL_RANK) or srun (SLURM_LOCALID)."""
-    for var in LOCAL_RANK_VARS:
-        value = os.environ.get(var, "").strip()
-        if value.isdigit():
-            return int(value)
-    return None
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

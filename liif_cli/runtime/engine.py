@@ -49,8 +49,10 @@ from liif_cli.runtime.decoders import (
     linear_relu_fn,
     make_decoder,
 )
+from liif_cli.runtime.device import CPU_MAX_MEMORY
 
-DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes of working memory for tiles and chunks
+# bytes of working memory for tiles and chunks when none is given: the CPU's budget
+DEFAULT_MAX_MEMORY = CPU_MAX_MEMORY
 # Latents a tile needs beyond its own, on each side: 1 for the ensemble's neighbour lookups,
 # 1 for float disagreement at tile borders, 1 for the 3×3 unfolding.
 TILE_MARGIN = 3

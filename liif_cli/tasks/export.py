@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from liif_cli import __version__
 from liif_cli.errors import ExportError, LiifError, UsageError
 from liif_cli.io.files import atomic_write, check_output_path
 from liif_cli.model import SRModel
@@ -48,6 +47,7 @@ from liif_cli.runtime.weights import (
     read_safetensors,
     safetensors_bytes,
 )
+from liif_cli.version import __version__
 
 EXPORT_FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx", "pth": ".pth"}
 SUFFIX_FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pth": "pth", ".pt": "pth"}

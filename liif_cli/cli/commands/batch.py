@@ -4,7 +4,6 @@ the merged table of many runs' reports. The exit code is the result's (`BatchRes
 
 from __future__ import annotations
 
-import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -192,15 +191,10 @@ def _stop_on_signals() -> Iterator[SignalStop]:
         stop.signum = signum
         stop.set()
 
-    if threading.current_thread() is not threading.main_thread():
+    from liif_cli.runtime.process import on_stop_signals
+
+    with on_stop_signals(handler):  # the main thread's (a thread's run has none)
         yield stop
-        return
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 @contextmanager

@@ -9,7 +9,6 @@ starts: the recipe's module imports numpy).
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -134,9 +133,10 @@ def train(
     cfg = config_from(str(config) if config else None, overrides, resume=resume)
     if not resume:
         check_new_run(cfg.out)
+    from liif_cli.runtime.process import torchrun_ranks
     from liif_cli.tasks.train import train as run_training
 
-    if not quiet and int(os.environ.get("RANK", 0)) == 0:
+    if not quiet and torchrun_ranks()[0] == 0:
         displays.console.print("[bold]liif train[/] " + "  ".join(
             f"{k}={v}" for k, v in cfg.as_dict().items() if v not in (None, {}, "")),
             soft_wrap=True)

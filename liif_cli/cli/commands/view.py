@@ -72,9 +72,8 @@ def view(
 def _serve_until_signal(server, console, *, browser: bool) -> int:
     """Serve until SIGINT or SIGTERM (the main thread waits; signals land there), then stop
     the server; returns the signal's exit code."""
-    import signal
-
     from liif_cli.errors import signal_exit_code
+    from liif_cli.runtime.process import on_stop_signals
 
     stop, got = threading.Event(), {}
 
@@ -82,16 +81,14 @@ def _serve_until_signal(server, console, *, browser: bool) -> int:
         got["signal"] = signum
         stop.set()
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.start()
-        if browser:
-            _open_browser(server.url, console)
-        while not stop.wait(WAIT_S):
-            pass
+        with on_stop_signals(on_signal):
+            server.start()
+            if browser:
+                _open_browser(server.url, console)
+            while not stop.wait(WAIT_S):
+                pass
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         server.stop()
     console.print("stopped")
     return signal_exit_code(got.get("signal"))

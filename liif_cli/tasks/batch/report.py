@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from liif_cli import __version__
 from liif_cli.errors import (
     EXIT_FAILURE,
     ImageReadError,
@@ -27,6 +26,7 @@ from liif_cli.errors import (
 )
 from liif_cli.io.files import atomic_write_text
 from liif_cli.tasks.batch.plan import BatchPlan
+from liif_cli.version import __version__
 
 STATUSES = ("done", "skipped", "failed", "cancelled")
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from liif_cli.errors import UsageError
+from liif_cli.runtime.process import RANK_VARS
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -91,9 +92,7 @@ def _ranks(env: Mapping[str, str]) -> tuple[int, int, str] | None:
     if env.get("SLURM_JOB_ID") and not env.get("SLURM_STEP_ID") \
             and not env.get("RANK") and env.get("SLURM_PROCID") is not None:
         return 0, 1, f"the batch script of Slurm job {env['SLURM_JOB_ID']} (no array, no srun)"
-    for rank, size, who in (("RANK", "WORLD_SIZE", "torchrun"),
-                            ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "srun"),
-                            ("SLURM_PROCID", "SLURM_NTASKS", "srun")):
+    for rank, size, who in RANK_VARS:
         if env.get(rank) is not None and env.get(size) is not None:
             r, n = _env_int(env, rank, needed_for=size), _env_int(env, size, needed_for=rank)
             if n < 1 or not 0 <= r < n:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import threading
 import time
 import warnings
@@ -28,6 +27,7 @@ from liif_cli.io.images import read_image, write_image
 from liif_cli.model import LIIF, SRModel
 from liif_cli.runtime.device import PrecisionWarning
 from liif_cli.runtime.malloc import keep_freed_memory
+from liif_cli.runtime.process import ignore_stop_signals
 from liif_cli.runtime.sizing import SizeRequest, target_size
 from liif_cli.runtime.upscaler import Upscaler
 from liif_cli.runtime.weights import load_model
@@ -176,8 +176,7 @@ class _Worker:
 def _process_main(cfg: _WorkerConfig, model_ref: str | LIIF, tasks, results, stop,
                   parent_pid: int) -> None:
     """Entry point of a spawned worker process: load the model once, then run tasks."""
-    for sig in (signal.SIGINT, signal.SIGTERM):  # sent to the whole group: the parent decides
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_stop_signals()  # sent to the whole group: the parent decides
     # run_batch has already told the user (in the parent) about a precision fallback
     warnings.simplefilter("ignore", PrecisionWarning)
     keep_freed_memory()  # the process is the batch's own (see runtime/malloc.py)

@@ -1,19 +1,14 @@
 """Distributed training's shared facts: the ranks from torchrun's environment, and a stop on
 SIGINT/SIGTERM that every rank agrees on, decided by the training process alone (its DataLoader
-workers ignore both)."""
+workers ignore both: `runtime.process.ignore_stop_signals`)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-from typing import Any, Iterator
 
 import torch
 
-# what asks a run to stop: Ctrl-C, and `kill`, Slurm's preemption or a session's stop (SIGTERM,
-# often sent to the whole process group, DataLoader workers included)
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from liif_cli.runtime.process import local_rank, on_stop_signals, torchrun_ranks
 
 
 class StopSignal:
@@ -28,7 +23,7 @@ class StopSignal:
     def __init__(self):
         self.signal: int | None = None
         self.stopping = False  # agreed by every rank
-        self._old: dict[int, Any] = {}
+        self._handlers = contextlib.ExitStack()
 
     def agree(self, world: int, device: torch.device) -> bool:
         """Whether any rank has a signal (one all-reduce over `world` ranks, a tensor on
@@ -53,11 +48,7 @@ class StopSignal:
         return self.signal is not None and world == 1 and "DataLoader worker" in str(exc)
 
     def __enter__(self):
-        for sig in STOP_SIGNALS:
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
+        self._handlers.enter_context(on_stop_signals(self._handle))  # main thread only
         return self
 
     def _handle(self, sig, frame):
@@ -66,41 +57,9 @@ class StopSignal:
         self.signal = sig
 
     def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """A DataLoader worker's `worker_init_fn`: SIGINT/SIGTERM ignored, so that a signal sent to
-    the process group leaves the workers feeding the training process, which decides the stop
-    (`StopSignal`); a worker killed by it would end the run in torch's "DataLoader worker is
-    killed by signal" instead of a save. Then the signals `stop_signals_held` blocked across
-    the fork are unblocked: one sent meanwhile was pending, and is dropped by the SIG_IGN."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):  # not on Windows
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
-
-@contextlib.contextmanager
-def stop_signals_held() -> Iterator[None]:
-    """SIGINT/SIGTERM blocked in this thread while DataLoader workers start (`iter(loader)`).
-
-    A forked worker inherits the block, so a signal sent to the process group before its
-    `ignore_stop_signals` has run waits instead of killing it; here, a signal sent meanwhile is
-    delivered when the block ends.
-    """
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self._handlers.close()
 
 
 def dist_info() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    return (*torchrun_ranks(), local_rank() or 0)

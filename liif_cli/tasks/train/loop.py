@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from liif_cli import __version__
 from liif_cli.data.samples import (
     EpochBatches,
     ImageCache,
@@ -46,18 +45,14 @@ from liif_cli.model import LmfConfig, SRModel, build_model
 from liif_cli.model.ema import WeightAverage
 from liif_cli.runtime.device import resolve_device, resolve_precision, set_tf32, use_device
 from liif_cli.runtime.malloc import keep_freed_memory
+from liif_cli.runtime.process import ignore_stop_signals, stop_signals_held
 from liif_cli.runtime.weights import (
     atomic_torch_save,
     checkpoint_dict,
     load_model,
     model_from_spec,
 )
-from liif_cli.tasks.train.distributed import (
-    StopSignal,
-    dist_info,
-    ignore_stop_signals,
-    stop_signals_held,
-)
+from liif_cli.tasks.train.distributed import StopSignal, dist_info
 from liif_cli.tasks.train.recipe import (  # TrainConfig and config_from: also public from here
     TrainConfig,
     _make_config,
@@ -67,6 +62,7 @@ from liif_cli.tasks.train.recipe import (  # TrainConfig and config_from: also p
     resume_config,
 )
 from liif_cli.tasks.train.validation import validate  # also public from here
+from liif_cli.version import __version__
 
 __all__ = ["Progress", "TrainConfig", "config_from", "train", "validate"]
 
