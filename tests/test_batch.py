@@ -77,6 +77,19 @@ def test_plan_mirrors_the_tree_and_ignores_non_images(tmp_path):
     assert _rels(plan_batch(inp, out, recursive=True, pattern="sub/*.png")) == ["sub/c.png"]
 
 
+def test_batch_writes_every_format_upscale_writes(tmp_path):
+    """One format table (io.formats.WRITTEN): `liif batch --format bmp` was refused while `liif
+    upscale` wrote BMP; each spelling names one suffix in both commands."""
+    from liif_cli.io.formats import WRITTEN
+
+    inp = tmp_path / "in"
+    _touch(inp, ["a.png"])
+    for name in ["jpeg", "tif", "TIFF", ".bmp", *WRITTEN]:
+        suffix = plan_batch(inp, tmp_path / "out", fmt=name).items[0].output.suffix
+        assert suffix == imageio.output_suffix(name) and suffix in imageio.FORMATS, name
+    assert plan_batch(inp, tmp_path / "out", fmt="bmp").items[0].output.name == "a.bmp"
+
+
 def test_plan_in_place_needs_a_suffix_and_skips_its_own_outputs(tmp_path):
     inp = tmp_path / "in"
     _touch(inp, ["a.png", "a_x2.png", "b.jpg", "up/old.png"])

@@ -9,17 +9,36 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePath
 
-FORMATS = {  # output extension -> (PIL format name, supports 16-bit, supports alpha)
-    ".png": ("PNG", True, True),
-    ".jpg": ("JPEG", False, False),
-    ".jpeg": ("JPEG", False, False),
-    ".webp": ("WEBP", False, True),
-    ".tif": ("TIFF", True, True),
-    ".tiff": ("TIFF", True, True),
-    ".bmp": ("BMP", False, False),  # Pillow writes 32-bit BMPs that readers take as RGB
+# Each format we write, once: its `--format` name, its suffixes (the first is what the name
+# writes, e.g. `--format jpeg` -> .jpg; a file may have any), how Pillow names it, and whether
+# it holds 16 bits and alpha.
+WRITTEN = {
+    "png": ((".png",), "PNG", True, True),
+    "jpg": ((".jpg", ".jpeg"), "JPEG", False, False),
+    "webp": ((".webp",), "WEBP", False, True),
+    "tiff": ((".tiff", ".tif"), "TIFF", True, True),
+    "bmp": ((".bmp",), "BMP", False, False),  # Pillow writes 32-bit BMPs that readers take as RGB
 }
+# output suffix -> (PIL format name, supports 16-bit, supports alpha)
+FORMATS = {s: (pil, deep, alpha) for suffixes, pil, deep, alpha in WRITTEN.values()
+           for s in suffixes}
+FORMAT_NAMES = ", ".join(WRITTEN)  # for messages and help: "png, jpg, webp, tiff, bmp"
 READABLE_SUFFIXES = frozenset(FORMATS) | {".gif", ".ppm", ".pgm", ".pnm", ".tga", ".jp2"}
 FALLBACK_SUFFIX = ".png"  # the output of an input we read but cannot write (gif, ppm, ...)
+
+
+def format_name(text: str) -> str | None:
+    """The format a `--format` name or a suffix stands for ("jpeg", ".JPG" -> "jpg"; "tif" ->
+    "tiff"); None for one we do not write."""
+    suffix = "." + str(text).lower().lstrip(".")
+    return next((name for name, (suffixes, *_) in WRITTEN.items() if suffix in suffixes), None)
+
+
+def format_suffix(text: str) -> str | None:
+    """The suffix a `--format` name writes ("jpeg" -> ".jpg"); None for a format we do not
+    write."""
+    name = format_name(text)
+    return None if name is None else WRITTEN[name][0][0]
 
 
 def is_image_name(path: str | os.PathLike) -> bool:

@@ -37,8 +37,10 @@ from PIL import Image, PngImagePlugin, TiffImagePlugin
 from liif_cli.errors import ImageReadError, ImageWriteError, OutputPathError, UsageError
 from liif_cli.io import files, png
 from liif_cli.io.formats import (  # noqa: F401 - also importable from here, as before
+    FORMAT_NAMES,
     FORMATS,
     READABLE_SUFFIXES,
+    format_suffix,
     is_image_name,
 )
 
@@ -418,10 +420,11 @@ def write_image(path: str | os.PathLike, data: ImageData, *, quality: int = 95,
 
 
 def output_suffix(fmt: str) -> str:
-    """--format name (png, jpg, jpeg, webp, tif, tiff, bmp; any case, dot optional) -> suffix."""
-    suffix = "." + str(fmt).lower().lstrip(".")
-    if suffix not in FORMATS:
-        raise UsageError(f"unknown --format {fmt!r}: use png, jpg, webp, tiff or bmp")
+    """--format name (png, jpg, jpeg, webp, tif, tiff, bmp; any case, dot optional) -> the
+    suffix it writes (`formats.format_suffix`: jpeg -> .jpg, tif -> .tiff)."""
+    suffix = format_suffix(fmt)
+    if suffix is None:
+        raise UsageError(f"unknown --format {fmt!r}: use {FORMAT_NAMES}")
     return suffix
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from liif_cli.errors import UsageError
-from liif_cli.io.formats import same_format_suffix
+from liif_cli.io.formats import format_name, same_format_suffix
 from liif_cli.io.images import (
     DEFAULT_MAX_INPUT_PIXELS,
     STDIO,
@@ -182,9 +182,7 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
         dst = Path(STDIO)
     elif output is not None:
         dst = Path(output)
-        if suffix is not None and dst.suffix.lower() != suffix and not (
-                {dst.suffix.lower(), suffix} <= {".jpg", ".jpeg"} or
-                {dst.suffix.lower(), suffix} <= {".tif", ".tiff"}):
+        if suffix is not None and format_name(dst.suffix) != format_name(suffix):
             raise UsageError(f"--format {fmt} disagrees with the output's extension {dst}; "
                              "drop one of them")
     else:

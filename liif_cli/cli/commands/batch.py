@@ -48,8 +48,8 @@ RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend i
 GlobOpt = Annotated[Optional[str], typer.Option(
     help="Only names matching this pattern, e.g. '*.jpg' (case-insensitive; with a / it matches "
     "the path under INPUT_DIR).")]
-FormatOpt = Annotated[str, typer.Option("--format", "-f", help="png, jpg, webp, tiff, or same as "
-                                        "each input (png for formats we cannot write).")]
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="png, jpg, webp, tiff, bmp, or "
+                                        "same as each input (png for formats we cannot write).")]
 SuffixOpt = Annotated[str, typer.Option(help="Added to output names, e.g. _x4. Needed when "
                                         "OUTPUT_DIR is INPUT_DIR.")]
 JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, help="Workers per device; on the "

@@ -23,7 +23,7 @@ from liif_cli.tasks.batch.dispatch import (
     worker_names,
 )
 from liif_cli.tasks.batch.plan import (
-    OUTPUT_FORMATS,
+    SAME_FORMAT,
     BatchPlan,
     PlanItem,
     discover,
@@ -62,7 +62,7 @@ from liif_cli.tasks.batch.worker import DECODE_THREADS, POLL_S, PROGRESS_S
 
 __all__ = [
     "CRASH_GRACE_S", "DECODE_THREADS", "FAIL_FAST_REASON", "IN_FLIGHT",
-    "JOIN_TIMEOUT_S", "OUTPUT_FORMATS", "POLL_S", "PROGRESS_S", "SHARD_COUNT_ENV",
+    "JOIN_TIMEOUT_S", "POLL_S", "PROGRESS_S", "SAME_FORMAT", "SHARD_COUNT_ENV",
     "SHARD_ENV_NAMES", "STATUSES", "STATUS_RANK", "BatchEvent", "BatchPlan", "BatchResult",
     "EventFn", "FileRecord", "JsonlReport", "PlanItem", "ReportSummary", "ShardSource",
     "detect_shard", "discover", "find_stale_temps", "is_jsonl",

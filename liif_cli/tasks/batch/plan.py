@@ -19,11 +19,10 @@ from typing import Iterable
 
 from liif_cli.errors import ImageReadError, UsageError
 from liif_cli.io.files import matches_pattern, path_order, scan_images, temp_target
-from liif_cli.io.formats import is_image_name, same_format_suffix
+from liif_cli.io.formats import FORMAT_NAMES, format_suffix, is_image_name, same_format_suffix
 from liif_cli.tasks.batch.shard import shard_of
 
-OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff",
-                  "tif": ".tiff", "same": None}  # same: `formats.same_format_suffix`
+SAME_FORMAT = "same"  # --format same: each input's own format (`formats.same_format_suffix`)
 
 
 @dataclass(frozen=True)
@@ -51,10 +50,14 @@ class BatchPlan:
 
 
 def output_ext(rel: str, fmt: str) -> str:
-    if fmt not in OUTPUT_FORMATS:
-        raise UsageError(f"unknown --format {fmt!r}: use png, jpg, webp, tiff or same")
-    ext = OUTPUT_FORMATS[fmt]
-    return same_format_suffix(rel) if ext is None else ext
+    """The output suffix of input `rel` for --format `fmt`: any format `liif upscale` writes
+    (`formats.format_suffix`), or "same"."""
+    if fmt == SAME_FORMAT:
+        return same_format_suffix(rel)
+    ext = format_suffix(fmt)
+    if ext is None:
+        raise UsageError(f"unknown --format {fmt!r}: use {FORMAT_NAMES} or {SAME_FORMAT}")
+    return ext
 
 
 def discover(input_dir: Path, *, recursive: bool = False, pattern: str | None = None,
