@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from liif_cli.data.metrics import psnr
+
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_CKPT = REPO.parent / "shared" / "golden" / "edsr-baseline-liif-seed0-cudatag.pth"
 REAL_IMAGE = REPO.parent / "shared" / "data" / "val" / "Set14" / "HR" / "baboon.png"
@@ -55,11 +57,6 @@ def run(cmd: list[str]) -> tuple[float, int]:
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{out}")
     return seconds, usage.ru_maxrss * 1024  # Linux reports KiB
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
 
 
 def input_image(size: int, path: Path | None) -> np.ndarray:

@@ -25,7 +25,7 @@ from dataclasses import replace
 
 import torch
 
-from liif_cli.model import LIIF
+from liif_cli.model import LIIF, normalise
 from liif_cli.runtime.weights import load_model, save_checkpoint
 
 PRUNE_IMAGES = 8  # images of --prune-data used to rank units
@@ -89,7 +89,7 @@ def unit_importance(src: LIIF, folder: str) -> tuple[torch.Tensor, torch.Tensor]
             y, x = (int(rng.integers(0, d - PRUNE_CROP * scale + 1)) for d in hr.shape[:2])
             crop = hr[y:y + PRUNE_CROP * scale, x:x + PRUNE_CROP * scale]
             hr_crop, lr = make_lr(crop, scale)
-            inp = (torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.5
+            inp = normalise(torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255)
             hw = hr_crop.shape[:2]
             with torch.no_grad():
                 src.query(src.encode(inp), make_coord(hw)[None], make_cell(hw, hw[0] * hw[1])[None])

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from liif_cli.data.samples import ImageCache, RandomScaleSamples, training_images
-from liif_cli.model import LMLIIF
+from liif_cli.model import LMLIIF, normalise
 from liif_cli.model.lmf import revive_dead_units
 from liif_cli.runtime.weights import atomic_torch_save, checkpoint_dict, load_checkpoint
 
@@ -41,7 +41,7 @@ def main() -> None:
     for b in range(args.batches):
         items = [ds[(b * 16 + k) % len(ds)] for k in range(16)]
         inp = torch.stack([it["inp"] for it in items])
-        batches.append(((inp - 0.5) / 0.5, torch.stack([it["coord"] for it in items]),
+        batches.append((normalise(inp), torch.stack([it["coord"] for it in items]),
                         torch.stack([it["cell"] for it in items])))
     with torch.no_grad():
         before = [model(*b) for b in batches[:2]]

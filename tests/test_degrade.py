@@ -209,22 +209,18 @@ def test_validation_reports_degraded_scores_too():
 def test_eval_and_validation_degrade_an_image_alike(tmp_path, monkeypatch):
     """`liif eval --degrade` and `liif train --val-degrade` score the same degraded pixels: both
     seed by the file name (`degrade.degrade_image`), not by the image's place in a list."""
+    from liif_cli.data import samples
     from liif_cli.tasks import evaluate as ev
     from liif_cli.tasks.train import validation as train
 
     seen: dict[str, list] = {"eval": [], "val": []}
+    real, key = samples.degrade_image, ["eval"]  # both degrade in samples.predict_from_lr
 
-    def spy(module, key):
-        real = module.degrade_image
-
-        def degrade_image(lr, spec, **kw):
-            out = real(lr, spec, **kw)
-            seen[key].append((kw["name"], out))
-            return out
-        monkeypatch.setattr(module, "degrade_image", degrade_image)
-
-    spy(ev, "eval")
-    spy(train, "val")
+    def degrade_image(lr, spec, **kw):
+        out = real(lr, spec, **kw)
+        seen[key[0]].append((kw["name"], out))
+        return out
+    monkeypatch.setattr(samples, "degrade_image", degrade_image)
     folder = tmp_path / "hr"
     folder.mkdir()
     imgs = {name: photo_like(48, 40, seed=k) for k, name in enumerate(["b.png", "a.png"])}
@@ -233,6 +229,7 @@ def test_eval_and_validation_degrade_an_image_alike(tmp_path, monkeypatch):
     model = random_model()
     ev.evaluate(model, folder, scales=[3.0], protocol="div2k", bicubic=False, device="cpu",
                 degrade="noise=6,jpeg=70")
+    key[0] = "val"
     train.validate(model, {"sub/" + n: im for n, im in imgs.items()}, (3.0,),
                    degrade="noise=6,jpeg=70")
     by_eval, by_val = dict(seen["eval"]), dict(seen["val"])
@@ -388,3 +385,38 @@ def test_real_model_card_numbers_are_what_liif_eval_prints_now():
     for r in res.records:
         want = card[f"x{r.scale:g}"]["bicubic" if r.method == "bicubic" else "model"]
         assert abs(r.psnr - want) <= 0.01, (r, want)
+
+
+def test_the_tasks_take_denoise_themselves(pair, tmp_path):
+    """`upscale_file` and `run_batch` blend the pair (the CLI passes --denoise on, it loads
+    nothing itself); a model already loaded cannot be blended: one clear usage error."""
+    from liif_cli.tasks.batch import plan_batch, run_batch
+    from liif_cli.tasks.upscale import upscale_file
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(photo_like(20, 24)).save(src / "a.png")
+    lib = upscale_file(src / "a.png", tmp_path / "lib.png", scale=2, denoise=0.5, device="cpu")
+    assert lib.model == "real@0.5"
+    cli = tmp_path / "cli.png"
+    assert runner.invoke(app, ["upscale", str(src / "a.png"), "--scale", "2", "-o", str(cli),
+                               "--denoise", "0.5", "--quiet"]).exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(cli)), np.asarray(Image.open(lib.output)))
+    plan = plan_batch(src, tmp_path / "b")
+    from liif_cli.runtime.sizing import size_request
+
+    res = run_batch(plan, None, size=size_request(scale=2), devices="cpu", denoise=0.5)
+    assert res.model == "real@0.5" and res.exit_code == 0
+    with pytest.raises(UsageError, match="by name"):
+        upscale_file(src / "a.png", tmp_path / "x.png", scale=2, denoise=0.5,
+                     model=random_model())
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_load_model_and_upscaler_default_to_the_same_device():
+    import inspect
+
+    from liif_cli import Upscaler, load_model
+
+    default = {f: inspect.signature(f).parameters["device"].default for f in (load_model, Upscaler)}
+    assert set(default.values()) == {"auto"}, default

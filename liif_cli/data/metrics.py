@@ -82,8 +82,11 @@ def _check_shapes(pred: np.ndarray, gt: np.ndarray, shave: int) -> None:
                          f"{shave} px per side")
 
 
-def psnr(pred: np.ndarray, gt: np.ndarray, *, protocol: Protocol | str, scale: float) -> float:
+def psnr(pred: np.ndarray, gt: np.ndarray, *, protocol: Protocol | str = "rgb",
+         scale: float = 1) -> float:
     """PSNR in dB of (H, W, 3) pred against gt, both in [0, 1] units (uint8 means /255).
+
+    The default, `rgb` (no shave), compares two renders of one image (bench's precisions).
 
     As the official calc_psnr: difference first, then (benchmark) its luma, shave, mean square.
     """

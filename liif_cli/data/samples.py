@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from liif_cli.data.degrade import RealRanges, random_degrade
+from liif_cli.data.degrade import RealRanges, Step, degrade_image, random_degrade
 from liif_cli.errors import DataError
 from liif_cli.io import files
 from liif_cli.io.formats import READABLE_SUFFIXES
@@ -99,6 +99,23 @@ def bicubic_upsample(lr: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float in [0, 1] (torchvision's ToTensor)."""
     return torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1).div_(255)
+
+
+def predict_from_lr(up: Any, lr: np.ndarray, hr_hw: tuple[int, int], *,
+                    degrade: Sequence[Step] = (), name: str = "", scale: float = 1.0,
+                    on_progress: Callable[[int, int], None] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(the LR as rendered, the prediction) as `liif eval` and training's validation score a
+    model: the uint8 LR degraded by the `degrade` steps first (`degrade.degrade_image`, seeded
+    by the image's file `name` and `scale`, so both see the same pixels), then rendered by `up`
+    (an `Upscaler`) to the HR crop's size `hr_hw`, the raw output clamped to [0, 1] as the
+    official `pred.clamp_(0, 1)`, not quantised: (H, W, 3) float32."""
+    if degrade:
+        lr = degrade_image(lr, degrade, name=name, scale=scale)
+    pred = np.empty((*hr_hw, 3), np.float32)
+    up.render(to_tensor(lr), hr_hw, pred, on_progress=on_progress)
+    np.clip(pred, 0, 1, out=pred)
+    return lr, pred
 
 
 class ImageCache:

@@ -508,18 +508,9 @@ def _write_16bit(tmp: str, suffix: str, pixels: np.ndarray, alpha: np.ndarray | 
     if suffix != ".png":
         _write_tiff16(tmp, pixels, alpha, data)
         return
-    import cv2
-
-    if pixels.shape[2] == 1 and alpha is not None:
-        blob = png.encode(np.dstack([pixels, alpha]))  # 16-bit grey+alpha: our own encoder
-    else:
-        arr = pixels[:, :, ::-1] if pixels.shape[2] == 3 else pixels  # OpenCV wants BGR
-        if alpha is not None:
-            arr = np.dstack([arr, alpha])
-        ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr), png.cv2_params())
-        if not ok:
-            raise ImageWriteError(f"OpenCV could not encode a 16-bit {suffix} image")
-        blob = buf.tobytes()
+    arr = pixels if alpha is None else np.dstack([pixels, alpha])
+    # 16-bit grey+alpha: our own encoder (OpenCV has none)
+    blob = png.encode(arr) if arr.shape[2] == 2 else png.cv2_encode(arr)
     chunks = []
     if data.icc_profile:
         chunks.append(png.chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(data.icc_profile)))

@@ -1,5 +1,6 @@
-"""PNG at the byte level (PNG spec §5.3): our zlib settings, chunks, and a minimal encoder
-for what OpenCV cannot write (16-bit grey+alpha). `io.images` writes through these."""
+"""PNG at the byte level (PNG spec §5.3): our zlib settings, chunks, OpenCV's encoder with them,
+and a minimal encoder for what OpenCV cannot write (16-bit grey+alpha). `io.images` and the
+viewer's tiles encode through these."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import struct
 import zlib
 
 import numpy as np
+
+from liif_cli.errors import ImageWriteError
 
 # zlib level for PNG: 4 is 3× faster than Pillow's default 6 (measured: 1.9 s vs 5.9 s for a
 # 4096² upscale) for files 2-10% larger, which matters at the sizes this tool writes
@@ -39,6 +42,22 @@ def cv2_params() -> list[int]:
     import cv2
 
     return [cv2.IMWRITE_PNG_COMPRESSION, COMPRESS_LEVEL, cv2.IMWRITE_PNG_STRATEGY, ZLIB_STRATEGY]
+
+
+def cv2_encode(arr: np.ndarray) -> bytes:
+    """(H, W, 1|3|4) uint8/uint16 grey, RGB or RGBA -> PNG bytes, through OpenCV (the fastest
+    encoder at hand) with our zlib settings: on 256² tiles of an upscaled photo, 3.0 ms and
+    98 KiB a tile against 3.7 ms and 114 KiB at zlib level 1 with the default strategy."""
+    import cv2
+
+    if arr.shape[2] == 3:
+        arr = arr[:, :, ::-1]  # OpenCV wants BGR(A)
+    elif arr.shape[2] == 4:
+        arr = arr[:, :, [2, 1, 0, 3]]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr), cv2_params())
+    if not ok:  # pragma: no cover - OpenCV encodes any such array
+        raise ImageWriteError(f"OpenCV could not encode a {arr.dtype} PNG of shape {arr.shape}")
+    return buf.tobytes()
 
 
 def deflate(data: bytes) -> bytes:

@@ -1,4 +1,5 @@
-"""The models: coordinate grids, encoders, LIIF and LM-LIIF (`lmf.py`) decoders."""
+"""The models: coordinate grids, pixel normalisation, encoders, LIIF and LM-LIIF (`lmf.py`)
+decoders."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from ..errors import CheckpointError
 from .coords import make_cell, make_coord, to_pixel_samples
 from .liif import LIIF, LiifConfig
 from .lmf import LMF_NAME, LMLIIF, LmfConfig
+from .pixels import denormalise, normalise
 
 SRModel = LIIF | LMLIIF  # any model the engine renders (also usable with isinstance)
 ModelConfig = LiifConfig | LmfConfig
@@ -37,5 +39,5 @@ def arch_name(model_or_config: SRModel | ModelConfig) -> str:
 
 
 __all__ = ["ARCH_NAMES", "LIIF", "LMLIIF", "LiifConfig", "LmfConfig", "ModelConfig", "SRModel",
-           "arch_name", "build_model", "config_from_spec", "make_cell", "make_coord",
-           "to_pixel_samples"]
+           "arch_name", "build_model", "config_from_spec", "denormalise", "make_cell", "make_coord",
+           "normalise", "to_pixel_samples"]

@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from liif_cli.model import SRModel
+from liif_cli.model import SRModel, denormalise, normalise
 from liif_cli.model.coords import coord_seq, make_cell
 from liif_cli.model.ensemble import axis_members, rel_cell
 from liif_cli.runtime.decoders import (
@@ -224,7 +224,7 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
     # the official cell, ones * (2 / H) in float32, in latent cells of the whole grid
     cell = rel_cell(make_cell((H, W), 1, device=device)[0], h, w)  # (2,)
     halo = model.encoder.receptive_radius + TILE_MARGIN
-    x = (img.float() - 0.5) / 0.5  # the official input normalisation
+    x = normalise(img.float())  # the official input normalisation
     members = 4 if local else 1
     buf = torch.empty(dec.buffer_numel(members, plan.chunk), dtype=dtype, device=device)
     write = _writer(out)
@@ -319,7 +319,7 @@ def _writer(out: np.ndarray) -> Callable[[int, int, int, int, torch.Tensor], Non
     maxval, qdtype = QUANTISED.get(out.dtype, (None, None))
 
     def write(j0: int, j1: int, c0: int, c1: int, pred: torch.Tensor) -> None:
-        rgb = pred.mul_(0.5).add_(0.5)
+        rgb = denormalise(pred, inplace=True)
         if grey:
             rgb = rgb.mean(0, keepdim=True)  # (1, nr, nc)
         if maxval is not None:

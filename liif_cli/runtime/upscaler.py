@@ -87,7 +87,8 @@ class Upscaler:
         if isinstance(model, SRModel) and _ready_on(model, self.device):
             net = model  # the caller's, used as it is: never moved nor flipped
         else:  # a copy of the caller's, or one we load: ours to move
-            net = copy.deepcopy(model) if isinstance(model, SRModel) else load_model(model)
+            net = (copy.deepcopy(model) if isinstance(model, SRModel)
+                   else load_model(model, device=self.device))
             net = net.to(self.device).eval()
         card = card_of(net)
         self.name: str | None = card.name if card else None  # None: the caller names it

@@ -25,6 +25,7 @@ import torch
 from liif_cli.errors import CheckpointError, UsageError
 from liif_cli.io.files import atomic_write
 from liif_cli.model import SRModel, arch_name, build_model, config_from_spec
+from liif_cli.runtime.device import resolve_device
 from liif_cli.runtime.options import check_denoise
 
 PACKAGE_WEIGHTS_DIR = Path(__file__).parents[1] / "bundled"  # weights shipped in the package
@@ -253,12 +254,13 @@ def resolve_model_path(model: str | os.PathLike | None) -> tuple[str, Path]:
                           "run `liif models` to list them")
 
 
-def load_model(model: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
+def load_model(model: str | os.PathLike | None = None, *, device: str | torch.device = "auto",
                denoise: float | None = None) -> SRModel:
     """Load the bundled default (None), a bundled or user model by name, or any file by path.
 
-    Returns the network (LIIF or LM-LIIF, an nn.Module) on `device` in eval mode; its name,
-    file and metadata are on `model.card` (`ModelCard`).
+    Returns the network (LIIF or LM-LIIF, an nn.Module) on `device` in eval mode; "auto" (the
+    default, as `Upscaler`'s) is `device.resolve_device`'s pick: CUDA, MPS, else the CPU. Its
+    name, file and metadata are on `model.card` (`ModelCard`).
 
     `denoise` (0 to 1): the weights of a model that has a denoise partner (`real`, partner
     `default`) blended as (1 - S)·partner + S·model before the run, one forward pass at no
@@ -266,6 +268,7 @@ def load_model(model: str | os.PathLike | None = None, *, device: str | torch.de
     `default` and `real` all mean that pair. Without it, such a model runs at its
     `denoise_default`.
     """
+    device = resolve_device(device)
     if denoise is not None:
         return load_denoise_blend(model, denoise, device=device)
     name, path = resolve_model_path(model)

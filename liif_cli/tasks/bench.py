@@ -29,8 +29,18 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from liif_cli.data.metrics import psnr
 from liif_cli.errors import UsageError
-from liif_cli.model import LMLIIF, LiifConfig, LmfConfig, ModelConfig, SRModel, build_model
+from liif_cli.model import (
+    LMLIIF,
+    LiifConfig,
+    LmfConfig,
+    ModelConfig,
+    SRModel,
+    build_model,
+    denormalise,
+    normalise,
+)
 from liif_cli.model.coords import make_cell, make_coord
 from liif_cli.runtime import engine
 from liif_cli.runtime.device import (
@@ -39,6 +49,7 @@ from liif_cli.runtime.device import (
     resolve_device,
     resolve_precision,
 )
+from liif_cli.runtime.sizing import target_size
 from liif_cli.runtime.upscaler import Upscaler
 
 OFFICIAL_BATCH = 30000  # queries per call in the official batched_predict (demo.py, test.py)
@@ -85,7 +96,7 @@ def oracle_forward(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int], *
     `batched_query_rgb` does)."""
     H, W = out_hw
     with torch.no_grad():
-        feat = model.encode(((img - 0.5) / 0.5).unsqueeze(0))
+        feat = model.encode(normalise(img).unsqueeze(0))
         coord = make_coord((H, W), device=img.device).unsqueeze(0)  # (1, H*W, 2)
         cell = make_cell((H, W), H * W, device=img.device).unsqueeze(0)
         if isinstance(model, LMLIIF):
@@ -95,7 +106,7 @@ def oracle_forward(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int], *
         else:
             preds = [model.query(feat, coord[:, q:q + batch], cell[:, q:q + batch])
                      for q in range(0, H * W, batch)]
-        pred = torch.cat(preds, dim=1)[0] * 0.5 + 0.5  # (H*W, 3)
+        pred = denormalise(torch.cat(preds, dim=1)[0])  # (H*W, 3)
     return pred.view(H, W, 3).cpu().numpy()
 
 
@@ -121,11 +132,6 @@ def official_demo(model_path: str, input: str, output: str, out_hw: tuple[int, i
 
 def quantise(raw: np.ndarray) -> np.ndarray:
     return np.round(np.clip(raw, 0, 1) * 255).astype(np.uint8)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
 def _rss_bytes() -> int:
@@ -261,7 +267,7 @@ def run_bench(model: SRModel, *, image: np.ndarray | None = None, size: int = 25
             raise UsageError(f"--size must be at least 1, got {size}")
         image = synthetic_image(size)
     h, w = image.shape[:2]
-    out_hw = (max(1, math.floor(h * scale + 0.5)), max(1, math.floor(w * scale + 0.5)))
+    out_hw = target_size((h, w), scale=scale, max_pixels=math.inf)  # as `liif upscale` sizes
     n_out = out_hw[0] * out_hw[1]
     report = BenchReport(model_name, (h, w), out_hw, torch.get_num_threads(),
                          cpu_bf16_native(),

@@ -50,9 +50,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from liif_cli.data.degrade import degrade_image, parse_spec, spec_text
+from liif_cli.data.degrade import parse_spec, spec_text
 from liif_cli.data.metrics import PROTOCOL_NAMES, SSIM_WINDOW, Protocol, get_protocol, psnr, ssim
-from liif_cli.data.samples import bicubic_upsample, hr_crop_size, lr_size, make_lr
+from liif_cli.data.samples import (
+    bicubic_upsample,
+    hr_crop_size,
+    lr_size,
+    make_lr,
+    predict_from_lr,
+)
 from liif_cli.data.samples import load_rgb_uint8 as load_rgb
 from liif_cli.errors import DataError, UsageError
 from liif_cli.io.files import atomic_write_text, check_output_path, find_images
@@ -383,19 +389,15 @@ def evaluate(model: Any, data: str | os.PathLike, *,
             hr_cache = (job.hr, load_rgb(job.hr))
         H, W = job.hr_hw
         gt_u8, lr = job_images(job, hr_cache[1])
-        if steps:
-            lr = degrade_image(lr, steps, name=job.hr.name, scale=job.scale)
         gt = gt_u8.astype(np.float32) / 255  # (H, W, 3), as ToTensor makes it
-        inp = torch.from_numpy(lr).to(dev).permute(2, 0, 1).float() / 255  # (3, h, w)
-        pred = np.empty((H, W, 3), np.float32)
 
         def progress(d: int, _t: int, base: int = done) -> None:
             if on_progress is not None:
                 on_progress(base + d, total)
 
-        up.render(inp, (H, W), pred, on_progress=progress)
+        lr, pred = predict_from_lr(up, lr, (H, W), degrade=steps, name=job.hr.name,
+                                   scale=job.scale, on_progress=progress)
         done += H * W
-        np.clip(pred, 0, 1, out=pred)  # the official pred.clamp_(0, 1); not quantised
         lr_kind = "made" if job.lr is None else "paired"
         outputs = [(name, pred)]
         bic = None

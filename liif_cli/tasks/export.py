@@ -37,7 +37,7 @@ from torch import nn
 
 from liif_cli.errors import ExportError, LiifError, UsageError
 from liif_cli.io.files import atomic_write, check_output_path
-from liif_cli.model import SRModel
+from liif_cli.model import SRModel, denormalise, normalise
 from liif_cli.runtime.weights import (
     card_or_class,
     checkpoint_dict,
@@ -101,7 +101,7 @@ def export_model(model: str | os.PathLike | SRModel | None, output: str | os.Pat
     left where it is, in its dtype and mode: the export works on a CPU fp32 copy."""
     t0 = time.perf_counter()
     key = export_format(fmt, output)
-    net = model if isinstance(model, SRModel) else load_model(model)
+    net = model if isinstance(model, SRModel) else load_model(model, device="cpu")
     loaded = card_or_class(net)
     dst = Path(output) if output is not None else Path(loaded.name + EXPORT_FORMATS[key])
     check_output_path(dst, overwrite=overwrite)
@@ -166,8 +166,8 @@ class LiifQueryGraph(nn.Module):
 
     def forward(self, image: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor
                 ) -> torch.Tensor:
-        feat = self.model.encode((image - 0.5) / 0.5)  # (1, C, h, w); official normalisation
-        return (self.model.decode(feat, coord, cell) * 0.5 + 0.5).clamp(0, 1)
+        feat = self.model.encode(normalise(image))  # (1, C, h, w); official normalisation
+        return denormalise(self.model.decode(feat, coord, cell)).clamp(0, 1)
 
 
 def query_graph(model: nn.Module) -> nn.Module:

@@ -31,8 +31,10 @@ from liif_cli.io.images import (
     write_image,
     write_stdout,
 )
+from liif_cli.model import SRModel
 from liif_cli.runtime import engine
 from liif_cli.runtime.device import resolve_device, resolve_precision
+from liif_cli.runtime.options import check_denoise
 from liif_cli.runtime.sizing import (
     DEFAULT_MAX_OUTPUT_PIXELS,
     SizeRequest,
@@ -45,6 +47,7 @@ from liif_cli.runtime.upscaler import (  # noqa: F401 - UpscaleResult, resize_pl
     UpscaleResult,
     resize_plane,
 )
+from liif_cli.runtime.weights import load_model
 
 # ----------------------------------------------------------------------------------------------
 # output names
@@ -160,12 +163,15 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
                  overwrite: bool = False, quality: int = 95,
                  max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
                  max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
+                 denoise: float | None = None,
                  on_progress: engine.ProgressFn | None = None) -> FileResult:
     """Read `input`, upscale it, write `output` (default: next to the input, e.g. photo_x4.png).
 
     `input` "-" reads stdin; `output` "-" writes stdout, as does no output with input "-".
     `fmt` (png, jpg, webp, tiff, bmp) is stdout's format (default png); with a file output it
     must agree with the extension, and with no output it sets the default name's.
+    `denoise`: a bundled pair's weights blended at that strength (`weights.load_model`), for a
+    `model` given by name (or None).
     Everything that can be checked is checked before the long part, cheapest first: options,
     device, input, output path, model. Nothing is written unless the whole job succeeds.
     """
@@ -173,6 +179,10 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
     request = size_request(scale=scale, size=size, width=width, height=height, fit=fit)
     suffix = None if fmt is None else output_suffix(fmt)
     up = model if isinstance(model, Upscaler) else None
+    if denoise is not None:
+        check_denoise(denoise)
+        if isinstance(model, (Upscaler, SRModel)):
+            raise UsageError("denoise blends a bundled pair's weights: give the model by name")
     if up is None:  # usage errors before any reading; the model is loaded last
         dev = resolve_device(device)
         dtype = resolve_precision(precision, dev)
@@ -197,6 +207,8 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
     if not to_stdout:
         check_output_path(dst, overwrite=overwrite)
     if up is None:
+        if denoise is not None:
+            model = load_model(model, device=dev, denoise=denoise)
         up = Upscaler(model, device=dev, precision=dtype, max_memory=max_memory)
     res = up.upscale_image(image, out_hw, on_progress=on_progress)
     if to_stdout:

@@ -109,10 +109,6 @@ def batch(
         displays.console.print(f"shard {part.index}/{part.count} from {part.found}",
                                markup=False, soft_wrap=True)
     spec = size_request(**sizes)
-    if denoise is not None:
-        from liif_cli.runtime.weights import load_model
-
-        model = load_model(model, denoise=denoise)
     if report is not None and not report.parent.is_dir():
         raise UsageError(f"--report folder does not exist: {report.parent}")
     listed = None if files_from is None else read_file_list(files_from)
@@ -123,7 +119,7 @@ def batch(
     _run(plan, model, report=report, quiet=quiet, recursive=recursive, fail_fast=fail_fast,
          size=spec, max_output_pixels=max_output_pixels, devices=device, jobs=jobs,
          precision=precision, max_memory=budget, quality=quality,
-         max_input_pixels=max_input_pixels)
+         max_input_pixels=max_input_pixels, denoise=denoise)
 
 
 def _run(plan, model, *, report: Path | None, quiet: bool, recursive: bool, **options) -> None:

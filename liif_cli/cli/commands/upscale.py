@@ -65,15 +65,12 @@ def upscale(
     own_the_process()
     from liif_cli.tasks.upscale import upscale_file
 
-    if denoise is not None:
-        from liif_cli.runtime.weights import load_model
-
-        model = load_model(model, denoise=denoise)
     shown = "stdin" if str(input) == "-" else input.name
     with displays.progress_bar(f"upscaling {shown}", quiet=quiet, unit_scale=1e-6) as on_progress:
         res = upscale_file(input, output, model=model, **sizes, fmt=fmt, device=device,
                            precision=precision, max_memory=budget, overwrite=overwrite,
                            quality=quality, max_input_pixels=max_input_pixels,
-                           max_output_pixels=max_output_pixels, on_progress=on_progress)
+                           max_output_pixels=max_output_pixels, denoise=denoise,
+                           on_progress=on_progress)
     if not quiet:
         displays.upscale_summary(res)

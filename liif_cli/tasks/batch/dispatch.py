@@ -80,20 +80,22 @@ def run_batch(plan: BatchPlan, model: SRModel | str | os.PathLike | None = None,
               max_memory: int | None = None, quality: int = 95,
               max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS, fail_fast: bool = False,
               stop: threading.Event | None = None, on_event: EventFn | None = None,
-              on_record: Callable[[FileRecord], None] | None = None) -> BatchResult:
+              on_record: Callable[[FileRecord], None] | None = None,
+              denoise: float | None = None) -> BatchResult:
     """Carry out a plan: every item ends with a record, whatever happens (bar a SIGKILL).
 
     `devices` as for `parse_devices`; `jobs` workers per device. Returns early, with the
     unstarted files cancelled, when `stop` is set or (fail_fast) a file fails. A
     KeyboardInterrupt here (e.g. a second Ctrl-C) kills the workers at once and still returns.
     `on_record` gets each item's record once, in this thread, as soon as it is final (planned
-    skips and failures first, cancellations last), e.g. `JsonlReport.write`.
+    skips and failures first, cancellations last), e.g. `JsonlReport.write`. `denoise`: a
+    bundled pair's weights blended at that strength (`weights.load_model`), once, here.
     """
     t_start = time.perf_counter()
     emit = on_event or (lambda e: None)
     record = on_record or (lambda r: None)
     stop = stop or threading.Event()
-    devs, loaded, precisions = _check_devices_and_load(devices, jobs, precision, model)
+    devs, loaded, precisions = _check_devices_and_load(devices, jobs, precision, model, denoise)
     names = worker_names(devs)
     records, todo = _planned_records(plan, record)
     result = BatchResult(plan, [], 0.0, card_or_class(loaded).name, names)
@@ -123,14 +125,19 @@ def run_batch(plan: BatchPlan, model: SRModel | str | os.PathLike | None = None,
 
 
 def _check_devices_and_load(devices: str, jobs: int, precision: str,
-                            model: SRModel | str | os.PathLike | None
+                            model: SRModel | str | os.PathLike | None, denoise: float | None
                             ) -> tuple[list[torch.device], SRModel, dict[torch.device, str]]:
     """One device per worker, the model loaded, and the precision each device computes in
     (resolved once: a usage error or a fallback note comes here, not from every worker)."""
     devs = parse_devices(devices, jobs=jobs)
     # fp16 on a CPU etc.: a usage error before any work; a bf16 fallback noted once, here
     names = {d: precision_name(resolve_precision(precision, d)) for d in set(devs)}
-    return devs, model if isinstance(model, SRModel) else load_model(model), names
+    if isinstance(model, SRModel):
+        if denoise is not None:
+            raise UsageError("denoise blends a bundled pair's weights: give the model by name")
+        return devs, model, names
+    # on the CPU: the workers take it from here, each to its own device
+    return devs, load_model(model, device="cpu", denoise=denoise), names
 
 
 

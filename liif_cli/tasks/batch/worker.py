@@ -183,7 +183,8 @@ def _process_main(cfg: _WorkerConfig, model_ref: str | LIIF, tasks, results, sto
     try:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        model = model_ref if isinstance(model_ref, SRModel) else load_model(model_ref)
+        model = (model_ref if isinstance(model_ref, SRModel)
+                 else load_model(model_ref, device="cpu"))
         _Worker(cfg, model, tasks, results, stop, parent_pid).run()
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which carries on
         results.put(("fatal", cfg.name, describe(e)[0]))

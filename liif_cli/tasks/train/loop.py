@@ -41,7 +41,7 @@ from liif_cli.data.samples import (
     training_images,
 )
 from liif_cli.errors import TrainingError, UsageError, signal_exit_code
-from liif_cli.model import LmfConfig, SRModel, build_model
+from liif_cli.model import LmfConfig, SRModel, build_model, normalise
 from liif_cli.model.ema import WeightAverage
 from liif_cli.runtime.device import resolve_device, resolve_precision, set_tf32, use_device
 from liif_cli.runtime.malloc import keep_freed_memory
@@ -333,7 +333,7 @@ def _build_teacher(ref: str, model: SRModel, dev: torch.device) -> tuple[SRModel
     """--distill's model on `dev`, frozen, and whether it may decode the student's latent: when
     the student's encoder is frozen and equal to the teacher's (`--init T --freeze-encoder
     --distill T`), the teacher's own encoder pass would compute the same grid again."""
-    teacher = load_model(ref).to(dev).eval().requires_grad_(False)
+    teacher = load_model(ref, device=dev).eval().requires_grad_(False)
     mine = model.encoder.state_dict()
     theirs = teacher.encoder.state_dict()
     shared = (not any(p.requires_grad for p in model.encoder.parameters())
@@ -350,7 +350,7 @@ def _build_model(cfg: TrainConfig, state: dict[str, Any] | None
     if state is not None:
         model = model_from_spec(state["model"], source=str(Path(cfg.out) / "last.pth"))
     elif cfg.init:
-        init = load_model(cfg.init)  # a path, or a bundled or user model name
+        init = load_model(cfg.init, device="cpu")  # a path, or a bundled or user model name
         model, cfg = _init_model(cfg, init)
         if model is init:
             init_steps = int(init.card.meta.get("steps") or 0)
@@ -452,10 +452,10 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: StopSignal,
     nonfinite = torch.zeros((), dtype=torch.bool, device=dev)  # any step's loss not finite
     try:
         for batch in batches:
-            inp = (batch["inp"].to(dev, non_blocking=True) - 0.5) / 0.5
+            inp = normalise(batch["inp"].to(dev, non_blocking=True))
             coord = batch["coord"].to(dev, non_blocking=True)
             cell = batch["cell"].to(dev, non_blocking=True)
-            gt = (batch["gt"].to(dev, non_blocking=True) - 0.5) / 0.5
+            gt = normalise(batch["gt"].to(dev, non_blocking=True))
             with _autocast(run):
                 pred = run.net(inp, coord, cell)
             loss_gt = F.l1_loss(pred.float(), gt)

@@ -8,9 +8,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from liif_cli.data.degrade import degrade_image, parse_spec, spec_text
+from liif_cli.data.degrade import parse_spec, spec_text
 from liif_cli.data.metrics import psnr
-from liif_cli.data.samples import make_lr, to_tensor
+from liif_cli.data.samples import make_lr, predict_from_lr
 from liif_cli.model import SRModel
 from liif_cli.runtime.upscaler import Upscaler
 
@@ -25,7 +25,7 @@ def validate(model: SRModel, images: Mapping[str, np.ndarray] | Sequence[np.ndar
     taken as resolved (train resolved it). The model renders through a fresh `Upscaler` on its
     own device: the weights changed since the last validation, so its decoder is rebuilt.
     `degrade`: a spec (`degrade.parse_spec`); the LR is also degraded by it as `liif eval
-    --degrade` does (`degrade.degrade_image`, seeded by file name: `images` then maps each
+    --degrade` does (`samples.predict_from_lr`, seeded by file name: `images` then maps each
     image's path, or its name, to it), and those scores are added under keys such as "x2 jpeg=75".
     """
     if degrade and not isinstance(images, Mapping):
@@ -39,9 +39,8 @@ def validate(model: SRModel, images: Mapping[str, np.ndarray] | Sequence[np.ndar
         vals = []
         for name, hr in named:
             crop, lr = make_lr(hr, s)
-            if steps:
-                lr = degrade_image(lr, steps, name=PurePosixPath(name).name, scale=s)
-            pred = up.render(to_tensor(lr), crop.shape[:2])
-            vals.append(psnr(np.clip(pred, 0, 1), crop, protocol="div2k", scale=s))
+            _, pred = predict_from_lr(up, lr, crop.shape[:2], degrade=steps,
+                                      name=PurePosixPath(name).name, scale=s)
+            vals.append(psnr(pred, crop, protocol="div2k", scale=s))
         res[f"x{s:g}" + (f" {spec_text(steps)}" if steps else "")] = float(np.mean(vals))
     return res
