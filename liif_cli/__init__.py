@@ -17,9 +17,10 @@ loaded on first use (so `liif --help` starts at once). The layout: `model/` (the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from liif_cli.errors import LiifError
+from liif_cli.lazy import lazy_attributes
 from liif_cli.version import __version__
 
 __all__ = ["LiifError", "Upscaler", "__version__", "load_model", "upscale", "upscale_file"]
@@ -34,14 +35,7 @@ _LAZY = {"upscale": "liif_cli.tasks.upscale", "upscale_file": "liif_cli.tasks.up
          "Upscaler": "liif_cli.runtime.upscaler"}  # name: module
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'liif_cli' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # once loaded, an ordinary attribute
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:

@@ -8,8 +8,9 @@ train` answers a mistake in its options at once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from liif_cli.lazy import lazy_attributes
 from liif_cli.tasks.train.recipe import (
     RESUME_MAY_CHANGE,
     TrainConfig,
@@ -28,12 +29,4 @@ if TYPE_CHECKING:
 _LAZY = {"train": "liif_cli.tasks.train.loop", "Progress": "liif_cli.tasks.train.loop",
          "validate": "liif_cli.tasks.train.validation"}  # name: module
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'liif_cli.tasks.train' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # once loaded, an ordinary attribute
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
