@@ -5,7 +5,7 @@
 Runs the model on training samples (the recipe's random crops and scales, a seed of its own),
 reports each hidden layer's units that fire on fewer than --threshold of the queries, and
 writes a copy in which they fire again with the model's output unchanged
-(`liif_cli.model.lmf.revive_dead_units`). Continue with `liif train --init OUT ...`.
+(`liif_cli.tasks.train.surgery.revive_dead_units`). Continue with `liif train --init OUT ...`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 
 from liif_cli.data.samples import ImageCache, RandomScaleSamples, training_images
 from liif_cli.model import LMLIIF, normalise
-from liif_cli.model.lmf import revive_dead_units
 from liif_cli.runtime.weights import atomic_torch_save, checkpoint_dict, load_checkpoint
+from liif_cli.tasks.train.surgery import revive_dead_units
 
 
 def main() -> None:

@@ -1,25 +1,23 @@
-"""scripts/make_lite_init.py: the smaller models `fast` was cut from (encoder blocks, first-layer
-units) keep exactly the weights they say they keep."""
+"""Model surgery (tasks/train/surgery.py, run by scripts/make_lite_init.py): the smaller models
+`fast` was cut from (encoder blocks, first-layer units) keep exactly the weights they say they
+keep."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import replace
 
 import pytest
 import torch
-from conftest import REPO, random_model, tiny_config
+from conftest import random_model, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors
 
 
 @pytest.fixture(scope="module")
 def lite():
-    spec = importlib.util.spec_from_file_location("make_lite_init",
-                                                  REPO / "scripts" / "make_lite_init.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from liif_cli.tasks.train import surgery
+
+    return surgery
 
 
 def _inputs():

@@ -345,7 +345,7 @@ def test_revive_dead_units_makes_them_fire_and_keeps_the_function():
     """Units killed by hand (a large negative shift bias) are found, fire again on about half
     the queries, and the output is the same (they never fired, so zeroing their outgoing
     weights changes nothing); live units are left alone; no shift modulations: refused."""
-    from liif_cli.model.lmf import revive_dead_units
+    from liif_cli.tasks.train.surgery import revive_dead_units
 
     model = random_lmf(3)
     cfg, hd = model.config, model.config.render_hidden
