@@ -55,11 +55,11 @@ from liif_cli.runtime.weights import (
 from liif_cli.tasks.train.distributed import StopSignal, dist_info
 from liif_cli.tasks.train.recipe import (  # TrainConfig and config_from: also public from here
     TrainConfig,
-    _make_config,
-    _saved_run,
     check_new_run,
     config_from,
+    make_config,
     resume_config,
+    saved_run,
 )
 from liif_cli.tasks.train.validation import validate  # also public from here
 from liif_cli.version import __version__
@@ -207,9 +207,9 @@ def _start_device(cfg: TrainConfig, world: int, local_rank: int) -> torch.device
 
 def _resumed_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any], dict[str, Any]]:
     """(the resumed run's config, its last.pth, the config saved there)."""
-    _, state, saved = _saved_run(cfg.out)
+    _, state, saved = saved_run(cfg.out)
     given = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}
-    return _make_config(resume_config(saved, given, run=cfg.out)), state, saved
+    return make_config(resume_config(saved, given, run=cfg.out)), state, saved
 
 
 @dataclass

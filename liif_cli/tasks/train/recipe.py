@@ -1,7 +1,7 @@
 """The training recipe: `TrainConfig`, its checks, TOML files and what a resume may change.
 
 Torch-free, so that `liif train` answers a mistake in its options at once; `tasks.train` runs
-the recipe. A resumed run's saved config is read from its last.pth (`_saved_run`, which then
+the recipe. A resumed run's saved config is read from its last.pth (`saved_run`, which then
 needs torch).
 """
 
@@ -154,7 +154,7 @@ def _shown(v: Any) -> str:
     return json.dumps(_plain(v)) if isinstance(v, (list, tuple, dict)) else repr(v)
 
 
-def _saved_run(out: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+def saved_run(out: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """(last.pth, its checkpoint, the config saved in it) of the run to resume."""
     last = Path(out) / "last.pth"
     if not last.exists():
@@ -165,7 +165,9 @@ def _saved_run(out: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     return last, state, (state.get("liif_cli") or {}).get("config") or {}
 
 
-def _make_config(values: dict[str, Any]) -> TrainConfig:
+def make_config(values: dict[str, Any]) -> TrainConfig:
+    """A `TrainConfig` of plain values (a TOML file's or a checkpoint's lists become tuples);
+    not checked here (`config_from` checks)."""
     for k in ("lr_milestones", "val_scales", "hidden"):
         if k in values:
             values[k] = tuple(values[k])
@@ -189,9 +191,9 @@ def config_from(toml_path: str | None, overrides: dict[str, Any], *,
     values = dict(given)
     if resume:
         out = given.get("out", TrainConfig.out)
-        _, _, saved = _saved_run(out)
+        _, _, saved = saved_run(out)
         values = resume_config(saved, given, run=out)
-    cfg = _make_config(values)
+    cfg = make_config(values)
     _check(cfg)
     return cfg
 
