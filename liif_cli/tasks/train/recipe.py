@@ -70,7 +70,7 @@ class TrainConfig:
     degrade_ranges: dict[str, Any] = field(default_factory=dict)  # RealRanges fields to change
     val_degrade: str | None = None  # also validate on LR degraded by this spec (e.g. jpeg=75)
     # decay of an exponential moving average of the weights (e.g. 0.999; 0: none), which then
-    # is what validation sees and every checkpoint's model holds (tasks.train's `_Ema`)
+    # is what validation sees and every checkpoint's model holds (`model.ema.WeightAverage`)
     ema: float = 0.0
 
     def model_config(self) -> ModelConfig:
