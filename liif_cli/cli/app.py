@@ -58,9 +58,10 @@ def _usage_error(e: ClickException) -> typer.Exit:
     return typer.Exit(e.exit_code)
 
 
-def _failed(e: BaseException) -> typer.Exit:
-    """Any other exception: its one line (`errors.describe`) and its exit code."""
-    message, code = describe(e)
+def _failed(e: BaseException, command: str | None = None) -> typer.Exit:
+    """Any other exception: its one line (`errors.describe`, with `command`'s advice) and its
+    exit code."""
+    message, code = describe(e, command)
     if isinstance(e, KeyboardInterrupt):
         console.print(f"[yellow]{message}[/]")
     elif is_bug(e):
@@ -97,7 +98,7 @@ class _App(TyperGroup):
         except (Exception, KeyboardInterrupt) as e:
             if is_bug(e) and os.environ.get("LIIF_DEBUG"):
                 raise
-            raise _failed(e) from None
+            raise _failed(e, ctx.invoked_subcommand) from None
 
 
 app = typer.Typer(cls=_App, no_args_is_help=True, add_completion=True,

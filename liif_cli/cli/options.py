@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from liif_cli.errors import UsageError
+from liif_cli.runtime.options import DEVICE_ENV
 
 DEFAULT_MAX_MEMORY = "auto"  # runtime.device.memory_budget: 512M on a CPU, a share of a GPU
 DEFAULT_QUALITY = 95  # JPEG/WebP quality, io.images.write_image's default
@@ -24,11 +25,11 @@ MODEL_HELP = ("Bundled or user model name, or a checkpoint path (.pth, .safetens
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help=MODEL_HELP, envvar="LIIF_MODEL", show_envvar=True)]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.",
-                                        envvar="LIIF_DEVICE", show_envvar=True)]
+                                        envvar=DEVICE_ENV, show_envvar=True)]
 # Not DeviceOpt: batch takes several devices (one worker each) where upscale takes one.
 DevicesOpt = Annotated[str, typer.Option(
     "--device", help="auto, cpu, cuda:N, mps, a list (cuda:0,cuda:1) or all (every GPU).",
-    envvar="LIIF_DEVICE", show_envvar=True)]
+    envvar=DEVICE_ENV, show_envvar=True)]
 PrecisionOpt = Annotated[str, typer.Option(
     help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16 or fp16.", envvar="LIIF_PRECISION",
     show_envvar=True)]

@@ -61,9 +61,12 @@ class StopSignal:
         return self
 
     def _handle(self, sig, frame):
-        if self.signal is not None:  # second Ctrl-C: stop now
+        # a second Ctrl-C: stop now. Not a second SIGTERM: torchrun forwards to every rank the
+        # SIGTERM Slurm sent to every process, so it comes twice, and the save must go on
+        if self.signal is not None and sig == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signal = sig
+        if self.signal is None:
+            self.signal = sig
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():

@@ -145,9 +145,9 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     (`cli._leave_distributed`): gloo's worker threads can abort a finalizing interpreter.
     """
     keep_freed_memory(kept_max=None)  # all of it: the peak recurs on every step
-    rank, world, local_rank = dist_info()
+    rank, world, _ = dist_info()
     emit = on_event if (on_event and rank == 0) else (lambda e: None)
-    dev = _start_device(cfg, world, local_rank)
+    dev = _start_device(cfg, world)
     state, saved = None, {}
     if resume:
         cfg, state, saved = _resumed_config(cfg)
@@ -188,16 +188,14 @@ def _signal_of(stop: StopSignal) -> int:
 # ----------------------------------------------------------------------------------------------
 # the steps of `train`
 
-def _start_device(cfg: TrainConfig, world: int, local_rank: int) -> torch.device:
+def _start_device(cfg: TrainConfig, world: int) -> torch.device:
     """The device of this process; under torchrun, its GPU and the process group."""
     if world > 1:
         import torch.distributed as dist
 
-        dev = resolve_device(cfg.device if cfg.device != "auto" else
-                             ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dev.type == "cuda":
-            dev = torch.device("cuda", local_rank)
-            torch.cuda.set_device(dev)
+        # the one device policy: cuda:(local rank mod GPUs seen), so one GPU per rank works
+        dev = resolve_device(cfg.device, ranks=world)
+        use_device(dev)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     else:

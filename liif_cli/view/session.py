@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from liif_cli.errors import LiifError, UsageError
+from liif_cli.errors import LiifError, UsageError, describe
 from liif_cli.io import png
 from liif_cli.runtime.sizing import parse_scale
 
@@ -42,6 +42,9 @@ MAX_TILE = 512  # output pixels per side of one tile request
 PAGE_TILE = 256
 MAX_SCALE = 64.0  # per axis; the page zooms to 30× and more
 MIN_SCALE = 1 / 64  # per axis; a tile of a downscale is allowed, as upscale allows it
+# renderers on the device at once: the tile queue's, and one export; on a GPU each gets half of
+# the budget `auto` gives one (`runtime.device.memory_budget`)
+RENDERERS = 2
 
 
 class StaleRequest(Exception):
@@ -63,6 +66,16 @@ class ViewImage:
     height: int
     width: int
     _png: bytes | None = None
+    _on_device: torch.Tensor | None = None  # `rgb` on the session's GPU or Mac, once
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        """`rgb` on `device`, uploaded on the first tile and kept (not once per tile: a 24 MP
+        photo is 288 MB of float32). One render thread asks (`RenderQueue`)."""
+        if device.type == "cpu":
+            return self.rgb
+        if self._on_device is None:
+            self._on_device = self.rgb.to(device)
+        return self._on_device
 
 
 @dataclass
@@ -304,6 +317,12 @@ class ViewSession:
                 raise UsageError(f"model {name!r} has no denoise partner")
         return name
 
+    def _budget(self) -> int:
+        """One renderer's memory budget: RENDERERS of them share the device."""
+        from liif_cli.runtime.device import memory_budget
+
+        return memory_budget(self.device, sharers=RENDERERS)
+
     def upscaler(self, name: str, denoise: float | None) -> Upscaler:
         """The Upscaler for (name, denoise), loaded once."""
         from liif_cli import Upscaler, load_model
@@ -313,7 +332,7 @@ class ViewSession:
             up = self._upscalers.get(key)
             if up is None:
                 loaded = load_model(self._sources[name], denoise=key[1])
-                up = Upscaler(loaded, device=self.device)
+                up = Upscaler(loaded, device=self.device, max_memory=self._budget())
                 self._upscalers[key] = up
             return up
 
@@ -363,7 +382,8 @@ class ViewSession:
         def render() -> np.ndarray:
             up = self.upscaler(name, denoise)
             out = np.empty((h, w, 1 if img.grey else 3), np.uint8)
-            up.render(img.rgb, out_hw, out, dtype=up.render_dtype(img.bit_depth), window=window)
+            up.render(img.on(up.device), out_hw, out, dtype=up.render_dtype(img.bit_depth),
+                      window=window)
             return out
 
         return self.queue.submit(render, view=view, gen=gen).result()
@@ -418,19 +438,16 @@ class ViewSession:
         try:
             shared = self.upscaler(job.model, denoise)
             # its own decoders: the tile worker renders with the shared one meanwhile
-            up = Upscaler(shared.model, device=shared.device, precision=shared.dtype)
+            up = Upscaler(shared.model, device=shared.device, precision=shared.dtype,
+                          max_memory=self._budget())
             up.name = shared.name
             upscale_file(self.images[job.image].path, job.output, model=up, scale=job.scale,
                          overwrite=overwrite, on_progress=on_progress)
             job.state, job.message = "done", f"wrote {job.output}"
         except _Cancelled:
             job.state, job.message = "cancelled", "cancelled; nothing written"
-        except LiifError as e:
-            job.state, job.message = "failed", str(e)
-        except MemoryError:
-            job.state, job.message = "failed", "out of memory"
-        except Exception as e:  # noqa: BLE001 - reported to the page, one line
-            job.state, job.message = "failed", f"{type(e).__name__}: {e}"
+        except Exception as e:  # noqa: BLE001 - reported to the page: the CLI's one line
+            job.state, job.message = "failed", describe(e, "view")[0]
         job.seconds = time.perf_counter() - t0
 
     def job(self, job_id: int) -> Job:

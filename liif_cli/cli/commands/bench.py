@@ -10,6 +10,7 @@ import typer
 from liif_cli.cli import displays
 from liif_cli.cli.options import (
     DEFAULT_MAX_MEMORY,
+    DEVICE_ENV,
     MODEL_HELP,
     MaxMemoryOpt,
     OverwriteOpt,
@@ -33,7 +34,8 @@ def bench(
     input: Annotated[Optional[Path], typer.Option(
         "--input", "-i", help="Use this image instead of the synthetic one.")] = None,
     device: Annotated[str, typer.Option(
-        help="auto (CPU, and CUDA if present), or a list such as cpu,cuda:0.")] = "auto",
+        help="auto (CPU, and the GPU or Mac `auto` picks elsewhere), or a list such as "
+        "cpu,cuda:0.", envvar=DEVICE_ENV, show_envvar=True)] = "auto",
     precision: Annotated[str, typer.Option(
         help="auto (fp32 and bf16 on CPU, fp32 and the GPU default on GPUs) or a list such "
         "as fp32,bf16,fp16.")] = "auto",

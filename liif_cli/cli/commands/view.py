@@ -15,6 +15,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from liif_cli.cli.options import DEVICE_ENV
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WAIT_S = 0.5  # the main thread's wait between looks at the stop flag (signals land there)
 
@@ -30,7 +32,7 @@ def view(
         help="0 to 1: the default/real blend the first model starts at (see `liif upscale`).",
         show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.",
-                                        envvar="LIIF_DEVICE", show_envvar=True)] = "auto",
+                                        envvar=DEVICE_ENV, show_envvar=True)] = "auto",
     host: Annotated[str, typer.Option(help="Address to listen on; anything but 127.0.0.1 lets "
                                       "others who have the URL in.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535,

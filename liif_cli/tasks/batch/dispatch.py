@@ -191,7 +191,8 @@ class _Dispatch:
             cfg = _WorkerConfig(name, str(dev), size, max_output_pixels, precisions[dev],
                                 max_memory,
                                 quality, self.plan.overwrite, max_input_pixels,
-                                None if threaded else max(1, _cpu_count() // len(devs)))
+                                None if threaded else max(1, _cpu_count() // len(devs)),
+                                sharers=devs.count(dev))
             if threaded:
                 w = _Worker(cfg, loaded, self.task_qs[name], self.results, self.halt)
                 threading.Thread(target=_thread_main, args=(w,), daemon=True,
