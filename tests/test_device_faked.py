@@ -454,3 +454,35 @@ def test_bench_auto_is_the_cpu_and_the_device_auto_picks(fake_gpus, monkeypatch)
     fake_gpus({0: (8, 0), 1: (8, 0)})
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert _devices("auto") == [torch.device("cpu"), torch.device("cuda", 1)]
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. the device check: every failure in one file (a lent GPU machine returns 8 files at most)
+
+def test_the_device_checks_failures_go_to_one_file(monkeypatch, tmp_path):
+    import importlib.util
+    import sys
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("device_check",
+                                                  REPO / "scripts" / "device_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    broken = ("env", "upscale", "batch", "eval", "train")
+
+    def fail(self):
+        raise RuntimeError("as on a GPU that fails")
+
+    for name in broken:
+        monkeypatch.setattr(check.Check, name, fail)
+    (tmp_path / "failures.txt").write_text("a previous run's\n")
+    monkeypatch.setattr(sys, "argv", ["device_check.py", "--device", "cpu", "--out",
+                                      str(tmp_path), "--only", ",".join(broken) + ",memory"])
+    assert check.main() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "device_check.json", "device_check.txt", "failures.txt"]
+    failures = (tmp_path / "failures.txt").read_text()
+    assert [line for line in failures.splitlines() if line.startswith("== ")] == [
+        f"== {name}" for name in broken] and "previous" not in failures
+    assert "memory     skipped" in (tmp_path / "device_check.txt").read_text()

@@ -187,6 +187,30 @@ def test_cuda_half_precisions(tiny_model, precision):
     assert 10 * np.log10(255**2 / max(np.mean((fp32 - half) ** 2), 1e-12)) > 35
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "auto"])
+def test_cuda_16_bit_upscale_is_exact_fp32_at_any_precision(tiny_model, precision):
+    """16-bit images are computed in fp32 whatever --precision, and their levels leave the GPU
+    as integers (engine.QUANTISED): the CPU's within one level of 65,535."""
+    px = photo_like(12, 14).astype(np.uint16) * 257
+    cpu = upscale(tiny_model, px, scale=3, device="cpu", precision="fp32").astype(int)
+    gpu = upscale(tiny_model, px, scale=3, device="cuda", precision=precision)
+    assert gpu.dtype == np.uint16 and np.abs(cpu - gpu.astype(int)).max() <= 1
+
+
+@pytest.mark.cuda
+def test_cuda_callers_half_module_and_current_gpu_stay_as_they_were(tiny_model):
+    from liif_cli.runtime.upscaler import Upscaler
+
+    net = tiny_model.cuda().half().eval()
+    before = torch.cuda.current_device()
+    last = torch.cuda.device_count() - 1
+    up = Upscaler(net, device=f"cuda:{last}", precision="fp32")
+    out = up.render(torch.rand(3, 9, 10), (18, 20), np.empty((18, 20, 3), np.uint16))
+    assert out.max() > 0 and torch.cuda.current_device() == before
+    assert next(net.parameters()).dtype == torch.float16  # the caller's, not cast
+
+
 # ----------------------------------------------------------------------------------------------
 # the command
 
