@@ -14,9 +14,10 @@ Every task (upscale, batch, eval, train, bench) resolves `--device` and `--preci
   without AVX512-BF16 or AMX, e.g. Skylake-SP to Ice Lake server: about 2x slower) to fp32;
   on a CUDA GPU below capability 8.0 (bf16 emulated, or refused by cuDNN) to fp16; on MPS
   before macOS 14 (no bf16 there) to fp16.
-- 16-bit on Apple MPS runs under autocast, which torch 2.3 and 2.4 refuse on MPS (2.5 takes
-  fp16 only): where this torch has no MPS autocast for the dtype, `auto` is fp32 there, and an
-  explicit fp16 or bf16 falls back (fp16, else fp32) with a `PrecisionWarning` (`mps_autocast`).
+- fp16 and bf16 on Apple MPS run under autocast, which torch 2.3 and 2.4 refuse on MPS (2.5
+  takes fp16 only): where this torch has no MPS autocast for the dtype, `auto` is fp32 there,
+  and an explicit fp16 or bf16 falls back (fp16, else fp32) with a `PrecisionWarning`
+  (`mps_autocast`).
 - `fp32` is exact fp32 on every device: on a GPU, TF32 (10-bit mantissa matmuls and
   convolutions, cuDNN's default on Ampere and later) is off (`set_tf32`), so 16-bit images,
   `eval` and `bench`'s exactness line keep their promise. `Upscaler(..., tf32=True)` trades
