@@ -34,8 +34,8 @@ def bench(
     input: Annotated[Optional[Path], typer.Option(
         "--input", "-i", help="Use this image instead of the synthetic one.")] = None,
     device: Annotated[str, typer.Option(
-        help="auto (CPU, and the GPU or Mac `auto` picks elsewhere), or a list such as "
-        "cpu,cuda:0.", envvar=DEVICE_ENV, show_envvar=True)] = "auto",
+        help="auto (the CPU, plus the GPU or Mac that --device auto picks elsewhere), or a "
+        "list such as cpu,cuda:0.", envvar=DEVICE_ENV, show_envvar=True)] = "auto",
     precision: Annotated[str, typer.Option(
         help="auto (fp32 and bf16 on CPU, fp32 and the GPU default on GPUs) or a list such "
         "as fp32,bf16,fp16.")] = "auto",
