@@ -105,7 +105,7 @@ OOM_ADVICE = {
     "train": "lower --batch-size, --patch-size or --sample-q",
     "eval": "lower --max-memory",
     "bench": "lower --max-memory or --size",
-    "view": "pick a smaller scale (the viewer's exports use half of the GPU's free memory)",
+    "view": "pick a smaller scale, or start liif view with --device cpu",
     "export": "close other programs (export holds the model in memory twice)",
 }
 INTERNAL = "internal error"

@@ -182,6 +182,30 @@ def test_a_viewer_export_out_of_memory_is_the_clis_line(monkeypatch, view_files)
     assert (job.state, job.message) == ("failed", errors.describe(MemoryError(), "view")[0])
 
 
+def test_a_viewer_tile_out_of_memory_is_the_clis_line(monkeypatch, view_files):
+    import urllib.error
+    import urllib.request
+
+    from liif_cli.view.server import ViewServer
+    from liif_cli.view.session import ViewSession
+
+    def oom(*a, **k):
+        raise torch.AcceleratorError(CUDA_LAUNCH_OOM)
+
+    monkeypatch.setattr(engine, "render", oom)
+    src, ckpt = view_files
+    srv = ViewServer(ViewSession([src], models=[str(ckpt)], device="cpu"), "127.0.0.1", 0)
+    srv.start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/api/tile?token={srv.token}"
+                                   "&image=0&scale=2&x=0&y=0&w=8&h=8", timeout=60)
+    finally:
+        srv.stop()
+    assert e.value.code == 500
+    assert e.value.read().decode() == errors.describe(MemoryError(), "view")[0] + "\n"
+
+
 @pytest.fixture
 def first_render_ooms(monkeypatch):
     """engine.render runs out of memory on its first call; the budgets of every call."""

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import parse_qsl, urlsplit
 
-from liif_cli.errors import LiifError, OutputExistsError, UsageError
+from liif_cli.errors import LiifError, OutputExistsError, UsageError, describe
 from liif_cli.view.session import NotFound, StaleRequest, ViewSession, encode_png
 
 MAX_URL = 2048  # characters of the request target
@@ -167,9 +167,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(Refusal(HTTPStatus.INTERNAL_SERVER_ERROR, str(e)))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        except Exception as e:  # noqa: BLE001 - a bug: one line to the page, server lives on
-            self._refuse(Refusal(HTTPStatus.INTERNAL_SERVER_ERROR,
-                                 f"internal error: {type(e).__name__}: {e}"))
+        except Exception as e:  # noqa: BLE001 - out of memory or a bug: the CLI's one line
+            self._refuse(Refusal(HTTPStatus.INTERNAL_SERVER_ERROR, describe(e, "view")[0]))
 
     def _parse(self, method: str) -> tuple[str, dict[str, str]]:
         if len(self.path) > MAX_URL:
