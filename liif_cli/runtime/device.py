@@ -27,7 +27,7 @@ Every task (upscale, batch, eval, train, bench) resolves `--device` and `--preci
 `auto` as a device: CUDA, then MPS, then the CPU. Under torchrun or Slurm (LOCAL_RANK,
 SLURM_LOCALID) each local process takes its own GPU, `cuda:(local rank mod GPUs)`; a process
 of a DDP run (`ranks` > 1) always does, and never takes MPS. `LIIF_DEVICE` (when a command's
-`--device` is not given) is read by the CLI's options (`cli.options.DEVICE_ENV`), for every
+`--device` is not given) is read by the CLI's options (`runtime.options.DEVICE_ENV`), for every
 command alike.
 """
 
