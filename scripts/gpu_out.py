@@ -207,8 +207,8 @@ def summary(run: Path, out: Path, rc: int, before: dict | None, after: dict | No
     lines.append("files: " + ", ".join(
         f"{p.name} {p.stat().st_size / 2**20:.1f} MiB" for p in sorted(out.iterdir())
         if p.is_file() and not p.name.endswith(TEMP_SUFFIX)))
-    lines.append("go on: docs/default-model.md, 'A run on a lent GPU' (model.pth: --init or "
-                 "bundle; last.pth: .gpu_data/resume/last.pth, or liif train --resume)")
+    lines.append("go on: docs/gpu-run.md, 'After the run' (model.pth: --init or bundle; "
+                 "last.pth: .gpu_data/resume/last.pth, or liif train --resume)")
     return "\n".join(lines) + "\n"
 
 

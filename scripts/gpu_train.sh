@@ -4,11 +4,11 @@
 # The device tool's limits, which this keeps: one command at most 600 s (this plans BUDGET_S=540
 # in all); at most 8 files come back from $OUT, each at most 16 MiB; at most 64 MiB of working
 # tree travels (tracked files + the carried .gpu_data). Once, on this machine:
-#     echo /.gpu_data/ >> .git/info/exclude
+#     echo /.gpu_data/ >> "$(git rev-parse --git-path info/exclude)"
 #     python scripts/pack_gpu_data.py     # train photos + 10 B100 images, measured against 64 MiB
-# then one `run` (command, carry [".gpu_data"], timeout_s 600; docs/default-model.md, "A run on a
-# lent GPU", has it with the resume):
-#     INIT=docs/weights/default-wip.pth bash scripts/gpu_train.sh
+# then one device `run` (docs/gpu-run.md: the call, what comes back, how to go on or resume):
+#     {"command": "INIT=docs/weights/default-wip.pth bash scripts/gpu_train.sh",
+#      "carry": [".gpu_data"], "timeout_s": 600}
 # What it does, everything under $OUT (at most 5 files, see scripts/gpu_out.py):
 #   1. scripts/device_check.py $CHECK_ARGS, at most CHECK_S seconds (into log.txt)
 #   2. the starting weights' PSNR on VAL (the first 10 B100 images), at most VAL_S seconds

@@ -1,6 +1,6 @@
 """Pack training and validation photos small enough to travel to a lent GPU (maintainers only).
 
-    echo /.gpu_data/ >> .git/info/exclude
+    echo /.gpu_data/ >> "$(git rev-parse --git-path info/exclude)"
     python scripts/pack_gpu_data.py            # ../shared/data -> .gpu_data/{train,val}
     python scripts/pack_gpu_data.py --measure  # what a `run` with carry [".gpu_data"] sends
 
