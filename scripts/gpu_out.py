@@ -222,10 +222,11 @@ def finish(args: argparse.Namespace) -> int:
     text = summary(run, out, args.rc, before, None, notes, args.since)
     atomic_write(out / "summary.txt", lambda tmp: Path(tmp).write_text(text), overwrite=True)
     after = None
-    # as long as the PSNR before took (the same images, model and device), with a margin
-    need = before["seconds"] * 1.5 + 5 if before and "seconds" in before else args.val_need_s
     if args.val and (out / "model.pth").exists():
-        if time.time() + need < args.deadline:
+        if not before or "seconds" not in before:
+            after = {"error": "no PSNR before to compare with (failed or cut off)"}
+        # as long as the PSNR before took (the same images, model and device), with a margin
+        elif time.time() + before["seconds"] * 1.5 + 5 < args.deadline:
             try:
                 after = measure(str(out / "model.pth"), args.val, args.device)
             except Exception as e:  # noqa: BLE001 - the summary says what went wrong
@@ -285,8 +286,6 @@ def main() -> int:
     f.add_argument("--since", type=float, default=0.0,
                    help="epoch seconds: this run's start (the log may hold a resumed run's)")
     f.add_argument("--deadline", type=float, default=float("inf"), help="epoch seconds")
-    f.add_argument("--val-need-s", type=float, default=30.0,
-                   help="seconds the PSNR after needs, without a PSNR before to go by")
     lim = sub.add_parser("limits", help="OUT against the device tool's limits")
     lim.add_argument("out", type=Path)
     args = ap.parse_args()

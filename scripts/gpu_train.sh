@@ -114,7 +114,8 @@ wait "$WATCH"
 set -e
 case $RC in 0|124|143) ;; *) echo "liif train failed (exit $RC)" >&2 ;; esac
 
-timeout -k 2 "$(( $(left) > 1 ? $(left) : 1 ))" python3 scripts/gpu_out.py finish "$RUN" "$OUT" \
+# TERM 3 s before the end, KILL 2 s later: within the budget even when cut off
+timeout -k 2 "$(( $(left) > 4 ? $(left) - 3 : 1 ))" python3 scripts/gpu_out.py finish "$RUN" "$OUT" \
   --rc "$RC" "${BEFORE[@]}" --device "$DEVICE" --since "$START" --deadline "$END" || echo "finish: cut off"
 echo "gpu_train: done in $(( $(date +%s) - START ))s of ${BUDGET_S}s"
 [ "$RC" = 0 ] || [ "$RC" = 124 ] || [ "$RC" = 143 ]
