@@ -165,6 +165,7 @@ class ViewServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 2 * MAX_CONNECTIONS  # a burst of connects waits for accept, not SYN retries
 
     def __init__(self, session: ViewSession, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None, *, check_host: bool = True):

@@ -430,15 +430,15 @@ class ViewSession:
         """Start writing the whole upscale; OutputExistsError (before any work) when the file
         exists and `overwrite` is not set; UsageError when a job is already running."""
         from liif_cli.io.images import check_output_path
-        from liif_cli.runtime.sizing import target_size
+        from liif_cli.runtime import sizing
 
         name = self.check_model(model, denoise)
         if name == BICUBIC:
             raise UsageError("export renders with a model: pick one other than bicubic")
         dst = self.export_path(index, scale)
         img = self.images[index]
-        # `liif upscale`'s output size and limit (sizing.DEFAULT_MAX_OUTPUT_PIXELS)
-        out_hw = target_size((img.height, img.width), scale=output_hw(img, scale)[0])
+        out_hw = sizing.target_size((img.height, img.width), scale=output_hw(img, scale)[0],
+                                    max_pixels=sizing.DEFAULT_MAX_OUTPUT_PIXELS)  # upscale's
         check_output_path(dst, overwrite=overwrite)
         with self._lock:
             if any(j.state == "running" for j in self.jobs.values()):
