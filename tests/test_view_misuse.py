@@ -23,7 +23,7 @@ from liif_cli import upscale
 from liif_cli.view import server as server_module
 from liif_cli.view import session as session_module
 from liif_cli.view.server import MAX_CONNECTIONS, ViewServer
-from liif_cli.view.session import ViewSession
+from liif_cli.view.session import RenderQueue, Unavailable, ViewSession
 
 files, server = test_view.files, test_view.server  # the module's fixtures, shared
 WAIT_S = 30  # hang guards only: every wait below ends as soon as its condition holds
@@ -35,6 +35,14 @@ def wait_for(condition, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+def hold(q: RenderQueue) -> tuple[threading.Event, object]:
+    """Keep the render worker busy until the returned event is set: (gate, its job)."""
+    started, gate = threading.Event(), threading.Event()
+    job = q.submit(lambda: started.set() or gate.wait(WAIT_S))
+    assert started.wait(WAIT_S)
+    return gate, job
 
 
 def raw(srv: ViewServer, data: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -91,14 +99,13 @@ def test_parameters_take_ascii_digits_only(server):
 
 
 def test_a_reset_connection_prints_nothing(server, capfd):
-    before = threading.active_count()
     for half in (b"", tile_request(server)[:40], tile_request(server)[:-2]):
         s = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
         s.sendall(half)
-        wait_for(lambda: threading.active_count() > before, "the server's thread")
+        wait_for(lambda: server.connections == 1, "the server's thread")
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         s.close()  # a reset, not a close
-        wait_for(lambda: threading.active_count() == before, "the thread to end")
+        wait_for(lambda: server.connections == 0, "the thread to end")
     assert capfd.readouterr().err == ""  # was a 20-line traceback each
     assert get(server, "/api/jobs")[0] == 200
 
@@ -130,18 +137,17 @@ def test_host_must_name_the_server_unless_host_was_given(server, files):
 
 
 def test_connections_are_capped_and_answered_503_past_the_cap(server):
-    before = threading.active_count()
     idle = [socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
             for _ in range(MAX_CONNECTIONS)]
     try:
-        wait_for(lambda: threading.active_count() >= before + MAX_CONNECTIONS, "the threads")
+        wait_for(lambda: server.connections == MAX_CONNECTIONS, "the threads")
         status, headers, body = raw(server, b"")
         assert_one_line(status, headers, body, 503)
-        assert threading.active_count() == before + MAX_CONNECTIONS  # no thread for it
+        assert server.connections == MAX_CONNECTIONS  # no thread for it
     finally:
         for s in idle:
             s.close()
-    wait_for(lambda: threading.active_count() == before, "the threads to end")
+    wait_for(lambda: server.connections == 0, "the threads to end")
     assert get(server, "/api/jobs")[0] == 200
 
 
@@ -170,9 +176,8 @@ def test_a_slow_request_is_cut_at_its_deadline(server, monkeypatch):
 
 def test_tiles_whose_client_has_gone_are_dropped_unrendered(server):
     q = server.session.queue
-    gate = threading.Event()
-    busy = q.submit(lambda: gate.wait(WAIT_S))
     rendered, dropped = q.rendered, q.dropped
+    gate, busy = hold(q)
     gone = [socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S)
             for _ in range(5)]
     try:
@@ -197,8 +202,8 @@ def test_tiles_whose_client_has_gone_are_dropped_unrendered(server):
 def test_tiles_queued_at_shutdown_are_answered_503(files):
     srv = ViewServer(ViewSession([files["rgb"]], models=[str(files["tiny"])], device="cpu"))
     srv.start()
-    q, gate, answers = srv.session.queue, threading.Event(), []
-    q.submit(lambda: gate.wait(WAIT_S))
+    q, answers = srv.session.queue, []
+    gate, _ = hold(q)
     with socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT_S) as s:
         s.sendall(tile_request(srv, close=True))
         wait_for(lambda: q.pending() == 1, "the tile to queue")
@@ -279,3 +284,18 @@ def test_an_export_past_the_output_limit_is_refused_before_any_work(files, monke
         assert session.jobs == {}
     finally:
         session.close()
+
+
+def test_a_tile_that_gets_no_turn_in_time_is_answered_busy_and_dropped():
+    q, ran = RenderQueue(), []
+    try:
+        gate, busy = hold(q)
+        late = q.submit(lambda: ran.append("late"))
+        with pytest.raises(Unavailable, match="busy"):
+            q.result(late, timeout=0.3)
+        gate.set()
+        busy.result(WAIT_S)
+        q.submit(lambda: ran.append("next")).result(WAIT_S)
+        assert ran == ["next"]  # the late one was dropped, not rendered for nobody
+    finally:
+        q.close()

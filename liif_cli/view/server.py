@@ -176,12 +176,19 @@ class ViewServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.watchdog = _Watchdog()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._open = 0  # connections with a thread now
+        self._open_lock = threading.Lock()
         try:
             super().__init__((host, port), _Handler)
         except BaseException:
             self.watchdog.close()
             raise
         self.hosts = _host_names(self.host_shown, self.port) if check_host else None
+
+    @property
+    def connections(self) -> int:
+        """Connections open now, each with its thread (at most `MAX_CONNECTIONS`)."""
+        return self._open
 
     @property
     def port(self) -> int:
@@ -212,16 +219,23 @@ class ViewServer(ThreadingHTTPServer):
             _turn_away(request)
             self.shutdown_request(request)
             return
+        self._count(+1)
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._count(-1)
             raise
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self._count(-1)
+
+    def _count(self, step: int) -> None:
+        with self._open_lock:
+            self._open += step
+        if step < 0:
             self._slots.release()
 
     def handle_error(self, request, client_address) -> None:

@@ -51,6 +51,7 @@ MIN_SCALE = 1 / 64  # per axis; a tile of a downscale is allowed, as upscale all
 # a tile waits this long for its turn, then is answered 503 (busy): well inside the server's
 # REQUEST_TIMEOUT_S, so its answer arrives before the connection is cut
 TILE_WAIT_S = 30
+ALIVE_POLL_S = 0.25  # while a tile waits, how often it looks whether its client is still there
 # denoise blends kept loaded (each strength is its own model, ~6 MB for `real`; the page's
 # two layers and a few recent strengths stay instant, older ones are loaded again)
 BLENDS_KEPT = 4
@@ -206,7 +207,8 @@ class RenderQueue:
             if not fut.set_running_or_notify_cancel():
                 continue
             if stale or (alive is not None and not alive()):
-                self.dropped += 1
+                with self._cv:
+                    self.dropped += 1
                 fut.set_exception(StaleRequest())
                 continue
             try:
@@ -214,6 +216,27 @@ class RenderQueue:
                 self.rendered += 1
             except BaseException as e:  # noqa: BLE001 - handed to the waiting request
                 fut.set_exception(e)
+
+    def result(self, fut: Future, *, timeout: float, alive: Callable[[], bool] | None = None):
+        """`fut`'s result, looking every `ALIVE_POLL_S` whether the client waits for it: once it
+        does not, the job is dropped (StaleRequest) and the waiting thread is free; past
+        `timeout`, Unavailable (the job dropped if still queued), as when the queue closes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return fut.result(timeout=min(ALIVE_POLL_S, max(0.0, deadline - time.monotonic())))
+            except FutureTimeout:
+                pass
+            except CancelledError:  # only close() cancels a job someone waits for
+                raise Unavailable("the viewer is stopping") from None
+            if alive is not None and not alive():
+                if fut.cancel():
+                    with self._cv:
+                        self.dropped += 1
+                raise StaleRequest("the client has gone")
+            if time.monotonic() >= deadline:
+                fut.cancel()  # dropped if still queued; a tile rendering finishes unseen
+                raise Unavailable(f"busy: no turn to render within {timeout:g} s; try again")
 
     def close(self) -> None:
         with self._cv:
@@ -385,8 +408,8 @@ class ViewSession:
 
         Checked first (NotFound, UsageError); bicubic is computed here, a model's tile on the
         device's queue: StaleRequest when the page has moved on, or `alive()` says the client
-        has gone, before its turn; Unavailable when its turn does not come within
-        `TILE_WAIT_S` or the viewer stops.
+        has gone, before its turn (`RenderQueue.result`); Unavailable when its turn does not
+        come within `TILE_WAIT_S` or the viewer stops.
         """
         out_hw, window = self.check_tile(index, scale, x, y, w, h)
         name = self.check_model(model, denoise)
@@ -402,14 +425,7 @@ class ViewSession:
             return out
 
         fut = self.queue.submit(render, view=view, gen=gen, alive=alive)
-        try:
-            return fut.result(timeout=TILE_WAIT_S)
-        except FutureTimeout:
-            fut.cancel()  # dropped if still queued; a tile rendering finishes unseen
-            raise Unavailable(f"busy: the tile had no turn within {TILE_WAIT_S} s; "
-                              "try again") from None
-        except CancelledError:
-            raise Unavailable("the viewer is stopping") from None
+        return self.queue.result(fut, timeout=TILE_WAIT_S, alive=alive)
 
     # ------------------------------------------------------------------------------------
     # export jobs
