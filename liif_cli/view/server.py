@@ -49,8 +49,9 @@ MAX_FIELDS = 16  # query parameters
 IDLE_TIMEOUT_S = 60  # a kept-alive connection that sends nothing for this long is closed
 # from a request's first line to the end of its answer; above session.TILE_WAIT_S plus a tile
 REQUEST_TIMEOUT_S = 60
-# connections open at once, each its own thread (a browser opens at most 6 to one host)
-MAX_CONNECTIONS = 32
+# connections open at once, each its own thread: a browser opens at most 6 to one host, and
+# an aborted tile's thread lingers up to session.ALIVE_POLL_S
+MAX_CONNECTIONS = 64
 # http.server's own 5xx that are the client's doing, as 4xx
 CLIENT_FAULT = {HTTPStatus.NOT_IMPLEMENTED: HTTPStatus.METHOD_NOT_ALLOWED,  # unknown method
                 HTTPStatus.HTTP_VERSION_NOT_SUPPORTED: HTTPStatus.BAD_REQUEST}  # HTTP/2.0 etc.
@@ -165,7 +166,7 @@ class ViewServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
-    request_queue_size = 2 * MAX_CONNECTIONS  # a burst of connects waits for accept, not SYN retries
+    request_queue_size = MAX_CONNECTIONS  # a burst of connects waits for accept, not SYN retries
 
     def __init__(self, session: ViewSession, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None, *, check_host: bool = True):
