@@ -423,8 +423,7 @@ class _Handler(BaseHTTPRequestHandler):
         (Called by the render worker while this thread waits; a pipelined next request is
         data, not an end.)"""
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return not readable or self.connection.recv(1, socket.MSG_PEEK) != b""
+            return not _readable(self.connection) or self.connection.recv(1, socket.MSG_PEEK) != b""
         except (OSError, ValueError):
             return False
 
@@ -481,6 +480,16 @@ class _Handler(BaseHTTPRequestHandler):
         job = self.server.session.job(int(p["job"]))
         job.cancel.set()
         self._json(_job_json(job))
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether a read would return at once (data, an end or an error), without waiting: poll
+    where there is one (select's fd_set stops at descriptor 1023), else select (Windows)."""
+    if hasattr(select, "poll"):
+        p = select.poll()
+        p.register(sock, select.POLLIN)
+        return bool(p.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def _float(text: str | None) -> float | None:
