@@ -164,13 +164,13 @@ def view_files(tmp_path, tiny_ckpt):
 
 
 def test_a_viewer_export_out_of_memory_is_the_clis_line(monkeypatch, view_files):
-    from liif_cli.tasks import upscale as upscale_task
+    from liif_cli.runtime.upscaler import Upscaler
     from liif_cli.view.session import ViewSession
 
     def oom(*a, **k):
         raise torch.AcceleratorError(CUDA_LAUNCH_OOM)
 
-    monkeypatch.setattr(upscale_task, "upscale_file", oom)
+    monkeypatch.setattr(Upscaler, "upscale_image", oom)  # the export renders the loaded pixels
     src, ckpt = view_files
     session = ViewSession([src], models=[str(ckpt)], device="cpu")
     try:
