@@ -78,6 +78,10 @@ def test_default_output_names():
     assert name(scale="7.5") == "photo_x7.5.jpg"
     assert name(scale="3X2.5") == "photo_x3x2.5.jpg"
     assert name(size="1920x1080") == "photo_1920x1080.jpg"
+    # the three fits give three different files: each its own name
+    assert name(size="1920x1080", fit="fill") == "photo_1920x1080.jpg"
+    assert name(size="1920x1080", fit="contain") == "photo_1920x1080_contain.jpg"
+    assert name(size="1920x1080", fit="cover") == "photo_1920x1080_cover.jpg"
     assert name(width=800) == "photo_800w.jpg"
     assert name(height=600) == "photo_600h.jpg"
     assert default_output_path("a/s.gif", size_request(scale=2.0)).name == "s_x2.png"

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 try:  # Typer ≥ 0.23 vendors Click
     from typer._click.exceptions import ClickException
@@ -99,6 +99,16 @@ class _App(TyperGroup):
                 raise
             raise _failed(e) from None
 
+
+def _flag_type(show_type):
+    """Typer's help shows `<bool>` beside a flag (--overwrite, --quiet), as if it took a value:
+    a flag shows no type."""
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else show_type(self, ctx)
+    return display_type_rich
+
+
+TyperOption.display_type_rich = _flag_type(TyperOption.display_type_rich)
 
 app = typer.Typer(cls=_App, no_args_is_help=True, add_completion=True,
                   pretty_exceptions_enable=False,

@@ -51,9 +51,10 @@ from liif_cli.runtime.upscaler import (  # noqa: F401 - UpscaleResult, resize_pl
 
 def default_output_path(inp: str | os.PathLike, request: SizeRequest,
                         scale_text: str | None = None) -> Path:
-    """photo.jpg --scale 7.5 -> photo_x7.5.jpg; --size 1920x1080 -> photo_1920x1080.jpg;
-    --width 800 -> photo_800w.jpg: the input's format, in lower case (`same_format_suffix`:
-    .png for one we cannot write)."""
+    """photo.jpg --scale 7.5 -> photo_x7.5.jpg; --size 1920x1080 -> photo_1920x1080.jpg
+    (`--fit contain` or `cover`: photo_1920x1080_contain.jpg, photo_1920x1080_cover.jpg, whose
+    sizes differ); --width 800 -> photo_800w.jpg: the input's format, in lower case
+    (`same_format_suffix`: .png for one we cannot write)."""
     inp = Path(inp)
     if request.scale is not None:
         sy, sx = request.scale
@@ -61,6 +62,7 @@ def default_output_path(inp: str | os.PathLike, request: SizeRequest,
                      f"{sx:g}" if sx == sy else f"{sx:g}x{sy:g}")
     elif request.size is not None:
         tag = f"{request.size[0]}x{request.size[1]}"
+        tag += "" if request.fit == "fill" else f"_{request.fit}"
     elif request.width is not None and request.height is not None:
         tag = f"{request.width}x{request.height}"
     elif request.width is not None:

@@ -37,8 +37,8 @@ InputArg = Annotated[Path, typer.Argument(help="Image to upscale, or - to read s
                                           show_default=False)]
 OutputOpt = Annotated[Optional[Path], typer.Option(
     "--output", "-o", help="Output file; format from its extension (png, jpg, webp, tif, bmp), "
-    "or - for stdout. Default: next to the input, e.g. photo_x7.5.png (stdout when the input "
-    "is -).")]
+    "or - for stdout. Default: next to the input in its format, e.g. photo.jpg -s 7.5 -> "
+    "photo_x7.5.jpg (stdout when the input is -).")]
 FormatOpt = Annotated[Optional[str], typer.Option(
     "--format", "-f", help="png, jpg, webp, tiff or bmp: stdout's format (default png), or the "
     "default output name's.", show_default=False)]
