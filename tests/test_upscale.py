@@ -3,6 +3,8 @@ one line + exit code + nothing written for every bad input."""
 
 from __future__ import annotations
 
+import warnings
+
 import cv2
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
 from liif_cli.cli import app
-from liif_cli.errors import DeviceError, UsageError
+from liif_cli.errors import DeviceError, LiifWarning, UsageError
 from liif_cli.io.images import ImageData, read_image, write_image
 from liif_cli.runtime import engine
 from liif_cli.runtime.device import resolve_device, resolve_precision
@@ -346,3 +348,31 @@ def test_cli_16bit_grey_alpha_round_trip(tmp_path, tiny_ckpt):
     out = read_image(tmp_path / "o.tif")
     assert out.bit_depth == 16 and out.alpha is not None and out.width == 14
     assert out.dpi == pytest.approx((200, 200), abs=0.01)
+
+
+@pytest.mark.parametrize("mode, bits, out, kind, notes", [
+    ("RGBA", 8, "out.jpg", "RGB 8-bit", ["JPEG has no alpha channel"]),
+    ("RGBA", 8, "out.bmp", "RGB 8-bit", ["BMP has no alpha channel"]),
+    ("RGB", 16, "out.jpg", "RGB 8-bit", ["JPEG is 8-bit"]),
+    ("RGBA", 16, "out.webp", "RGB+alpha 8-bit", ["WEBP is 8-bit"]),
+    ("L", 8, "out.webp", "RGB 8-bit", []),  # WebP has no grey: RGB, nothing lost
+    ("LA", 16, "out.png", "grey+alpha 16-bit", []),
+    ("RGBA", 16, "out.tif", "RGB+alpha 16-bit", []),
+])
+def test_the_summary_describes_the_file_on_disk(tmp_path, tiny_ckpt, mode, bits, out, kind,
+                                                notes):
+    """`kind` is what the written file holds (read back), and each thing the format cannot hold
+    (alpha, 16 bits) is one note."""
+    channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[mode]
+    px = photo_like(8, 10, channels=channels)
+    px = px.astype(np.uint16) * 257 if bits == 16 else px
+    colour = 1 if channels <= 2 else 3
+    write_image(tmp_path / "in.png", ImageData(px[:, :, :colour], px[:, :, -1]
+                                               if channels in (2, 4) else None))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = upscale_file(tmp_path / "in.png", tmp_path / out, model=tiny_ckpt, scale=2,
+                           device="cpu")
+    assert res.kind == kind == read_image(res.output).kind()
+    said = [str(w.message) for w in caught if issubclass(w.category, LiifWarning)]
+    assert len(said) == len(notes) and all(n in s for n, s in zip(notes, said)), said

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,8 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from liif_cli.errors import UsageError
-from liif_cli.io.formats import same_format_suffix
+from liif_cli.errors import LiifWarning, UsageError
+from liif_cli.io.formats import FORMATS, same_format_suffix
 from liif_cli.io.images import (
     DEFAULT_MAX_INPUT_PIXELS,
     STDIO,
@@ -145,11 +146,23 @@ class FileResult:
     output: Path
     in_hw: tuple[int, int]
     out_hw: tuple[int, int]
-    kind: str  # e.g. "RGB+alpha 16-bit"
+    kind: str  # what the output file holds, e.g. "RGB+alpha 16-bit"
     model: str
     device: str
     precision: str
     seconds: float  # everything: reading, model loading, upscaling, writing
+
+
+def note_losses(image: ImageData, suffix: str) -> None:
+    """One note (a `LiifWarning`) for each thing a `suffix` file cannot hold of `image`: its
+    alpha channel (JPEG, BMP), its 16 bits (JPEG, WebP, BMP)."""
+    name = FORMATS[suffix][0]
+    if image.alpha is not None and "alpha" not in image.kind(suffix):
+        warnings.warn(f"{name} has no alpha channel: the transparency is dropped (.png, .webp "
+                      "or .tif keep it)", LiifWarning, stacklevel=3)
+    if image.bit_depth == 16 and "16-bit" not in image.kind(suffix):
+        warnings.warn(f"{name} is 8-bit: the 16-bit image is rounded to 8 bits (.png or .tif "
+                      "keep 16)", LiifWarning, stacklevel=3)
 
 
 def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
@@ -200,6 +213,8 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
                          max_pixels=max_output_pixels)
     if not to_stdout:
         check_output_path(dst, overwrite=overwrite)
+    written = (suffix or ".png") if to_stdout else dst.suffix.lower()
+    note_losses(image, written)
     if up is None:
         up = Upscaler(model, device=dev, precision=dtype, max_memory=max_memory)
     res = up.upscale_image(image, out_hw, on_progress=on_progress)
@@ -207,6 +222,5 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
         write_stdout(res.image, suffix or ".png", quality=quality)
     else:
         write_image(dst, res.image, quality=quality, overwrite=overwrite)
-    kind = image.describe().split(" ", 1)[1]  # "RGB 8-bit", "grey+alpha 16-bit"
-    return FileResult(Path(input), dst, res.in_hw, res.out_hw, kind, up.name or "model",
-                      res.device, res.precision, time.perf_counter() - t0)
+    return FileResult(Path(input), dst, res.in_hw, res.out_hw, image.kind(written),
+                      up.name or "model", res.device, res.precision, time.perf_counter() - t0)
