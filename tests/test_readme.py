@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import README, REPO, photo_like
 from PIL import Image
@@ -48,3 +49,53 @@ def test_readme_python_block_runs(code, tmp_path, monkeypatch):
         assert namespace["img"].pixels.shape == (90, 120, 3)  # 12×16 at ×7.5
         assert namespace["arr"].shape == (480, 640, 3)
         assert namespace["box"].pixels.shape == (480, 640, 3)  # 4:3 in a 4:3 box
+        assert Image.open("photo_x7.5.png").size == (120, 90)  # the ImageData, saved
+
+
+def test_the_environment_table_lists_every_variable_and_command():
+    """Each option's LIIF_* variable is in the table, on a row naming every command that reads
+    it; so is the shard count that `--shard auto` reads."""
+    import typer
+
+    from liif_cli.cli.app import app
+    from liif_cli.tasks.batch.shard import SHARD_COUNT_ENV
+
+    text = README.read_text().split("**Environment variables**", 1)[1].split("```", 1)[0]
+    rows = {m[0]: m[1] for m in re.findall(r"^\| `(LIIF_\w+)` \|[^|]*\| ([^|]*) \|$", text, re.M)}
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        for param in command.params:
+            for var in [param.envvar] if isinstance(param.envvar, str) else param.envvar or []:
+                assert var in rows and re.search(rf"\b{name}\b", rows[var]), (var, name)
+    assert SHARD_COUNT_ENV in rows
+
+
+@pytest.mark.slow
+def test_onnx_centres_in_float32_as_the_readme_says_and_the_jump_at_x3():
+    """The ONNX section: `coord` computed in float32 as `make_coord` does gives `liif upscale`'s
+    pixels; the same centres computed in float64 and rounded (`-1 + (2i + 1) / H`) move the
+    queries that sit exactly on a latent's centre at ×3 to the other side of the tie, where the
+    official local ensemble jumps by many levels."""
+    import torch
+
+    from liif_cli import load_model, upscale
+    from liif_cli.model.coords import make_cell, make_coord
+
+    onnx = README.read_text().split("### Export: safetensors, ONNX, pth", 1)[1]
+    assert "float32" in onnx.split("| `coord` (input 2)", 1)[1].split("\n", 1)[0]
+    assert "float64" in onnx and "×3" in onnx
+    model, px, (H, W) = load_model("default"), photo_like(32, 40), (96, 120)
+    ours = upscale(model, px, scale=3, device="cpu").astype(int)
+    with torch.no_grad():
+        feat = model.encode((torch.from_numpy(px).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.5)
+
+        def query(coord):
+            rgb = model.query(feat, coord[None], make_cell((H, W), H * W)[None])[0] * 0.5 + 0.5
+            return np.round(rgb.clamp(0, 1).numpy().reshape(H, W, 3) * 255).astype(int)
+
+        ys, xs = (-1 + (2 * np.arange(n) + 1) / n for n in (H, W))  # float64, then rounded
+        rounded = np.stack(np.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
+        exact = np.abs(query(make_coord((H, W))) - ours).max(-1)
+        jumped = np.abs(query(torch.from_numpy(rounded.astype(np.float32))) - ours).max(-1)
+    assert exact.max() <= 1
+    assert 0 < (jumped > 1).sum() < 0.05 * H * W and jumped.max() > 10  # a few, far off
