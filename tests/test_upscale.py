@@ -321,6 +321,32 @@ def test_cli_cuda_without_cuda(folder, tiny_ckpt):
     assert listing(folder) == ["in.png", "tiny.pth"]
 
 
+def test_cli_errors_from_a_variable_name_it(folder, tiny_ckpt):
+    """An error a LIIF_* value causes says where the value came from; the same value given as
+    an option does not."""
+    missing = folder / "mine.pth"
+    r = runner.invoke(app, ["upscale", str(folder / "in.png"), "-s", "2"],
+                      env={"LIIF_MODEL": str(missing)})
+    assert r.exit_code == 1 and f"(LIIF_MODEL={missing}, from the environment)" in r.stderr
+    r = run("upscale", folder / "in.png", "-s", "2", "-m", missing)
+    assert r.exit_code == 1 and "LIIF_MODEL" not in r.stderr
+    r = runner.invoke(app, ["upscale", str(folder / "in.png"), "-s", "2", "-m", str(tiny_ckpt)],
+                      env={"LIIF_MAX_MEMORY": "1K"})
+    assert r.exit_code == 2 and "(LIIF_MAX_MEMORY=1K, from the environment)" in r.stderr
+
+
+def test_cli_denoise_wins_over_a_liif_model_without_a_partner(folder):
+    """The README: --denoise picks the default/real pair whatever LIIF_MODEL says (one note);
+    --model fast given with it is still a mistake."""
+    args = ["upscale", str(folder / "in.png"), "-s", "2", "--denoise", "0.5"]
+    r = runner.invoke(app, [*args, "-o", str(folder / "a.png")], env={"LIIF_MODEL": "fast"})
+    assert r.exit_code == 0, r.output
+    assert "note: --denoise picks the default/real pair: LIIF_MODEL=fast not used" in r.stderr
+    assert "model real@0.5" in r.stderr
+    r = runner.invoke(app, [*args, "-o", str(folder / "b.png"), "-m", "fast"])
+    assert r.exit_code == 2 and "'fast' has none" in r.stderr
+
+
 def test_cli_help_still_works():
     r = run("upscale", "--help")
     assert r.exit_code == 0 and "--scale" in r.output and "--max-output-pixels" in r.output

@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - older Typer uses Click itself
 from liif_cli import __version__
 from liif_cli.cli import commands
 from liif_cli.cli.displays import console, error_line, note_line, out
+from liif_cli.cli.options import ENV_META
 from liif_cli.errors import LiifWarning, describe, is_bug
 
 DEBUG_HINT = " (rerun with LIIF_DEBUG=1 for the traceback, and please report it)"
@@ -58,15 +59,19 @@ def _usage_error(e: ClickException) -> typer.Exit:
     return typer.Exit(e.exit_code)
 
 
-def _failed(e: BaseException) -> typer.Exit:
-    """Any other exception: its one line (`errors.describe`) and its exit code."""
+def _failed(e: BaseException, env: dict | None = None) -> typer.Exit:
+    """Any other exception: its one line (`errors.describe`) and its exit code. A value that
+    came from a LIIF_* variable (`env`: option -> (variable, value)) and that the line names
+    is said to come from there."""
     message, code = describe(e)
     if isinstance(e, KeyboardInterrupt):
         console.print(f"[yellow]{message}[/]")
     elif is_bug(e):
         console.print(f"[red]{escape(message)}[/]{DEBUG_HINT}", soft_wrap=True)
     else:
-        error_line(message)
+        error_line(message + "".join(f" ({var}={value}, from the environment)"
+                                     for var, value in (env or {}).values()
+                                     if str(value) in message))
     return typer.Exit(code)
 
 
@@ -97,7 +102,7 @@ class _App(TyperGroup):
         except (Exception, KeyboardInterrupt) as e:
             if is_bug(e) and os.environ.get("LIIF_DEBUG"):
                 raise
-            raise _failed(e) from None
+            raise _failed(e, ctx.meta.get(ENV_META)) from None
 
 
 def _flag_type(show_type):

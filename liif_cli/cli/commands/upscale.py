@@ -29,6 +29,7 @@ from liif_cli.cli.options import (
     SizeOpt,
     WidthOpt,
     check_options,
+    model_for_denoise,
     own_the_process,
     parse_bytes,
 )
@@ -68,7 +69,7 @@ def upscale(
     if denoise is not None:
         from liif_cli.runtime.weights import load_model
 
-        model = load_model(model, denoise=denoise)
+        model = load_model(model_for_denoise(model), denoise=denoise)
     shown = "stdin" if str(input) == "-" else input.name
     with displays.progress_bar(f"upscaling {shown}", quiet=quiet, unit_scale=1e-6) as on_progress:
         res = upscale_file(input, output, model=model, **sizes, fmt=fmt, device=device,
