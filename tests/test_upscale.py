@@ -347,6 +347,28 @@ def test_cli_denoise_wins_over_a_liif_model_without_a_partner(folder):
     assert r.exit_code == 2 and "'fast' has none" in r.stderr
 
 
+def test_stdout_onto_a_terminal_is_refused_before_any_work(folder, tiny_ckpt, monkeypatch):
+    """`-o -` onto a terminal is a usage error, as `-` from a terminal is: nothing is read."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    with pytest.raises(UsageError, match="stdout is a terminal"):
+        upscale_file(folder / "missing.png", "-", model=tiny_ckpt, scale=2, device="cpu")
+
+
+def test_cli_models_piped_prints_a_header_line():
+    r = run("models")  # stdout is not a terminal here
+    lines = r.stdout.splitlines()
+    assert r.exit_code == 0 and lines[0].split("\t") == [
+        "name", "source", "arch", "encoder", "params", "trained", "bytes", "path"]
+    assert [ln.split("\t")[0] for ln in lines[1:4]] == ["default", "real", "fast"]
+
+
 def test_cli_help_still_works():
     r = run("upscale", "--help")
     assert r.exit_code == 0 and "--scale" in r.output and "--max-output-pixels" in r.output

@@ -448,6 +448,14 @@ def encode_image(data: ImageData, fmt: str = "png", *, quality: int = 95) -> byt
             return f.read()
 
 
+def check_stdout() -> None:
+    """Output '-' onto a terminal is a usage error, as input '-' from one is: binary image
+    data would scroll across the screen."""
+    if sys.stdout is not None and sys.stdout.isatty():
+        raise UsageError("output '-' writes the image to stdout, but stdout is a terminal: "
+                         "redirect it, e.g. `liif upscale photo.jpg -s 2 -o - > big.png`")
+
+
 def write_stdout(data: ImageData, fmt: str = "png", *, quality: int = 95) -> int:
     """Encode, then write the whole file to stdout at once (nothing on failure). Bytes written."""
     blob = encode_image(data, fmt, quality=quality)

@@ -26,6 +26,7 @@ from liif_cli.io.images import (
     STDIO,
     ImageData,
     check_output_path,
+    check_stdout,
     output_suffix,
     read_image,
     read_stdin,
@@ -194,6 +195,7 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
     from_stdin = str(input) == STDIO
     to_stdout = str(output) == STDIO if output is not None else from_stdin
     if to_stdout:
+        check_stdout()
         dst = Path(STDIO)
     elif output is not None:
         dst = Path(output)
