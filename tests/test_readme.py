@@ -4,6 +4,7 @@ block runs, in a folder of small images it makes."""
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,51 @@ def test_onnx_centres_in_float32_as_the_readme_says_and_the_jump_at_x3():
         jumped = np.abs(query(torch.from_numpy(rounded.astype(np.float32))) - ours).max(-1)
     assert exact.max() <= 1
     assert 0 < (jumped > 1).sum() < 0.05 * H * W and jumped.max() > 10  # a few, far off
+
+
+def readme_commands(command: str) -> list[str]:
+    """Every `liif COMMAND ...` of the README's bash blocks, in order, up to a pipe or a
+    redirection, without comments."""
+    found = []
+    for block in re.findall(r"^ *```bash\n(.*?)^ *```", README.read_text(), re.S | re.M):
+        for line in block.splitlines():
+            for part in re.split(r"&&|\|", line.split(" #", 1)[0]):
+                words = shlex.split(part, comments=True)
+                if words[:2] == ["liif", command]:
+                    cut = [i for i, w in enumerate(words) if w in (">", "<")]
+                    found.append(words[2:cut[0] if cut else None])
+    return found
+
+
+def test_the_upscale_and_export_examples_run_in_sequence_without_a_name_collision():
+    """Run top to bottom in one folder, no example stops at "output exists" because an
+    earlier one wrote its name (without --overwrite)."""
+    import typer
+
+    from liif_cli.cli.app import app
+    from liif_cli.io.images import output_suffix
+    from liif_cli.runtime.sizing import size_request
+    from liif_cli.tasks.upscale import default_output_path
+
+    commands = typer.main.get_command(app).commands
+    written: dict[str, str] = {}
+    for name in ("upscale", "export"):
+        examples = readme_commands(name)
+        assert len(examples) >= (10 if name == "upscale" else 3)
+        for args in examples:
+            p = commands[name].make_context(name, list(args)).params
+            if name == "export":
+                out = str(p["output"] or f"{Path(p['model']).stem}.{p['fmt'] or 'safetensors'}")
+            elif p["output"] is not None:
+                out = str(p["output"])
+            elif str(p["input"]) != "-":
+                sizes = {k: p[k] for k in ("scale", "size", "width", "height", "fit")}
+                out = default_output_path(p["input"], size_request(**sizes), p["scale"])
+                out = str(out.with_suffix(output_suffix(p["fmt"])) if p["fmt"] else out)
+            else:
+                continue  # stdout
+            if out == "-":
+                continue
+            assert out not in written or p["overwrite"], (
+                f"`liif {name} {' '.join(args)}` writes {out}, as `{written[out]}` did")
+            written[out] = f"liif {name} {' '.join(args)}"
