@@ -74,3 +74,16 @@ def test_the_missing_onnx_extra_names_an_install_that_works(monkeypatch):
     with pytest.raises(ExportError, match=r"pip install '\.\[onnx\]'") as e:
         export._onnx_modules()
     assert "liif-cli[onnx]" not in str(e.value)
+
+
+def test_a_reader_that_stops_early_is_no_internal_error():
+    """`liif models | head -1`: the pipe closes before the rows are written; no error line."""
+    import subprocess
+    import sys
+
+    code = "import sys; from liif_cli.cli import main; sys.argv = ['liif', 'models']; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the child prints anything: it starts far slower
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and "internal error" not in err and "Traceback" not in err, err

@@ -75,6 +75,15 @@ def _failed(e: BaseException, env: dict | None = None) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _pipe_closed() -> typer.Exit:
+    """stdout's reader went away (`| head`): no traceback and no error line, as a command
+    killed by SIGPIPE prints none; stdout is pointed at the null device so that the final flush
+    fails no more. Exit 1, as Click does when the same happens while it prints --help."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return typer.Exit(1)
+
+
 class _App(TyperGroup):
     """Turns errors into one line and an exit code, for every command.
 
@@ -99,6 +108,8 @@ class _App(TyperGroup):
             raise _usage_error(e) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except BrokenPipeError:  # `liif models | head -1`: the reader has what it wanted
+            raise _pipe_closed() from None
         except (Exception, KeyboardInterrupt) as e:
             if is_bug(e) and os.environ.get("LIIF_DEBUG"):
                 raise
