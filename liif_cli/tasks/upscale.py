@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from liif_cli.errors import LiifWarning, UsageError
-from liif_cli.io.formats import FORMATS, same_format_suffix
+from liif_cli.io.formats import FORMATS, as_written, same_format_suffix
 from liif_cli.io.images import (
     DEFAULT_MAX_INPUT_PIXELS,
     STDIO,
@@ -158,10 +158,11 @@ def note_losses(image: ImageData, suffix: str) -> None:
     """One note (a `LiifWarning`) for each thing a `suffix` file cannot hold of `image`: its
     alpha channel (JPEG, BMP), its 16 bits (JPEG, WebP, BMP)."""
     name = FORMATS[suffix][0]
-    if image.alpha is not None and "alpha" not in image.kind(suffix):
+    _, alpha, bits = as_written(suffix, image.channels, image.alpha is not None, image.bit_depth)
+    if image.alpha is not None and not alpha:
         warnings.warn(f"{name} has no alpha channel: the transparency is dropped (.png, .webp "
                       "or .tif keep it)", LiifWarning, stacklevel=3)
-    if image.bit_depth == 16 and "16-bit" not in image.kind(suffix):
+    if bits < image.bit_depth:
         warnings.warn(f"{name} is 8-bit: the 16-bit image is rounded to 8 bits (.png or .tif "
                       "keep 16)", LiifWarning, stacklevel=3)
 
