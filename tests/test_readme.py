@@ -148,3 +148,12 @@ def test_the_upscale_and_export_examples_run_in_sequence_without_a_name_collisio
             assert out not in written or p["overwrite"], (
                 f"`liif {name} {' '.join(args)}` writes {out}, as `{written[out]}` did")
             written[out] = f"liif {name} {' '.join(args)}"
+
+
+def test_no_text_installs_an_unpublished_package():
+    """liif-cli is installed from a clone (`pip install '.[onnx]'`); no `liif-cli` package is
+    published, so `pip install 'liif-cli[...]'` fails wherever a user copies it from."""
+    texts = [README, *(REPO / "docs").rglob("*.md"), *(REPO / "docs").rglob("*.py"),
+             *(REPO / "liif_cli").rglob("*.py")]
+    said = [str(p) for p in texts if re.search(r"pip install '?liif-cli\[", p.read_text())]
+    assert not said
