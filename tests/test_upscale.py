@@ -333,6 +333,10 @@ def test_cli_errors_from_a_variable_name_it(folder, tiny_ckpt):
     r = runner.invoke(app, ["upscale", str(folder / "in.png"), "-s", "2", "-m", str(tiny_ckpt)],
                       env={"LIIF_MAX_MEMORY": "1K"})
     assert r.exit_code == 2 and "(LIIF_MAX_MEMORY=1K, from the environment)" in r.stderr
+    (folder / "fp32.png").write_bytes(b"keep")  # an error that merely contains the value
+    r = runner.invoke(app, ["upscale", str(folder / "in.png"), "-s", "2", "-m", str(tiny_ckpt),
+                            "-o", str(folder / "fp32.png")], env={"LIIF_PRECISION": "fp32"})
+    assert r.exit_code == 2 and "output exists" in r.stderr and "LIIF_PRECISION" not in r.stderr
 
 
 def test_cli_denoise_wins_over_a_liif_model_without_a_partner(folder):

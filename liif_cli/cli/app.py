@@ -10,6 +10,7 @@ imports torch: `liif --help`, `--version` and usage errors stay instant.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from typing import Annotated
@@ -29,7 +30,15 @@ from liif_cli import __version__
 from liif_cli.cli import commands
 from liif_cli.cli.displays import console, error_line, note_line, out
 from liif_cli.cli.options import ENV_META
-from liif_cli.errors import LiifWarning, describe, is_bug
+from liif_cli.errors import (
+    CheckpointError,
+    DeviceError,
+    LiifWarning,
+    OutputPathError,
+    UsageError,
+    describe,
+    is_bug,
+)
 
 DEBUG_HINT = " (rerun with LIIF_DEBUG=1 for the traceback, and please report it)"
 
@@ -69,10 +78,18 @@ def _failed(e: BaseException, env: dict | None = None) -> typer.Exit:
     elif is_bug(e):
         console.print(f"[red]{escape(message)}[/]{DEBUG_HINT}", soft_wrap=True)
     else:
-        error_line(message + "".join(f" ({var}={value}, from the environment)"
-                                     for var, value in (env or {}).values()
-                                     if str(value) in message))
+        error_line(message + _from_environment(e, message, env or {}))
     return typer.Exit(code)
+
+
+def _from_environment(e: BaseException, message: str, env: dict) -> str:
+    """" (LIIF_MODEL=x.pth, from the environment)" for each value from a variable that a
+    configuration error (a usage, model or device error) names as a whole word."""
+    if not isinstance(e, (UsageError, CheckpointError, DeviceError)) or isinstance(
+            e, OutputPathError):
+        return ""
+    return "".join(f" ({var}={value}, from the environment)" for var, value in env.values()
+                   if re.search(rf"(?<![\w.]){re.escape(str(value))}(?![\w.])", message))
 
 
 def _pipe_closed() -> typer.Exit:
