@@ -18,6 +18,7 @@ FORMATS = {  # output extension -> (PIL format name, supports 16-bit, supports a
     ".tiff": ("TIFF", True, True),
     ".bmp": ("BMP", False, False),  # Pillow writes 32-bit BMPs that readers take as RGB
 }
+GREY_AS_RGB = frozenset({".webp"})  # WebP has no greyscale: grey is stored as RGB
 READABLE_SUFFIXES = frozenset(FORMATS) | {".gif", ".ppm", ".pgm", ".pnm", ".tga", ".jp2"}
 FALLBACK_SUFFIX = ".png"  # the output of an input we read but cannot write (gif, ppm, ...)
 
@@ -25,6 +26,15 @@ FALLBACK_SUFFIX = ".png"  # the output of an input we read but cannot write (gif
 def is_image_name(path: str | os.PathLike) -> bool:
     """Whether a file's name says it is an image we read (any case)."""
     return Path(path).suffix.lower() in READABLE_SUFFIXES
+
+
+def as_written(suffix: str, channels: int, alpha: bool, bits: int) -> tuple[int, bool, int]:
+    """(channels, alpha, bits) of an image once written as a `suffix` file: formats without
+    16 bits get 8, JPEG and BMP drop alpha, WebP stores grey as RGB (`FORMATS`)."""
+    suffix = suffix.lower()
+    _, allows16, allows_alpha = FORMATS[suffix]
+    return (3 if suffix in GREY_AS_RGB else channels, alpha and allows_alpha,
+            bits if allows16 else 8)
 
 
 def same_format_suffix(path: str | os.PathLike) -> str:

@@ -34,6 +34,7 @@ from liif_cli.cli.options import (
     SizeOpt,
     WidthOpt,
     check_options,
+    model_for_denoise,
     own_the_process,
     parse_bytes,
 )
@@ -113,7 +114,7 @@ def batch(
     if denoise is not None:
         from liif_cli.runtime.weights import load_model
 
-        model = load_model(model, denoise=denoise)
+        model = load_model(model_for_denoise(model), denoise=denoise)
     if report is not None and not report.parent.is_dir():
         raise UsageError(f"--report folder does not exist: {report.parent}")
     listed = None if files_from is None else read_file_list(files_from)

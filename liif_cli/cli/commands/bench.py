@@ -11,7 +11,6 @@ from liif_cli.cli import displays
 from liif_cli.cli.options import (
     DEFAULT_MAX_MEMORY,
     DEVICE_ENV,
-    MODEL_HELP,
     MaxMemoryOpt,
     OverwriteOpt,
     QuietOpt,
@@ -20,17 +19,19 @@ from liif_cli.cli.options import (
 )
 from liif_cli.errors import UsageError
 
+BENCH_MODEL_HELP = ("Bundled or user model name, or a checkpoint path (.pth, .safetensors). "
+                    "This or --random-arch is needed.")
+
 
 def bench(
     size: Annotated[int, typer.Option(help="Side of the synthetic square input, in pixels.")
                     ] = 256,
     scale: Annotated[float, typer.Option("--scale", "-s", help="Upscaling factor.")] = 4.0,
     model: Annotated[Optional[str], typer.Option(  # no LIIF_MODEL here: --random-arch
-        "--model", "-m", help=MODEL_HELP)] = None,
+        "--model", "-m", help=BENCH_MODEL_HELP, show_default=False)] = None,
     random_arch: Annotated[Optional[str], typer.Option(
         help="Benchmark random weights of an architecture instead of a checkpoint: "
-        "edsr-baseline, edsr-baseline-small (2 blocks, MLP 32-32), rdn, or lmf (LM-LIIF, the "
-        "fast model's).")] = None,
+        "edsr-baseline, edsr-baseline-small (2 blocks, MLP 32-32), rdn, or lmf (LM-LIIF).")] = None,
     input: Annotated[Optional[Path], typer.Option(
         "--input", "-i", help="Use this image instead of the synthetic one.")] = None,
     device: Annotated[str, typer.Option(

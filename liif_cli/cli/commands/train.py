@@ -64,7 +64,7 @@ ValDataOpt = Annotated[Str, _opt("Folder of HR validation images.")]
 OutOpt = Annotated[Str, _opt("Run folder.")]
 EncoderOpt = Annotated[Str, _opt("edsr-baseline, edsr or rdn.")]
 DecoderOpt = Annotated[Str, _opt(
-    "liif, or lmf (LM-LIIF: the fast model's). With --init of the other kind, its encoder is "
+    "liif, or lmf (LM-LIIF). With --init of the other kind, its encoder is "
     "copied.")]
 BatchSizeOpt = Annotated[Int, _opt("Global batch.")]
 PatchSizeOpt = Annotated[Int, _opt("LR patch side.")]
