@@ -100,11 +100,21 @@ class LiifWarning(UserWarning):
 # any exception -> one line and an exit code
 
 OUT_OF_MEMORY = "out of memory; lower --max-memory or the output size"
+# what to lower, per command, where it is not --max-memory and the output size (`describe`)
+OOM_ADVICE = {
+    "train": "lower --batch-size, --patch-size or --sample-q",
+    "eval": "lower --max-memory",
+    "bench": "lower --max-memory or --size",
+    "view": "pick a smaller scale, or start liif view with --device cpu",
+    "export": "close other programs (export holds the model in memory twice)",
+}
 INTERNAL = "internal error"
 # RuntimeError texts of an allocation that failed: PyTorch's CPU allocator raises a plain
 # RuntimeError ("DefaultCPUAllocator: can't allocate memory"); MPS on older torch says "MPS
-# backend out of memory"
-_OOM_TEXTS = ("can't allocate memory", "out of memory")
+# backend out of memory"; a CUDA launch that runs out is a `torch.AcceleratorError` ("CUDA
+# error: out of memory", a RuntimeError); cuBLAS and cuDNN name their failed allocations
+_OOM_TEXTS = ("can't allocate memory", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
+              "CUDNN_STATUS_ALLOC_FAILED")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -118,7 +128,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
         getattr(torch, "cuda", None), "OutOfMemoryError", None)
     if oom is not None and isinstance(exc, oom):
         return True
-    return type(exc) is RuntimeError and any(t in str(exc) for t in _OOM_TEXTS)
+    return isinstance(exc, RuntimeError) and any(t in str(exc) for t in _OOM_TEXTS)
 
 
 def is_bug(exc: BaseException) -> bool:
@@ -126,17 +136,21 @@ def is_bug(exc: BaseException) -> bool:
     return not (isinstance(exc, (LiifError, KeyboardInterrupt)) or is_out_of_memory(exc))
 
 
-def describe(exc: BaseException) -> tuple[str, int]:
+def describe(exc: BaseException, command: str | None = None) -> tuple[str, int]:
     """The one line a user reads about `exc`, and the exit code it means: the same for every
     command and for a file that fails in `liif batch`.
 
-    A LiifError says itself (its code: 1, or 2 for usage); running out of memory (host or GPU)
-    is one line and exit 1; Ctrl-C is 130; anything else is a bug, named with its type (1).
+    A LiifError says itself (its code: 1, or 2 for usage); running out of memory (host or GPU,
+    whichever of torch's errors says so) is one line and exit 1, with the advice for `command`
+    (`OOM_ADVICE`; by default OUT_OF_MEMORY's, for upscale and batch); Ctrl-C is 130; anything
+    else is a bug, named with its type and the first line of its text (1).
     """
     if isinstance(exc, LiifError):
         return str(exc), exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", EXIT_INTERRUPTED
     if is_out_of_memory(exc):
-        return OUT_OF_MEMORY, EXIT_FAILURE
-    return f"{INTERNAL}: {type(exc).__name__}: {exc}", EXIT_FAILURE
+        advice = OOM_ADVICE.get(command or "")
+        return (OUT_OF_MEMORY if advice is None else f"out of memory; {advice}"), EXIT_FAILURE
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{INTERNAL}: {type(exc).__name__}" + (f": {first}" if first else ""), EXIT_FAILURE

@@ -14,9 +14,23 @@ Sections, each timed, each ok / FAIL / skipped (with the reason printed):
   bench     `liif bench` on the device (its exactness line)
   train     a few steps in bf16 and fp16 on the device, then resumed on the CPU
   export    ONNX export of a model kept on the device: it stays there, in its dtype
-  memory    peak GPU memory of a large render against the budget (half the free memory)
-  oom       a real CUDA out-of-memory through the CLI: one line, non-zero exit, no traceback
-Writes OUT/device_check.json and OUT/device_check.txt. On a GPU it takes about 3-5 minutes.
+  memory    a tile plan at the GPU's real budget (one tile as large as `auto`'s budget allows:
+            its P convolution's output passes 2^31 elements on an 80 GB GPU), in fp32: the
+            same pixels as small tiles, peak memory within the budget, no out-of-memory retry
+  budgets   `batch --jobs 2` and the viewer on one GPU: the budgets together within `auto`'s
+  view      the viewer's tiles of a 12 MP image: the image on the GPU once, each tile's peak
+            memory far below a copy of it
+  caller    a caller's fp16 module on the GPU renders fp32 and 16-bit; neither it nor the
+            current GPU changes
+  oom       real CUDA out-of-memory errors: through the CLI (upscale, train: one line, the
+            command's advice, non-zero exit, no traceback), and a render retried once at half
+            the budget with the failed attempt's memory freed
+  mps       Apple MPS (a Mac): autocast and precision policy, 16-bit upscale against the CPU
+  ddp       two ranks, one GPU each by CUDA_VISIBLE_DEVICES (as Slurm sets it): `liif train`
+Writes OUT/device_check.json, OUT/device_check.txt and, if anything fails, OUT/failures.txt
+(every failing section's traceback): three files at most, whatever fails. On a GPU it takes
+about 3-5 minutes. On a CPU (`python scripts/device_check.py`) what needs CUDA, a Mac or two
+GPUs is skipped and named.
 """
 
 from __future__ import annotations
@@ -217,14 +231,7 @@ class Check:
         return {"json": json.loads(js.read_text()) if js.exists() else p.stdout[-1000:]}
 
     def train(self) -> dict:
-        data = self.work / "train"
-        data.mkdir(exist_ok=True)
-        for k in range(3):
-            Image.fromarray(photo(64, 64, seed=20 + k)).save(data / f"{k}.png")
-        tiny = self.work / "tiny.toml"
-        tiny.write_text('hidden = [16, 16]\npatch_size = 12\nscale_max = 2.0\nsample_q = 50\n'
-                        'batch_size = 2\nrepeat = 4\nworkers = 0\n'
-                        '[encoder_args]\nn_resblocks = 1\nn_feats = 8\n')
+        data, tiny = self.train_data(), self.tiny_recipe()
         res = {}
         precisions = ["bf16", "fp16"] if self.cuda else ["bf16"]
         for prec in precisions:
@@ -261,42 +268,225 @@ class Check:
         return {**res, "model_stayed": str(sorted(map(str, after)))}
 
     def memory(self) -> dict:
+        """One tile as big as the real budget allows (an input of that side, the whole image
+        one tile) against tiles of 1 GiB's plan, both fp32: the same pixels."""
         self.need_cuda("peak GPU memory")
+        from liif_cli.runtime import engine
+        from liif_cli.runtime.decoders import decoder_type
         from liif_cli.runtime.upscaler import Upscaler
 
-        up = Upscaler(self.model, device=self.dev, precision="auto")
-        side = 512 if self.args.tiny else 1024
+        up = Upscaler(self.model, device=self.dev, precision="fp32")
+        budget = up.max_memory
+        big = engine.make_plan(up.model, (10**6, 10**6), max_memory=budget, device=up.device)
+        side = min(big.tile, 1024) if self.args.tiny else big.tile
+        width = decoder_type(up.model).plan_widths(up.model.config)[0]
+        p_elems = (side + 2 * engine.TILE_MARGIN) ** 2 * width
         img = torch.from_numpy(photo(side, side)).permute(2, 0, 1).float() / 255
+        out_hw = (side, side)
         torch.cuda.reset_peak_memory_stats(up.device)
         base = torch.cuda.memory_allocated(up.device)
         t0 = time.perf_counter()
-        up.render(img, (side * 4, side * 4), np.empty((side * 4, side * 4, 3), np.uint8))
+        got = up.render(img, out_hw, np.empty((*out_hw, 3), np.uint8))
         torch.cuda.synchronize()
+        secs = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(up.device) - base
-        res = {"budget_gib": round(up.max_memory / 2**30, 2), "peak_gib": round(peak / 2**30, 2),
-               "seconds": round(time.perf_counter() - t0, 2), "output": f"{side * 4}^2"}
-        if peak > up.max_memory * 1.25:
+        small = Upscaler(up.model, device=self.dev, precision="fp32", max_memory=2**30)
+        want = small.render(img, out_hw, np.empty((*out_hw, 3), np.uint8))
+        diff = int(np.abs(got.astype(int) - want).max())
+        res = {"budget_gib": round(budget / 2**30, 2), "tile": side,
+               "small_tiles": engine.make_plan(up.model, (side, side), max_memory=2**30,
+                                               device=up.device).tile,
+               "p_conv_elements": p_elems, "p_conv_over_2^31": p_elems > 2**31,
+               "peak_gib": round(peak / 2**30, 2), "seconds": round(secs, 2),
+               "max_diff_vs_small_tiles": diff, "retried_at_half": up.max_memory != budget}
+        if res["retried_at_half"]:
+            raise RuntimeError(f"the plan ran out of memory at its own budget: {res}")
+        if peak > budget * 1.25:
             raise RuntimeError(f"peak above the budget: {res}")
+        if diff > 1:
+            raise RuntimeError(f"a tile at the real budget differs from small tiles: {res}")
+        return res
+
+    def budgets(self) -> dict:
+        self.need_cuda("a GPU's free memory")
+        from liif_cli.runtime.device import memory_budget, resolve_device
+        from liif_cli.view.session import RENDERERS
+
+        dev = resolve_device(self.dev)
+        one = memory_budget(dev)
+        res = {"auto_gib": round(one / 2**30, 2)}
+        for n in (2, 4, RENDERERS):
+            res[f"{n} sharers, each_gib"] = round(memory_budget(dev, sharers=n) / 2**30, 2)
+            if n * memory_budget(dev, sharers=n) > one * 1.01:  # free memory moves a little
+                raise RuntimeError(f"{n} budgets exceed auto's: {res}")
+        return res
+
+    def view(self) -> dict:
+        self.need_cuda("GPU memory per tile")
+        from liif_cli.view.session import ViewSession
+
+        sizes = [(300, 400), (600, 800) if self.args.tiny else (3000, 4000)]
+        srcs = []
+        for k, (h, w) in enumerate(sizes):
+            srcs.append(self.work / f"view{k}.png")
+            _write(srcs[-1], photo(h, w, seed=3))
+        session = ViewSession(srcs, models=[self.model], device=self.dev)
+        peaks = {}
+        try:
+            dev = session.upscaler(session.cli_models[0], None).device
+            for k in range(2):
+                session.tile(k, "4", 0, 0, 256, 256)  # the upload, the decoder
+            for k in range(2):  # the same windows of a small and a large image
+                torch.cuda.synchronize(dev)
+                held = torch.cuda.memory_allocated(dev)
+                torch.cuda.reset_peak_memory_stats(dev)
+                for t in range(1, 4):
+                    session.tile(k, "4", 256 * t, 256 * t, 256, 256)
+                peaks[k] = torch.cuda.max_memory_allocated(dev) - held
+        finally:
+            session.close()
+        image_bytes = 3 * sizes[1][0] * sizes[1][1] * 4
+        res = {"large_image_mib": round(image_bytes / 2**20),
+               "tile_peak_mib": {f"{h}x{w}": round(peaks[k] / 2**20)
+                                 for k, (h, w) in enumerate(sizes)}}
+        if peaks[1] - peaks[0] > image_bytes / 2:
+            raise RuntimeError(f"a tile of the large image costs a copy of it: {res}")
+        return res
+
+    def caller(self) -> dict:
+        self.need_cuda("a caller's module on the GPU")
+        from liif_cli.runtime.upscaler import Upscaler
+        from liif_cli.runtime.weights import load_model
+
+        net = load_model(self.model, device=self.dev).half().eval()
+        before = torch.cuda.current_device()
+        img = torch.from_numpy(photo(32, 40)).permute(2, 0, 1).float() / 255
+        ref = Upscaler(self.model, device="cpu", precision="fp32").render(
+            img, (64, 80), np.empty((64, 80, 3), np.uint16))
+        last = f"cuda:{torch.cuda.device_count() - 1}"
+        got = Upscaler(net, device=last, precision="fp32").render(
+            img, (64, 80), np.empty((64, 80, 3), np.uint16))
+        res = {"max_diff_16bit": int(np.abs(got.astype(int) - ref).max()),
+               "current_gpu": [before, torch.cuda.current_device()],
+               "caller_dtype": str(next(net.parameters()).dtype), "rendered_on": last}
+        if res["max_diff_16bit"] > 1 or before != torch.cuda.current_device() or (
+                res["caller_dtype"] != "torch.float16"):
+            raise RuntimeError(f"the caller's module or GPU changed, or 16-bit is off: {res}")
         return res
 
     def oom(self) -> dict:
         self.need_cuda("a CUDA out-of-memory")
+        from liif_cli.errors import OOM_ADVICE, OUT_OF_MEMORY
+
         src = self.work / "rgb8.png"
         if not src.exists():
             _write(src, photo(self.size, self.size))
+        self.train_data()
         code = ("import sys, torch; torch.cuda.set_per_process_memory_fraction(0.002); "
                 "from liif_cli.cli import app; sys.argv = ['liif'] + sys.argv[1:]; app()")
-        p = subprocess.run([sys.executable, "-c", code, "upscale", str(src), "-s", "8",
-                            "-m", self.model, "--device", self.dev, "--max-memory", "64G",
-                            "-o", str(self.work / "oom.png"), "--overwrite"],
-                           capture_output=True, text=True, env=ENV, timeout=TIMEOUT_S)
-        err = (p.stderr + p.stdout).strip()
-        res = {"exit": p.returncode, "message": err[-300:]}
-        if p.returncode == 0 or "Traceback" in err or "out of memory" not in err.lower():
-            raise RuntimeError(f"OOM not reported as one line: {res}")
+        runs = {"upscale": (["upscale", src, "-s", "8", "-m", self.model, "--max-memory", "64G",
+                             "-o", self.work / "oom.png", "--overwrite"], OUT_OF_MEMORY),
+                "train": (["train", "--data", self.work / "train", "--out", self.work / "oom_run",
+                           "--epochs", "1", "--batch-size", "64", "--patch-size", "12",
+                           "--workers", "0"], f"out of memory; {OOM_ADVICE['train']}")}
+        res = {}
+        for name, (argv, want) in runs.items():
+            p = subprocess.run([sys.executable, "-c", code, *map(str, argv), "--device", self.dev],
+                               capture_output=True, text=True, env=ENV, timeout=TIMEOUT_S)
+            err = (p.stderr + p.stdout).strip()
+            res[name] = {"exit": p.returncode, "message": err[-300:]}
+            if p.returncode != 1 or "Traceback" in err or f"error: {want}" not in err:
+                raise RuntimeError(f"{name}: OOM not reported as its one line: {res}")
         if (self.work / "oom.png").exists():
             raise RuntimeError("OOM left an output file behind")
+        res["retry"] = self._oom_retry()
         return res
+
+    def _oom_retry(self) -> dict:
+        """A real CUDA OOM in the first attempt, with 60% of the free memory held by it: the
+        retry at half the budget must find that memory free again."""
+        from liif_cli.runtime import engine, upscaler
+
+        up = upscaler.Upscaler(self.model, device=self.dev, precision="auto")
+        budget, real, calls = up.max_memory, engine.render, []
+
+        def render(*args, **kw):
+            calls.append(kw["max_memory"])
+            if len(calls) == 1:
+                free, total = torch.cuda.mem_get_info(up.device)
+                held = torch.empty(int(free * 0.6), dtype=torch.uint8, device=up.device)
+                torch.empty(2 * total, dtype=torch.uint8, device=up.device)  # raises
+                del held
+            return real(*args, **kw)
+
+        engine.render = render
+        try:
+            img = torch.from_numpy(photo(self.size, self.size)).permute(2, 0, 1).float() / 255
+            up.render(img, (self.size * 2, self.size * 2))
+        finally:
+            engine.render = real
+        res = {"budgets_gib": [round(b / 2**30, 2) for b in calls]}
+        if len(calls) != 2 or calls[1] != max(16 * 2**20, budget // 2):
+            raise RuntimeError(f"not retried once at half the budget: {res}")
+        return res
+
+    def train_data(self) -> Path:
+        data = self.work / "train"
+        data.mkdir(exist_ok=True)
+        for k in range(3):
+            Image.fromarray(photo(64, 64, seed=20 + k)).save(data / f"{k}.png")
+        return data
+
+    def mps(self) -> dict:
+        if not (torch.backends.mps.is_available()):
+            raise Skip("needs Apple MPS (a Mac): autocast on MPS, 16-bit levels off MPS")
+        from liif_cli.runtime import device
+
+        mps = torch.device("mps")
+        res = {"torch": torch.__version__,
+               "autocast": {n: device.mps_autocast(d) for n, d in device.DTYPES.items()
+                            if n != "fp32"},
+               "auto": device.precision_name(device.resolve_precision("auto", mps))}
+        src = self.work / "mps16.png"
+        _write(src, photo(self.size, self.size + 3, bits=16))
+        outs = {}
+        for dev, prec in (("cpu", "fp32"), ("mps", "auto")):
+            outs[dev] = self.work / f"mps16_{dev}.png"
+            ok(liif("upscale", src, "-s", "3", "-m", self.model, "--device", dev,
+                    "--precision", prec, "-o", outs[dev], "-q", "--overwrite"))
+        res["max_diff_16bit"] = int(np.abs(read(outs["mps"]) - read(outs["cpu"])).max())
+        if res["max_diff_16bit"] > 1:
+            raise RuntimeError(f"16-bit on MPS differs from the CPU: {res}")
+        return res
+
+    def ddp(self) -> dict:
+        """Two ranks, each shown one GPU (CUDA_VISIBLE_DEVICES), LOCAL_RANK 0 and 1: rank 1
+        must take its only GPU, cuda:0, not cuda:1."""
+        self.need_cuda("DDP")
+        if torch.cuda.device_count() < 2:
+            raise Skip("needs 2 CUDA GPUs: DDP with one GPU per rank (CUDA_VISIBLE_DEVICES)")
+        data, out, tiny = self.train_data(), self.work / "ddp_run", self.tiny_recipe()
+        procs = []
+        for rank in range(2):
+            env = {**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533",
+                   "CUDA_VISIBLE_DEVICES": str(rank)}
+            procs.append(subprocess.Popen(
+                [*PY, "train", "--data", str(data), "--out", str(out), "--config", str(tiny),
+                 "--epochs", "1", "--device", "auto", "-q"], env=env, text=True,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+        res = {"exits": [p.returncode for p in procs], "output": [o[-300:] for o in outs]}
+        if any(res["exits"]) or not (out / "last.pth").exists():
+            raise RuntimeError(f"DDP with one GPU per rank failed: {res}")
+        return res
+
+    def tiny_recipe(self) -> Path:
+        tiny = self.work / "tiny.toml"
+        tiny.write_text('hidden = [16, 16]\npatch_size = 12\nscale_max = 2.0\nsample_q = 50\n'
+                        'batch_size = 2\nrepeat = 4\nworkers = 0\n'
+                        '[encoder_args]\nn_resblocks = 1\nn_feats = 8\n')
+        return tiny
 
 
 def _write(path: Path, px: np.ndarray) -> None:
@@ -313,7 +503,7 @@ def _psnrs(records) -> list[float]:
 
 
 SECTIONS = ["env", "cuda_tests", "upscale", "batch", "eval", "tf32", "bench", "train", "export",
-            "memory", "oom"]
+            "memory", "budgets", "view", "caller", "oom", "mps", "ddp"]
 
 
 def main() -> int:
@@ -325,6 +515,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated sections: " + ",".join(SECTIONS))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "failures.txt").unlink(missing_ok=True)  # this run's failures only
     report: dict = {}
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -337,7 +528,9 @@ def main() -> int:
                 detail, status = str(e), "skipped"
             except Exception as e:  # noqa: BLE001 - every section reports, whatever happens
                 detail, status = f"{type(e).__name__}: {e}", "FAIL"
-                (args.out / f"{name}.traceback.txt").write_text(traceback.format_exc())
+                # one file for every failure: a lent GPU machine returns 8 files at most
+                with open(args.out / "failures.txt", "a") as f:
+                    f.write(f"== {name}\n{traceback.format_exc()}\n")
             secs = round(time.perf_counter() - t0, 1)
             report[name] = {"status": status, "seconds": secs, "detail": detail}
             line = f"{name:<10} {status:<8} {secs:>6.1f}s  " + (

@@ -1,42 +1,68 @@
 #!/usr/bin/env bash
-# Train the next model on a lent GPU, within its time budget; bring the weights back (maintainers).
+# Train the next model on a lent GPU within one device `run`; bring the weights back (maintainers).
 #
-# On this machine, once:   echo /.gpu_data/ >> .git/info/exclude
-#                          python scripts/pack_gpu_data.py   # ../shared -> .gpu_data/train
-# then one device `run`, carry [".gpu_data"] (the current weights travel in the tree: bundled/,
-# docs/weights/; or put a run's last.pth under .gpu_data/resume/ to continue it):
-#     BUDGET_S=600 bash scripts/gpu_train.sh
-# What it does, all under $OUT (what the device tool brings back):
-#   1. scripts/device_check.py (CHECK=1, at most CHECK_S seconds): $OUT/check/device_check.txt
-#   2. `liif train` in bf16 at a large batch from INIT (default: the bundled default model), for
-#      the rest of BUDGET_S; repeat 1, so every epoch (seconds on a GPU) rewrites
-#      $OUT/run/last.pth (atomically): a cut-off loses under a minute. SIGTERM before the end
-#      saves mid-epoch too. .gpu_data/resume/last.pth, if present, is resumed instead.
-#   3. $OUT/summary.txt: steps, the last losses and validation, the command to continue here.
-# Environment (defaults): OUT (gpu-out) DATA (.gpu_data/train) INIT (default) BUDGET_S (600)
-# CHECK (1) CHECK_S (300) CHECK_ARGS () BATCH (64) PRECISION (bf16) DEVICE (cuda)
-# WORKERS (cores - 2) EPOCHS (1000000) LR (1e-4) MILESTONES (100000)
-# EXTRA (more `liif train` options).
+# The device tool's limits, which this keeps: one command at most 600 s (this plans BUDGET_S=540
+# in all); at most 8 files come back from $OUT, each at most 16 MiB; at most 64 MiB of working
+# tree travels (tracked files + the carried .gpu_data). Once, on this machine:
+#     echo /.gpu_data/ >> "$(git rev-parse --git-path info/exclude)"
+#     python scripts/pack_gpu_data.py     # train photos + 10 B100 images, measured against 64 MiB
+# then one device `run` (docs/gpu-run.md: the call, what comes back, how to go on or resume):
+#     {"command": "INIT=docs/weights/default-wip.pth bash scripts/gpu_train.sh",
+#      "carry": [".gpu_data"], "timeout_s": 600}
+# What it does, everything under $OUT (at most 5 files, see scripts/gpu_out.py):
+#   1. scripts/device_check.py $CHECK_ARGS, at most CHECK_S seconds (into log.txt)
+#   2. the starting weights' PSNR on VAL (the first 10 B100 images), at most VAL_S seconds
+#   3. `liif train` in the run folder WORK/run (not under $OUT: its last.pth is ~24 MiB) until
+#      RESERVE_S before the budget, then SIGTERM: the trainer saves mid-epoch and stops. Each
+#      epoch (REPEAT passes, ~230 steps at batch 64) rewrites last.pth; every SAVE_S seconds
+#      scripts/gpu_out.py exports a new one as $OUT/model.pth (fp16 weights, ~3 MiB) and
+#      $OUT/last.pth (compact resume state, ~12 MiB), with $OUT/metrics.jsonl: a cut-off
+#      loses about a minute.
+#   4. the last export, $OUT/summary.txt (steps, steps/s, losses, PSNR before and after), and
+#      a check of $OUT against the limits; $OUT/log.txt holds everything printed.
+# RESUME (.gpu_data/resume/last.pth), if present, is a returned last.pth: the run continues it
+# (same data, Adam's moments and EMA kept) instead of starting from INIT.
+# Environment (defaults): OUT (gpu-out) DATA (.gpu_data/train) VAL (.gpu_data/val)
+# INIT (default) RESUME (.gpu_data/resume/last.pth) WORK (a new temporary folder)
+# DEVICE (cuda) PRECISION (bf16) BATCH (64) BUDGET_S (540) CHECK (1) CHECK_S (60)
+# CHECK_ARGS (--only env) VAL_S (60) RESERVE_S (60) GRACE_S (20) SAVE_S (60) WORKERS (cores - 2)
+# REPEAT (40) EPOCHS (1000000) LR (1e-4) MILESTONES (100000: epochs, no decay) EMA (0.999)
+# VAL_EVERY (4 epochs; 0: no validation while training) EXTRA (more `liif train` options).
+# On a CPU: DEVICE=cpu PRECISION=fp32 (or bf16 where native) runs the same command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+START=$(date +%s)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu-out}
 DATA=${DATA:-.gpu_data/train}
+VAL=${VAL:-.gpu_data/val}
 INIT=${INIT:-default}
-BUDGET_S=${BUDGET_S:-600}
-CHECK=${CHECK:-1}
-CHECK_S=${CHECK_S:-300}
-CHECK_ARGS=${CHECK_ARGS:-}
-BATCH=${BATCH:-64}
-PRECISION=${PRECISION:-bf16}
+RESUME=${RESUME:-.gpu_data/resume/last.pth}
+WORK=${WORK:-$(mktemp -d)}
 DEVICE=${DEVICE:-cuda}
+PRECISION=${PRECISION:-bf16}
+BATCH=${BATCH:-64}
+BUDGET_S=${BUDGET_S:-540}
+CHECK=${CHECK:-1}
+CHECK_S=${CHECK_S:-60}
+CHECK_ARGS=${CHECK_ARGS:---only env}
+VAL_S=${VAL_S:-60}
+RESERVE_S=${RESERVE_S:-60}  # after the trainer's SIGTERM: its save (GRACE_S at most) + finish
+GRACE_S=${GRACE_S:-20}
+SAVE_S=${SAVE_S:-60}
 WORKERS=${WORKERS:-$(( $(nproc) > 3 ? $(nproc) - 2 : 0 ))}
+REPEAT=${REPEAT:-40}
 EPOCHS=${EPOCHS:-1000000}
 LR=${LR:-1e-4}
-MILESTONES=${MILESTONES:-100000}  # epochs: with repeat 1 an epoch is a few steps; no decay here
+MILESTONES=${MILESTONES:-100000}
+EMA=${EMA:-0.999}
+VAL_EVERY=${VAL_EVERY:-4}
 EXTRA=${EXTRA:-}
-START=$(date +%s)
-mkdir -p "$OUT"
+END=$(( START + BUDGET_S ))
+left() { echo $(( END - $(date +%s) )); }
+mkdir -p "$OUT" "$WORK"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+echo "gpu_train: budget ${BUDGET_S}s, device $DEVICE, $PRECISION, batch $BATCH, work $WORK"
 if [ ! -d "$DATA" ]; then
   echo "no training data at $DATA (scripts/pack_gpu_data.py, carry .gpu_data)" >&2
   exit 2
@@ -44,59 +70,52 @@ fi
 
 if [ "$CHECK" = 1 ]; then
   # shellcheck disable=SC2086
-  timeout -k 10 "$CHECK_S" python3 scripts/device_check.py --out "$OUT/check" --device "$DEVICE" \
-    $CHECK_ARGS || echo "device check: failures or cut off at ${CHECK_S}s (see $OUT/check)"
+  timeout -k 5 "$CHECK_S" python3 scripts/device_check.py --out "$WORK/check" \
+    --device "$DEVICE" $CHECK_ARGS || echo "device check: failures or cut off at ${CHECK_S}s"
+  cat "$WORK"/check/*.traceback.txt 2>/dev/null || true
 fi
 
-LEFT=$(( BUDGET_S - ($(date +%s) - START) - 20 ))  # 20 s to write the summary
-if [ "$LEFT" -lt 30 ]; then
+RUN="$WORK/run"
+if [ -f "$RESUME" ]; then
+  mkdir -p "$RUN"
+  cp "$RESUME" "$RUN/last.pth"
+  if [ -f "$(dirname "$RESUME")/metrics.jsonl" ]; then cp "$(dirname "$RESUME")/metrics.jsonl" "$RUN/"; fi
+  FROM=$RESUME
+  ARGS=(--resume --out "$RUN" --device "$DEVICE" --precision "$PRECISION" --workers "$WORKERS")
+else
+  FROM=$INIT
+  ARGS=(--data "$DATA" --out "$RUN" --init "$INIT" --precision "$PRECISION" --device "$DEVICE"
+        --batch-size "$BATCH" --workers "$WORKERS" --repeat "$REPEAT" --epochs "$EPOCHS"
+        --lr "$LR" --warmup 100 --save-every 0 --lr-milestones "$MILESTONES" --ema "$EMA")
+fi
+BEFORE=()
+if [ -d "$VAL" ]; then
+  timeout -k 5 "$VAL_S" python3 scripts/gpu_out.py val "$FROM" "$VAL" --device "$DEVICE" \
+    --json "$WORK/before.json" || echo "PSNR before: failed or cut off at ${VAL_S}s"
+  BEFORE=(--before "$WORK/before.json" --val "$VAL")
+  if [ "$VAL_EVERY" != 0 ]; then ARGS+=(--val-data "$VAL" --val-every "$VAL_EVERY"); fi
+fi
+
+LEFT=$(( $(left) - RESERVE_S ))
+if [ "$LEFT" -lt 10 ]; then
   echo "no time left to train (${LEFT}s)" >&2
   exit 1
 fi
-RUN="$OUT/run"
-if [ -f .gpu_data/resume/last.pth ] && [ ! -f "$RUN/last.pth" ]; then
-  mkdir -p "$RUN"
-  cp .gpu_data/resume/* "$RUN"/
-fi
-if [ -f "$RUN/last.pth" ]; then
-  ARGS=(--resume --out "$RUN" --device "$DEVICE" --workers "$WORKERS")
-else
-  ARGS=(--data "$DATA" --out "$RUN" --init "$INIT" --precision "$PRECISION" --device "$DEVICE"
-        --batch-size "$BATCH" --workers "$WORKERS" --repeat 1 --epochs "$EPOCHS" --lr "$LR"
-        --warmup 100 --save-every 0 --lr-milestones "$MILESTONES")
-fi
+python3 scripts/gpu_out.py watch "$RUN" "$OUT" --every "$SAVE_S" &
+WATCH=$!
 echo "training for ${LEFT}s: liif train ${ARGS[*]} $EXTRA"
 set +e
-# SIGTERM at the budget: the trainer saves last.pth and exits 143 (timeout's own status: 124)
+# SIGTERM at the end: the trainer saves last.pth and exits 143 (timeout's own status: 124)
 # shellcheck disable=SC2086
-timeout -s TERM -k 30 "$LEFT" python3 -m liif_cli train "${ARGS[@]}" $EXTRA -q
+timeout -s TERM -k "$GRACE_S" "$LEFT" python3 -m liif_cli train "${ARGS[@]}" $EXTRA -q
 RC=$?
+kill -TERM "$WATCH" 2>/dev/null
+wait "$WATCH"
 set -e
 case $RC in 0|124|143) ;; *) echo "liif train failed (exit $RC)" >&2 ;; esac
 
-python3 - "$RUN" "$OUT/summary.txt" "$RC" <<'PY'
-import json, sys
-from pathlib import Path
-import torch
-run, dst, rc = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-lines = [f"liif train exit {rc}"]
-if (run / "last.pth").exists():
-    ck = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
-    meta = ck.get("liif_cli", {})
-    lines.append(f"last.pth: epoch {ck.get('epoch')}, iteration {meta.get('iteration')}, "
-                 f"steps {meta.get('steps')}")
-    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
-    steps = [r for r in recs if r["kind"] == "step"]
-    vals = [r for r in recs if r["kind"] == "val"]
-    if steps:
-        lines.append(f"loss: first {steps[0]['loss']:.4f}, last {steps[-1]['loss']:.4f} "
-                     f"({steps[-1]['its']:.2f} it/s)")
-    if vals:
-        lines.append(f"validation: {vals[-1]['psnr']}")
-    lines.append(f"continue here: liif train --resume --out {run.name} (after copying {run})")
-else:
-    lines.append("no checkpoint written")
-dst.write_text("\n".join(lines) + "\n")
-print("\n".join(lines))
-PY
+# TERM 3 s before the end, KILL 2 s later: within the budget even when cut off
+timeout -k 2 "$(( $(left) > 4 ? $(left) - 3 : 1 ))" python3 scripts/gpu_out.py finish "$RUN" "$OUT" \
+  --rc "$RC" "${BEFORE[@]}" --device "$DEVICE" --since "$START" --deadline "$END" || echo "finish: cut off"
+echo "gpu_train: done in $(( $(date +%s) - START ))s of ${BUDGET_S}s"
 [ "$RC" = 0 ] || [ "$RC" = 124 ] || [ "$RC" = 143 ]

@@ -159,6 +159,16 @@ def test_devices_and_worker_names():
         parse_devices("cpu,,cpu")
 
 
+def test_device_all_without_a_gpu_says_where_it_runs(monkeypatch):
+    import torch
+
+    from liif_cli.errors import LiifWarning
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(LiifWarning, match="--device all: no CUDA GPU here, so it runs on the cpu"):
+        assert [str(d) for d in parse_devices("all")] == ["cpu"]
+
+
 def test_stale_temp_pattern_is_what_write_image_leaves(tmp_path, monkeypatch):
     """If the writer ever renames its temporaries, cleanup must follow: this test says so."""
     from liif_cli.io import files

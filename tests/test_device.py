@@ -281,16 +281,20 @@ def test_the_device_check_script_runs_here_and_says_why_it_skips(tmp_path):
 
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "device_check.py"), "--tiny",
                         "--device", "cpu", "--out", str(tmp_path),
-                        "--only", "env,cuda_tests,tf32,memory,oom"],
+                        "--only", "env,cuda_tests,tf32,memory,budgets,view,caller,oom,mps,ddp"],
                        capture_output=True, text=True, timeout=180,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((tmp_path / "device_check.json").read_text())
     assert report["env"]["status"] == "ok" and report["env"]["detail"]["device"] == "cpu"
-    for name in ("cuda_tests", "tf32", "memory", "oom"):
+    for name in ("cuda_tests", "tf32", "memory", "budgets", "view", "caller", "oom", "ddp",
+                 "mps"):
         assert report[name]["status"] == "skipped"
-        assert report[name]["detail"].startswith("needs a CUDA GPU")
+        assert report[name]["detail"].startswith(
+            "needs Apple MPS" if name == "mps" else "needs a CUDA GPU")
         assert f"{name:<10} skipped" in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["device_check.json",
+                                                          "device_check.txt"]
 
 
 def test_training_bf16_on_a_gpu_without_it_trains_fp16_with_loss_scaling(fake_gpus):

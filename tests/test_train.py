@@ -645,26 +645,6 @@ def test_ddp_ranks_agree_to_stop_when_one_is_signalled(tmp_path):
     assert got == [(0, False, True, True), (1, False, True, True)]
 
 
-@pytest.mark.slow
-def test_the_gpu_training_script_runs_here_in_a_tiny_setting(folder, tmp_path, tiny_ckpt):
-    """scripts/gpu_train.sh on the CPU: trains until its budget, saves, summarises."""
-    import shutil
-
-    if shutil.which("timeout") is None:
-        pytest.skip("needs coreutils' timeout")
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "DATA": str(folder),
-           "INIT": str(tiny_ckpt), "BUDGET_S": "60", "CHECK": "0", "BATCH": "2",
-           "DEVICE": "cpu", "WORKERS": "0", "OMP_NUM_THREADS": "1",
-           "EXTRA": "--patch-size 12 --scale-max 2 --sample-q 50"}
-    r = subprocess.run(["bash", str(REPO / "scripts" / "gpu_train.sh")], env=env,
-                       capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    ck = torch.load(tmp_path / "out" / "run" / "last.pth", weights_only=True)
-    assert ck["epoch"] >= 1 and ck["liif_cli"]["config"]["precision"] == "bf16"
-    summary = (tmp_path / "out" / "summary.txt").read_text()
-    assert "steps" in summary and "loss: first" in summary
-
-
 SIGNAL_ONE_RANK = """
 import os, signal, sys
 import liif_cli.tasks.train.loop as tr

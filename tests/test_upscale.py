@@ -3,6 +3,8 @@ one line + exit code + nothing written for every bad input."""
 
 from __future__ import annotations
 
+import warnings
+
 import cv2
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
 from liif_cli.cli import app
-from liif_cli.errors import DeviceError, UsageError
+from liif_cli.errors import DeviceError, LiifWarning, UsageError
 from liif_cli.io.images import ImageData, read_image, write_image
 from liif_cli.runtime import engine
 from liif_cli.runtime.device import resolve_device, resolve_precision
@@ -78,6 +80,10 @@ def test_default_output_names():
     assert name(scale="7.5") == "photo_x7.5.jpg"
     assert name(scale="3X2.5") == "photo_x3x2.5.jpg"
     assert name(size="1920x1080") == "photo_1920x1080.jpg"
+    # the three fits give three different files: each its own name
+    assert name(size="1920x1080", fit="fill") == "photo_1920x1080.jpg"
+    assert name(size="1920x1080", fit="contain") == "photo_1920x1080_contain.jpg"
+    assert name(size="1920x1080", fit="cover") == "photo_1920x1080_cover.jpg"
     assert name(width=800) == "photo_800w.jpg"
     assert name(height=600) == "photo_600h.jpg"
     assert default_output_path("a/s.gif", size_request(scale=2.0)).name == "s_x2.png"
@@ -185,6 +191,30 @@ def test_cuda_half_precisions(tiny_model, precision):
     fp32 = upscale(tiny_model, px, scale=4, device="cpu").astype(float)
     half = upscale(tiny_model, px, scale=4, device="cuda", precision=precision)
     assert 10 * np.log10(255**2 / max(np.mean((fp32 - half) ** 2), 1e-12)) > 35
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "auto"])
+def test_cuda_16_bit_upscale_is_exact_fp32_at_any_precision(tiny_model, precision):
+    """16-bit images are computed in fp32 whatever --precision, and their levels leave the GPU
+    as integers (engine.QUANTISED): the CPU's within one level of 65,535."""
+    px = photo_like(12, 14).astype(np.uint16) * 257
+    cpu = upscale(tiny_model, px, scale=3, device="cpu", precision="fp32").astype(int)
+    gpu = upscale(tiny_model, px, scale=3, device="cuda", precision=precision)
+    assert gpu.dtype == np.uint16 and np.abs(cpu - gpu.astype(int)).max() <= 1
+
+
+@pytest.mark.cuda
+def test_cuda_callers_half_module_and_current_gpu_stay_as_they_were(tiny_model):
+    from liif_cli.runtime.upscaler import Upscaler
+
+    net = tiny_model.cuda().half().eval()
+    before = torch.cuda.current_device()
+    last = torch.cuda.device_count() - 1
+    up = Upscaler(net, device=f"cuda:{last}", precision="fp32")
+    out = up.render(torch.rand(3, 9, 10), (18, 20), np.empty((18, 20, 3), np.uint16))
+    assert out.max() > 0 and torch.cuda.current_device() == before
+    assert next(net.parameters()).dtype == torch.float16  # the caller's, not cast
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,6 +345,58 @@ def test_cli_cuda_without_cuda(folder, tiny_ckpt):
     assert listing(folder) == ["in.png", "tiny.pth"]
 
 
+def test_cli_errors_from_a_variable_name_it(folder, tiny_ckpt):
+    """An error a LIIF_* value causes says where the value came from; the same value given as
+    an option does not."""
+    missing = folder / "mine.pth"
+    r = runner.invoke(app, ["upscale", str(folder / "in.png"), "-s", "2"],
+                      env={"LIIF_MODEL": str(missing)})
+    assert r.exit_code == 1 and f"(LIIF_MODEL={missing}, from the environment)" in r.stderr
+    r = run("upscale", folder / "in.png", "-s", "2", "-m", missing)
+    assert r.exit_code == 1 and "LIIF_MODEL" not in r.stderr
+    r = runner.invoke(app, ["upscale", str(folder / "in.png"), "-s", "2", "-m", str(tiny_ckpt)],
+                      env={"LIIF_MAX_MEMORY": "1K"})
+    assert r.exit_code == 2 and "(LIIF_MAX_MEMORY=1K, from the environment)" in r.stderr
+    (folder / "fp32.png").write_bytes(b"keep")  # an error that merely contains the value
+    r = runner.invoke(app, ["upscale", str(folder / "in.png"), "-s", "2", "-m", str(tiny_ckpt),
+                            "-o", str(folder / "fp32.png")], env={"LIIF_PRECISION": "fp32"})
+    assert r.exit_code == 2 and "output exists" in r.stderr and "LIIF_PRECISION" not in r.stderr
+
+
+def test_cli_denoise_wins_over_a_liif_model_without_a_partner(folder):
+    """The README: --denoise picks the default/real pair whatever LIIF_MODEL says (one note);
+    --model fast given with it is still a mistake."""
+    args = ["upscale", str(folder / "in.png"), "-s", "2", "--denoise", "0.5"]
+    r = runner.invoke(app, [*args, "-o", str(folder / "a.png")], env={"LIIF_MODEL": "fast"})
+    assert r.exit_code == 0, r.output
+    assert "note: --denoise picks the default/real pair: LIIF_MODEL=fast not used" in r.stderr
+    assert "model real@0.5" in r.stderr
+    r = runner.invoke(app, [*args, "-o", str(folder / "b.png"), "-m", "fast"])
+    assert r.exit_code == 2 and "'fast' has none" in r.stderr
+
+
+def test_stdout_onto_a_terminal_is_refused_before_any_work(folder, tiny_ckpt, monkeypatch):
+    """`-o -` onto a terminal is a usage error, as `-` from a terminal is: nothing is read."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdout", Terminal())
+    with pytest.raises(UsageError, match="stdout is a terminal"):
+        upscale_file(folder / "missing.png", "-", model=tiny_ckpt, scale=2, device="cpu")
+
+
+def test_cli_models_piped_prints_a_header_line():
+    r = run("models")  # stdout is not a terminal here
+    lines = r.stdout.splitlines()
+    assert r.exit_code == 0 and lines[0].split("\t") == [
+        "name", "source", "arch", "encoder", "params", "trained", "bytes", "path"]
+    assert [ln.split("\t")[0] for ln in lines[1:4]] == ["default", "real", "fast"]
+
+
 def test_cli_help_still_works():
     r = run("upscale", "--help")
     assert r.exit_code == 0 and "--scale" in r.output and "--max-output-pixels" in r.output
@@ -342,3 +424,31 @@ def test_cli_16bit_grey_alpha_round_trip(tmp_path, tiny_ckpt):
     out = read_image(tmp_path / "o.tif")
     assert out.bit_depth == 16 and out.alpha is not None and out.width == 14
     assert out.dpi == pytest.approx((200, 200), abs=0.01)
+
+
+@pytest.mark.parametrize("mode, bits, out, kind, notes", [
+    ("RGBA", 8, "out.jpg", "RGB 8-bit", ["JPEG has no alpha channel"]),
+    ("RGBA", 8, "out.bmp", "RGB 8-bit", ["BMP has no alpha channel"]),
+    ("RGB", 16, "out.jpg", "RGB 8-bit", ["JPEG is 8-bit"]),
+    ("RGBA", 16, "out.webp", "RGB+alpha 8-bit", ["WEBP is 8-bit"]),
+    ("L", 8, "out.webp", "RGB 8-bit", []),  # WebP has no grey: RGB, nothing lost
+    ("LA", 16, "out.png", "grey+alpha 16-bit", []),
+    ("RGBA", 16, "out.tif", "RGB+alpha 16-bit", []),
+])
+def test_the_summary_describes_the_file_on_disk(tmp_path, tiny_ckpt, mode, bits, out, kind,
+                                                notes):
+    """`kind` is what the written file holds (read back), and each thing the format cannot hold
+    (alpha, 16 bits) is one note."""
+    channels = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[mode]
+    px = photo_like(8, 10, channels=channels)
+    px = px.astype(np.uint16) * 257 if bits == 16 else px
+    colour = 1 if channels <= 2 else 3
+    write_image(tmp_path / "in.png", ImageData(px[:, :, :colour], px[:, :, -1]
+                                               if channels in (2, 4) else None))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = upscale_file(tmp_path / "in.png", tmp_path / out, model=tiny_ckpt, scale=2,
+                           device="cpu")
+    assert res.kind == kind == read_image(res.output).kind()
+    said = [str(w.message) for w in caught if issubclass(w.category, LiifWarning)]
+    assert len(said) == len(notes) and all(n in s for n, s in zip(notes, said)), said

@@ -10,7 +10,7 @@ writes its outputs itself, atomically (`write_image`: temporary name, then renam
 full-size image goes back through Ray's object store; what comes back is one record per file
 with the fields of a `liif batch --report` line.
 
-    pip install 'liif-cli[ray]'
+    pip install '.[ray]'    # in a clone of liif-cli
     python docs/examples/ray_upscale.py photos/ big/ --scale 4 --workers 4 --report big.jsonl
 
 On a Ray cluster, set RAY_ADDRESS (or call `ray.init(address="auto")`); the folders must be

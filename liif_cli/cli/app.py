@@ -10,13 +10,14 @@ imports torch: `liif --help`, `--version` and usage errors stay instant.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from typing import Annotated
 
 import typer
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 try:  # Typer ≥ 0.23 vendors Click
     from typer._click.exceptions import ClickException
@@ -27,7 +28,16 @@ except ImportError:  # pragma: no cover - older Typer uses Click itself
 
 from liif_cli.cli import commands
 from liif_cli.cli.displays import console, error_line, note_line, out
-from liif_cli.errors import LiifWarning, describe, is_bug
+from liif_cli.cli.options import ENV_META
+from liif_cli.errors import (
+    CheckpointError,
+    DeviceError,
+    LiifWarning,
+    OutputPathError,
+    UsageError,
+    describe,
+    is_bug,
+)
 from liif_cli.version import __version__
 
 DEBUG_HINT = " (rerun with LIIF_DEBUG=1 for the traceback, and please report it)"
@@ -58,16 +68,37 @@ def _usage_error(e: ClickException) -> typer.Exit:
     return typer.Exit(e.exit_code)
 
 
-def _failed(e: BaseException) -> typer.Exit:
-    """Any other exception: its one line (`errors.describe`) and its exit code."""
-    message, code = describe(e)
+def _failed(e: BaseException, command: str | None = None, env: dict | None = None) -> typer.Exit:
+    """Any other exception: its one line (`errors.describe`, with `command`'s advice) and its
+    exit code. A value that came from a LIIF_* variable (`env`: option -> (variable, value))
+    and that the line names is said to come from there."""
+    message, code = describe(e, command)
     if isinstance(e, KeyboardInterrupt):
         console.print(f"[yellow]{message}[/]")
     elif is_bug(e):
         console.print(f"[red]{escape(message)}[/]{DEBUG_HINT}", soft_wrap=True)
     else:
-        error_line(message)
+        error_line(message + _from_environment(e, message, env or {}))
     return typer.Exit(code)
+
+
+def _from_environment(e: BaseException, message: str, env: dict) -> str:
+    """" (LIIF_MODEL=x.pth, from the environment)" for each value from a variable that a
+    configuration error (a usage, model or device error) names as a whole word."""
+    if not isinstance(e, (UsageError, CheckpointError, DeviceError)) or isinstance(
+            e, OutputPathError):
+        return ""
+    return "".join(f" ({var}={value}, from the environment)" for var, value in env.values()
+                   if re.search(rf"(?<![\w.]){re.escape(str(value))}(?![\w.])", message))
+
+
+def _pipe_closed() -> typer.Exit:
+    """stdout's reader went away (`| head`): no traceback and no error line, as a command
+    killed by SIGPIPE prints none; stdout is pointed at the null device so that the final flush
+    fails no more. Exit 1, as Click does when the same happens while it prints --help."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return typer.Exit(1)
 
 
 class _App(TyperGroup):
@@ -94,11 +125,23 @@ class _App(TyperGroup):
             raise _usage_error(e) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
+        except BrokenPipeError:  # `liif models | head -1`: the reader has what it wanted
+            raise _pipe_closed() from None
         except (Exception, KeyboardInterrupt) as e:
             if is_bug(e) and os.environ.get("LIIF_DEBUG"):
                 raise
-            raise _failed(e) from None
+            raise _failed(e, ctx.invoked_subcommand, ctx.meta.get(ENV_META)) from None
 
+
+def _flag_type(show_type):
+    """Typer's help shows `<bool>` beside a flag (--overwrite, --quiet), as if it took a value:
+    a flag shows no type."""
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else show_type(self, ctx)
+    return display_type_rich
+
+
+TyperOption.display_type_rich = _flag_type(TyperOption.display_type_rich)
 
 app = typer.Typer(cls=_App, no_args_is_help=True, add_completion=True,
                   pretty_exceptions_enable=False,

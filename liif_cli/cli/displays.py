@@ -89,12 +89,13 @@ MODEL_FIELDS = ("name", "source", "arch", "encoder", "params", "trained", "bytes
 
 
 def models_table(rows: list[dict], folder) -> None:
-    """A table in a terminal; piped, one tab-separated row per model, no header. A user file
-    that a bundled name hides gets a note on stderr either way."""
+    """A table in a terminal; piped, a header line (the field names), then one tab-separated
+    row per model. A user file that a bundled name hides gets a note on stderr either way."""
     for r in rows:
         if r["source"] == "user" and r["description"]:
             note_line(f"{r['path']}: {r['description']}")
     if not out.is_terminal:  # scripts: plain rows, easy to cut and grep
+        print("\t".join(MODEL_FIELDS))
         for r in rows:
             print("\t".join(str(r[k]) for k in MODEL_FIELDS))
         return

@@ -8,30 +8,79 @@ engine imports torch, so `DEFAULT_MAX_MEMORY` here is the text of the same 512 M
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated, Optional
 
 import typer
 
-from liif_cli.errors import UsageError
+from liif_cli.errors import LiifWarning, UsageError
+from liif_cli.runtime.options import DEVICE_ENV
 
 DEFAULT_MAX_MEMORY = "auto"  # runtime.device.memory_budget: 512M on a CPU, a share of a GPU
 DEFAULT_QUALITY = 95  # JPEG/WebP quality, io.images.write_image's default
 DEFAULT_MAX_OUTPUT_PIXELS = 1_000_000_000  # sizing's guard against absurd outputs
 DEFAULT_MAX_INPUT_PIXELS = 200_000_000  # io.images' decompression-bomb guard
 
+ENV_META = "liif_env"  # ctx.meta key: {option name: (variable, value)} of values from LIIF_*
+
+
+def from_env(ctx: typer.Context, param: typer.CallbackParam, value):
+    """Callback of the options that a LIIF_* variable sets: remembers which values came from
+    the environment (in ctx.meta, shared by the whole command), so that an error caused by one
+    names its variable (`cli.app`) and --denoise can override LIIF_MODEL."""
+    source = ctx.get_parameter_source(param.name)
+    if value is not None and source is not None and source.name == "ENVIRONMENT":
+        ctx.meta.setdefault(ENV_META, {})[param.name] = (param.envvar, value)
+    return value
+
+
+def env_values() -> dict[str, tuple[str, object]]:
+    """{option name: (variable, value)} for the options of the running command that came
+    from the environment."""
+    ctx = _current_context()
+    return {} if ctx is None else ctx.meta.get(ENV_META, {})
+
+
+def _current_context():
+    try:  # Typer ≥ 0.23 vendors Click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older Typer uses Click itself
+        from click import get_current_context
+    return get_current_context(silent=True)
+
+
+def model_for_denoise(model: str | None) -> str | None:
+    """`--denoise` given on the command line picks the default/real pair: a LIIF_MODEL from the
+    environment that has no denoise partner gives way to it, with one note (an option given
+    wins over a variable); one given with --model is still an error."""
+    var, value = env_values().get("model", (None, None))
+    if value is None or value != model:
+        return model
+    from liif_cli.runtime.weights import denoise_pair
+
+    try:
+        denoise_pair(model)
+    except UsageError:
+        warnings.warn(f"--denoise picks the default/real pair: {var}={model} not used",
+                      LiifWarning, stacklevel=2)
+        return None
+    return model
+
+
 MODEL_HELP = ("Bundled or user model name, or a checkpoint path (.pth, .safetensors). "
               "Default: bundled.")
 ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help=MODEL_HELP, envvar="LIIF_MODEL", show_envvar=True)]
+    "--model", "-m", help=MODEL_HELP, envvar="LIIF_MODEL", show_envvar=True, callback=from_env)]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.",
-                                        envvar="LIIF_DEVICE", show_envvar=True)]
+                                        envvar=DEVICE_ENV, show_envvar=True,
+                                        callback=from_env)]
 # Not DeviceOpt: batch takes several devices (one worker each) where upscale takes one.
 DevicesOpt = Annotated[str, typer.Option(
     "--device", help="auto, cpu, cuda:N, mps, a list (cuda:0,cuda:1) or all (every GPU).",
-    envvar="LIIF_DEVICE", show_envvar=True)]
+    envvar=DEVICE_ENV, show_envvar=True, callback=from_env)]
 PrecisionOpt = Annotated[str, typer.Option(
     help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, bf16 or fp16.", envvar="LIIF_PRECISION",
-    show_envvar=True)]
+    show_envvar=True, callback=from_env)]
 ScaleOpt = Annotated[Optional[str], typer.Option(
     "--scale", "-s", help="Factor (4, 7.5) or WxH factors (3x2.5).")]
 SizeOpt = Annotated[Optional[str], typer.Option(
@@ -45,12 +94,13 @@ FitOpt = Annotated[Optional[str], typer.Option(
 MaxMemoryOpt = Annotated[str, typer.Option(
     help="Working-memory budget for tiles and chunks, e.g. 256M, 2G; auto: 512M on a CPU, "
     "half the free memory of a GPU (which also caps a size given).", envvar="LIIF_MAX_MEMORY",
-    show_envvar=True)]
+    show_envvar=True, callback=from_env)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 QuietOpt = Annotated[bool, typer.Option(
     "--quiet", "-q", help="No progress, notes or summary: errors only.")]
 QualityOpt = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.",
-                                         envvar="LIIF_QUALITY", show_envvar=True)]
+                                         envvar="LIIF_QUALITY", show_envvar=True,
+                                         callback=from_env)]
 MaxOutOpt = Annotated[int, typer.Option(help="Refuse outputs above this many pixels.")]
 MaxInOpt = Annotated[int, typer.Option(help="Refuse inputs above this many pixels.")]
 DenoiseOpt = Annotated[Optional[float], typer.Option(

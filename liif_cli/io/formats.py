@@ -23,6 +23,7 @@ WRITTEN = {
 FORMATS = {s: (pil, deep, alpha) for suffixes, pil, deep, alpha in WRITTEN.values()
            for s in suffixes}
 FORMAT_NAMES = ", ".join(WRITTEN)  # for messages and help: "png, jpg, webp, tiff, bmp"
+GREY_AS_RGB = frozenset({".webp"})  # WebP has no greyscale: grey is stored as RGB
 READABLE_SUFFIXES = frozenset(FORMATS) | {".gif", ".ppm", ".pgm", ".pnm", ".tga", ".jp2"}
 FALLBACK_SUFFIX = ".png"  # the output of an input we read but cannot write (gif, ppm, ...)
 
@@ -44,6 +45,15 @@ def format_suffix(text: str) -> str | None:
 def is_image_name(path: str | os.PathLike) -> bool:
     """Whether a file's name says it is an image we read (any case)."""
     return Path(path).suffix.lower() in READABLE_SUFFIXES
+
+
+def as_written(suffix: str, channels: int, alpha: bool, bits: int) -> tuple[int, bool, int]:
+    """(channels, alpha, bits) of an image once written as a `suffix` file: formats without
+    16 bits get 8, JPEG and BMP drop alpha, WebP stores grey as RGB (`FORMATS`)."""
+    suffix = suffix.lower()
+    _, allows16, allows_alpha = FORMATS[suffix]
+    return (3 if suffix in GREY_AS_RGB else channels, alpha and allows_alpha,
+            bits if allows16 else 8)
 
 
 def same_format_suffix(path: str | os.PathLike) -> str:

@@ -40,6 +40,7 @@ from liif_cli.io.formats import (  # noqa: F401 - also importable from here, as 
     FORMAT_NAMES,
     FORMATS,
     READABLE_SUFFIXES,
+    as_written,
     format_suffix,
     is_image_name,
 )
@@ -84,9 +85,15 @@ class ImageData:
     def channels(self) -> int:
         return self.pixels.shape[2]
 
+    def kind(self, suffix: str | None = None) -> str:
+        """"RGB 8-bit", "grey+alpha 16-bit", ...: this image, or what a `suffix` file of it
+        holds (`formats.as_written`: no alpha in JPEG, 8 bits in WebP, ...)."""
+        shape = (self.channels, self.alpha is not None, self.bit_depth)
+        channels, alpha, bits = shape if suffix is None else as_written(suffix, *shape)
+        return f"{ {1: 'grey', 3: 'RGB'}[channels]}{'+alpha' if alpha else ''} {bits}-bit"
+
     def describe(self) -> str:
-        kind = {1: "grey", 3: "RGB"}[self.channels] + ("+alpha" if self.alpha is not None else "")
-        return f"{self.width}×{self.height} {kind} {self.bit_depth}-bit"
+        return f"{self.width}×{self.height} {self.kind()}"
 
 
 def pixel_count(n: int) -> str:
@@ -442,6 +449,14 @@ def encode_image(data: ImageData, fmt: str = "png", *, quality: int = 95) -> byt
             raise ImageWriteError(f"cannot encode the image as {suffix[1:]}: {msg}") from None
         with open(tmp, "rb") as f:
             return f.read()
+
+
+def check_stdout() -> None:
+    """Output '-' onto a terminal is a usage error, as input '-' from one is: binary image
+    data would scroll across the screen."""
+    if sys.stdout is not None and sys.stdout.isatty():
+        raise UsageError("output '-' writes the image to stdout, but stdout is a terminal: "
+                         "redirect it, e.g. `liif upscale photo.jpg -s 2 -o - > big.png`")
 
 
 def write_stdout(data: ImageData, fmt: str = "png", *, quality: int = 95) -> int:

@@ -14,6 +14,10 @@ Every task (upscale, batch, eval, train, bench) resolves `--device` and `--preci
   without AVX512-BF16 or AMX, e.g. Skylake-SP to Ice Lake server: about 2x slower) to fp32;
   on a CUDA GPU below capability 8.0 (bf16 emulated, or refused by cuDNN) to fp16; on MPS
   before macOS 14 (no bf16 there) to fp16.
+- fp16 and bf16 on Apple MPS run under autocast, which torch 2.3 and 2.4 refuse on MPS (2.5
+  takes fp16 only): where this torch has no MPS autocast for the dtype, `auto` is fp32 there,
+  and an explicit fp16 or bf16 falls back (fp16, else fp32) with a `PrecisionWarning`
+  (`mps_autocast`).
 - `fp32` is exact fp32 on every device: on a GPU, TF32 (10-bit mantissa matmuls and
   convolutions, cuDNN's default on Ampere and later) is off (`set_tf32`), so 16-bit images,
   `eval` and `bench`'s exactness line keep their promise. `Upscaler(..., tf32=True)` trades
@@ -21,11 +25,15 @@ Every task (upscale, batch, eval, train, bench) resolves `--device` and `--preci
 - `fp16` is for GPUs: on the CPU it is a usage error.
 
 `auto` as a device: CUDA, then MPS, then the CPU. Under torchrun or Slurm (LOCAL_RANK,
-SLURM_LOCALID) each local process takes its own GPU, `cuda:(local rank mod GPUs)`.
+SLURM_LOCALID) each local process takes its own GPU, `cuda:(local rank mod GPUs)`; a process
+of a DDP run (`ranks` > 1) always does, and never takes MPS. `LIIF_DEVICE` (when a command's
+`--device` is not given) is read by the CLI's options (`runtime.options.DEVICE_ENV`), for every
+command alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import platform
 import warnings
@@ -89,17 +97,40 @@ def mps_bf16_native() -> bool:
         return False
 
 
+@functools.cache
+def mps_autocast(dtype: torch.dtype) -> bool:
+    """True when this torch runs `torch.autocast("mps", dtype=dtype)`: torch 2.3 and 2.4 raise
+    on device type "mps" whatever the arguments; 2.5 takes fp16 and warns that it disables
+    itself for bf16. Asked of torch (no version table), once per dtype."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            torch.autocast("mps", dtype=dtype)
+        except (RuntimeError, ValueError):
+            return False
+    return not caught
+
+
 def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+def resolve_device(device: str | torch.device | None = "auto", *, ranks: int = 1
+                   ) -> torch.device:
     """'auto' picks CUDA, then MPS, then CPU; 'cuda:N' and 'mps' are checked to exist.
 
     Under torchrun or srun, 'auto' and 'cuda' give each local process its own GPU:
-    cuda:(LOCAL_RANK or SLURM_LOCALID, modulo the GPUs this process sees).
+    cuda:(LOCAL_RANK or SLURM_LOCALID, modulo the GPUs this process sees: one, where each
+    rank is given its own by CUDA_VISIBLE_DEVICES, as Slurm often does). `ranks` > 1 (a
+    process of a DDP run): any CUDA device is this process's own GPU, and 'auto' is CUDA or
+    the CPU (DDP has no MPS backend).
     """
     name = "auto" if device is None else str(device)
+    if ranks > 1:
+        dev = resolve_device(name)
+        if dev.type == "cuda":
+            return _cuda_of_this_process()
+        return torch.device("cpu") if name == "auto" else dev
     if name == "auto":
         if torch.cuda.is_available():
             return _cuda_of_this_process()
@@ -145,6 +176,14 @@ def use_device(device: torch.device) -> None:
         torch.cuda.set_device(device)
 
 
+def current(device: torch.device) -> contextlib.AbstractContextManager:
+    """`device` as the current CUDA GPU for a block, the caller's current one restored after
+    (the library's `use_device`: an `Upscaler` renders under it and leaves no trace)."""
+    if device.type == "cuda" and device.index is not None:
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 def set_tf32(device: torch.device, enabled: bool = False) -> None:
     """The TF32 policy, in one place: on a CUDA device, fp32 matmuls and cuDNN convolutions
     use TF32 only when `enabled` (default: off, so fp32 is exact fp32).
@@ -160,19 +199,23 @@ def set_tf32(device: torch.device, enabled: bool = False) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
-def memory_budget(device: torch.device, max_memory: int | None = None) -> int:
+def memory_budget(device: torch.device, max_memory: int | None = None, *,
+                  sharers: int = 1) -> int:
     """The working-memory budget (bytes) for tiles and chunks on `device`.
 
     Without `max_memory` (--max-memory): CPU_MAX_MEMORY on a CPU or MPS; on a CUDA GPU
     GPU_MEMORY_SHARE of its free memory now (`torch.cuda.mem_get_info`), so a 24-140 GiB GPU
     renders in a few big chunks. With it: that many bytes, and on a CUDA GPU no more than the
     share of free memory (a cap, not a request: asking for more than the GPU holds would only
-    end in an out-of-memory error).
+    end in an out-of-memory error). `sharers`: renderers working on this GPU at once (`liif
+    batch --jobs N` on one GPU, the viewer's tiles beside an export): each gets 1/sharers of
+    the share, so together they stay within what `auto` promises (each asks when it starts,
+    when the others' memory is already gone from the free memory: the sum only gets smaller).
     """
     if device.type != "cuda":
         return CPU_MAX_MEMORY if max_memory is None else max_memory
     free, _total = torch.cuda.mem_get_info(device)
-    share = max(MIN_MAX_MEMORY, int(free * GPU_MEMORY_SHARE))
+    share = max(MIN_MAX_MEMORY, int(free * GPU_MEMORY_SHARE) // max(1, sharers))
     return share if max_memory is None else min(share, max_memory)
 
 
@@ -181,6 +224,8 @@ BF16_FALLBACK_NOTE = ("this CPU has no native bf16 (AVX512-BF16 or AMX), where b
 CUDA_BF16_FALLBACK_NOTE = ("this GPU (compute capability {cap}) has no native bf16 (needs 8.0, "
                            "Ampere or later): using fp16")
 MPS_BF16_FALLBACK_NOTE = "bf16 on Apple MPS needs macOS 14 or later: using fp16"
+MPS_AUTOCAST_NOTE = ("this PyTorch ({version}) has no {name} autocast on Apple MPS (fp16 needs "
+                     "torch 2.5 or later): using {fallback}")
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -193,7 +238,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if cuda_bf16_native(device) else torch.float16
-        return torch.float16 if device.type == "mps" else torch.float32
+        if device.type == "mps":
+            return torch.float16 if mps_autocast(torch.float16) else torch.float32
+        return torch.float32
     if precision == "fp16" and device.type == "cpu":
         raise UsageError("fp16 is for GPUs; on the CPU use --precision bf16 (fast) or fp32")
     if precision == "bf16":
@@ -207,8 +254,16 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
             return torch.float16
         if device.type == "mps" and not mps_bf16_native():
             warnings.warn(MPS_BF16_FALLBACK_NOTE, PrecisionWarning, stacklevel=2)
-            return torch.float16
-    return DTYPES[precision]
+            precision = "fp16"
+    dtype = DTYPES[precision]
+    if device.type == "mps" and dtype != torch.float32 and not mps_autocast(dtype):
+        fallback = (torch.float16 if dtype == torch.bfloat16 and mps_autocast(torch.float16)
+                    else torch.float32)
+        warnings.warn(MPS_AUTOCAST_NOTE.format(version=torch.__version__.split("+")[0],
+                                               name=precision, fallback=precision_name(fallback)),
+                      PrecisionWarning, stacklevel=2)
+        return fallback
+    return dtype
 
 
 def precision_name(dtype: torch.dtype) -> str:

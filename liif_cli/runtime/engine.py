@@ -22,7 +22,7 @@ encoder runs under autocast; in fp32 no autocast region is entered at all: torch
 one on MPS, even disabled); the decoder MLP runs in `dtype` (fp32, or bf16/fp16 for speed);
 the ensemble blend is always float32. The tasks set both to one dtype through
 `runtime.upscaler.Upscaler` (the policy is `runtime.device`'s). Quantised outputs are clamped,
-scaled and rounded on the device and come to the host as uint8/uint16.
+scaled and rounded on the device and come to the host as uint8 (or int32 levels of uint16).
 Tile and chunk sizes come from a memory budget (`max_memory` bytes of working memory), so peak
 memory does not grow with the output beyond the output buffer itself.
 """
@@ -224,7 +224,6 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
     # the official cell, ones * (2 / H) in float32, in latent cells of the whole grid
     cell = rel_cell(make_cell((H, W), 1, device=device)[0], h, w)  # (2,)
     halo = model.encoder.receptive_radius + TILE_MARGIN
-    x = normalise(img.float())  # the official input normalisation
     members = 4 if local else 1
     buf = torch.empty(dec.buffer_numel(members, plan.chunk), dtype=dtype, device=device)
     write = _writer(out)
@@ -258,7 +257,7 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
             # P region = latents [a0 - 2, a1 + 2) clipped to the image
             py0, py1 = max(0, a0 - TILE_MARGIN + 1), min(h, a1 + TILE_MARGIN - 1)
             px0, px1 = max(0, b0 - TILE_MARGIN + 1), min(w, b1 + TILE_MARGIN - 1)
-            p = _tile_pmap(model, dec, x, (py0, py1, px0, px1), halo, cell, encoder_dtype)
+            p = _tile_pmap(model, dec, img, (py0, py1, px0, px1), halo, cell, encoder_dtype)
             pieces = _pieces(dec, p, ax, ay, (t0, t1), (r0, r1), sched.col_piece, sched.chunk,
                              px0, py0)
             if sched.threads > 1:  # pieces side by side, one thread each
@@ -277,17 +276,21 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
     return out
 
 
-def _tile_pmap(model: SRModel, dec: Decoder, x: torch.Tensor,
+def _tile_pmap(model: SRModel, dec: Decoder, img: torch.Tensor,
                region: tuple[int, int, int, int], halo: int, cell: torch.Tensor,
                encoder_dtype: torch.dtype) -> torch.Tensor:
-    """P of the latents [py0, py1) × [px0, px1) of normalised image x (3, h, w), encoded from
-    a crop with a halo of `halo` input pixels (the same latents as a whole-image pass)."""
+    """P of the latents [py0, py1) × [px0, px1) of image `img` (3, h, w) in [0, 1], encoded
+    from a crop with a halo of `halo` input pixels (the same latents as a whole-image pass).
+
+    Only the crop is normalised (a whole-image copy per call would be 12 bytes per input
+    pixel: 288 MB of a 24 MP photo for each of `liif view`'s tiles)."""
     py0, py1, px0, px1 = region
-    h, w = x.shape[-2:]
+    h, w = img.shape[-2:]
     iy0, iy1 = max(0, py0 - halo), min(h, py1 + halo)
     ix0, ix1 = max(0, px0 - halo), min(w, px1 + halo)
-    crop = x[None, :, iy0:iy1, ix0:ix1].contiguous(memory_format=torch.channels_last)
-    with _autocast(x.device, encoder_dtype):
+    crop = normalise(img[None, :, iy0:iy1, ix0:ix1].float())  # the official normalisation
+    crop = crop.contiguous(memory_format=torch.channels_last)
+    with _autocast(img.device, encoder_dtype):
         feat = model.encode(crop)  # (1, C, th, tw)
     feat = feat.float()
     # latents one beyond the P region feed its 3×3 unfolding; beyond the image: zeros
@@ -308,13 +311,16 @@ def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCo
     return torch.autocast(device.type, dtype=dtype)
 
 
-QUANTISED = {np.dtype(np.uint8): (255, torch.uint8), np.dtype(np.uint16): (65535, torch.uint16)}
+# 16-bit levels leave the device as int32: MPS has no uint16 before torch 2.9, and the host
+# array's assignment narrows them exactly (0 to 65,535)
+QUANTISED = {np.dtype(np.uint8): (255, torch.uint8), np.dtype(np.uint16): (65535, torch.int32)}
 
 
 def _writer(out: np.ndarray) -> Callable[[int, int, int, int, torch.Tensor], None]:
     """Writes a decoded block (3, nr, nc), normalised, into out[j0:j1, c0:c1]: the channel
     mean for a 1-channel `out`; quantised (clamped, scaled, rounded) on the device and copied
-    to the host as integers for uint8/uint16, raw float32 otherwise."""
+    to the host as integers for uint8/uint16 (16-bit levels as int32: `QUANTISED`), raw
+    float32 otherwise."""
     grey = out.shape[2] == 1
     maxval, qdtype = QUANTISED.get(out.dtype, (None, None))
 

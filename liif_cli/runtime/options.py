@@ -14,6 +14,9 @@ from liif_cli.errors import UsageError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_HINT = "use auto, cpu, cuda, cuda:N or mps"
+# sets --device of every command that has one (upscale, batch, eval, view, train, bench), as
+# the CLI's options declare it; what `auto` then means is `runtime.device.resolve_device`'s
+DEVICE_ENV = "LIIF_DEVICE"
 _DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 
 

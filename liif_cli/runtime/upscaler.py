@@ -9,9 +9,15 @@ one, so `--precision` means one thing everywhere: the dtype of the whole forward
 16-bit images are computed in float32 whatever the precision (`render_dtype`; a second decoder,
 built once); `model_input` turns any image into what the model takes.
 
-A network the caller passes is never moved or flipped in place: when it is not already on the
-device in eval mode, the Upscaler renders a copy (so a second Upscaler on another device leaves
-the first, and the caller's module, as they were). A model it loads itself is its own.
+A network the caller passes is never moved, cast nor flipped in place: when it is not already
+on the device in eval mode and float32, the Upscaler renders a copy (so a second Upscaler on
+another device leaves the first, and the caller's module, as they were; a caller's fp16 module
+renders in any precision). A model it loads itself is its own. Nor is the caller's current CUDA
+GPU changed: each render makes the Upscaler's GPU current for its own duration only.
+
+On a GPU, a render that runs out of memory is retried once at half the budget (which the
+Upscaler then keeps for later images) before the error goes up: a first user should not have
+to learn `--max-memory`.
 
 The decoder is a snapshot of the weights (some of its tensors are copies): after the weights
 change (a training step, `load_state_dict`) make a new Upscaler. That is cheap (a decoder
@@ -29,22 +35,24 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from liif_cli.errors import UsageError
+from liif_cli.errors import UsageError, is_out_of_memory
 from liif_cli.io.images import ImageData
 from liif_cli.model import SRModel
 from liif_cli.runtime import engine
 from liif_cli.runtime.device import (
     DTYPES,
+    MIN_MAX_MEMORY,
+    current,
     memory_budget,
     precision_name,
     resolve_device,
     resolve_precision,
     set_tf32,
-    use_device,
 )
 from liif_cli.runtime.weights import card_of, load_model
 
 ModelRef = SRModel | str | os.PathLike | None  # a network, a name or a path; None: the default
+OOM_RETRY_DEVICES = ("cuda", "mps")  # where an out-of-memory render is retried at half budget
 
 
 @dataclass
@@ -62,7 +70,8 @@ class Upscaler:
 
     `model`: a network (LIIF or LM-LIIF, e.g. from `load_model`), a model name or a checkpoint
     path (None: the bundled default); a network is used as it is only when it is already on
-    `device` in eval mode, else copied (the caller's module is never moved nor flipped).
+    `device` in eval mode and float32, else copied (the caller's module is never moved, cast
+    nor flipped).
     `precision`: a `--precision` name, resolved by `device.resolve_precision` (an explicit
     bf16 where the hardware lacks it falls back with one `PrecisionWarning`), or a torch dtype
     taken as already resolved (bench measures emulated bf16 that way). Usage errors (device, precision) come before the model is loaded.
@@ -82,14 +91,13 @@ class Upscaler:
             self.dtype = precision
         else:
             self.dtype = resolve_precision(precision, self.device)
-        use_device(self.device)
         set_tf32(self.device, tf32)
         if isinstance(model, SRModel) and _ready_on(model, self.device):
             net = model  # the caller's, used as it is: never moved nor flipped
-        else:  # a copy of the caller's, or one we load: ours to move
+        else:  # a copy of the caller's, or one we load: ours to move (and make float32)
             net = (copy.deepcopy(model) if isinstance(model, SRModel)
                    else load_model(model, device=self.device))
-            net = net.to(self.device).eval()
+            net = net.to(self.device).float().eval()
         card = card_of(net)
         self.name: str | None = card.name if card else None  # None: the caller names it
         self.model: SRModel = net
@@ -127,13 +135,34 @@ class Upscaler:
         `out` as in `engine.render`: None (float32 (H, W, 3), raw), or a preallocated
         uint8/uint16/float32 (H, W, 3) or (H, W, 1) array. Returns it. `window` (y0, x0, h, w):
         only that window of the output, into an (h, w, C) `out` (`engine.render`).
+        On a GPU, out of memory is retried once at half the budget, kept from then on.
         """
         dtype = self.dtype if dtype is None else dtype
         dec = self.decoder(dtype)
-        with torch.inference_mode():
-            return engine.render(self.model, img.to(self.device), out_hw, out,
-                                 max_memory=self.max_memory, dtype=dtype, encoder_dtype=dtype,
-                                 decoder=dec, on_progress=on_progress, window=window)
+        reached = 0
+
+        def progress(done: int, total: int) -> None:  # never backwards across the retry
+            nonlocal reached
+            reached = max(reached, done)
+            if on_progress is not None:
+                on_progress(reached, total)
+
+        def attempt() -> np.ndarray:
+            with current(self.device), torch.inference_mode():
+                return engine.render(self.model, img.to(self.device), out_hw, out,
+                                     max_memory=self.max_memory, dtype=dtype,
+                                     encoder_dtype=dtype, decoder=dec, on_progress=progress,
+                                     window=window)
+
+        try:
+            return attempt()
+        except Exception as e:  # noqa: BLE001 - only out of memory on a GPU is retried
+            if self.device.type not in OOM_RETRY_DEVICES or not is_out_of_memory(e):
+                raise
+        # out of the except block: the failed attempt's tensors, held by its traceback, are free
+        _empty_cache(self.device)
+        self.max_memory = max(MIN_MAX_MEMORY, self.max_memory // 2)
+        return attempt()
 
     def upscale_image(self, image: ImageData, out_hw: tuple[int, int], *,
                       on_progress: engine.ProgressFn | None = None) -> UpscaleResult:
@@ -174,9 +203,21 @@ def model_input(image: ImageData, device: torch.device | None = None) -> torch.T
 
 
 def _ready_on(model: SRModel, device: torch.device) -> bool:
-    """True when `model` can render as it is: in eval mode, every tensor on `device`."""
+    """True when `model` can render as it is: in eval mode, every tensor on `device`, every
+    floating one float32 (the engine casts for bf16/fp16 itself; 16-bit images need fp32)."""
     tensors = [*model.parameters(), *model.buffers()]
-    return not model.training and all(_same_device(t.device, device) for t in tensors)
+    return not model.training and all(
+        _same_device(t.device, device) and (not t.is_floating_point() or t.dtype == torch.float32)
+        for t in tensors)
+
+
+def _empty_cache(device: torch.device) -> None:
+    """Give the caching allocator's free blocks back, before a retry at a smaller budget."""
+    if device.type == "cuda":
+        with current(device):
+            torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:

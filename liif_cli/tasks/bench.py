@@ -206,11 +206,9 @@ class BenchReport:
 
 
 def _devices(spec: str) -> list[torch.device]:
-    if spec == "auto":
-        devs = [torch.device("cpu")]
-        if torch.cuda.is_available():
-            devs.append(torch.device("cuda"))
-        return devs
+    if spec == "auto":  # the CPU, and the GPU or Mac the one device policy picks
+        other = resolve_device("auto")
+        return [torch.device("cpu")] + ([other] if other.type != "cpu" else [])
     return [resolve_device(d.strip()) for d in spec.split(",") if d.strip()]
 
 

@@ -191,7 +191,7 @@ def _onnx_modules():
         import onnxscript  # noqa: F401 - torch's ONNX exporter needs it
     except ImportError as e:
         raise ExportError(f"ONNX export needs the onnx extra ({e.name} is missing): "
-                          "pip install 'liif-cli[onnx]'") from None
+                          "pip install '.[onnx]' in a clone of liif-cli") from None
     return onnx
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,13 +19,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from liif_cli.errors import UsageError
-from liif_cli.io.formats import format_name, same_format_suffix
+from liif_cli.errors import LiifWarning, UsageError
+from liif_cli.io.formats import FORMATS, as_written, format_name, same_format_suffix
 from liif_cli.io.images import (
     DEFAULT_MAX_INPUT_PIXELS,
     STDIO,
     ImageData,
     check_output_path,
+    check_stdout,
     output_suffix,
     read_image,
     read_stdin,
@@ -54,9 +56,10 @@ from liif_cli.runtime.weights import load_model
 
 def default_output_path(inp: str | os.PathLike, request: SizeRequest,
                         scale_text: str | None = None) -> Path:
-    """photo.jpg --scale 7.5 -> photo_x7.5.jpg; --size 1920x1080 -> photo_1920x1080.jpg;
-    --width 800 -> photo_800w.jpg: the input's format, in lower case (`same_format_suffix`:
-    .png for one we cannot write)."""
+    """photo.jpg --scale 7.5 -> photo_x7.5.jpg; --size 1920x1080 -> photo_1920x1080.jpg
+    (`--fit contain` or `cover`: photo_1920x1080_contain.jpg, photo_1920x1080_cover.jpg, whose
+    sizes differ); --width 800 -> photo_800w.jpg: the input's format, in lower case
+    (`same_format_suffix`: .png for one we cannot write)."""
     inp = Path(inp)
     if request.scale is not None:
         sy, sx = request.scale
@@ -64,6 +67,7 @@ def default_output_path(inp: str | os.PathLike, request: SizeRequest,
                      f"{sx:g}" if sx == sy else f"{sx:g}x{sy:g}")
     elif request.size is not None:
         tag = f"{request.size[0]}x{request.size[1]}"
+        tag += "" if request.fit == "fill" else f"_{request.fit}"
     elif request.width is not None and request.height is not None:
         tag = f"{request.width}x{request.height}"
     elif request.width is not None:
@@ -146,11 +150,24 @@ class FileResult:
     output: Path
     in_hw: tuple[int, int]
     out_hw: tuple[int, int]
-    kind: str  # e.g. "RGB+alpha 16-bit"
+    kind: str  # what the output file holds, e.g. "RGB+alpha 16-bit"
     model: str
     device: str
     precision: str
     seconds: float  # everything: reading, model loading, upscaling, writing
+
+
+def note_losses(image: ImageData, suffix: str) -> None:
+    """One note (a `LiifWarning`) for each thing a `suffix` file cannot hold of `image`: its
+    alpha channel (JPEG, BMP), its 16 bits (JPEG, WebP, BMP)."""
+    name = FORMATS[suffix][0]
+    _, alpha, bits = as_written(suffix, image.channels, image.alpha is not None, image.bit_depth)
+    if image.alpha is not None and not alpha:
+        warnings.warn(f"{name} has no alpha channel: the transparency is dropped (.png, .webp "
+                      "or .tif keep it)", LiifWarning, stacklevel=3)
+    if bits < image.bit_depth:
+        warnings.warn(f"{name} is 8-bit: the 16-bit image is rounded to 8 bits (.png or .tif "
+                      "keep 16)", LiifWarning, stacklevel=3)
 
 
 def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = None, *,
@@ -189,6 +206,7 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
     from_stdin = str(input) == STDIO
     to_stdout = str(output) == STDIO if output is not None else from_stdin
     if to_stdout:
+        check_stdout()
         dst = Path(STDIO)
     elif output is not None:
         dst = Path(output)
@@ -206,6 +224,8 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
                          max_pixels=max_output_pixels)
     if not to_stdout:
         check_output_path(dst, overwrite=overwrite)
+    written = (suffix or ".png") if to_stdout else dst.suffix.lower()
+    note_losses(image, written)
     if up is None:
         if denoise is not None:
             model = load_model(model, device=dev, denoise=denoise)
@@ -215,6 +235,5 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
         write_stdout(res.image, suffix or ".png", quality=quality)
     else:
         write_image(dst, res.image, quality=quality, overwrite=overwrite)
-    kind = image.describe().split(" ", 1)[1]  # "RGB 8-bit", "grey+alpha 16-bit"
-    return FileResult(Path(input), dst, res.in_hw, res.out_hw, kind, up.name or "model",
-                      res.device, res.precision, time.perf_counter() - t0)
+    return FileResult(Path(input), dst, res.in_hw, res.out_hw, image.kind(written),
+                      up.name or "model", res.device, res.precision, time.perf_counter() - t0)

@@ -9,10 +9,21 @@ once, each checked by a pattern before it is parsed, tiles of at most `session.M
 pixels a side and scales within `session.MAX_SCALE`. No new dependency.
 
 Access: every request needs the session's token (`?token=`, compared in constant time),
-else 403. No request names a file: images are numbers (command-line order), models are names
-from a fixed list, static files come from a dict filled at start. Every refusal is a 4xx with a
-one-line text reason. Responses carry a Content-Security-Policy that allows nothing from
-other origins (the page works offline) and no Referer (the URL holds the token).
+else 403, and, unless `check_host` is off (`liif view --host`), a Host header naming the
+listening address (a DNS-rebinding page's requests name its own domain). No request names a
+file: images are numbers (command-line order), models are names from a fixed list, static
+files come from a dict filled at start. Every refusal, http.server's own included (request
+line too long or malformed, too many headers, unknown methods), is a 4xx with a one-line text
+reason and the usual headers; 503 (one line too) says "not now": too many connections, a tile
+busy past its wait, or the server stopping. Responses carry a Content-Security-Policy that
+allows nothing from other origins (the page works offline) and no Referer (the URL holds the
+token).
+
+Bounds: at most `MAX_CONNECTIONS` open at once (more are answered 503 and closed); a
+kept-alive connection waits `IDLE_TIMEOUT_S` for its next request line, and a request then
+has `REQUEST_TIMEOUT_S` for its headers, its work and its answer, after which a watchdog cuts
+the connection (a slow sender cannot hold a thread by sending a byte a minute). A client that
+resets its connection is not worth a word on the terminal.
 """
 
 from __future__ import annotations
@@ -20,19 +31,30 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import select
 import socket
+import sys
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import parse_qsl, urlsplit
 
-from liif_cli.errors import LiifError, OutputExistsError, UsageError
-from liif_cli.view.session import NotFound, StaleRequest, ViewSession, encode_png
+from liif_cli.errors import LiifError, OutputExistsError, UsageError, describe
+from liif_cli.view.session import NotFound, StaleRequest, Unavailable, ViewSession, encode_png
 
 MAX_URL = 2048  # characters of the request target
 MAX_FIELDS = 16  # query parameters
 IDLE_TIMEOUT_S = 60  # a kept-alive connection that sends nothing for this long is closed
+# from a request's first line to the end of its answer; above session.TILE_WAIT_S plus a tile
+REQUEST_TIMEOUT_S = 60
+# connections open at once, each its own thread: a browser opens at most 6 to one host, and
+# an aborted tile's thread lingers up to session.ALIVE_POLL_S
+MAX_CONNECTIONS = 64
+# http.server's own 5xx that are the client's doing, as 4xx
+CLIENT_FAULT = {HTTPStatus.NOT_IMPLEMENTED: HTTPStatus.METHOD_NOT_ALLOWED,  # unknown method
+                HTTPStatus.HTTP_VERSION_NOT_SUPPORTED: HTTPStatus.BAD_REQUEST}  # HTTP/2.0 etc.
 STATIC = {  # path -> (package file, content type)
     "/": ("index.html", "text/html; charset=utf-8"),
     "/view.js": ("view.js", "text/javascript; charset=utf-8"),
@@ -42,14 +64,15 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 # what each query parameter may look like, before it is parsed
 PATTERNS = {
+    # [0-9], not \d: \d takes any script's digits ("٣"), which int() and float() then accept
     "token": r"[0-9a-f]{1,64}",
-    "image": r"\d{1,6}",
-    "x": r"\d{1,9}", "y": r"\d{1,9}", "w": r"\d{1,4}", "h": r"\d{1,4}",
-    "scale": r"\d{1,4}(\.\d{1,6})?(x\d{1,4}(\.\d{1,6})?)?",
-    "model": r"[\w.@+-]{1,100}",
-    "denoise": r"[01](\.\d{1,6})?",
-    "view": r"[\w-]{1,64}", "gen": r"\d{1,12}",
-    "job": r"\d{1,9}", "overwrite": r"[01]",
+    "image": r"[0-9]{1,6}",
+    "x": r"[0-9]{1,9}", "y": r"[0-9]{1,9}", "w": r"[0-9]{1,4}", "h": r"[0-9]{1,4}",
+    "scale": r"[0-9]{1,4}(\.[0-9]{1,6})?(x[0-9]{1,4}(\.[0-9]{1,6})?)?",
+    "model": r"[\w.@+-]{1,100}",  # a name from the list (\w: a file's stem may be "modèle")
+    "denoise": r"[01](\.[0-9]{1,6})?",
+    "view": r"[A-Za-z0-9_-]{1,64}", "gen": r"[0-9]{1,12}",
+    "job": r"[0-9]{1,9}", "overwrite": r"[01]",
 }
 ROUTES = {  # (method, path) -> (handler name, parameters it takes besides the token)
     ("GET", "/"): ("static", set()),
@@ -67,6 +90,8 @@ ROUTES = {  # (method, path) -> (handler name, parameters it takes besides the t
 REQUIRED = {"image": {"image"}, "tile": {"image", "scale", "x", "y", "w", "h"},
             "moved": {"view", "gen"},
             "export": {"image", "scale"}, "cancel": {"job"}}
+HEADERS = (("Content-Security-Policy", CSP), ("Referrer-Policy", "no-referrer"),
+           ("X-Content-Type-Options", "nosniff"))  # on every answer, refusals included
 
 
 class Refusal(Exception):
@@ -88,20 +113,83 @@ def _static_files(token: str) -> dict[str, bytes]:
     return out
 
 
+class _Watchdog:
+    """Cuts connections whose deadline has passed: `shutdown` makes a read or write blocked on
+    them return at once (one thread for all connections; deadlines are few and coarse)."""
+
+    def __init__(self) -> None:
+        self._deadlines: dict[socket.socket, float | None] = {}  # None: cut, not yet disarmed
+        self._cv = threading.Condition()
+        self._closed = False
+        threading.Thread(target=self._run, name="liif-view-watchdog", daemon=True).start()
+
+    def arm(self, conn: socket.socket, seconds: float) -> None:
+        with self._cv:
+            self._deadlines[conn] = time.monotonic() + seconds
+            self._cv.notify()
+
+    def disarm(self, conn: socket.socket) -> None:
+        with self._cv:
+            self._deadlines.pop(conn, None)
+
+    def cut(self, conn: socket.socket) -> bool:
+        """Whether `conn` ran out of time (its request is not to be served)."""
+        with self._cv:
+            return conn in self._deadlines and self._deadlines[conn] is None
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+
+    def _run(self) -> None:
+        with self._cv:
+            while not self._closed:
+                now = time.monotonic()
+                for conn, deadline in self._deadlines.items():
+                    if deadline is not None and deadline <= now:
+                        self._deadlines[conn] = None
+                        try:
+                            conn.shutdown(socket.SHUT_RDWR)
+                        except OSError:  # already gone
+                            pass
+                pending = [d for d in self._deadlines.values() if d is not None]
+                self._cv.wait(None if not pending else max(0.0, min(pending) - now) + 0.01)
+
+
 class ViewServer(ThreadingHTTPServer):
-    """Serves one ViewSession; `url` has the token. `serve_forever` in any thread."""
+    """Serves one ViewSession; `url` has the token. `serve_forever` in any thread.
+
+    `check_host` (default on) refuses requests whose Host header is not the listening address
+    (or localhost) at its port: off for `liif view --host`, where other names may be in use.
+    """
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = MAX_CONNECTIONS  # a burst of connects waits for accept, not SYN retries
 
     def __init__(self, session: ViewSession, host: str = "127.0.0.1", port: int = 0,
-                 token: str | None = None):
+                 token: str | None = None, *, check_host: bool = True):
         self.session = session
         self.token = token or secrets.token_hex(24)
         self.static = _static_files(self.token)
         self.host_shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        super().__init__((host, port), _Handler)
+        self.watchdog = _Watchdog()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._open = 0  # connections with a thread now
+        self._open_lock = threading.Lock()
+        try:
+            super().__init__((host, port), _Handler)
+        except BaseException:
+            self.watchdog.close()
+            raise
+        self.hosts = _host_names(self.host_shown, self.port) if check_host else None
+
+    @property
+    def connections(self) -> int:
+        """Connections open now, each with its thread (at most `MAX_CONNECTIONS`)."""
+        return self._open
 
     @property
     def port(self) -> int:
@@ -119,10 +207,68 @@ class ViewServer(ThreadingHTTPServer):
         return t
 
     def stop(self) -> None:
-        """Stop serving, close the socket, cancel exports and stop the render worker."""
+        """Stop serving, close the socket, cancel exports and stop the render worker (queued
+        tiles are answered 503)."""
         self.shutdown()
         self.server_close()
+        self.watchdog.close()
         self.session.close()
+
+    def process_request(self, request, client_address) -> None:
+        """A thread for the connection, if one of `MAX_CONNECTIONS` is free; else 503."""
+        if not self._slots.acquire(blocking=False):
+            _turn_away(request)
+            self.shutdown_request(request)
+            return
+        self._count(+1)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._count(-1)
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._count(-1)
+
+    def _count(self, step: int) -> None:
+        with self._open_lock:
+            self._open += step
+        if step < 0:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """An exception out of a connection's thread: a client that reset or left (or one the
+        watchdog cut) is not news; anything else is a bug, told in one line, not a traceback."""
+        e = sys.exc_info()[1]
+        if not isinstance(e, OSError):
+            print(f"liif view: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def _host_names(host: str, port: int) -> frozenset[str]:
+    """The Host headers that name this server: its address or localhost, with the port (which
+    a browser leaves out only for port 80)."""
+    names = {f"[{host}]" if ":" in host else host, "localhost"}
+    return frozenset({f"{n}:{port}" for n in names} | (names if port == 80 else set()))
+
+
+def _turn_away(request: socket.socket) -> None:
+    """Answer a connection over the cap 503 without a thread (the accept loop's; a few bytes
+    into a fresh socket's buffer) and read what it has sent (an unread request would turn
+    the close into a reset, and the answer with it)."""
+    body = b"busy: too many connections; try again\n"
+    head = [f"HTTP/1.1 {HTTPStatus.SERVICE_UNAVAILABLE.value} Service Unavailable",
+            "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}",
+            "Cache-Control: no-store", "Connection: close", *(f"{k}: {v}" for k, v in HEADERS)]
+    try:
+        request.settimeout(1)
+        request.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + body)
+        request.setblocking(False)
+        request.recv(65536)
+    except OSError:
+        pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -148,8 +294,40 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _other
 
     # --------------------------------------------------------------------------------------
+    # http.server's side: deadlines and its own refusals
+
+    def handle_one_request(self) -> None:
+        # the wait for the request line, and the line itself; parse_request arms the rest
+        self.server.watchdog.arm(self.connection, IDLE_TIMEOUT_S)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.watchdog.disarm(self.connection)
+
+    def parse_request(self) -> bool:
+        self.server.watchdog.arm(self.connection, REQUEST_TIMEOUT_S)
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":  # "GET /": its answer would have no headers
+            self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 requests are not served")
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None):
+        """http.server's refusals (request line too long or malformed, bad version, too many
+        or too long headers, unknown method) as ours: one line and our headers, a 4xx."""
+        self.close_connection = True
+        if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
+            self.request_version = "HTTP/1.0"  # else the status line and headers are left out
+        status = CLIENT_FAULT.get(code, code)
+        self._refuse(Refusal(status, (message or HTTPStatus(code).phrase)[:200]))
+
+    # --------------------------------------------------------------------------------------
 
     def _handle(self, method: str) -> None:
+        if self.server.watchdog.cut(self.connection):  # out of time: its headers may be cut
+            self.close_connection = True
+            return
         try:
             name, params = self._parse(method)
             getattr(self, "_" + name)(params)
@@ -163,21 +341,30 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(Refusal(HTTPStatus.CONFLICT, str(e)))
         except UsageError as e:
             self._refuse(Refusal(HTTPStatus.BAD_REQUEST, str(e)))
+        except Unavailable as e:
+            self._refuse(Refusal(HTTPStatus.SERVICE_UNAVAILABLE, str(e)))
         except LiifError as e:
             self._refuse(Refusal(HTTPStatus.INTERNAL_SERVER_ERROR, str(e)))
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # the client has gone (reset, closed) or the watchdog cut it
             self.close_connection = True
-        except Exception as e:  # noqa: BLE001 - a bug: one line to the page, server lives on
-            self._refuse(Refusal(HTTPStatus.INTERNAL_SERVER_ERROR,
-                                 f"internal error: {type(e).__name__}: {e}"))
+        except Exception as e:  # noqa: BLE001 - out of memory or a bug: the CLI's one line
+            self._refuse(Refusal(HTTPStatus.INTERNAL_SERVER_ERROR, describe(e, "view")[0]))
 
     def _parse(self, method: str) -> tuple[str, dict[str, str]]:
         if len(self.path) > MAX_URL:
             raise Refusal(HTTPStatus.REQUEST_URI_TOO_LONG, f"URL over {MAX_URL} characters")
-        length = self.headers.get("Content-Length", "0") or "0"
-        if self.headers.get("Transfer-Encoding") or not length.isdigit() or int(length) > 0:
+        length = self.headers.get("Content-Length", "0").strip() or "0"
+        if not re.fullmatch(r"[0-9]{1,18}", length):  # not isdigit(): "²" is a digit to it
+            self.close_connection = True
+            raise Refusal(HTTPStatus.BAD_REQUEST, "bad Content-Length")
+        if self.headers.get("Transfer-Encoding") or int(length) > 0:
             self.close_connection = True  # the body is never read
             raise Refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "requests carry no body")
+        host = self.headers.get("Host")
+        if self.server.hosts is not None and host is not None and (
+                host.strip().lower() not in self.server.hosts):
+            raise Refusal(HTTPStatus.FORBIDDEN, f"forbidden: Host {host[:80]!r} is not this "
+                          "server's address (`liif view --host` allows other names)")
         parts = urlsplit(self.path)
         try:
             pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(
@@ -216,9 +403,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "private, max-age=86400" if cache else "no-store")
-        self.send_header("Content-Security-Policy", CSP)
-        self.send_header("Referrer-Policy", "no-referrer")
-        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in HEADERS:
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -226,8 +414,17 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self._send(r.status, (str(r).splitlines() or [""])[0].encode() + b"\n",
                        "text/plain; charset=utf-8")
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # the client has gone, or the watchdog cut it
             self.close_connection = True
+
+    def _client_alive(self) -> bool:
+        """False once the client has closed or reset the connection: it waits for no answer.
+        (Called by the render worker while this thread waits; a pipelined next request is
+        data, not an end.)"""
+        try:
+            return not _readable(self.connection) or self.connection.recv(1, socket.MSG_PEEK) != b""
+        except (OSError, ValueError):
+            return False
 
     def _json(self, obj) -> None:
         self._send(HTTPStatus.OK, json.dumps(obj).encode(), "application/json")
@@ -261,7 +458,7 @@ class _Handler(BaseHTTPRequestHandler):
         px = self.server.session.tile(
             int(p["image"]), p["scale"], int(p["x"]), int(p["y"]), int(p["w"]), int(p["h"]),
             model=p.get("model"), denoise=_float(p.get("denoise")), view=p.get("view"),
-            gen=None if "gen" not in p else int(p["gen"]))
+            gen=None if "gen" not in p else int(p["gen"]), alive=self._client_alive)
         self._send(HTTPStatus.OK, encode_png(px), "image/png", cache=True)
 
     def _export(self, p: dict[str, str]) -> None:
@@ -282,6 +479,16 @@ class _Handler(BaseHTTPRequestHandler):
         job = self.server.session.job(int(p["job"]))
         job.cancel.set()
         self._json(_job_json(job))
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether a read would return at once (data, an end or an error), without waiting: poll
+    where there is one (select's fd_set stops at descriptor 1023), else select (Windows)."""
+    if hasattr(select, "poll"):
+        p = select.poll()
+        p.register(sock, select.POLLIN)
+        return bool(p.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 def _float(text: str | None) -> float | None:

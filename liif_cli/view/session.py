@@ -7,9 +7,12 @@ The model `bicubic` is OpenCV's bicubic at the same output grid (a reference to 
 
 One `RenderQueue` per device renders one tile at a time, newest request first; a request
 tagged (view, gen) is dropped unrendered once the same view has sent a later gen (the page
-moved on). Models are loaded once, on first use, and kept. Exports ("upscale the whole image
-at this scale") run as background jobs through `tasks.upscale.upscale_file`, which writes
-through the atomic writer and never replaces a file without `overwrite`.
+moved on), and any request is dropped once its client has closed the connection. A request
+waits at most `TILE_WAIT_S` for its turn (then `Unavailable`: 503, busy). Models are loaded
+once, on first use, and kept; denoise blends (a new model for each strength) only the last
+`BLENDS_KEPT`. Exports ("upscale the whole image at this scale") upscale the pixels loaded at
+start (what the page shows, even if the file has changed since) to the file `liif upscale
+--scale S` would name, through the atomic writer, never replacing a file without `overwrite`.
 """
 
 from __future__ import annotations
@@ -19,20 +22,23 @@ import itertools
 import math
 import threading
 import time
-from concurrent.futures import Future
+from collections import OrderedDict
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from liif_cli.errors import LiifError, UsageError
+from liif_cli.errors import LiifError, UsageError, describe
 from liif_cli.io import png
 from liif_cli.runtime.sizing import parse_scale
 
 if TYPE_CHECKING:  # torch is imported where it is used: `liif view --help` stays instant
     import torch
 
+    from liif_cli.io.images import ImageData
     from liif_cli.runtime.upscaler import Upscaler
 
 BICUBIC = "bicubic"  # the pseudo-model: OpenCV bicubic on the same output grid
@@ -42,10 +48,24 @@ MAX_TILE = 512  # output pixels per side of one tile request
 PAGE_TILE = 256
 MAX_SCALE = 64.0  # per axis; the page zooms to 30× and more
 MIN_SCALE = 1 / 64  # per axis; a tile of a downscale is allowed, as upscale allows it
+# renderers on the device at once: the tile queue's, and one export; on a GPU each gets half of
+# the budget `auto` gives one (`runtime.device.memory_budget`)
+RENDERERS = 2
+# a tile waits this long for its turn, then is answered 503 (busy): well inside the server's
+# REQUEST_TIMEOUT_S, so its answer arrives before the connection is cut
+TILE_WAIT_S = 30
+ALIVE_POLL_S = 0.25  # while a tile waits, how often it looks whether its client is still there
+# denoise blends kept loaded (each strength is its own model, ~6 MB for `real`; the page's
+# two layers and a few recent strengths stay instant, older ones are loaded again)
+BLENDS_KEPT = 4
 
 
 class StaleRequest(Exception):
-    """The page has moved on: this tile was dropped without rendering."""
+    """The page has moved on (or the client has gone): this tile was dropped unrendered."""
+
+
+class Unavailable(Exception):
+    """Not now (503): the render worker is busy past `TILE_WAIT_S`, or the viewer is stopping."""
 
 
 class NotFound(LiifError):
@@ -62,7 +82,18 @@ class ViewImage:
     bit_depth: int
     height: int
     width: int
+    data: ImageData  # as read: what exports upscale (alpha, 16 bits and metadata kept)
     _png: bytes | None = None
+    _on_device: torch.Tensor | None = None  # `rgb` on the session's GPU or Mac, once
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        """`rgb` on `device`, uploaded on the first tile and kept (not once per tile: a 24 MP
+        photo is 288 MB of float32). One render thread asks (`RenderQueue`)."""
+        if device.type == "cpu":
+            return self.rgb
+        if self._on_device is None:
+            self._on_device = self.rgb.to(device)
+        return self._on_device
 
 
 @dataclass
@@ -124,7 +155,8 @@ def bicubic_window(image: ViewImage, out_hw: tuple[int, int],
 
 class RenderQueue:
     """One worker thread per device: jobs run one at a time, the newest generation first;
-    a job whose (view, gen) is older than the newest gen seen for its view is dropped."""
+    a job whose (view, gen) is older than the newest gen seen for its view is dropped, and so
+    is one whose `alive()` says False when its turn comes (its client has gone)."""
 
     def __init__(self) -> None:
         self._heap: list = []
@@ -147,16 +179,21 @@ class RenderQueue:
         return view is not None and gen is not None and gen < self._latest.get(view, gen)
 
     def submit(self, fn: Callable[[], object], *, view: str | None = None,
-               gen: int | None = None) -> Future:
+               gen: int | None = None, alive: Callable[[], bool] | None = None) -> Future:
         fut: Future = Future()
         with self._cv:
             if self._closed:
-                raise RuntimeError("render queue closed")
+                raise Unavailable("the viewer is stopping")
             # newest generation first; within one, first come first served (the page sends
             # the tiles nearest the centre first)
-            heapq.heappush(self._heap, (-(gen or 0), next(self._seq), fn, fut, view, gen))
+            heapq.heappush(self._heap, (-(gen or 0), next(self._seq), fut, (fn, view, gen, alive)))
             self._cv.notify()
         return fut
+
+    def pending(self) -> int:
+        """Jobs waiting for their turn (not the one rendering)."""
+        with self._cv:
+            return len(self._heap)
 
     def _run(self) -> None:
         while True:
@@ -164,15 +201,16 @@ class RenderQueue:
                 while not self._heap and not self._closed:
                     self._cv.wait()
                 if self._closed:
-                    for *_, fut, _v, _g in self._heap:
+                    for _, _, fut, _ in self._heap:
                         fut.cancel()
                     return
-                _, _, fn, fut, view, gen = heapq.heappop(self._heap)
+                _, _, fut, (fn, view, gen, alive) = heapq.heappop(self._heap)
                 stale = self._stale(view, gen)
             if not fut.set_running_or_notify_cancel():
                 continue
-            if stale:
-                self.dropped += 1
+            if stale or (alive is not None and not alive()):
+                with self._cv:
+                    self.dropped += 1
                 fut.set_exception(StaleRequest())
                 continue
             try:
@@ -180,6 +218,27 @@ class RenderQueue:
                 self.rendered += 1
             except BaseException as e:  # noqa: BLE001 - handed to the waiting request
                 fut.set_exception(e)
+
+    def result(self, fut: Future, *, timeout: float, alive: Callable[[], bool] | None = None):
+        """`fut`'s result, looking every `ALIVE_POLL_S` whether the client waits for it: once it
+        does not, the job is dropped (StaleRequest) and the waiting thread is free; past
+        `timeout`, Unavailable (the job dropped if still queued), as when the queue closes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return fut.result(timeout=min(ALIVE_POLL_S, max(0.0, deadline - time.monotonic())))
+            except FutureTimeout:
+                pass
+            except CancelledError:  # only close() cancels a job someone waits for
+                raise Unavailable("the viewer is stopping") from None
+            if alive is not None and not alive():
+                if fut.cancel():
+                    with self._cv:
+                        self.dropped += 1
+                raise StaleRequest("the client has gone")
+            if time.monotonic() >= deadline:
+                fut.cancel()  # dropped if still queued; a tile rendering finishes unseen
+                raise Unavailable(f"busy: no turn to render within {timeout:g} s; try again")
 
     def close(self) -> None:
         with self._cv:
@@ -212,9 +271,10 @@ class ViewSession:
             data = read_image(Path(p))
             rgb = model_input(data)  # (3, h, w) on the CPU
             self.images.append(ViewImage(Path(p), rgb.contiguous(), data.channels == 1,
-                                         data.bit_depth, data.height, data.width))
+                                         data.bit_depth, data.height, data.width, data))
         self._lock = threading.Lock()
-        self._upscalers: dict[tuple[str, float | None], Upscaler] = {}
+        # (name, denoise) -> Upscaler, least recently used first; all but blends kept for good
+        self._upscalers: OrderedDict[tuple[str, float | None], Upscaler] = OrderedDict()
         self._sources: dict[str, str] = {}  # model name -> what load_model takes
         self.cli_models: list[str] = []
         self._names: list[str] | None = None
@@ -222,6 +282,8 @@ class ViewSession:
             name = self._add_cli_model(m)
             self.cli_models.append(name)
         self.main_denoise = denoise
+        # the command line's blend, kept for good (None when --denoise was not given)
+        self._main_key = (self.cli_models[0], None if denoise is None else round(denoise, 4))
         # load the command line's models now: their errors come before the URL is printed
         for i, name in enumerate(self.cli_models):
             self.upscaler(name, denoise if i == 0 else None)
@@ -293,8 +355,16 @@ class ViewSession:
                 raise UsageError(f"model {name!r} has no denoise partner")
         return name
 
+    def _budget(self) -> int:
+        """One renderer's memory budget: RENDERERS of them share the device."""
+        from liif_cli.runtime.device import memory_budget
+
+        return memory_budget(self.device, sharers=RENDERERS)
+
     def upscaler(self, name: str, denoise: float | None) -> Upscaler:
-        """The Upscaler for (name, denoise), loaded once."""
+        """The Upscaler for (name, denoise), loaded once; of the denoise blends not given on
+        the command line, only the `BLENDS_KEPT` most recently used stay loaded (a tile
+        rendering with one that leaves keeps it until it is done)."""
         from liif_cli import Upscaler, load_model
 
         key = (name, None if denoise is None else round(float(denoise), 4))
@@ -302,8 +372,12 @@ class ViewSession:
             up = self._upscalers.get(key)
             if up is None:
                 loaded = load_model(self._sources[name], denoise=key[1])
-                up = Upscaler(loaded, device=self.device)
+                up = Upscaler(loaded, device=self.device, max_memory=self._budget())
                 self._upscalers[key] = up
+            self._upscalers.move_to_end(key)
+            blends = [k for k in self._upscalers if k[1] is not None and k != self._main_key]
+            for k in blends[:-BLENDS_KEPT]:
+                del self._upscalers[k]
             return up
 
     # ------------------------------------------------------------------------------------
@@ -336,11 +410,14 @@ class ViewSession:
 
     def tile(self, index: int, scale: str, x: int, y: int, w: int, h: int, *,
              model: str | None = None, denoise: float | None = None,
-             view: str | None = None, gen: int | None = None) -> np.ndarray:
+             view: str | None = None, gen: int | None = None,
+             alive: Callable[[], bool] | None = None) -> np.ndarray:
         """The (h, w, C) uint8 window at (x, y) of image `index` upscaled by `scale`.
 
         Checked first (NotFound, UsageError); bicubic is computed here, a model's tile on the
-        device's queue (StaleRequest when the page has moved on before its turn).
+        device's queue: StaleRequest when the page has moved on, or `alive()` says the client
+        has gone, before its turn (`RenderQueue.result`); Unavailable when its turn does not
+        come within `TILE_WAIT_S` or the viewer stops.
         """
         out_hw, window = self.check_tile(index, scale, x, y, w, h)
         name = self.check_model(model, denoise)
@@ -352,23 +429,25 @@ class ViewSession:
         def render() -> np.ndarray:
             up = self.upscaler(name, denoise)
             out = np.empty((h, w, 1 if img.grey else 3), np.uint8)
-            up.render(img.rgb, out_hw, out, dtype=up.render_dtype(img.bit_depth), window=window)
+            up.render(img.on(up.device), out_hw, out, dtype=up.render_dtype(img.bit_depth),
+                      window=window)
             return out
 
-        return self.queue.submit(render, view=view, gen=gen).result()
+        fut = self.queue.submit(render, view=view, gen=gen, alive=alive)
+        return self.queue.result(fut, timeout=TILE_WAIT_S, alive=alive)
 
     # ------------------------------------------------------------------------------------
     # export jobs
 
     def export_path(self, index: int, scale: str) -> Path:
         """Where the whole image at `scale` goes: next to it (or in --output-dir), named as
-        `liif upscale` names it (photo_x4.png)."""
+        `liif upscale --scale S` names it (photo_x4.png; ×2.000001 is not ×2)."""
         from liif_cli.runtime.sizing import SizeRequest
         from liif_cli.tasks.upscale import default_output_path
 
         img = self.image(index)
         (sy, sx), _ = output_hw(img, scale)
-        path = default_output_path(img.path, SizeRequest(scale=(sy, sx)))
+        path = default_output_path(img.path, SizeRequest(scale=(sy, sx)), scale_text=scale)
         return path if self.output_dir is None else self.output_dir / path.name
 
     def start_export(self, index: int, scale: str, *, model: str | None = None,
@@ -376,26 +455,31 @@ class ViewSession:
         """Start writing the whole upscale; OutputExistsError (before any work) when the file
         exists and `overwrite` is not set; UsageError when a job is already running."""
         from liif_cli.io.images import check_output_path
+        from liif_cli.runtime import sizing
 
         name = self.check_model(model, denoise)
         if name == BICUBIC:
             raise UsageError("export renders with a model: pick one other than bicubic")
         dst = self.export_path(index, scale)
+        img = self.images[index]
+        out_hw = sizing.target_size((img.height, img.width), scale=output_hw(img, scale)[0],
+                                    max_pixels=sizing.DEFAULT_MAX_OUTPUT_PIXELS)  # upscale's
         check_output_path(dst, overwrite=overwrite)
         with self._lock:
             if any(j.state == "running" for j in self.jobs.values()):
                 raise UsageError("an export is already running: wait for it or cancel it")
             job = Job(next(self._job_ids), index, scale, name, dst)
             self.jobs[job.id] = job
-        t = threading.Thread(target=self._export, args=(job, denoise, overwrite),
+        t = threading.Thread(target=self._export, args=(job, out_hw, denoise, overwrite),
                              name=f"liif-view-export-{job.id}", daemon=True)
         self._job_threads.append(t)
         t.start()
         return job
 
-    def _export(self, job: Job, denoise: float | None, overwrite: bool) -> None:
+    def _export(self, job: Job, out_hw: tuple[int, int], denoise: float | None,
+                overwrite: bool) -> None:
         from liif_cli import Upscaler
-        from liif_cli.tasks.upscale import upscale_file
+        from liif_cli.io.images import write_image
 
         t0 = time.perf_counter()
 
@@ -407,19 +491,17 @@ class ViewSession:
         try:
             shared = self.upscaler(job.model, denoise)
             # its own decoders: the tile worker renders with the shared one meanwhile
-            up = Upscaler(shared.model, device=shared.device, precision=shared.dtype)
+            up = Upscaler(shared.model, device=shared.device, precision=shared.dtype,
+                          max_memory=self._budget())
             up.name = shared.name
-            upscale_file(self.images[job.image].path, job.output, model=up, scale=job.scale,
-                         overwrite=overwrite, on_progress=on_progress)
+            # the pixels loaded at start, as on screen: not the file again, which may have changed
+            res = up.upscale_image(self.images[job.image].data, out_hw, on_progress=on_progress)
+            write_image(job.output, res.image, overwrite=overwrite)
             job.state, job.message = "done", f"wrote {job.output}"
         except _Cancelled:
             job.state, job.message = "cancelled", "cancelled; nothing written"
-        except LiifError as e:
-            job.state, job.message = "failed", str(e)
-        except MemoryError:
-            job.state, job.message = "failed", "out of memory"
-        except Exception as e:  # noqa: BLE001 - reported to the page, one line
-            job.state, job.message = "failed", f"{type(e).__name__}: {e}"
+        except Exception as e:  # noqa: BLE001 - reported to the page: the CLI's one line
+            job.state, job.message = "failed", describe(e, "view")[0]
         job.seconds = time.perf_counter() - t0
 
     def job(self, job_id: int) -> Job:

@@ -33,6 +33,7 @@ from liif_cli.cli.options import (
     SizeOpt,
     WidthOpt,
     check_options,
+    model_for_denoise,
     own_the_process,
     parse_bytes,
 )
@@ -109,6 +110,8 @@ def batch(
         displays.console.print(f"shard {part.index}/{part.count} from {part.found}",
                                markup=False, soft_wrap=True)
     spec = size_request(**sizes)
+    if denoise is not None:  # the task blends the pair; a LIIF_MODEL may give way to it
+        model = model_for_denoise(model)
     if report is not None and not report.parent.is_dir():
         raise UsageError(f"--report folder does not exist: {report.parent}")
     listed = None if files_from is None else read_file_list(files_from)

@@ -10,7 +10,7 @@ import typer
 from liif_cli.cli import displays
 from liif_cli.cli.options import (
     DEFAULT_MAX_MEMORY,
-    MODEL_HELP,
+    DEVICE_ENV,
     MaxMemoryOpt,
     OverwriteOpt,
     QuietOpt,
@@ -19,21 +19,24 @@ from liif_cli.cli.options import (
 )
 from liif_cli.errors import UsageError
 
+BENCH_MODEL_HELP = ("Bundled or user model name, or a checkpoint path (.pth, .safetensors). "
+                    "This or --random-arch is needed.")
+
 
 def bench(
     size: Annotated[int, typer.Option(help="Side of the synthetic square input, in pixels.")
                     ] = 256,
     scale: Annotated[float, typer.Option("--scale", "-s", help="Upscaling factor.")] = 4.0,
     model: Annotated[Optional[str], typer.Option(  # no LIIF_MODEL here: --random-arch
-        "--model", "-m", help=MODEL_HELP)] = None,
+        "--model", "-m", help=BENCH_MODEL_HELP, show_default=False)] = None,
     random_arch: Annotated[Optional[str], typer.Option(
         help="Benchmark random weights of an architecture instead of a checkpoint: "
-        "edsr-baseline, edsr-baseline-small (2 blocks, MLP 32-32), rdn, or lmf (LM-LIIF, the "
-        "fast model's).")] = None,
+        "edsr-baseline, edsr-baseline-small (2 blocks, MLP 32-32), rdn, or lmf (LM-LIIF).")] = None,
     input: Annotated[Optional[Path], typer.Option(
         "--input", "-i", help="Use this image instead of the synthetic one.")] = None,
     device: Annotated[str, typer.Option(
-        help="auto (CPU, and CUDA if present), or a list such as cpu,cuda:0.")] = "auto",
+        help="auto (the CPU, plus the GPU or Mac that --device auto picks elsewhere), or a "
+        "list such as cpu,cuda:0.", envvar=DEVICE_ENV, show_envvar=True)] = "auto",
     precision: Annotated[str, typer.Option(
         help="auto (fp32 and bf16 on CPU, fp32 and the GPU default on GPUs) or a list such "
         "as fp32,bf16,fp16.")] = "auto",

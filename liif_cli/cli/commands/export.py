@@ -18,8 +18,9 @@ def export(
         "--output", "-o", help="Output file. Default: MODEL.safetensors/.onnx/.pth here.")
     ] = None,
     fmt: Annotated[Optional[str], typer.Option(
-        "--format", "-f", help="safetensors, onnx (needs the [onnx] extra) or pth. Default: "
-        "from -o's extension, else safetensors.", show_default=False)] = None,
+        "--format", "-f", help="safetensors, onnx (needs the \\[onnx] extra: pip install "
+        "'.\\[onnx]') or pth. Default: from -o's extension, else safetensors.",
+        show_default=False)] = None,
     overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
 ):
     """Write a model as .safetensors (no pickle), an ONNX graph, or the official .pth.

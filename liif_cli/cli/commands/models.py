@@ -14,8 +14,8 @@ def models(
 ):
     """List the bundled models and those in your models folder.
 
-    A table in a terminal; piped, one tab-separated row per model (name, source, arch, encoder,
-    parameters, trained, bytes, path) with no header; --json for everything as JSON.
+    A table in a terminal; piped, a header line, then one tab-separated row per model (name,
+    source, arch, encoder, params, trained, bytes, path); --json for everything as JSON.
     """
     import json
 

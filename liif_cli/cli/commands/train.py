@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperCommand
 
 from liif_cli.cli import displays
-from liif_cli.cli.options import QuietOpt
+from liif_cli.cli.options import DEVICE_ENV, QuietOpt
 from liif_cli.errors import UsageError
 
 # the defaults `--help` cannot read from TrainConfig (None there means "decided later")
@@ -63,7 +63,7 @@ ValDataOpt = Annotated[Str, _opt("Folder of HR validation images.")]
 OutOpt = Annotated[Str, _opt("Run folder.")]
 EncoderOpt = Annotated[Str, _opt("edsr-baseline, edsr or rdn.")]
 DecoderOpt = Annotated[Str, _opt(
-    "liif, or lmf (LM-LIIF: the fast model's). With --init of the other kind, its encoder is "
+    "liif, or lmf (LM-LIIF). With --init of the other kind, its encoder is "
     "copied.")]
 BatchSizeOpt = Annotated[Int, _opt("Global batch.")]
 PatchSizeOpt = Annotated[Int, _opt("LR patch side.")]
@@ -73,7 +73,8 @@ WarmupOpt = Annotated[Int, _opt(
     "Steps of linear lr warm-up at the start of the run, e.g. 100 when fine-tuning with --init.")]
 RepeatOpt = Annotated[Int, _opt("Passes over the images per epoch.")]
 WorkersOpt = Annotated[Int, _opt("DataLoader workers.")]
-DeviceOpt = Annotated[Str, _opt("auto, cpu, cuda, cuda:N, mps.")]
+DeviceOpt = Annotated[Str, _opt("auto, cpu, cuda, cuda:N, mps.", envvar=DEVICE_ENV,
+                                show_envvar=True)]
 PrecisionOpt = Annotated[Str, _opt("fp32, bf16 or fp16.")]
 InitOpt = Annotated[Str, _opt("Start from this checkpoint or model name (fine-tune).")]
 FreezeOpt = Annotated[Optional[bool], typer.Option(

@@ -29,6 +29,7 @@ from liif_cli.cli.options import (
     SizeOpt,
     WidthOpt,
     check_options,
+    model_for_denoise,
     own_the_process,
     parse_bytes,
 )
@@ -37,8 +38,8 @@ InputArg = Annotated[Path, typer.Argument(help="Image to upscale, or - to read s
                                           show_default=False)]
 OutputOpt = Annotated[Optional[Path], typer.Option(
     "--output", "-o", help="Output file; format from its extension (png, jpg, webp, tif, bmp), "
-    "or - for stdout. Default: next to the input, e.g. photo_x7.5.png (stdout when the input "
-    "is -).")]
+    "or - for stdout. Default: next to the input in its format, e.g. photo.jpg -s 7.5 -> "
+    "photo_x7.5.jpg (stdout when the input is -).")]
 FormatOpt = Annotated[Optional[str], typer.Option(
     "--format", "-f", help="png, jpg, webp, tiff or bmp: stdout's format (default png), or the "
     "default output name's.", show_default=False)]
@@ -65,6 +66,8 @@ def upscale(
     own_the_process()
     from liif_cli.tasks.upscale import upscale_file
 
+    if denoise is not None:  # the task blends the pair; a LIIF_MODEL may give way to it
+        model = model_for_denoise(model)
     shown = "stdin" if str(input) == "-" else input.name
     with displays.progress_bar(f"upscaling {shown}", quiet=quiet, unit_scale=1e-6) as on_progress:
         res = upscale_file(input, output, model=model, **sizes, fmt=fmt, device=device,

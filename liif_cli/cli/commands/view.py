@@ -15,6 +15,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from liif_cli.cli.options import DEVICE_ENV
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WAIT_S = 0.5  # the main thread's wait between looks at the stop flag (signals land there)
 
@@ -30,9 +32,11 @@ def view(
         help="0 to 1: the default/real blend the first model starts at (see `liif upscale`).",
         show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.",
-                                        envvar="LIIF_DEVICE", show_envvar=True)] = "auto",
-    host: Annotated[str, typer.Option(help="Address to listen on; anything but 127.0.0.1 lets "
-                                      "others who have the URL in.")] = "127.0.0.1",
+                                        envvar=DEVICE_ENV, show_envvar=True)] = "auto",
+    host: Annotated[Optional[str], typer.Option(
+        help="Address to listen on (default 127.0.0.1); anything but 127.0.0.1 lets others "
+        "who have the URL in. Given, requests may name the server by any host name.",
+        show_default=False)] = None,
     port: Annotated[int, typer.Option(min=0, max=65535,
                                       help="Port; 0 picks a free one.")] = 8765,
     no_browser: Annotated[bool, typer.Option("--no-browser",
@@ -55,8 +59,10 @@ def view(
 
     session = ViewSession(images, models=model, denoise=denoise, device=device,
                           output_dir=output_dir)
+    # without --host, a request must name 127.0.0.1 or localhost (DNS-rebinding defence)
+    check_host, host = host is None, host or "127.0.0.1"
     try:
-        server = ViewServer(session, host, port)
+        server = ViewServer(session, host, port, check_host=check_host)
     except OSError as e:
         session.close()
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e} "

@@ -14,12 +14,13 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections import Counter, deque
 from typing import Any, Callable
 
 import torch
 
-from liif_cli.errors import LiifError, UsageError
+from liif_cli.errors import LiifError, LiifWarning, UsageError
 from liif_cli.io.images import DEFAULT_MAX_INPUT_PIXELS
 from liif_cli.model import SRModel
 from liif_cli.runtime.device import precision_name, resolve_device, resolve_precision
@@ -48,6 +49,9 @@ def parse_devices(text: str | None, *, jobs: int = 1) -> list[torch.device]:
     if name == "all":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         devices = [torch.device(f"cuda:{i}") for i in range(n)] or [resolve_device("auto")]
+        if not n:
+            warnings.warn(f"--device all: no CUDA GPU here, so it runs on the {devices[0]}",
+                          LiifWarning, stacklevel=2)
     else:
         parts = [p.strip() for p in name.split(",")]
         if not all(parts):
@@ -198,7 +202,8 @@ class _Dispatch:
             cfg = _WorkerConfig(name, str(dev), size, max_output_pixels, precisions[dev],
                                 max_memory,
                                 quality, self.plan.overwrite, max_input_pixels,
-                                None if threaded else max(1, _cpu_count() // len(devs)))
+                                None if threaded else max(1, _cpu_count() // len(devs)),
+                                sharers=devs.count(dev))
             if threaded:
                 w = _Worker(cfg, loaded, self.task_qs[name], self.results, self.halt)
                 threading.Thread(target=_thread_main, args=(w,), daemon=True,

@@ -25,7 +25,7 @@ import torch
 from liif_cli.errors import describe
 from liif_cli.io.images import read_image, write_image
 from liif_cli.model import LIIF, SRModel
-from liif_cli.runtime.device import PrecisionWarning
+from liif_cli.runtime.device import PrecisionWarning, memory_budget, resolve_device
 from liif_cli.runtime.malloc import keep_freed_memory
 from liif_cli.runtime.process import ignore_stop_signals
 from liif_cli.runtime.sizing import SizeRequest, target_size
@@ -54,6 +54,7 @@ class _WorkerConfig:
     overwrite: bool
     max_input_pixels: int
     torch_threads: int | None  # set in spawned processes so workers share the cores
+    sharers: int = 1  # workers on this device: a GPU's memory budget is split between them
 
 
 class _Cancelled(Exception):
@@ -135,8 +136,10 @@ class _Worker:
     def run(self) -> None:
         cfg = self.cfg
         # one per worker: the model on its device, the decoder built once for all its files
-        up = Upscaler(self.model, device=cfg.device, precision=cfg.precision,
-                      max_memory=cfg.max_memory)
+        # --jobs N on one GPU: N budgets that add up to what one would get (`memory_budget`)
+        dev = resolve_device(cfg.device)
+        up = Upscaler(self.model, device=dev, precision=cfg.precision,
+                      max_memory=memory_budget(dev, cfg.max_memory, sharers=cfg.sharers))
         self.results.put(("ready", cfg.name, f"{cfg.device} {up.precision}"))
         decode = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix=f"liif-decode-{cfg.name}")
         writer = ThreadPoolExecutor(1, thread_name_prefix=f"liif-write-{cfg.name}")

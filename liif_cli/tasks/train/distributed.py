@@ -1,14 +1,15 @@
-"""Distributed training's shared facts: the ranks from torchrun's environment, and a stop on
-SIGINT/SIGTERM that every rank agrees on, decided by the training process alone (its DataLoader
-workers ignore both: `runtime.process.ignore_stop_signals`)."""
+"""Distributed training's stop: on SIGINT/SIGTERM, one that every rank agrees on, decided by
+the training process alone (its DataLoader workers ignore both:
+`runtime.process.ignore_stop_signals`; the ranks are `runtime.process.torchrun_ranks`)."""
 
 from __future__ import annotations
 
 import contextlib
+import signal
 
 import torch
 
-from liif_cli.runtime.process import local_rank, on_stop_signals, torchrun_ranks
+from liif_cli.runtime.process import on_stop_signals
 
 
 class StopSignal:
@@ -52,14 +53,13 @@ class StopSignal:
         return self
 
     def _handle(self, sig, frame):
-        if self.signal is not None:  # second Ctrl-C: stop now
+        # a second Ctrl-C: stop now. Not a second SIGTERM: torchrun forwards to every rank the
+        # SIGTERM Slurm sent to every process, so it comes twice, and the save must go on
+        if self.signal is not None and sig == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signal = sig
+        if self.signal is None:
+            self.signal = sig
 
     def __exit__(self, *exc):
         self._handlers.close()
 
-
-def dist_info() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment."""
-    return (*torchrun_ranks(), local_rank() or 0)

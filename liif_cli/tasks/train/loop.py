@@ -45,14 +45,14 @@ from liif_cli.model import LmfConfig, SRModel, build_model, normalise
 from liif_cli.model.ema import WeightAverage
 from liif_cli.runtime.device import resolve_device, resolve_precision, set_tf32, use_device
 from liif_cli.runtime.malloc import keep_freed_memory
-from liif_cli.runtime.process import ignore_stop_signals, stop_signals_held
+from liif_cli.runtime.process import ignore_stop_signals, stop_signals_held, torchrun_ranks
 from liif_cli.runtime.weights import (
     atomic_torch_save,
     checkpoint_dict,
     load_model,
     model_from_spec,
 )
-from liif_cli.tasks.train.distributed import StopSignal, dist_info
+from liif_cli.tasks.train.distributed import StopSignal
 from liif_cli.tasks.train.recipe import (  # TrainConfig and config_from: also public from here
     TrainConfig,
     check_new_run,
@@ -141,9 +141,9 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     (`cli._leave_distributed`): gloo's worker threads can abort a finalizing interpreter.
     """
     keep_freed_memory(kept_max=None)  # all of it: the peak recurs on every step
-    rank, world, local_rank = dist_info()
+    rank, world = torchrun_ranks()
     emit = on_event if (on_event and rank == 0) else (lambda e: None)
-    dev = _start_device(cfg, world, local_rank)
+    dev = _start_device(cfg, world)
     state, saved = None, {}
     if resume:
         cfg, state, saved = _resumed_config(cfg)
@@ -184,16 +184,14 @@ def _signal_of(stop: StopSignal) -> int:
 # ----------------------------------------------------------------------------------------------
 # the steps of `train`
 
-def _start_device(cfg: TrainConfig, world: int, local_rank: int) -> torch.device:
+def _start_device(cfg: TrainConfig, world: int) -> torch.device:
     """The device of this process; under torchrun, its GPU and the process group."""
     if world > 1:
         import torch.distributed as dist
 
-        dev = resolve_device(cfg.device if cfg.device != "auto" else
-                             ("cuda" if torch.cuda.is_available() else "cpu"))
-        if dev.type == "cuda":
-            dev = torch.device("cuda", local_rank)
-            torch.cuda.set_device(dev)
+        # the one device policy: cuda:(local rank mod GPUs seen), so one GPU per rank works
+        dev = resolve_device(cfg.device, ranks=world)
+        use_device(dev)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     else:
