@@ -222,9 +222,10 @@ def test_denoise_blends_are_kept_for_the_last_few_strengths_only(files, monkeypa
     loads = []
     real_load = liif_cli.load_model
 
-    def load_model(name, denoise=None):  # any strength of the tiny checkpoint: its own model
+    def load_model(name, denoise=None, device="auto"):  # any strength: the tiny model itself
         loads.append(denoise)
-        return real_load(name)
+        assert str(device) == "cpu"  # the session's device, not load_model's "auto"
+        return real_load(name, device=device)
 
     monkeypatch.setattr(liif_cli, "load_model", load_model)
     session = ViewSession([files["rgb"]], models=[str(files["tiny"]), str(files["tiny2"])],

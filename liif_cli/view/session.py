@@ -371,7 +371,7 @@ class ViewSession:
         with self._lock:
             up = self._upscalers.get(key)
             if up is None:
-                loaded = load_model(self._sources[name], denoise=key[1])
+                loaded = load_model(self._sources[name], denoise=key[1], device=self.device)
                 up = Upscaler(loaded, device=self.device, max_memory=self._budget())
                 self._upscalers[key] = up
             self._upscalers.move_to_end(key)

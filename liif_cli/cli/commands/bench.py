@@ -71,7 +71,7 @@ def bench(
     else:
         from liif_cli.runtime.weights import load_model
 
-        net = load_model(model)
+        net = load_model(model, device="cpu")  # run_bench moves it to each device it times
         name = net.card.name
     report = run_bench(net, image=image, size=size, scale=scale, devices=device,
                        precisions=precision, skip_oracle=skip_oracle, max_memory=budget,
