@@ -1,0 +1,117 @@
+"""`liif video`: a video to any scale or size, resumable and shardable, its sound and timing
+kept (`tasks.video.upscale_video`; PyAV, the `video` extra, is imported inside the command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from liif_cli.cli import displays
+from liif_cli.cli.commands.batch import ShardOpt, ShardsOpt
+from liif_cli.cli.options import (
+    DEFAULT_MAX_MEMORY,
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    DenoiseOpt,
+    DeviceOpt,
+    FitOpt,
+    HeightOpt,
+    MaxMemoryOpt,
+    MaxOutOpt,
+    OverwriteOpt,
+    PrecisionOpt,
+    QuietOpt,
+    ScaleOpt,
+    SizeOpt,
+    WidthOpt,
+    check_options,
+    own_the_process,
+    parse_bytes,
+)
+from liif_cli.errors import UsageError
+
+InputArg = Annotated[Path, typer.Argument(help="Video to upscale (any FFmpeg reads).",
+                                          show_default=False)]
+OutputOpt = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", help="Output video: .mp4, .mkv, .mov, .webm, .avi or .nut.",
+    show_default=False)]
+VideoModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Bundled or user model name, or a checkpoint path. Default: fast "
+    "(3× default's frames per second).", envvar="LIIF_MODEL", show_envvar=True,
+    show_default=False)]
+CodecOpt = Annotated[Optional[str], typer.Option(
+    help="FFmpeg encoder: libx264 (h264, the default), libx265 (hevc), libvpx-vp9, libsvtav1 "
+    "(av1), ffv1 (lossless).", show_default=False)]
+CrfOpt = Annotated[Optional[int], typer.Option(
+    help="Constant quality, lower is better (default: 18 x264, 20 x265, 30 vp9/av1).",
+    show_default=False)]
+PresetOpt = Annotated[Optional[str], typer.Option(
+    help="Encoder speed preset (x264/x265: medium; svt-av1: 8).", show_default=False)]
+PixFmtOpt = Annotated[Optional[str], typer.Option(
+    help="FFmpeg pixel format: yuv420p (default; yuv420p10le for a 10-bit input), "
+    "yuv420p10le, bgr0 (exact RGB, with ffv1).", show_default=False)]
+JoinOpt = Annotated[bool, typer.Option(
+    "--join", help="Render nothing: assemble the output from the shards' finished segments.")]
+SegmentOpt = Annotated[float, typer.Option(
+    help="Seconds per segment (cut at keyframes): the unit of resume and of --shard.")]
+ReportOpt = Annotated[Optional[Path], typer.Option(
+    help="Append one JSON line for this run (input, output, status, reason, seconds …), as "
+    "liif batch's FILE.jsonl reports.")]
+AllowCorruptOpt = Annotated[bool, typer.Option(
+    "--allow-corrupt", help="Keep going past frames the decoder reports damaged.")]
+
+
+def video(
+    input: InputArg, output: OutputOpt = None, scale: ScaleOpt = None, size: SizeOpt = None,
+    width: WidthOpt = None, height: HeightOpt = None, fit: FitOpt = None,
+    model: VideoModelOpt = None, denoise: DenoiseOpt = None, codec: CodecOpt = None,
+    crf: CrfOpt = None, preset: PresetOpt = None, pix_fmt: PixFmtOpt = None,
+    device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
+    max_memory: MaxMemoryOpt = DEFAULT_MAX_MEMORY, overwrite: OverwriteOpt = False,
+    shard: ShardOpt = None, shards: ShardsOpt = None, join: JoinOpt = False,
+    segment_seconds: SegmentOpt = 4.0, report: ReportOpt = None,
+    allow_corrupt: AllowCorruptOpt = False,
+    max_output_pixels: MaxOutOpt = DEFAULT_MAX_OUTPUT_PIXELS, quiet: QuietOpt = False,
+):
+    """Upscale a video to any scale or size, keeping its sound, subtitles and timing. Run it
+    again after any interruption to resume.
+
+    Examples: liif video clip.mp4 -o clip_1080p.mp4 --size 1920x1080 --fit contain ·
+    liif video talk.mkv -o big.mkv --scale 2.25 --codec hevc
+    """
+    if output is None:
+        raise UsageError("say where the video goes: -o OUTPUT (.mp4, .mkv, …)")
+    sizes = dict(scale=scale, size=size, width=width, height=height, fit=fit)
+    check_options(precision=precision, device=device, denoise=denoise, sizes=sizes)
+    budget = parse_bytes(max_memory)
+    if report is not None and not report.parent.is_dir():
+        raise UsageError(f"--report folder does not exist: {report.parent}")
+    from liif_cli.tasks.batch.shard import resolve_shard
+
+    part = resolve_shard(shard, count=shards)
+    if part.auto:  # the run's first line, as batch's (even with --quiet: it belongs in a log)
+        displays.console.print(f"shard {part.index}/{part.count} from {part.found}",
+                               markup=False, soft_wrap=True)
+    own_the_process()
+    from liif_cli.tasks.video import DEFAULT_VIDEO_MODEL, upscale_video
+    from liif_cli.tasks.video.report import reported
+
+    name = model or DEFAULT_VIDEO_MODEL
+    net = name
+    if denoise is not None:
+        from liif_cli.runtime.weights import load_model
+
+        net = load_model(model, denoise=denoise)
+        name = f"denoise {denoise:g}"
+    with reported(report, input, output, shard=shard, shards=shards) as record, \
+            displays.video_bar(f"upscaling {input.name}", quiet=quiet) as on_progress:
+        res = upscale_video(input, output, model=net, model_name=name, **sizes, codec=codec,
+                            crf=crf, preset=preset, pix_fmt=pix_fmt, device=device,
+                            precision=precision, max_memory=budget, overwrite=overwrite,
+                            shard=shard, shards=shards, join=join,
+                            segment_seconds=segment_seconds, allow_corrupt=allow_corrupt,
+                            max_output_pixels=max_output_pixels, on_progress=on_progress)
+        record(res)
+    if not quiet:
+        displays.video_summary(res)
