@@ -30,6 +30,9 @@ from liif_cli.tasks.video.probe import VideoInfo, av_error, open_input, require_
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska",
               ".webm": "webm", ".avi": "avi", ".nut": "nut"}
 COPIED_TYPES = ("audio", "subtitle")
+# no date, random ids or version strings in the container: the same job gives the same bytes
+# (a resumed or sharded run's output is identical to an uninterrupted one's)
+BITEXACT = {"fflags": "+bitexact"}
 
 
 def container_format(output: Path) -> str:
@@ -131,7 +134,7 @@ def join_segments(info: VideoInfo, segments: list[Path], output: Path, *,
 
     def write(tmp: str) -> None:
         with open_input(info.path) as c, av.open(segments[0].as_posix()) as first, \
-                av.open(tmp, "w", format=fmt) as out:
+                av.open(tmp, "w", format=fmt, options=BITEXACT) as out:
             vs = video_stream(c, info.path)
             o = out.add_stream_from_template(first.streams.video[0])
             o.time_base = info.time_base
@@ -139,7 +142,9 @@ def join_segments(info: VideoInfo, segments: list[Path], output: Path, *,
                 o.set_display_rotation(info.rotation)
             mapping = _add_copies(out, c, vs)
             _header_tags(out, c, vs, o)
-            others = _packets(c, [c.streams[i] for i in mapping], str(info.path))
+            # (demux() of no stream would read them all)
+            others = _packets(c, [c.streams[i] for i in mapping], str(info.path)) \
+                if mapping else iter(())
             merged = heapq.merge(_segment_packets(segments), others, key=lambda x: (x[0], x[1]))
             for _, src, pkt in merged:
                 pkt.stream = o if src == 1 else mapping[pkt.stream.index]

@@ -155,11 +155,16 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 def _check_complete(container, vs, path: Path, span: float, frames: int) -> None:
     """A stream that stops well before the duration its container declares is truncated."""
-    declared = None
+    declared = None  # the picture stream's own (not the container's: sound may run longer)
     if vs.duration is not None:
         declared = float(vs.duration * vs.time_base)
-    elif container.duration is not None:
-        declared = container.duration / 1_000_000  # AV_TIME_BASE
+    else:  # Matroska keeps it as a tag, "00:00:03.666000000"
+        text = next((v for k, v in vs.metadata.items() if k.upper() == "DURATION"), "")
+        try:
+            h, m, s = text.split(":")
+            declared = int(h) * 3600 + int(m) * 60 + float(s)
+        except ValueError:
+            pass
     if declared is None or frames < 2:
         return
     frame_s = span / frames

@@ -130,10 +130,14 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
         if on_progress is not None:
             on_progress(done_frames, total)
 
-    for seg in todo:
-        atomic_write(work.segment_path(seg), lambda tmp, seg=seg: render_segment(
-            up, info, seg, spec, out_hw, tmp, allow_corrupt=allow_corrupt,
-            on_frame=one_frame), overwrite=True)
+    try:
+        for seg in todo:
+            atomic_write(work.segment_path(seg), lambda tmp, seg=seg: render_segment(
+                up, info, seg, spec, out_hw, tmp, allow_corrupt=allow_corrupt,
+                on_frame=one_frame), overwrite=True)
+    except BaseException:
+        work.remove_if_unused()  # a first run that failed leaves nothing behind
+        raise
     waiting = [s.index for s in segments if not work.done(s)]
     joined = False
     if waiting and join:

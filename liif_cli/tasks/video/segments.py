@@ -139,5 +139,10 @@ class WorkFolder:
     def release_join(self) -> None:
         (self.path / JOIN_LOCK).unlink(missing_ok=True)
 
+    def remove_if_unused(self) -> None:
+        """Remove the folder if it holds no segment, finished or in progress (any shard's)."""
+        if all(p.name == "job.json" for p in self.path.iterdir()):
+            self.remove()
+
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
