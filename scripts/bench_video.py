@@ -7,7 +7,7 @@
    wall time the model was not rendering (decode, colour conversion and encode run in threads
    beside it; what is left outside is the part they did not hide, plus start and join).
 2. Memory: peak RSS of a child process upscaling the same kind of clip at two lengths
-   (`--memory-frames`, N and 4N frames, 320×180 → ×2): bounded streaming means equal peaks.
+   (`--memory-frames`, N and 4N frames, 160×90 → ×2): bounded streaming means equal peaks.
 3. Temporal stability, lossless (ffv1 bgr0) in and out, 160×90 ×2: a static scene must give
    bit-identical frames; on the slow pan, the mean frame-to-frame difference of the output
    next to bicubic's, raw and motion-compensated (a 1-px input pan is a 2-px output shift).
@@ -124,7 +124,7 @@ def memory(args, tmp: Path) -> dict:
     """Peak RSS of a child process at N and 4N frames."""
     out = {}
     for n in (args.memory_frames, 4 * args.memory_frames):
-        clip = make_clip(tmp / f"mem{n}.mkv", frames=n, hw=(180, 320))
+        clip = make_clip(tmp / f"mem{n}.mkv", frames=n, hw=(90, 160))
         code = ("import resource,sys; from liif_cli.tasks.video import upscale_video; "
                 f"upscale_video({str(clip)!r}, {str(tmp / f'mem{n}_out.mkv')!r}, scale=2, "
                 "overwrite=True, device='cpu'); "
@@ -175,7 +175,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16")
     p.add_argument("--device", default="auto")
-    p.add_argument("--memory-frames", type=int, default=30)
+    p.add_argument("--memory-frames", type=int, default=25)
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--json", type=Path)
     args = p.parse_args()

@@ -4,7 +4,7 @@ One module per job, siblings in the order data flows (PyAV, the optional `video`
 imported only inside them):
 - `probe`: PyAV or a one-line hint to install it; what the input is; its frame index.
 - `codecs`: --codec, --pix-fmt, --crf, --preset; frames to and from RGB, colour kept.
-- `segments`: keyframe-aligned segments (resume, shards) and the work folder holding them.
+- `segments`: segments of a few seconds (resume, shards) and the work folder holding them.
 - `pipeline`: one segment streamed, decode → upscale → encode on three threads.
 - `join`: the segments and the input's audio/subtitles remuxed into the output, atomically.
 - `run`: `upscale_video`, the whole job.

@@ -66,10 +66,8 @@ def _decode(info: VideoInfo, seg: Segment, bit_depth: int, allow_corrupt: bool, 
     with open_input(info.path) as c:
         vs = video_stream(c, info.path)
         vs.thread_type = "AUTO"
-        if seg.index > 0:
-            c.seek(seg.start, stream=vs, backward=True, any_frame=False)
         try:
-            for frame in c.decode(vs):
+            for frame in _frames_from(c, vs, seg.start if seg.index else None):
                 t = frame.pts if frame.pts is not None else frame.dts
                 if t is None or t < seg.start:
                     continue
@@ -88,6 +86,23 @@ def _decode(info: VideoInfo, seg: Segment, bit_depth: int, allow_corrupt: bool, 
                              f"is corrupt or truncated there; {n} of the segment's "
                              f"{seg.frames} frames decoded)")
     out.put(_END)
+
+
+def _frames_from(c, vs, start: int | None):
+    """Decoded frames from the keyframe at or before pts `start` (None: from the beginning);
+    from the beginning after all when the container's seek lands past `start` (no index)."""
+    if start is None:
+        yield from c.decode(vs)
+        return
+    c.seek(start, stream=vs, backward=True, any_frame=False)
+    first = True
+    for frame in c.decode(vs):
+        if first and frame.pts is not None and frame.pts > start:
+            c.seek(0, stream=vs, backward=True)
+            yield from c.decode(vs)
+            return
+        first = False
+        yield frame
 
 
 def _encode(path: str, info: VideoInfo, spec: EncodeSpec, out_hw: tuple[int, int],

@@ -1,9 +1,13 @@
 """Segments: the unit of resume and of sharding, and the work folder that holds them.
 
-A video is cut at keyframes into segments of at least `SEGMENT_SECONDS` (the last may be
-shorter): segment k holds exactly the frames whose pts lie in [start_k, start_k+1), so every
-frame belongs to one segment and is rendered once. Segment k belongs to shard 1 + k mod N
-(`--shard I/N` or `--shard auto`, as `liif batch`'s shards; neighbours go to different
+A video is cut into segments of `SEGMENT_SECONDS` (the last may be shorter): segment k holds
+exactly the frames whose pts lie in [start_k, start_k+1), so every frame belongs to one segment
+and is rendered once. Each segment's file starts with a keyframe of its own (a fresh encoder),
+so segments concatenate by remuxing. The cuts fall on any frame, not only on the input's
+keyframes: cameras write a keyframe every 8 s or more (bottle-detection.mp4: every 250 frames),
+and a segment's decoding starts at the input keyframe before it and drops the frames ahead of
+its start, which costs milliseconds a frame against the model's seconds. Segment k belongs to
+shard 1 + k mod N (`--shard I/N` or `--shard auto`, as `liif batch`'s shards; neighbours go to different
 machines, so each gets a share of every part of the video).
 
 The work folder sits beside the output, `.{output name}.liif-video/`: `job.json` says which job
@@ -15,7 +19,6 @@ skips them. The folder goes once the output is assembled.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import os
@@ -36,7 +39,7 @@ JOIN_LOCK = "join.lock"
 @dataclass(frozen=True)
 class Segment:
     index: int
-    start: int  # pts of its first frame (a keyframe), in the stream's time base
+    start: int  # pts of its first frame, in the stream's time base
     end: int | None  # pts where the next segment starts; None: to the end
     first: int  # index of its first frame in the whole video
     frames: int
@@ -47,20 +50,16 @@ class Segment:
 
 
 def plan_segments(info: VideoInfo, seconds: float = SEGMENT_SECONDS) -> list[Segment]:
-    """Cut `info`'s frames at keyframes into segments of at least `seconds` each."""
+    """Cut `info`'s frames into segments of `seconds` each (at frame boundaries)."""
     if seconds <= 0:
         raise UsageError(f"--segment-seconds must be positive, got {seconds:g}")
-    starts = [info.keyframes[0]]
-    for k in info.keyframes[1:]:
-        if float((k - starts[-1]) * info.time_base) >= seconds:
-            starts.append(k)
-    segs = []
-    for i, s in enumerate(starts):
-        e = starts[i + 1] if i + 1 < len(starts) else None
-        lo = bisect.bisect_left(info.pts, s)
-        hi = len(info.pts) if e is None else bisect.bisect_left(info.pts, e)
-        segs.append(Segment(i, s, e, lo, hi - lo))
-    return [s for s in segs if s.frames]
+    firsts = [0]
+    for i, t in enumerate(info.pts):
+        if float((t - info.pts[firsts[-1]]) * info.time_base) >= seconds:
+            firsts.append(i)
+    ends = firsts[1:] + [len(info.pts)]
+    return [Segment(k, info.pts[a], info.pts[b] if b < len(info.pts) else None, a, b - a)
+            for k, (a, b) in enumerate(zip(firsts, ends))]
 
 
 def shard_segments(segments: list[Segment], shard: tuple[int, int]) -> list[Segment]:
