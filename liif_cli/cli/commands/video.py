@@ -9,26 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from liif_cli.cli import displays
+from liif_cli.cli import options as opt
 from liif_cli.cli.commands.batch import ShardOpt, ShardsOpt
-from liif_cli.cli.options import (
-    DEFAULT_MAX_MEMORY,
-    DEFAULT_MAX_OUTPUT_PIXELS,
-    DenoiseOpt,
-    DeviceOpt,
-    FitOpt,
-    HeightOpt,
-    MaxMemoryOpt,
-    MaxOutOpt,
-    OverwriteOpt,
-    PrecisionOpt,
-    QuietOpt,
-    ScaleOpt,
-    SizeOpt,
-    WidthOpt,
-    check_options,
-    own_the_process,
-    parse_bytes,
-)
 from liif_cli.errors import UsageError
 
 InputArg = Annotated[Path, typer.Argument(help="Video to upscale (any FFmpeg reads).",
@@ -63,16 +45,17 @@ AllowCorruptOpt = Annotated[bool, typer.Option(
 
 
 def video(
-    input: InputArg, output: OutputOpt = None, scale: ScaleOpt = None, size: SizeOpt = None,
-    width: WidthOpt = None, height: HeightOpt = None, fit: FitOpt = None,
-    model: VideoModelOpt = None, denoise: DenoiseOpt = None, codec: CodecOpt = None,
-    crf: CrfOpt = None, preset: PresetOpt = None, pix_fmt: PixFmtOpt = None,
-    device: DeviceOpt = "auto", precision: PrecisionOpt = "auto",
-    max_memory: MaxMemoryOpt = DEFAULT_MAX_MEMORY, overwrite: OverwriteOpt = False,
-    shard: ShardOpt = None, shards: ShardsOpt = None, join: JoinOpt = False,
-    segment_seconds: SegmentOpt = 4.0, report: ReportOpt = None,
+    input: InputArg, output: OutputOpt = None, scale: opt.ScaleOpt = None,
+    size: opt.SizeOpt = None, width: opt.WidthOpt = None, height: opt.HeightOpt = None,
+    fit: opt.FitOpt = None, model: VideoModelOpt = None, denoise: opt.DenoiseOpt = None,
+    codec: CodecOpt = None, crf: CrfOpt = None, preset: PresetOpt = None,
+    pix_fmt: PixFmtOpt = None, device: opt.DeviceOpt = "auto",
+    precision: opt.PrecisionOpt = "auto", max_memory: opt.MaxMemoryOpt = opt.DEFAULT_MAX_MEMORY,
+    overwrite: opt.OverwriteOpt = False, shard: ShardOpt = None, shards: ShardsOpt = None,
+    join: JoinOpt = False, segment_seconds: SegmentOpt = 4.0, report: ReportOpt = None,
     allow_corrupt: AllowCorruptOpt = False,
-    max_output_pixels: MaxOutOpt = DEFAULT_MAX_OUTPUT_PIXELS, quiet: QuietOpt = False,
+    max_output_pixels: opt.MaxOutOpt = opt.DEFAULT_MAX_OUTPUT_PIXELS,
+    quiet: opt.QuietOpt = False,
 ):
     """Upscale a video to any scale or size, keeping its sound, subtitles and timing. Run it
     again after any interruption to resume.
@@ -83,8 +66,8 @@ def video(
     if output is None:
         raise UsageError("say where the video goes: -o OUTPUT (.mp4, .mkv, …)")
     sizes = dict(scale=scale, size=size, width=width, height=height, fit=fit)
-    check_options(precision=precision, device=device, denoise=denoise, sizes=sizes)
-    budget = parse_bytes(max_memory)
+    opt.check_options(precision=precision, device=device, denoise=denoise, sizes=sizes)
+    budget = opt.parse_bytes(max_memory)
     if report is not None and not report.parent.is_dir():
         raise UsageError(f"--report folder does not exist: {report.parent}")
     from liif_cli.tasks.batch.shard import resolve_shard
@@ -93,7 +76,7 @@ def video(
     if part.auto:  # the run's first line, as batch's (even with --quiet: it belongs in a log)
         displays.console.print(f"shard {part.index}/{part.count} from {part.found}",
                                markup=False, soft_wrap=True)
-    own_the_process()
+    opt.own_the_process()
     from liif_cli.tasks.video import DEFAULT_VIDEO_MODEL, upscale_video
     from liif_cli.tasks.video.report import reported
 

@@ -4,11 +4,11 @@ A video is cut into segments of `SEGMENT_SECONDS` (the last may be shorter): seg
 exactly the frames whose pts lie in [start_k, start_k+1), so every frame belongs to one segment
 and is rendered once. Each segment's file starts with a keyframe of its own (a fresh encoder),
 so segments concatenate by remuxing. The cuts fall on any frame, not only on the input's
-keyframes: cameras write a keyframe every 8 s or more (bottle-detection.mp4: every 250 frames),
-and a segment's decoding starts at the input keyframe before it and drops the frames ahead of
-its start, which costs milliseconds a frame against the model's seconds. Segment k belongs to
-shard 1 + k mod N (`--shard I/N` or `--shard auto`, as `liif batch`'s shards; neighbours go to different
-machines, so each gets a share of every part of the video).
+keyframes: cameras write a keyframe every 8 s or more (a 30 fps camera clip here: every 250
+frames), and a segment's decoding starts at the input keyframe before it and drops the frames
+ahead of its start, which costs milliseconds a frame against the model's seconds. Segment k
+belongs to shard 1 + k mod N (`--shard I/N` or `--shard auto`, as `liif batch`'s shards;
+neighbours go to different machines, so each gets a share of every part of the video).
 
 The work folder sits beside the output, `.{output name}.liif-video/`: `job.json` says which job
 it belongs to (input file, output size, encoding, model), and each finished segment is
