@@ -13,7 +13,8 @@
    next to bicubic's, raw and motion-compensated (a 1-px input pan is a 2-px output shift).
 
     python scripts/bench_video.py [--models fast,default] [--seconds 10] [--precision fp32]
-                                  [--memory-frames 30] [--no-speed] [--json out.json]
+                                  [--memory-frames 25] [--parts stability,memory,speed]
+                                  [--json out.json]
 
 On the shared 2-core CPU the default (10 s, both models) takes hours; `--seconds 1` is the
 quick figure (the rate does not depend on the length: the work is per frame).
@@ -176,14 +177,12 @@ def main() -> None:
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16")
     p.add_argument("--device", default="auto")
     p.add_argument("--memory-frames", type=int, default=25)
-    p.add_argument("--no-speed", action="store_true")
+    p.add_argument("--parts", default="stability,memory,speed", help="which of the three")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="liif-bench-video-") as d:
         tmp = Path(d)
-        report = {"stability": stability(args, tmp), "memory": memory(args, tmp)}
-        if not args.no_speed:
-            report["speed"] = speed(args, tmp)
+        report = {part: globals()[part](args, tmp) for part in args.parts.split(",")}
     report["cpu_max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))

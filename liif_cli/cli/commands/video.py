@@ -36,7 +36,7 @@ PixFmtOpt = Annotated[Optional[str], typer.Option(
 JoinOpt = Annotated[bool, typer.Option(
     "--join", help="Render nothing: assemble the output from the shards' finished segments.")]
 SegmentOpt = Annotated[float, typer.Option(
-    help="Seconds per segment (cut at keyframes): the unit of resume and of --shard.")]
+    help="Seconds of video per segment: the unit of resume and of --shard.")]
 ReportOpt = Annotated[Optional[Path], typer.Option(
     help="Append one JSON line for this run (input, output, status, reason, seconds …), as "
     "liif batch's FILE.jsonl reports.")]
