@@ -20,7 +20,7 @@ OutputOpt = Annotated[Optional[Path], typer.Option(
     show_default=False)]
 VideoModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Bundled or user model name, or a checkpoint path. Default: fast "
-    "(3× default's frames per second).", envvar="LIIF_MODEL", show_envvar=True,
+    "(6× default's frames per second).", envvar="LIIF_MODEL", show_envvar=True,
     show_default=False)]
 CodecOpt = Annotated[Optional[str], typer.Option(
     help="FFmpeg encoder: libx264 (h264, the default), libx265 (hevc), libvpx-vp9, libsvtav1 "
