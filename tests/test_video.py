@@ -356,3 +356,19 @@ def test_full_disk_is_a_write_error():
     err = av_error(e, "out.mkv")
     assert isinstance(err, OutputWriteError) and "no space left" in str(err)
     assert isinstance(av_error(av.error.InvalidDataError(1, "x"), "in.mkv"), VideoReadError)
+
+
+def test_shard_auto_from_a_slurm_array(clip, tmp_path, tiny_ckpt, monkeypatch):
+    out = tmp_path / "o.mkv"
+    for var in ("SLURM_JOB_ID", "SLURM_PROCID", "RANK", "JOB_COMPLETION_INDEX"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    done = []
+    for task in ("5", "4"):
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
+        done.append(upscale_video(clip, out, model=tiny_ckpt, scale=2, shard="auto",
+                                  segment_seconds=0.5))
+    assert [r.shard.shard for r in done] == [(2, 2), (1, 2)]
+    assert [r.joined for r in done] == [False, True]
+    assert sum(r.frames_rendered for r in done) == 24 and probe(out).frames == 24
