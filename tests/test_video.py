@@ -372,3 +372,28 @@ def test_shard_auto_from_a_slurm_array(clip, tmp_path, tiny_ckpt, monkeypatch):
     assert [r.shard.shard for r in done] == [(2, 2), (1, 2)]
     assert [r.joined for r in done] == [False, True]
     assert sum(r.frames_rendered for r in done) == 24 and probe(out).frames == 24
+
+
+def test_static_windows_are_reused_and_match_a_whole_render(tmp_path, tiny_ckpt, monkeypatch):
+    """A still picture with a small box moving in one corner: the far windows are copied from
+    the previous frame, and every frame is what rendering it whole gives (within one level)."""
+    from liif_cli.tasks.video import reuse
+
+    monkeypatch.setattr(reuse, "REUSE_WINDOW", 16)
+    c = av.open(str(tmp_path / "screen.mkv"), "w")
+    v = c.add_stream("ffv1", rate=10)
+    v.width, v.height, v.pix_fmt = 96, 64, "bgr0"
+    for i in range(6):
+        img = photo_like(64, 96)
+        img[2:8, 2 + i:8 + i] = 255  # the moving box
+        f = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="bgr0")
+        f.pts = i
+        c.mux(v.encode(f))
+    c.mux(v.encode(None))
+    c.close()
+    kw = dict(model=tiny_ckpt, scale=2, codec="ffv1", pix_fmt="bgr0")
+    res = upscale_video(tmp_path / "screen.mkv", tmp_path / "reused.mkv", **kw)
+    upscale_video(tmp_path / "screen.mkv", tmp_path / "whole.mkv", reuse_static=False, **kw)
+    assert res.reused_share > 0.5
+    for (_, a), (_, b) in zip(frames(tmp_path / "reused.mkv"), frames(tmp_path / "whole.mkv")):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1

@@ -22,6 +22,7 @@ from liif_cli.io.images import ImageData
 from liif_cli.runtime.upscaler import Upscaler
 from liif_cli.tasks.video.codecs import EncodeSpec, from_rgb, open_encoder, to_rgb
 from liif_cli.tasks.video.probe import VideoInfo, av_error, open_input, require_av, video_stream
+from liif_cli.tasks.video.reuse import FrameMemory, render_frame
 from liif_cli.tasks.video.segments import SEGMENT_FORMAT, Segment
 
 IN_FLIGHT = 3  # frames queued between each pair of stages (decoded, and upscaled)
@@ -124,9 +125,12 @@ def _encode(path: str, info: VideoInfo, spec: EncodeSpec, out_hw: tuple[int, int
 
 def render_segment(up: Upscaler, info: VideoInfo, seg: Segment, spec: EncodeSpec,
                    out_hw: tuple[int, int], path: str, *, allow_corrupt: bool = False,
+                   memory: FrameMemory | None = None,
                    on_frame: Callable[[], None] | None = None) -> int:
     """Render segment `seg` of the video into the file `path` (the work folder's temporary
-    name; the caller renames it). Returns the frames rendered."""
+    name; the caller renames it). Returns the frames rendered. `memory`: a fresh
+    `reuse.FrameMemory` to copy what did not change from the previous frame (None: render
+    every frame whole)."""
     failed = threading.Event()
     decoded, upscaled = _Pipe(failed), _Pipe(failed)
     errors: list[BaseException] = []
@@ -150,8 +154,11 @@ def render_segment(up: Upscaler, info: VideoInfo, seg: Segment, spec: EncodeSpec
     try:
         while (item := decoded.get()) is not _END:
             pts, rgb = item
-            res = up.upscale_image(ImageData(rgb), out_hw)
-            upscaled.put((pts, res.image.pixels))
+            if memory is None:
+                pixels = up.upscale_image(ImageData(rgb), out_hw).image.pixels
+            else:
+                pixels = render_frame(up, rgb, out_hw, memory)
+            upscaled.put((pts, pixels))
             n += 1
             if on_frame is not None:
                 on_frame()

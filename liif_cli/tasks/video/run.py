@@ -29,6 +29,7 @@ from liif_cli.tasks.video.codecs import EncodeSpec, encode_spec, fit_chroma
 from liif_cli.tasks.video.join import check_container, container_format, join_segments
 from liif_cli.tasks.video.pipeline import render_segment
 from liif_cli.tasks.video.probe import VideoInfo, probe
+from liif_cli.tasks.video.reuse import FrameMemory
 from liif_cli.tasks.video.segments import (
     SEGMENT_FORMAT,
     SEGMENT_SECONDS,
@@ -63,6 +64,7 @@ class VideoResult:
     seconds: float  # everything, this process
     joined: bool  # the output was assembled by this process
     waiting: list[int] = field(default_factory=list)  # segments not done yet (other shards)
+    reused_share: float = 0.0  # of the output windows, copied from the previous frame
 
     @property
     def fps(self) -> float:
@@ -80,6 +82,7 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
                   overwrite: bool = False, shard: str | None = None,
                   shards: int | None = None, join: bool = False,
                   segment_seconds: float = SEGMENT_SECONDS, allow_corrupt: bool = False,
+                  reuse_static: bool = True,
                   max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
                   model_name: str | None = None,
                   on_progress: VideoProgressFn | None = None) -> VideoResult:
@@ -130,11 +133,16 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
         if on_progress is not None:
             on_progress(done_frames, total)
 
+    windows = reused = 0
     try:
         for seg in todo:
-            atomic_write(work.segment_path(seg), lambda tmp, seg=seg: render_segment(
-                up, info, seg, spec, out_hw, tmp, allow_corrupt=allow_corrupt,
-                on_frame=one_frame), overwrite=True)
+            memory = FrameMemory() if reuse_static else None  # per segment: resumes agree
+            atomic_write(work.segment_path(seg), lambda tmp, seg=seg, memory=memory:
+                         render_segment(up, info, seg, spec, out_hw, tmp, memory=memory,
+                                        allow_corrupt=allow_corrupt, on_frame=one_frame),
+                         overwrite=True)
+            if memory is not None:
+                windows, reused = windows + memory.windows, reused + memory.reused
     except BaseException:
         work.remove_if_unused()  # a first run that failed leaves nothing behind
         raise
@@ -155,7 +163,7 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
     return VideoResult(Path(input), dst, info, out_hw, spec, str(name),
                        str(up.device) if up else "-", up.precision if up else "-", src,
                        len(segments), len(todo), len(mine) - len(todo), done_frames,
-                       time.perf_counter() - t0, joined, waiting)
+                       time.perf_counter() - t0, joined, waiting, reused / max(windows, 1))
 
 
 __all__ = ["DEFAULT_VIDEO_MODEL", "SEGMENT_FORMAT", "SEGMENT_SECONDS", "VideoProgressFn",
