@@ -8,12 +8,16 @@
    beside it; what is left outside is the part they did not hide, plus start and join).
 2. Memory: peak RSS of a child process upscaling the same kind of clip at two lengths
    (`--memory-frames`, N and 4N frames, 160×90 → ×2): bounded streaming means equal peaks.
-3. Temporal stability, lossless (ffv1 bgr0) in and out, 160×90 ×2: a static scene must give
+3. Static-window reuse (`tasks.video.reuse`), on and off: frames per second on a
+   screen-recording-like clip (a still photo, a small box moving) and on the natural pan,
+   320×180 → ×2 (`--reuse-frames`, 8).
+4. Temporal stability, lossless (ffv1 bgr0) in and out, 160×90 ×2: a static scene must give
    bit-identical frames; on the slow pan, the mean frame-to-frame difference of the output
    next to bicubic's, raw and motion-compensated (a 1-px input pan is a 2-px output shift).
 
     python scripts/bench_video.py [--models fast,default] [--seconds 10] [--precision fp32]
-                                  [--memory-frames 25] [--parts stability,memory,speed]
+                                  [--memory-frames 25] [--reuse-frames 8]
+                                  [--parts stability,memory,reuse,speed]
                                   [--json out.json]
 
 On the shared 2-core CPU the default (10 s, both models) takes hours; `--seconds 1` is the
@@ -170,6 +174,42 @@ def stability(args, tmp: Path) -> dict:
     return r
 
 
+def make_screen(path: Path, *, frames: int, hw: tuple[int, int]) -> Path:
+    """A screen-recording-like clip: a still photo with a small box moving in one corner."""
+    h, w = hw
+    src = photo(h)[:, :w].copy()
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=FPS, options={"crf": "18"})
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            img = src.copy()
+            img[8:40, 8 + 4 * i:40 + 4 * i] = 255
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            c.mux(v.encode(f))
+        c.mux(v.encode(None))
+    return path
+
+
+def reuse(args, tmp: Path) -> dict:
+    """Static-window reuse on and off: a screen-like clip and a natural pan, 320×180 → ×2."""
+    out = {}
+    clips = {"screen": make_screen(tmp / "screen.mkv", frames=args.reuse_frames, hw=(180, 320)),
+             "pan": make_clip(tmp / "pan180.mkv", frames=args.reuse_frames, hw=(180, 320),
+                              audio=False)}
+    for name, clip in clips.items():
+        for on in (True, False):
+            t0 = time.perf_counter()
+            res = upscale_video(clip, tmp / "reuse_out.mkv", scale=2, overwrite=True,
+                                reuse_static=on, device=args.device)
+            wall = time.perf_counter() - t0
+            key = f"{name} reuse {'on' if on else 'off'}"
+            out[key] = {"fps": round(res.frames_rendered / wall, 3),
+                        "reused": round(res.reused_share, 3)}
+            print(f"{key}: {out[key]}", flush=True)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="fast,default")
@@ -177,7 +217,8 @@ def main() -> None:
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16")
     p.add_argument("--device", default="auto")
     p.add_argument("--memory-frames", type=int, default=25)
-    p.add_argument("--parts", default="stability,memory,speed", help="which of the three")
+    p.add_argument("--reuse-frames", type=int, default=8)
+    p.add_argument("--parts", default="stability,memory,reuse,speed", help="which of them")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="liif-bench-video-") as d:
