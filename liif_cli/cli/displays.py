@@ -357,4 +357,6 @@ def video_summary(res) -> None:
                   f"{res.spec.describe()}  model {res.model}  {res.device} {res.precision}  "
                   f"{res.frames_rendered} rendered in {res.seconds:.1f}s ({res.fps:.2f} fps)"
                   + (f", {res.reused_segments} segment(s) reused" if res.reused_segments
-                     else ""), markup=False, soft_wrap=True)
+                     else "")
+                  + (f", {res.reused_share:.0%} of the picture copied from the frame before"
+                     if res.reused_share else ""), markup=False, soft_wrap=True)

@@ -40,6 +40,9 @@ SegmentOpt = Annotated[float, typer.Option(
 ReportOpt = Annotated[Optional[Path], typer.Option(
     help="Append one JSON line for this run (input, output, status, reason, seconds …), as "
     "liif batch's FILE.jsonl reports.")]
+ReuseOpt = Annotated[bool, typer.Option(
+    help="Copy the parts of a frame whose input did not change since the previous frame "
+    "instead of rendering them again (screen recordings, still shots).")]
 AllowCorruptOpt = Annotated[bool, typer.Option(
     "--allow-corrupt", help="Keep going past frames the decoder reports damaged.")]
 
@@ -53,7 +56,7 @@ def video(
     precision: opt.PrecisionOpt = "auto", max_memory: opt.MaxMemoryOpt = opt.DEFAULT_MAX_MEMORY,
     overwrite: opt.OverwriteOpt = False, shard: ShardOpt = None, shards: ShardsOpt = None,
     join: JoinOpt = False, segment_seconds: SegmentOpt = 4.0, report: ReportOpt = None,
-    allow_corrupt: AllowCorruptOpt = False,
+    allow_corrupt: AllowCorruptOpt = False, reuse_static: ReuseOpt = True,
     max_output_pixels: opt.MaxOutOpt = opt.DEFAULT_MAX_OUTPUT_PIXELS,
     quiet: opt.QuietOpt = False,
 ):
@@ -94,6 +97,7 @@ def video(
                             precision=precision, max_memory=budget, overwrite=overwrite,
                             shard=shard, shards=shards, join=join,
                             segment_seconds=segment_seconds, allow_corrupt=allow_corrupt,
+                            reuse_static=reuse_static,
                             max_output_pixels=max_output_pixels, on_progress=on_progress)
         record(res)
     if not quiet:
