@@ -244,7 +244,7 @@ def test_three_shards_render_every_frame_once(clip, tmp_path, tiny_ckpt):
     results = []
     for i in (1, 3, 2):
         results.append(upscale_video(clip, out, model=tiny_ckpt, scale=2, segment_seconds=0.5,
-                                     shard=f"{i}/3"))
+                                     shard=(i, 3)))
     assert [r.joined for r in results] == [False, False, True]  # the last to finish joins
     assert sum(r.frames_rendered for r in results) == 24  # each frame once
     assert [r.rendered_segments for r in results] == [2, 1, 1]
@@ -254,19 +254,19 @@ def test_three_shards_render_every_frame_once(clip, tmp_path, tiny_ckpt):
 def test_join_waits_for_missing_segments(clip, tmp_path, tiny_ckpt):
     out = tmp_path / "o.mkv"
     kw = dict(model=tiny_ckpt, scale=2, segment_seconds=0.5)
-    upscale_video(clip, out, **kw, shard="1/2")
+    upscale_video(clip, out, **kw, shard=(1, 2))
     with pytest.raises(UsageError, match="2 of 4 segments are not rendered"):
         upscale_video(clip, out, **kw, join=True)
     assert not out.exists()
-    res = upscale_video(clip, out, **kw, shard="2/2")
+    res = upscale_video(clip, out, **kw, shard=(2, 2))
     assert res.joined and probe(out).frames == 24
 
 
 def test_other_options_are_another_job(clip, tmp_path, tiny_ckpt):
     out = tmp_path / "o.mkv"
-    upscale_video(clip, out, model=tiny_ckpt, scale=2, segment_seconds=0.5, shard="1/2")
+    upscale_video(clip, out, model=tiny_ckpt, scale=2, segment_seconds=0.5, shard=(1, 2))
     with pytest.raises(UsageError, match="segments of another job"):
-        upscale_video(clip, out, model=tiny_ckpt, scale=3, segment_seconds=0.5, shard="2/2")
+        upscale_video(clip, out, model=tiny_ckpt, scale=3, segment_seconds=0.5, shard=(2, 2))
 
 
 @pytest.mark.slow
@@ -364,14 +364,17 @@ def test_shard_auto_from_a_slurm_array(clip, tmp_path, tiny_ckpt, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "4")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
-    done = []
+    lines = []
     for task in ("5", "4"):
         monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
-        done.append(upscale_video(clip, out, model=tiny_ckpt, scale=2, shard="auto",
-                                  segment_seconds=0.5))
-    assert [r.shard.shard for r in done] == [(2, 2), (1, 2)]
-    assert [r.joined for r in done] == [False, True]
-    assert sum(r.frames_rendered for r in done) == 24 and probe(out).frames == 24
+        r = run("video", clip, "-o", out, "-s", "2", "-m", tiny_ckpt, "--shard", "auto",
+                "--segment-seconds", "0.5")
+        assert r.exit_code == 0, r.output
+        lines.append(r.output)
+    assert lines[0].startswith("shard 2/2 from Slurm array task 5 of ids 4-5")
+    assert "2 of 4 left to other shards" in lines[0] and "wrote" not in lines[0]
+    assert lines[1].startswith("shard 1/2 from Slurm array task 4") and "wrote" in lines[1]
+    assert "2 rendered" in lines[1] and probe(out).frames == 24
 
 
 def test_static_windows_are_reused_and_match_a_whole_render(tmp_path, tiny_ckpt, monkeypatch):

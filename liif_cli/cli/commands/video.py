@@ -3,8 +3,10 @@ kept (`tasks.video.upscale_video`; PyAV, the `video` extra, is imported inside t
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Iterator, Optional
 
 import typer
 
@@ -73,7 +75,7 @@ def video(
     budget = opt.parse_bytes(max_memory)
     if report is not None and not report.parent.is_dir():
         raise UsageError(f"--report folder does not exist: {report.parent}")
-    from liif_cli.tasks.batch.shard import resolve_shard
+    from liif_cli.tasks.batch import resolve_shard
 
     part = resolve_shard(shard, count=shards)
     if part.auto:  # the run's first line, as batch's (even with --quiet: it belongs in a log)
@@ -81,7 +83,6 @@ def video(
                                markup=False, soft_wrap=True)
     opt.own_the_process()
     from liif_cli.tasks.video import DEFAULT_VIDEO_MODEL, upscale_video
-    from liif_cli.tasks.video.report import reported
 
     name = model or DEFAULT_VIDEO_MODEL
     net = name
@@ -90,15 +91,51 @@ def video(
 
         net = load_model(model, denoise=denoise)
         name = f"denoise {denoise:g}"
-    with reported(report, input, output, shard=shard, shards=shards) as record, \
+    with _reported(report, input, output, part.shard) as record, \
             displays.video_bar(f"upscaling {input.name}", quiet=quiet) as on_progress:
         res = upscale_video(input, output, model=net, model_name=name, **sizes, codec=codec,
                             crf=crf, preset=preset, pix_fmt=pix_fmt, device=device,
                             precision=precision, max_memory=budget, overwrite=overwrite,
-                            shard=shard, shards=shards, join=join,
+                            shard=part.shard, join=join,
                             segment_seconds=segment_seconds, allow_corrupt=allow_corrupt,
                             reuse_static=reuse_static,
                             max_output_pixels=max_output_pixels, on_progress=on_progress)
         record(res)
     if not quiet:
         displays.video_summary(res)
+
+
+@contextmanager
+def _reported(report: Path | None, input: Path, output: Path, shard: tuple[int, int]
+              ) -> Iterator[Callable]:
+    """`--report FILE.jsonl`: yield `record(result)`; one line is appended when the block ends,
+    as `liif batch`'s (`JsonlReport`, the same fields, so `liif batch --summary` merges them):
+    done with the frames and sizes, or failed (cancelled for Ctrl-C) with the one-line reason
+    (`errors.describe`)."""
+    if report is None:
+        yield lambda res: None
+        return
+    from liif_cli.errors import describe
+    from liif_cli.tasks.batch import FileRecord, JsonlReport
+
+    t0 = time.perf_counter()
+    rec = FileRecord(str(input), str(output), "failed")
+
+    def record(res) -> None:
+        rec.status = "done"
+        rec.in_size = (res.info.width, res.info.height)
+        rec.out_size = (res.out_hw[1], res.out_hw[0])
+        rec.worker = f"{res.device} {res.precision}"
+        rec.reason = (f"{res.frames_rendered} frames rendered, {res.info.frames} in the video"
+                      + ("" if res.joined else f"; {len(res.waiting)} segments left"))
+
+    with JsonlReport(report, shard=shard) as out:
+        try:
+            yield record
+        except BaseException as e:
+            rec.status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
+            rec.reason = describe(e)[0]
+            raise
+        finally:
+            rec.seconds = time.perf_counter() - t0
+            out.write(rec)

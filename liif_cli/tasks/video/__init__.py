@@ -7,6 +7,7 @@ imported only inside them):
 - `segments`: segments of a few seconds (resume, shards) and the work folder holding them.
 - `pipeline`: one segment streamed, decode → upscale → encode on three threads.
 - `join`: the segments and the input's audio/subtitles remuxed into the output, atomically.
+- `reuse`: output windows whose input did not change since the previous frame, copied.
 - `run`: `upscale_video`, the whole job.
 
 Import from here: `from liif_cli.tasks.video import upscale_video`.

@@ -24,7 +24,6 @@ from liif_cli.io.files import atomic_write, check_output_path
 from liif_cli.runtime.device import resolve_device, resolve_precision
 from liif_cli.runtime.sizing import DEFAULT_MAX_OUTPUT_PIXELS, size_request, target_size
 from liif_cli.runtime.upscaler import ModelRef, Upscaler
-from liif_cli.tasks.batch.shard import ShardSource, resolve_shard
 from liif_cli.tasks.video.codecs import EncodeSpec, encode_spec, fit_chroma
 from liif_cli.tasks.video.join import check_container, container_format, join_segments
 from liif_cli.tasks.video.pipeline import render_segment
@@ -56,7 +55,7 @@ class VideoResult:
     model: str
     device: str
     precision: str
-    shard: ShardSource
+    shard: tuple[int, int]  # (I, N): this process did every N-th segment from the I-th
     segments: int  # in the whole video
     rendered_segments: int  # by this process
     reused_segments: int  # found done in the work folder (resumed, or other shards')
@@ -79,8 +78,8 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
                   codec: str | None = None, pix_fmt: str | None = None, crf: int | None = None,
                   preset: str | None = None, device: str | torch.device | None = "auto",
                   precision: str = "auto", max_memory: int | None = None,
-                  overwrite: bool = False, shard: str | None = None,
-                  shards: int | None = None, join: bool = False,
+                  overwrite: bool = False, shard: tuple[int, int] = (1, 1),
+                  join: bool = False,
                   segment_seconds: float = SEGMENT_SECONDS, allow_corrupt: bool = False,
                   reuse_static: bool = True,
                   max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
@@ -90,13 +89,16 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
     size options of `upscale`, keeping its sound, subtitles, timing and tags.
 
     Resumable: rerun the same call after any interruption and only unfinished segments are
-    rendered. `shard` "I/N" or "auto" (`tasks.batch.shard`): render only this shard's
-    segments; whoever finds all done assembles the output. `join`: render nothing, assemble
+    rendered. `shard` (I, N), from 1: render only every N-th segment from the I-th (the CLI
+    reads `--shard I/N|auto` as `liif batch` does); whoever finds all segments done assembles
+    the output. `join`: render nothing, assemble
     from the work folder (an error while segments are missing).
     """
     t0 = time.perf_counter()
     request = size_request(scale=scale, size=size, width=width, height=height, fit=fit)
-    src = resolve_shard(shard, count=shards)
+    i, n = shard
+    if n < 1 or not 1 <= i <= n:
+        raise UsageError(f"bad shard {i}/{n}: need 1 <= I <= N")
     up = model if isinstance(model, Upscaler) else None
     if up is None:
         dev = resolve_device(device)
@@ -117,7 +119,7 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
     key = job_key(info, out_hw=out_hw, spec=spec, model=str(name),
                   segment_seconds=segment_seconds)
     work = WorkFolder(dst, key)
-    mine = [] if join else shard_segments(segments, src.shard)
+    mine = [] if join else shard_segments(segments, (i, n))
     todo = [s for s in mine if not work.done(s)]
     work.remove_stale_temps(mine)
     total = sum(s.frames for s in todo)
@@ -161,7 +163,7 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
         work.remove()
         joined = True
     return VideoResult(Path(input), dst, info, out_hw, spec, str(name),
-                       str(up.device) if up else "-", up.precision if up else "-", src,
+                       str(up.device) if up else "-", up.precision if up else "-", (i, n),
                        len(segments), len(todo), len(mine) - len(todo), done_frames,
                        time.perf_counter() - t0, joined, waiting, reused / max(windows, 1))
 
