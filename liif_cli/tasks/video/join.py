@@ -126,7 +126,23 @@ def _segment_packets(paths: list[Path]) -> Iterator[tuple[Fraction, int, object]
                                                                 str(p)))
 
 
-def join_segments(info: VideoInfo, segments: list[Path], output: Path, *,
+def _picture_stream(out, template, spec: EncodeSpec, info: VideoInfo):
+    """The output's picture stream, its parameters copied from the first segment's; where
+    PyAV cannot copy them (AV1: it looks for an encoder named after the decoder, libdav1d),
+    the stream of an encoder with the segments' settings, which makes the same headers."""
+    av = require_av()
+    try:
+        o = out.add_stream_from_template(template)
+    except av.codec.codec.UnknownCodecError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LiifWarning)
+            o = open_encoder(out, spec, info, (template.codec_context.height,
+                                               template.codec_context.width))
+    o.time_base = info.time_base
+    return o
+
+
+def join_segments(info: VideoInfo, segments: list[Path], output: Path, spec: EncodeSpec, *,
                   overwrite: bool) -> Path:
     """Remux `segments` (in order) with the input's audio and subtitles into `output`."""
     av = require_av()
@@ -136,8 +152,7 @@ def join_segments(info: VideoInfo, segments: list[Path], output: Path, *,
         with open_input(info.path) as c, av.open(segments[0].as_posix()) as first, \
                 av.open(tmp, "w", format=fmt, options=BITEXACT) as out:
             vs = video_stream(c, info.path)
-            o = out.add_stream_from_template(first.streams.video[0])
-            o.time_base = info.time_base
+            o = _picture_stream(out, first.streams.video[0], spec, info)
             if info.rotation:
                 o.set_display_rotation(info.rotation)
             mapping = _add_copies(out, c, vs)

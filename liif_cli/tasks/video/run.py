@@ -156,7 +156,7 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
                          "that own them")
     if not waiting and work.claim_join(force=join):
         try:
-            join_segments(info, [work.segment_path(s) for s in segments], dst,
+            join_segments(info, [work.segment_path(s) for s in segments], dst, spec,
                           overwrite=overwrite)
         finally:
             work.release_join()
