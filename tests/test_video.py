@@ -400,3 +400,13 @@ def test_static_windows_are_reused_and_match_a_whole_render(tmp_path, tiny_ckpt,
     assert res.reused_share > 0.5
     for (_, a), (_, b) in zip(frames(tmp_path / "reused.mkv"), frames(tmp_path / "whole.mkv")):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("codec", ["av1", "vp9", "hevc"])
+def test_other_codecs_join(clip, tmp_path, tiny_ckpt, codec):
+    """Each codec's segments remux into one file (AV1's stream cannot be copied by PyAV from
+    a libdav1d-decoded template: `join._picture_stream` falls back to the encoder's)."""
+    out = tmp_path / f"{codec}.mkv"
+    res = upscale_video(clip, out, model=tiny_ckpt, scale=3, codec=codec, segment_seconds=0.5)
+    assert res.joined and res.segments == 4
+    assert [t for t, _ in frames(out)] == [t for t, _ in frames(clip)]
