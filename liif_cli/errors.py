@@ -46,6 +46,10 @@ class ImageReadError(LiifError):
     """An input that is missing, empty, truncated, not an image, or too large to decode safely."""
 
 
+class VideoReadError(LiifError):
+    """A video input that is missing, not a video, has no picture, or is corrupt or truncated."""
+
+
 class ImageWriteError(LiifError):
     """An output that cannot be written (exists, unknown format, unwritable folder)."""
 

@@ -322,3 +322,42 @@ def bench_table(report, name: str) -> None:
     for row in iter_table(report):
         table.add_row(*row)
     out.print(table)
+
+
+# ----------------------------------------------------------------------------------------------
+# video
+
+@contextmanager
+def video_bar(description: str, *, quiet: bool) -> Iterator:
+    """Yield an `on_progress(frames done, frames to do)` drawing frames, fps and ETA (or None:
+    no bar under --quiet or off a terminal)."""
+    if quiet or not console.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("frames {task.fields[rate]}"), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(description, total=None, rate="")
+        t0 = time.perf_counter()
+
+        def on_progress(done: int, total: int) -> None:
+            rate = done / max(time.perf_counter() - t0, 1e-6)
+            bar.update(task, completed=done, total=total, rate=f"{rate:.2f} fps")
+
+        yield on_progress
+
+
+def video_summary(res) -> None:
+    """One line: what was written (or what is left to other shards), and how fast."""
+    info, (oh, ow) = res.info, res.out_hw
+    what = (f"wrote {res.output}" if res.joined else
+            f"rendered {res.rendered_segments} segment(s) of {res.output.name}; "
+            f"{len(res.waiting)} of {res.segments} left to other shards (then liif video "
+            "--join)" if res.waiting else f"segments of {res.output.name} done")
+    console.print(f"{what}  {info.frames} frames {info.width}×{info.height} → {ow}×{oh}  "
+                  f"{res.spec.describe()}  model {res.model}  {res.device} {res.precision}  "
+                  f"{res.frames_rendered} rendered in {res.seconds:.1f}s ({res.fps:.2f} fps)"
+                  + (f", {res.reused_segments} segment(s) reused" if res.reused_segments
+                     else "")
+                  + (f", {res.reused_share:.0%} of the picture copied from the frame before"
+                     if res.reused_share else ""), markup=False, soft_wrap=True)

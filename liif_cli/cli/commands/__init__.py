@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import typer
 
-from liif_cli.cli.commands import batch, bench, evaluate, export, models, train, upscale, view
+from liif_cli.cli.commands import (
+    batch,
+    bench,
+    evaluate,
+    export,
+    models,
+    train,
+    upscale,
+    video,
+    view,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -19,4 +29,5 @@ def register(app: typer.Typer) -> None:
     app.command(name="eval")(evaluate.eval_)
     app.command(context_settings=batch.CONTEXT)(batch.batch)
     app.command()(bench.bench)
+    app.command()(video.video)
     app.command()(view.view)
