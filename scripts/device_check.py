@@ -26,6 +26,10 @@ Sections, each timed, each ok / FAIL / skipped (with the reason printed):
             command's advice, non-zero exit, no traceback), and a render retried once at half
             the budget with the failed attempt's memory freed
   mps       Apple MPS (a Mac): autocast and precision policy, 16-bit upscale against the CPU
+  video     `liif video` on the device (`fast`, bf16 on a GPU): a 1 s 854×480 clip with sound to
+            1920×1080 (on a CPU 160×90 to ×2, --tiny 48×32), lossless (ffv1 bgr0): every frame and the sound
+            kept, frame 0 equal to `liif upscale` of frame 0 on the device within one level,
+            and the frames per second of the whole call
   ddp       two ranks, one GPU each by CUDA_VISIBLE_DEVICES (as Slurm sets it): `liif train`
 Writes OUT/device_check.json, OUT/device_check.txt and, if anything fails, OUT/failures.txt
 (every failing section's traceback): three files at most, whatever fails. On a GPU it takes
@@ -437,6 +441,65 @@ class Check:
             Image.fromarray(photo(64, 64, seed=20 + k)).save(data / f"{k}.png")
         return data
 
+    def video(self) -> dict:
+        try:
+            import av
+        except ImportError:
+            raise Skip("needs PyAV: pip install '.[video]'") from None
+        # the clip on a GPU; on a CPU a small one (fp32 there: minutes a 1080p frame)
+        w, h, n = (854, 480, 30) if self.cuda else (48, 32, 6) if self.args.tiny else (160, 90, 10)
+        size = "1920x1080" if self.cuda else f"{w * 2}x{h * 2}"
+        precision = "bf16" if self.cuda else "fp32"
+        src, dst = self.work / "clip.mp4", self.work / "clip_up.mkv"
+        with av.open(str(src), "w") as out:
+            v = out.add_stream("libx264", rate=30, options={"crf": "10"})
+            v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+            a = out.add_stream("aac", rate=48000)
+            big = photo(h + n, w + n, seed=7)
+            for k in range(n):  # a slow pan: 1 px per frame
+                for p in v.encode(av.VideoFrame.from_ndarray(
+                        np.ascontiguousarray(big[k:k + h, k:k + w]), format="rgb24")):
+                    out.mux(p)
+            for p in v.encode():
+                out.mux(p)
+            tone = (0.1 * np.sin(np.arange(48000 * n // 30) / 48000 * 2 * np.pi * 440)
+                    ).astype(np.float32)[None]
+            for k in range(0, tone.shape[1], 1024):
+                frame = av.AudioFrame.from_ndarray(tone[:, k:k + 1024], format="flt",
+                                                   layout="mono")
+                frame.sample_rate = 48000
+                for p in a.encode(frame):
+                    out.mux(p)
+            for p in a.encode():
+                out.mux(p)
+        t0 = time.perf_counter()
+        ok(liif("video", src, "-o", dst, "--size", size, "-m", "fast", "--device", self.dev,
+                "--precision", precision, "--codec", "ffv1", "--pix-fmt", "bgr0", "-q"))
+        secs = time.perf_counter() - t0
+
+        def streams(path: Path) -> tuple[list, int]:
+            with av.open(str(path)) as c:
+                frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+            with av.open(str(path)) as c:
+                audio = sum(1 for p in c.demux(audio=0) if p.size)
+            return frames, audio
+
+        (first, *_), audio_in = streams(src)
+        frames, audio_out = streams(dst)
+        if len(frames) != n or audio_out != audio_in:
+            raise RuntimeError(f"{len(frames)} of {n} frames, {audio_out} of {audio_in} audio "
+                               "packets")
+        Image.fromarray(first).save(self.work / "frame0.png")
+        ok(liif("upscale", self.work / "frame0.png", "-o", self.work / "frame0_up.png",
+                "--size", size, "-m", "fast", "--device", self.dev, "--precision", precision,
+                "-q", "--overwrite"))
+        ref = np.asarray(Image.open(self.work / "frame0_up.png").convert("RGB")).astype(int)
+        worst = int(np.abs(frames[0].astype(int) - ref).max())
+        if worst > 1:
+            raise RuntimeError(f"frame 0 differs from liif upscale by {worst} levels")
+        return {"frames": n, "size": size, "precision": precision, "seconds": round(secs, 1),
+                "fps_whole_call": round(n / secs, 2), "frame0_max_diff": worst}
+
     def mps(self) -> dict:
         if not (torch.backends.mps.is_available()):
             raise Skip("needs Apple MPS (a Mac): autocast on MPS, 16-bit levels off MPS")
@@ -503,7 +566,7 @@ def _psnrs(records) -> list[float]:
 
 
 SECTIONS = ["env", "cuda_tests", "upscale", "batch", "eval", "tf32", "bench", "train", "export",
-            "memory", "budgets", "view", "caller", "oom", "mps", "ddp"]
+            "memory", "budgets", "view", "caller", "oom", "video", "mps", "ddp"]
 
 
 def main() -> int:

@@ -281,12 +281,15 @@ def test_the_device_check_script_runs_here_and_says_why_it_skips(tmp_path):
 
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "device_check.py"), "--tiny",
                         "--device", "cpu", "--out", str(tmp_path),
-                        "--only", "env,cuda_tests,tf32,memory,budgets,view,caller,oom,mps,ddp"],
+                        "--only", "env,cuda_tests,tf32,memory,budgets,view,caller,oom,video,mps,ddp"],
                        capture_output=True, text=True, timeout=180,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((tmp_path / "device_check.json").read_text())
     assert report["env"]["status"] == "ok" and report["env"]["detail"]["device"] == "cpu"
+    # `liif video` runs on any device: every frame and the sound kept, frame 0 = `liif upscale`
+    assert report["video"]["status"] == "ok", report["video"]
+    assert report["video"]["detail"]["frame0_max_diff"] <= 1
     for name in ("cuda_tests", "tf32", "memory", "budgets", "view", "caller", "oom", "ddp",
                  "mps"):
         assert report[name]["status"] == "skipped"
