@@ -410,3 +410,24 @@ def test_other_codecs_join(clip, tmp_path, tiny_ckpt, codec):
     res = upscale_video(clip, out, model=tiny_ckpt, scale=3, codec=codec, segment_seconds=0.5)
     assert res.joined and res.segments == 4
     assert [t for t, _ in frames(out)] == [t for t, _ in frames(clip)]
+
+
+@pytest.mark.slow
+def test_denoise_picks_the_default_real_pair_as_upscale_does(tmp_path):
+    """`--denoise` blends default and real (not the video default `fast`), and wins over a
+    LIIF_MODEL with no denoise partner with one note; `-m fast --denoise` is a usage error."""
+    src = make_clip(tmp_path / "in.mkv", frames=3, hw=(12, 16), audio=False, subs=False)
+    args = ["video", str(src), "-s", "1", "--denoise", "0.5", "--codec", "ffv1",
+            "--pix-fmt", "bgr0"]
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "a.mkv")], env={"LIIF_MODEL": "fast"})
+    assert r.exit_code == 0, r.output
+    assert "note: --denoise picks the default/real pair: LIIF_MODEL=fast not used" in r.stderr
+    assert "real@0.5" in r.stderr
+    want = upscale_video(src, tmp_path / "b.mkv", denoise=0.5, scale=1, codec="ffv1",
+                         pix_fmt="bgr0", device="cpu")
+    assert want.model == "real@0.5" and len(frames(tmp_path / "b.mkv")) == 3
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(frames(tmp_path / "a.mkv"),
+                                                         frames(tmp_path / "b.mkv")))
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "c.mkv"), "-m", "fast"])
+    assert r.exit_code == 2 and "'fast' has none" in r.stderr
+    assert not (tmp_path / "c.mkv").exists()

@@ -23,7 +23,7 @@ OutputOpt = Annotated[Optional[Path], typer.Option(
 VideoModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Bundled or user model name, or a checkpoint path. Default: fast "
     "(6× default's frames per second).", envvar="LIIF_MODEL", show_envvar=True,
-    show_default=False)]
+    show_default=False, callback=opt.from_env)]
 CodecOpt = Annotated[Optional[str], typer.Option(
     help="FFmpeg encoder: libx264 (h264, the default), libx265 (hevc), libvpx-vp9, libsvtav1 "
     "(av1), ffv1 (lossless).", show_default=False)]
@@ -82,18 +82,13 @@ def video(
         displays.console.print(f"shard {part.index}/{part.count} from {part.found}",
                                markup=False, soft_wrap=True)
     opt.own_the_process()
-    from liif_cli.tasks.video import DEFAULT_VIDEO_MODEL, upscale_video
+    from liif_cli.tasks.video import upscale_video
 
-    name = model or DEFAULT_VIDEO_MODEL
-    net = name
-    if denoise is not None:
-        from liif_cli.runtime.weights import load_model
-
-        net = load_model(model, denoise=denoise)
-        name = f"denoise {denoise:g}"
+    if denoise is not None:  # as upscale's: --denoise wins over a LIIF_MODEL with no partner
+        model = opt.model_for_denoise(model)
     with _reported(report, input, output, part.shard) as record, \
             displays.video_bar(f"upscaling {input.name}", quiet=quiet) as on_progress:
-        res = upscale_video(input, output, model=net, model_name=name, **sizes, codec=codec,
+        res = upscale_video(input, output, model=model, denoise=denoise, **sizes, codec=codec,
                             crf=crf, preset=preset, pix_fmt=pix_fmt, device=device,
                             precision=precision, max_memory=budget, overwrite=overwrite,
                             shard=part.shard, join=join,

@@ -22,8 +22,10 @@ import torch
 from liif_cli.errors import UsageError
 from liif_cli.io.files import atomic_write, check_output_path
 from liif_cli.runtime.device import resolve_device, resolve_precision
+from liif_cli.runtime.options import check_denoise
 from liif_cli.runtime.sizing import DEFAULT_MAX_OUTPUT_PIXELS, size_request, target_size
 from liif_cli.runtime.upscaler import ModelRef, Upscaler
+from liif_cli.runtime.weights import load_model
 from liif_cli.tasks.video.codecs import EncodeSpec, encode_spec, fit_chroma
 from liif_cli.tasks.video.join import check_container, container_format, join_segments
 from liif_cli.tasks.video.pipeline import render_segment
@@ -71,7 +73,7 @@ class VideoResult:
 
 
 def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
-                  model: ModelRef | Upscaler = DEFAULT_VIDEO_MODEL,
+                  model: ModelRef | Upscaler | None = None,
                   scale: str | float | tuple[float, float] | None = None,
                   size: str | tuple[int, int] | None = None, width: int | None = None,
                   height: int | None = None, fit: str | None = None,
@@ -83,7 +85,7 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
                   segment_seconds: float = SEGMENT_SECONDS, allow_corrupt: bool = False,
                   reuse_static: bool = True,
                   max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
-                  model_name: str | None = None,
+                  model_name: str | None = None, denoise: float | None = None,
                   on_progress: VideoProgressFn | None = None) -> VideoResult:
     """Upscale the video `input` into `output` (.mp4, .mkv, .mov, .webm, .avi, .nut) with the
     size options of `upscale`, keeping its sound, subtitles, timing and tags.
@@ -93,6 +95,9 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
     reads `--shard I/N|auto` as `liif batch` does); whoever finds all segments done assembles
     the output. `join`: render nothing, assemble
     from the work folder (an error while segments are missing).
+    `model`: None is `DEFAULT_VIDEO_MODEL` (`fast`), or with `denoise` the default/real pair
+    blended at that strength (`weights.load_model`; a `model` given by name must have a
+    denoise partner).
     """
     t0 = time.perf_counter()
     request = size_request(scale=scale, size=size, width=width, height=height, fit=fit)
@@ -100,6 +105,12 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
     if n < 1 or not 1 <= i <= n:
         raise UsageError(f"bad shard {i}/{n}: need 1 <= I <= N")
     up = model if isinstance(model, Upscaler) else None
+    if denoise is not None:
+        check_denoise(denoise)
+        if isinstance(model, (Upscaler, torch.nn.Module)):
+            raise UsageError("denoise blends a bundled pair's weights: give the model by name")
+    elif model is None:
+        model = DEFAULT_VIDEO_MODEL
     if up is None:
         dev = resolve_device(device)
         dtype = resolve_precision(precision, dev)
@@ -115,6 +126,7 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
     check_container(info, dst, spec, out_hw)
     segments = plan_segments(info, segment_seconds)
     name = model_name or (up.name if up else None) or (
+        f"{model or 'real'}@{denoise:g}" if denoise is not None else
         model if isinstance(model, str) else "model")
     key = job_key(info, out_hw=out_hw, spec=spec, model=str(name),
                   segment_seconds=segment_seconds)
@@ -125,6 +137,8 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
     total = sum(s.frames for s in todo)
     done_frames = 0
     if todo and up is None:
+        if denoise is not None:
+            model = load_model(model, device=dev, denoise=denoise)
         up = Upscaler(model, device=dev, precision=dtype, max_memory=max_memory)
     if on_progress is not None:
         on_progress(0, total)
