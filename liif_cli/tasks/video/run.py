@@ -104,16 +104,7 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
     i, n = shard
     if n < 1 or not 1 <= i <= n:
         raise UsageError(f"bad shard {i}/{n}: need 1 <= I <= N")
-    up = model if isinstance(model, Upscaler) else None
-    if denoise is not None:
-        check_denoise(denoise)
-        if isinstance(model, (Upscaler, torch.nn.Module)):
-            raise UsageError("denoise blends a bundled pair's weights: give the model by name")
-    elif model is None:
-        model = DEFAULT_VIDEO_MODEL
-    if up is None:
-        dev = resolve_device(device)
-        dtype = resolve_precision(precision, dev)
+    model, up, dev, dtype = _check_model(model, denoise, device, precision)
     dst = Path(output)
     container_format(dst)
     check_output_path(dst, overwrite=overwrite)
@@ -125,9 +116,7 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
     out_hw = fit_chroma(out_hw, spec.pix_fmt)
     check_container(info, dst, spec, out_hw)
     segments = plan_segments(info, segment_seconds)
-    name = model_name or (up.name if up else None) or (
-        f"{model or 'real'}@{denoise:g}" if denoise is not None else
-        model if isinstance(model, str) else "model")
+    name = model_name or (up.name if up else None) or _model_label(model, denoise)
     key = job_key(info, out_hw=out_hw, spec=spec, model=str(name),
                   segment_seconds=segment_seconds)
     work = WorkFolder(dst, key)
@@ -137,9 +126,8 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
     total = sum(s.frames for s in todo)
     done_frames = 0
     if todo and up is None:
-        if denoise is not None:
-            model = load_model(model, device=dev, denoise=denoise)
-        up = Upscaler(model, device=dev, precision=dtype, max_memory=max_memory)
+        up = Upscaler(model if denoise is None else load_model(model, device=dev, denoise=denoise),
+                      device=dev, precision=dtype, max_memory=max_memory)
     if on_progress is not None:
         on_progress(0, total)
 
@@ -180,6 +168,31 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
                        str(up.device) if up else "-", up.precision if up else "-", (i, n),
                        len(segments), len(todo), len(mine) - len(todo), done_frames,
                        time.perf_counter() - t0, joined, waiting, reused / max(windows, 1))
+
+
+
+def _check_model(model: ModelRef | Upscaler | None, denoise: float | None,
+                 device: str | torch.device | None, precision: str):
+    """(model, its Upscaler if the caller gave one, device, dtype), checked before any work:
+    None is `DEFAULT_VIDEO_MODEL`, or with `denoise` the bundled default/real pair."""
+    up = model if isinstance(model, Upscaler) else None
+    if denoise is not None:
+        check_denoise(denoise)
+        if isinstance(model, (Upscaler, torch.nn.Module)):
+            raise UsageError("denoise blends a bundled pair's weights: give the model by name")
+    elif model is None:
+        model = DEFAULT_VIDEO_MODEL
+    if up is not None:
+        return model, up, None, None
+    dev = resolve_device(device)
+    return model, None, dev, resolve_precision(precision, dev)
+
+
+def _model_label(model: ModelRef | None, denoise: float | None) -> str:
+    """The model's name in the job key and the summary, before it is loaded."""
+    if denoise is not None:
+        return f"{model or 'real'}@{denoise:g}"
+    return model if isinstance(model, str) else "model"
 
 
 __all__ = ["DEFAULT_VIDEO_MODEL", "SEGMENT_FORMAT", "SEGMENT_SECONDS", "VideoProgressFn",
