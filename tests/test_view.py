@@ -314,6 +314,28 @@ def test_cli_prints_the_url_serves_and_stops_on_signals(files, signum, code, hos
 
 
 @pytest.mark.slow
+def test_cli_denoise_wins_over_a_liif_model_without_a_partner(files):
+    """As `liif upscale`: --denoise picks the default/real pair whatever LIIF_MODEL says."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LIIF_MODEL": "fast"}
+    proc = subprocess.Popen([sys.executable, "-m", "liif_cli", "view", str(files["rgb"]),
+                             "--denoise", "0.5", "--no-browser", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = proc.stdout.readline().strip()
+        assert "/?token=" in url, proc.stderr.read() if proc.poll() is not None else url
+        base, token = url.split("/?token=")
+        with urllib.request.urlopen(f"{base}/api/info?token={token}", timeout=30) as r:
+            info = json.loads(r.read())
+        assert info["model"] in ("default", "real") and info["denoise"]["default"] == 0.5, info
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "--denoise picks the default/real pair: LIIF_MODEL=fast not used" in err
+
+
+@pytest.mark.slow
 def test_cli_refuses_a_bad_model_before_printing_a_url(files):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-m", "liif_cli", "view", str(files["rgb"]), "--model",

@@ -54,6 +54,8 @@ def model_for_denoise(model: str | None) -> str | None:
     environment that has no denoise partner gives way to it, with one note (an option given
     wins over a variable); one given with --model is still an error."""
     var, value = env_values().get("model", (None, None))
+    if isinstance(value, (list, tuple)):  # `liif view --model` repeats: one value from there
+        value = value[0] if len(value) == 1 else None
     if value is None or value != model:
         return model
     from liif_cli.runtime.weights import denoise_pair

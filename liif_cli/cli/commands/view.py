@@ -15,7 +15,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from liif_cli.cli.options import DEVICE_ENV
+from liif_cli.cli.options import DEVICE_ENV, from_env
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WAIT_S = 0.5  # the main thread's wait between looks at the stop flag (signals land there)
@@ -27,7 +27,7 @@ def view(
     model: Annotated[Optional[List[str]], typer.Option(
         "--model", "-m", help="Model name or checkpoint path; repeat it to compare two "
         "(the second starts on the left of the split). Default: bundled.",
-        envvar="LIIF_MODEL", show_envvar=True)] = None,
+        envvar="LIIF_MODEL", show_envvar=True, callback=from_env)] = None,
     denoise: Annotated[Optional[float], typer.Option(
         help="0 to 1: the default/real blend the first model starts at (see `liif upscale`).",
         show_default=False)] = None,
@@ -49,10 +49,12 @@ def view(
     Example: liif view photo.jpg · liif view a.png b.png --model real --no-browser --port 0
     """
     from liif_cli.cli.displays import console
-    from liif_cli.cli.options import check_options, own_the_process
+    from liif_cli.cli.options import check_options, model_for_denoise, own_the_process
     from liif_cli.errors import UsageError
 
     check_options(device=device, denoise=denoise)
+    if denoise is not None and model and len(model) == 1:  # as upscale: --denoise picks the pair
+        model = [m] if (m := model_for_denoise(model[0])) else None
     own_the_process()
     from liif_cli.view.server import ViewServer
     from liif_cli.view.session import ViewSession
