@@ -112,3 +112,15 @@ def test_bundled_default_graph_has_no_nan_at_x3(ort, tmp_path):
     image = photo_like(32, 40, seed=4)  # (h, w): 40 wide, 32 tall
     ref = upscale("default", image, size=(120, 96), device="cpu", precision="fp32").astype(int)
     assert np.abs(onnx_upscale(session, image, (96, 120)) - ref).max() <= 1
+
+
+def test_a_missing_model_is_said_before_any_tracing_line(tmp_path):
+    """`liif export missing.pth -f onnx`: the error is the only line (no "tracing …" first)."""
+    from typer.testing import CliRunner
+
+    from liif_cli.cli import app
+
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "missing.pth"), "-f", "onnx",
+                                 "-o", str(tmp_path / "m.onnx")])
+    assert r.exit_code != 0 and "not found" in r.output
+    assert "tracing" not in r.output

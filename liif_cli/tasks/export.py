@@ -29,7 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -94,11 +94,12 @@ def export_format(fmt: str | None, output: str | os.PathLike | None) -> str:
 
 
 def export_model(model: str | os.PathLike | SRModel | None, output: str | os.PathLike
-                 | None = None, *, fmt: str | None = None, overwrite: bool = False
-                 ) -> ExportResult:
+                 | None = None, *, fmt: str | None = None, overwrite: bool = False,
+                 on_stage: Callable[[str], None] | None = None) -> ExportResult:
     """Write `model` (a name, a path, None for the bundled default) as `fmt` to `output`
     (default: NAME.safetensors / .onnx / .pth in the current folder). A network passed in is
-    left where it is, in its dtype and mode: the export works on a CPU fp32 copy."""
+    left where it is, in its dtype and mode: the export works on a CPU fp32 copy.
+    `on_stage(text)` is told when the slow part (ONNX tracing) starts, after every check."""
     t0 = time.perf_counter()
     key = export_format(fmt, output)
     net = model if isinstance(model, SRModel) else load_model(model, device="cpu")
@@ -106,6 +107,8 @@ def export_model(model: str | os.PathLike | SRModel | None, output: str | os.Pat
     dst = Path(output) if output is not None else Path(loaded.name + EXPORT_FORMATS[key])
     check_output_path(dst, overwrite=overwrite)
     if key == "onnx":
+        if on_stage is not None:
+            on_stage("tracing the model for ONNX (takes a few seconds) …")
         check = atomic_write(dst, lambda tmp: _write_onnx(net, tmp), overwrite=overwrite)
     else:
         ckpt = _checkpoint_of(net)

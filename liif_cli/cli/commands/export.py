@@ -27,11 +27,9 @@ def export(
 
     Examples: liif export default -o default.safetensors · liif export default -f onnx
     """
-    from liif_cli.tasks.export import export_format, export_model
+    from liif_cli.tasks.export import export_model
 
-    kind = export_format(fmt, output)
-    if kind == "onnx" and not quiet:
-        displays.stage_line("tracing the model for ONNX (takes a few seconds) …")
-    res = export_model(model, output, fmt=kind, overwrite=overwrite)
+    res = export_model(model, output, fmt=fmt, overwrite=overwrite,
+                       on_stage=None if quiet else displays.stage_line)
     if not quiet:
         displays.export_summary(res)
