@@ -452,3 +452,28 @@ def test_the_summary_describes_the_file_on_disk(tmp_path, tiny_ckpt, mode, bits,
     assert res.kind == kind == read_image(res.output).kind()
     said = [str(w.message) for w in caught if issubclass(w.category, LiifWarning)]
     assert len(said) == len(notes) and all(n in s for n, s in zip(notes, said)), said
+
+
+def test_a_command_refused_before_any_work_draws_no_progress_bar(monkeypatch):
+    """The bar is drawn from the first progress call: an error found first (stdin or stdout a
+    terminal, a missing file) is shown alone, not after a flashed bar."""
+    from liif_cli.cli import displays
+
+    monkeypatch.setattr(type(displays.console), "is_terminal", property(lambda self: True))
+    started = []
+
+    class Recorded(displays.Progress):
+        def start(self):
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(displays, "Progress", Recorded)
+    for bar in (displays.progress_bar("upscaling x", quiet=False),
+                displays.video_bar("upscaling x", quiet=False)):
+        with pytest.raises(UsageError), bar:
+            raise UsageError("stdout is a terminal")
+    assert started == []
+    with displays.video_bar("upscaling x", quiet=False) as on_progress:
+        on_progress(1, 4)
+        on_progress(2, 4)
+    assert len(started) == 1 and not started[0].live.is_started  # drawn once, then gone

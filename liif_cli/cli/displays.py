@@ -58,15 +58,32 @@ def progress_bar(description: str, *, quiet: bool, unit_scale: float = 1.0) -> I
     if quiet or not console.is_terminal:
         yield None
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                  transient=True) as bar:
-        task = bar.add_task(description, total=None)
+    with _bar_on_first_call(
+            (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+             TimeElapsedColumn(), TimeRemainingColumn()), description) as update:
+        yield lambda done, total: update(completed=done * unit_scale, total=total * unit_scale)
 
-        def on_progress(done: int, total: int) -> None:
-            bar.update(task, completed=done * unit_scale, total=total * unit_scale)
 
-        yield on_progress
+@contextmanager
+def _bar_on_first_call(columns: tuple, description: str, **fields) -> Iterator:
+    """Yield `update(**kwargs)` of a transient Rich bar that is drawn from its first call: a
+    command refused before any work (stdin or stdout a terminal, a missing file) shows its
+    error line alone, not a bar flashed before it."""
+    bar, task = None, None
+
+    def update(**kwargs) -> None:
+        nonlocal bar, task
+        if bar is None:
+            bar = Progress(*columns, console=console, transient=True)
+            bar.start()
+            task = bar.add_task(description, total=None, **fields)
+        bar.update(task, **kwargs)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,15 +351,15 @@ def video_bar(description: str, *, quiet: bool) -> Iterator:
     if quiet or not console.is_terminal:
         yield None
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("frames {task.fields[rate]}"), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(description, total=None, rate="")
+    with _bar_on_first_call(
+            (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+             TextColumn("frames {task.fields[rate]}"), TimeElapsedColumn(),
+             TimeRemainingColumn()), description, rate="") as update:
         t0 = time.perf_counter()
 
         def on_progress(done: int, total: int) -> None:
             rate = done / max(time.perf_counter() - t0, 1e-6)
-            bar.update(task, completed=done, total=total, rate=f"{rate:.2f} fps")
+            update(completed=done, total=total, rate=f"{rate:.2f} fps")
 
         yield on_progress
 
