@@ -3,6 +3,7 @@
     python scripts/bundle_default.py runs/default/best.pth --description "..." --recipe "..."
     # run the model card's `liif eval ... --json /tmp/card/SET.json` commands, then record them:
     python scripts/bundle_default.py runs/default/best.pth ... --eval-json /tmp/card/*.json
+    python scripts/bundle_default.py runs/real4/last.pth --wip docs/weights/real-wip.pth
 
 Writes liif_cli/bundled/default.pth (official layout, fp16 storage, training metadata kept,
 optimizer dropped) and records its sha256, steps, recipe and eval results in
@@ -43,6 +44,9 @@ def main() -> None:
     ap.add_argument("--degraded-json", type=Path, nargs="*", default=[],
                     help="`liif eval --degrade ... --json` reports of these weights and of "
                     "the partner (the real-world model card)")
+    ap.add_argument("--wip", type=Path, default=None,
+                    help="write the fp16 checkpoint here instead (docs/weights/NAME-wip.pth: "
+                    "weights in progress, committed so a new machine can go on); no manifest")
     args = ap.parse_args()
 
     loaded = load_checkpoint(args.checkpoint)
@@ -50,9 +54,12 @@ def main() -> None:
     meta = dict(raw.get("liif_cli") or {})
     meta["source"] = args.checkpoint.name
     meta["steps"] = int(meta.get("steps") or 0) + args.prior_steps
-    out = PACKAGE_WEIGHTS_DIR / f"{args.name}.pth"
+    out = args.wip or PACKAGE_WEIGHTS_DIR / f"{args.name}.pth"
     atomic_torch_save(checkpoint_dict(loaded, half=True, epoch=raw.get("epoch", 0),
                                       liif_cli=meta), out)
+    if args.wip is not None:
+        print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB; {meta['steps']:,} steps)")
+        return
     manifest = PACKAGE_WEIGHTS_DIR / "bundled.json"
     entries = json.loads(manifest.read_text()) if manifest.exists() else []
     entries = [e for e in entries if e["name"] != args.name]
