@@ -244,7 +244,7 @@ class ViewServer(ThreadingHTTPServer):
         watchdog cut) is not news; anything else is a bug, told in one line, not a traceback."""
         e = sys.exc_info()[1]
         if not isinstance(e, OSError):
-            print(f"liif view: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"liif view: {describe(e, 'view')[0]}", file=sys.stderr)
 
 
 def _host_names(host: str, port: int) -> frozenset[str]:
