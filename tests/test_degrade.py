@@ -413,6 +413,39 @@ def test_the_tasks_take_denoise_themselves(pair, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_eval_scores_the_denoise_blend(pair, tmp_path):
+    """`liif eval --denoise S` scores the pair's blend (named "real@S" in the records), the
+    same PSNR as evaluating the blended network itself; S = 0 scores `default` exactly. A
+    model without a partner, or one already loaded, is one usage error before any reading."""
+    from liif_cli.tasks.evaluate import evaluate
+
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    for i in range(2):
+        Image.fromarray(photo_like(24, 28, seed=i)).save(hr / f"im{i}.png")
+    kw = dict(scales=(2,), protocol="benchmark", bicubic=False, device="cpu")
+    half = evaluate("real", hr, denoise=0.5, **kw)
+    assert half.model == "real@0.5" and [r.method for r in half.records] == ["real@0.5"]
+    direct = evaluate(pair.load_model("real", denoise=0.5), hr, **kw)
+    assert half.records[0].psnr == pytest.approx(direct.records[0].psnr, abs=1e-9)
+    zero = evaluate(None, hr, denoise=0, **kw)
+    assert zero.records[0].psnr == pytest.approx(evaluate("default", hr, **kw).records[0].psnr,
+                                                 abs=1e-9)
+    assert half.records[0].psnr != zero.records[0].psnr
+    out = tmp_path / "half.json"
+    res = runner.invoke(app, ["eval", "--data", str(hr), "--scales", "2", "--denoise", "0.5",
+                              "--json", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    rows = {r["method"]: r["psnr"] for r in json.loads(out.read_text())}
+    assert rows["real@0.5"] == pytest.approx(half.records[0].psnr, abs=1e-9)
+    with pytest.raises(UsageError, match="by name"):
+        evaluate(random_model(), hr, denoise=0.5, **kw)
+    res = runner.invoke(app, ["eval", "--data", str(hr), "--scales", "2", "--model",
+                              str(tmp_path / "default.pth"), "--denoise", "0.5"])
+    assert res.exit_code == 2 and "denoise partner" in res.output
+    assert "Traceback" not in res.output
+
+
 def test_load_model_and_upscaler_default_to_the_same_device():
     import inspect
 

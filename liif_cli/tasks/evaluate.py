@@ -64,8 +64,10 @@ from liif_cli.errors import DataError, UsageError
 from liif_cli.io.files import atomic_write_text, check_output_path, find_images
 from liif_cli.io.formats import READABLE_SUFFIXES
 from liif_cli.runtime.device import resolve_device, resolve_precision
+from liif_cli.runtime.options import check_denoise
 from liif_cli.runtime.sizing import parse_scales
 from liif_cli.runtime.upscaler import Upscaler
+from liif_cli.runtime.weights import denoise_pair, load_model
 
 DEFAULT_SCALES = (2, 3, 4, 6, 12, 18, 24, 30)  # the paper's Table 1 (DIV2K) columns
 EXAMPLE_IMAGES = 3  # how many images (first by name) get example crops
@@ -341,17 +343,24 @@ def evaluate(model: Any, data: str | os.PathLike, *,
              precision: str = "fp32", max_memory: int | None = None,
              examples_dir: str | os.PathLike | None = None,
              examples: int = EXAMPLE_IMAGES, overwrite: bool = False,
-             degrade: str | None = None,
+             degrade: str | None = None, denoise: float | None = None,
              on_progress: ProgressFn | None = None) -> EvalResult:
     """Score `model` (a network, a name or a path; None: bundled) on the HR folder `data`.
 
     `degrade`: a spec such as "noise=5,jpeg=80" (`degrade.parse_spec`); every LR input, made or
     paired, is degraded by it, seeded by image name and scale, so reruns score the same pixels.
+    `denoise`: a bundled pair's weights blended at that strength (`weights.load_model`; the
+    model given by name, or None), scored as e.g. "real@0.5".
     Everything is checked (folders, LR files and sizes, output paths) before the model runs.
     """
     from liif_cli.io.images import ImageData, write_image
 
     t0 = time.perf_counter()
+    if denoise is not None:
+        check_denoise(denoise)
+        if isinstance(model, (Upscaler, torch.nn.Module)):
+            raise UsageError("denoise blends a bundled pair's weights: give the model by name")
+        denoise_pair(model)  # a model without a partner: one usage error before any reading
     steps = parse_spec(degrade) if degrade is not None else ()
     degrade_name = spec_text(steps)
     scale_list = parse_scales(scales)
@@ -374,6 +383,8 @@ def evaluate(model: Any, data: str | os.PathLike, *,
             for s in scale_list:
                 check_output_path(ex_dir / example_name(ds.name, img, s), overwrite=overwrite)
 
+    if denoise is not None:
+        model = load_model(model, device=dev, denoise=denoise)
     up = Upscaler(model, device=dev, precision=dtype, max_memory=max_memory)
     name = up.name or "liif"
     if name == BICUBIC:

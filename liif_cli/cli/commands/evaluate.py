@@ -11,6 +11,7 @@ from rich.markup import escape
 from liif_cli.cli import displays
 from liif_cli.cli.options import (
     DEFAULT_MAX_MEMORY,
+    DenoiseOpt,
     DeviceOpt,
     MaxMemoryOpt,
     ModelOpt,
@@ -18,6 +19,7 @@ from liif_cli.cli.options import (
     PrecisionOpt,
     QuietOpt,
     check_options,
+    model_for_denoise,
     own_the_process,
     parse_bytes,
 )
@@ -52,7 +54,7 @@ def eval_(
     degrade: Annotated[Optional[str], typer.Option(
         help="Degrade every LR input, in this order, seeded per image: e.g. jpeg=70, "
         "noise=5,jpeg=80, blur=1.5 (keys blur, noise, gray, poisson, jpeg).")] = None,
-    device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
+    denoise: DenoiseOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
     max_memory: MaxMemoryOpt = DEFAULT_MAX_MEMORY, overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ):
@@ -60,9 +62,12 @@ def eval_(
 
     Example: liif eval --data Set5/HR --lr-dir Set5/LR_bicubic --model my.pth --scales 2,3,4
     """
-    check_options(precision=precision, device=device, degrade=degrade, scales=scales)
+    check_options(precision=precision, device=device, degrade=degrade, scales=scales,
+                  denoise=denoise)
     budget = parse_bytes(max_memory)
     own_the_process()
+    if denoise is not None:  # the task blends the pair; a LIIF_MODEL may give way to it
+        model = model_for_denoise(model)
     from liif_cli.io.files import check_output_path
     from liif_cli.tasks.evaluate import BICUBIC, evaluate, write_csv, write_json
 
@@ -74,7 +79,8 @@ def eval_(
         res = evaluate(model, data, scales=scales, protocol=protocol, lr_dir=lr_dir,
                        bicubic=not no_bicubic, with_ssim=ssim, device=device,
                        precision=precision, max_memory=budget, examples_dir=save_examples,
-                       overwrite=overwrite, degrade=degrade, on_progress=progress)
+                       overwrite=overwrite, degrade=degrade, denoise=denoise,
+                       on_progress=progress)
     for path, write in reports:
         write(path, res.rows(per_image=per_image), overwrite=overwrite)
     displays.eval_tables(res, bicubic=None if no_bicubic else BICUBIC, ssim=ssim,
