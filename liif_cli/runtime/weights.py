@@ -277,6 +277,16 @@ def load_model(model: str | os.PathLike | None = None, *, device: str | torch.de
     return load_checkpoint(path, name=name).to(device)
 
 
+def check_denoise_model(model: Any, denoise: float | None) -> None:
+    """A task's `denoise` request checked before any work: the strength in [0, 1], and the
+    model named (a name, a path or None), since a network already loaded cannot be blended."""
+    if denoise is None:
+        return
+    check_denoise(denoise)
+    if not (model is None or isinstance(model, (str, os.PathLike))):
+        raise UsageError("denoise blends a bundled pair's weights: give the model by name")
+
+
 def denoise_pair(model: str | os.PathLike | None) -> tuple[str, str]:
     """(partner, model) names of the bundled pair that --denoise blends, or a UsageError."""
     key = DEFAULT_MODEL if model is None else str(model)

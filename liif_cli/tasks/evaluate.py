@@ -64,10 +64,9 @@ from liif_cli.errors import DataError, UsageError
 from liif_cli.io.files import atomic_write_text, check_output_path, find_images
 from liif_cli.io.formats import READABLE_SUFFIXES
 from liif_cli.runtime.device import resolve_device, resolve_precision
-from liif_cli.runtime.options import check_denoise
 from liif_cli.runtime.sizing import parse_scales
 from liif_cli.runtime.upscaler import Upscaler
-from liif_cli.runtime.weights import denoise_pair, load_model
+from liif_cli.runtime.weights import check_denoise_model, denoise_pair, load_model
 
 DEFAULT_SCALES = (2, 3, 4, 6, 12, 18, 24, 30)  # the paper's Table 1 (DIV2K) columns
 EXAMPLE_IMAGES = 3  # how many images (first by name) get example crops
@@ -356,10 +355,8 @@ def evaluate(model: Any, data: str | os.PathLike, *,
     from liif_cli.io.images import ImageData, write_image
 
     t0 = time.perf_counter()
+    check_denoise_model(model, denoise)
     if denoise is not None:
-        check_denoise(denoise)
-        if isinstance(model, (Upscaler, torch.nn.Module)):
-            raise UsageError("denoise blends a bundled pair's weights: give the model by name")
         denoise_pair(model)  # a model without a partner: one usage error before any reading
     steps = parse_spec(degrade) if degrade is not None else ()
     degrade_name = spec_text(steps)

@@ -33,10 +33,8 @@ from liif_cli.io.images import (
     write_image,
     write_stdout,
 )
-from liif_cli.model import SRModel
 from liif_cli.runtime import engine
 from liif_cli.runtime.device import resolve_device, resolve_precision
-from liif_cli.runtime.options import check_denoise
 from liif_cli.runtime.sizing import (
     DEFAULT_MAX_OUTPUT_PIXELS,
     SizeRequest,
@@ -49,7 +47,7 @@ from liif_cli.runtime.upscaler import (  # noqa: F401 - UpscaleResult, resize_pl
     UpscaleResult,
     resize_plane,
 )
-from liif_cli.runtime.weights import load_model
+from liif_cli.runtime.weights import check_denoise_model, load_model
 
 # ----------------------------------------------------------------------------------------------
 # output names
@@ -196,10 +194,7 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
     request = size_request(scale=scale, size=size, width=width, height=height, fit=fit)
     suffix = None if fmt is None else output_suffix(fmt)
     up = model if isinstance(model, Upscaler) else None
-    if denoise is not None:
-        check_denoise(denoise)
-        if isinstance(model, (Upscaler, SRModel)):
-            raise UsageError("denoise blends a bundled pair's weights: give the model by name")
+    check_denoise_model(model, denoise)
     if up is None:  # usage errors before any reading; the model is loaded last
         dev = resolve_device(device)
         dtype = resolve_precision(precision, dev)

@@ -25,7 +25,7 @@ from liif_cli.io.images import DEFAULT_MAX_INPUT_PIXELS
 from liif_cli.model import SRModel
 from liif_cli.runtime.device import precision_name, resolve_device, resolve_precision
 from liif_cli.runtime.sizing import DEFAULT_MAX_OUTPUT_PIXELS, SizeRequest
-from liif_cli.runtime.weights import card_or_class, load_model
+from liif_cli.runtime.weights import card_or_class, check_denoise_model, load_model
 from liif_cli.tasks.batch.plan import BatchPlan, remove_stale_temps
 from liif_cli.tasks.batch.report import BatchEvent, BatchResult, EventFn, FileRecord
 from liif_cli.tasks.batch.worker import POLL_S, _process_main, _thread_main, _Worker, _WorkerConfig
@@ -137,8 +137,7 @@ def _check_devices_and_load(devices: str, jobs: int, precision: str,
     # fp16 on a CPU etc.: a usage error before any work; a bf16 fallback noted once, here
     names = {d: precision_name(resolve_precision(precision, d)) for d in set(devs)}
     if isinstance(model, SRModel):
-        if denoise is not None:
-            raise UsageError("denoise blends a bundled pair's weights: give the model by name")
+        check_denoise_model(model, denoise)
         return devs, model, names
     # on the CPU: the workers take it from here, each to its own device
     return devs, load_model(model, device="cpu", denoise=denoise), names

@@ -22,10 +22,9 @@ import torch
 from liif_cli.errors import UsageError
 from liif_cli.io.files import atomic_write, check_output_path
 from liif_cli.runtime.device import resolve_device, resolve_precision
-from liif_cli.runtime.options import check_denoise
 from liif_cli.runtime.sizing import DEFAULT_MAX_OUTPUT_PIXELS, size_request, target_size
 from liif_cli.runtime.upscaler import ModelRef, Upscaler
-from liif_cli.runtime.weights import load_model
+from liif_cli.runtime.weights import check_denoise_model, load_model
 from liif_cli.tasks.video.codecs import EncodeSpec, encode_spec, fit_chroma
 from liif_cli.tasks.video.join import check_container, container_format, join_segments
 from liif_cli.tasks.video.pipeline import render_segment
@@ -176,11 +175,8 @@ def _check_model(model: ModelRef | Upscaler | None, denoise: float | None,
     """(model, its Upscaler if the caller gave one, device, dtype), checked before any work:
     None is `DEFAULT_VIDEO_MODEL`, or with `denoise` the bundled default/real pair."""
     up = model if isinstance(model, Upscaler) else None
-    if denoise is not None:
-        check_denoise(denoise)
-        if isinstance(model, (Upscaler, torch.nn.Module)):
-            raise UsageError("denoise blends a bundled pair's weights: give the model by name")
-    elif model is None:
+    check_denoise_model(model, denoise)
+    if denoise is None and model is None:
         model = DEFAULT_VIDEO_MODEL
     if up is not None:
         return model, up, None, None
