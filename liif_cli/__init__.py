@@ -7,6 +7,7 @@ Library use:
     arr = upscale(model, uint8_array, size=(1920, 1080))   # array in, array out
     up = Upscaler(model, precision="auto")   # device, precision, decoder: once for many images
     big = upscale(up, "in.png", scale=2)
+    result = evaluate("default", "Set14/HR", scales=[2, 4])   # PSNR vs bicubic: .records
 
 Importing the package has no side effects and does not import torch: the names below are
 loaded on first use (so `liif --help` starts at once). The layout: `model/` (the networks),
@@ -23,14 +24,17 @@ from liif_cli.errors import LiifError
 from liif_cli.lazy import lazy_attributes
 from liif_cli.version import __version__
 
-__all__ = ["LiifError", "Upscaler", "__version__", "load_model", "upscale", "upscale_file"]
+__all__ = ["LiifError", "Upscaler", "__version__", "evaluate", "load_model", "upscale",
+           "upscale_file"]
 
 if TYPE_CHECKING:
     from liif_cli.runtime.upscaler import Upscaler
     from liif_cli.runtime.weights import load_model
+    from liif_cli.tasks.evaluate import evaluate
     from liif_cli.tasks.upscale import upscale, upscale_file
 
 _LAZY = {"upscale": "liif_cli.tasks.upscale", "upscale_file": "liif_cli.tasks.upscale",
+         "evaluate": "liif_cli.tasks.evaluate",
          "load_model": "liif_cli.runtime.weights",
          "Upscaler": "liif_cli.runtime.upscaler"}  # name: module
 

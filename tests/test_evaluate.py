@@ -283,6 +283,15 @@ def test_progress_reaches_total(hr_dir, tiny_model):
     assert all(b[0] >= a[0] for a, b in zip(calls, calls[1:]))
 
 
+def test_evaluate_is_the_packages_as_the_readme_calls_it(hr_dir, tiny_model):
+    import liif_cli
+
+    assert "evaluate" in liif_cli.__all__ and liif_cli.evaluate is ev.evaluate
+    result = liif_cli.evaluate(tiny_model, hr_dir, scales=[2], device="cpu")
+    assert [r.method for r in result.records][0] == "bicubic"
+    assert result.rows()[1]["psnr"] == result.records[1].psnr
+
+
 def test_cli_table_reports_and_examples(hr_dir, tiny_ckpt, tmp_path):
     js, cs, exd = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "ex"
     r = runner.invoke(app, ["eval", "--data", str(hr_dir), "--model", str(tiny_ckpt),

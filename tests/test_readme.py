@@ -169,3 +169,11 @@ def test_max_memory_is_said_to_move_a_pixel_by_one_level_at_most():
         assert promise not in text
     memory = text.split("**Memory** —", 1)[1].split("**Real-world files**", 1)[0]
     assert "by at most one 8-bit level" in memory
+
+
+def test_every_bench_line_names_what_to_time():
+    """`liif bench` needs --model or --random-arch: a README line without one fails as typed."""
+    lines = re.findall(r"liif bench( --[^`\n#]*)", README.read_text())
+    assert len(lines) >= 4
+    for args in lines:
+        assert "--model" in args or "--random-arch" in args, args

@@ -255,7 +255,8 @@ def test_join_waits_for_missing_segments(clip, tmp_path, tiny_ckpt):
     out = tmp_path / "o.mkv"
     kw = dict(model=tiny_ckpt, scale=2, segment_seconds=0.5)
     upscale_video(clip, out, **kw, shard=(1, 2))
-    with pytest.raises(UsageError, match="2 of 4 segments are not rendered"):
+    with pytest.raises(UsageError,
+                       match=r"2 of 4 segments are not rendered \(1, 3\); run the shards"):
         upscale_video(clip, out, **kw, join=True)
     assert not out.exists()
     res = upscale_video(clip, out, **kw, shard=(2, 2))
@@ -312,6 +313,19 @@ def test_not_a_video(tmp_path):
     (tmp_path / "notes.mkv").write_text("not a video at all\n" * 50)
     _fails(tmp_path, tmp_path / "notes.mkv", 1, "is not a video FFmpeg can read")
     _fails(tmp_path, tmp_path / "missing.mkv", 1, "no such file")
+
+
+def test_a_still_image_is_refused_but_an_animation_is_a_video(tmp_path, tiny_ckpt):
+    from PIL import Image
+
+    frames = [Image.fromarray(photo_like(18, 24, seed=s)) for s in (1, 2)]
+    for name in ("photo.jpg", "photo.png", "photo.webp", "photo.tif", "one.gif"):
+        frames[0].save(tmp_path / name)
+        _fails(tmp_path, tmp_path / name, 1, "is a still image, not a video: `liif upscale`")
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    out = tmp_path / "anim.mkv"
+    r = run("video", tmp_path / "anim.gif", "-o", out, "-s", "2", "-m", tiny_ckpt)
+    assert r.exit_code == 0 and out.is_file(), r.output
 
 
 def test_audio_only_and_no_frames(tmp_path):

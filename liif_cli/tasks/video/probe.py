@@ -136,6 +136,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                                  f"{len(pts)} ({e.strerror or e})") from None
         if not pts:
             raise VideoReadError(f"{path}: its video stream holds no frames")
+        if is_still_image(c.format.name, len(pts)):
+            raise VideoReadError(f"{path} is a still image, not a video: `liif upscale` "
+                                 "enlarges images")
         pts.sort()
         keys = sorted(set(keys)) or [pts[0]]
         if keys[0] > pts[0]:
@@ -151,6 +154,13 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         return VideoInfo(path, c.format.name, cc.width, cc.height, cc.name, pix_fmt,
                          bit_depth_of(pix_fmt), tb, vs.average_rate, pts, keys, span,
                          colour, _rotation(c, vs), len(c.streams) - 1)
+
+
+def is_still_image(demuxer: str, frames: int) -> bool:
+    """FFmpeg reads a photo as a one-frame video (demuxers such as jpeg_pipe, png_pipe,
+    image2; a GIF or APNG of one frame): a video of it is not what anyone asked for."""
+    return (demuxer.endswith("_pipe") or demuxer in ("image2", "image2pipe")
+            or (frames == 1 and demuxer in ("gif", "apng")))
 
 
 def _check_complete(container, vs, path: Path, span: float, frames: int) -> None:

@@ -40,6 +40,7 @@ from liif_cli.tasks.video.segments import (
 )
 
 DEFAULT_VIDEO_MODEL = "fast"  # 6.3× default's frames per second (README's Video section)
+JOIN_LISTED = 8  # the missing segments a --join refusal names
 
 VideoProgressFn = Callable[[int, int], None]  # (frames done, frames this process renders)
 
@@ -152,9 +153,10 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
     waiting = [s.index for s in segments if not work.done(s)]
     joined = False
     if waiting and join:
+        shown = ", ".join(map(str, waiting[:JOIN_LISTED])) + (
+            ", …" if len(waiting) > JOIN_LISTED else "")
         raise UsageError(f"cannot join {dst.name} yet: {len(waiting)} of {len(segments)} "
-                         f"segments are not rendered (first: {waiting[0]}); run the shards "
-                         "that own them")
+                         f"segments are not rendered ({shown}); run the shards that own them")
     if not waiting and work.claim_join(force=join):
         try:
             join_segments(info, [work.segment_path(s) for s in segments], dst, spec,
