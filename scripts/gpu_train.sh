@@ -14,7 +14,7 @@
 #   2. the starting weights' PSNR on VAL (the first 10 B100 images), at most VAL_S seconds
 #   3. `liif train` in the run folder WORK/run (not under $OUT: its last.pth is ~24 MiB) until
 #      RESERVE_S before the budget, then SIGTERM: the trainer saves mid-epoch and stops. Each
-#      epoch (REPEAT passes, ~230 steps at batch 64) rewrites last.pth; every SAVE_S seconds
+#      epoch (REPEAT passes, ~160 steps at batch 64) rewrites last.pth; every SAVE_S seconds
 #      scripts/gpu_out.py exports a new one as $OUT/model.pth (fp16 weights, ~3 MiB) and
 #      $OUT/last.pth (compact resume state, ~12 MiB), with $OUT/metrics.jsonl: a cut-off
 #      loses about a minute.

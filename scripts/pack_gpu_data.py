@@ -37,6 +37,14 @@ LIMIT_MIB = 64  # what the device tool carries, tree and carried paths together
 BUDGET_MIB = 56  # what the pack fills to
 
 
+def _not_ignored(folder: Path, repo: Path = REPO) -> bool:
+    """Whether git would carry `folder` as untracked files. Asked of a path inside it: a
+    pattern such as `/.gpu_data/` matches only a directory, which before the first pack the
+    folder is not yet, while a path inside names it as one."""
+    probe = folder / "train"
+    return subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=repo).returncode != 0
+
+
 def tree_bytes(repo: Path = REPO) -> int:
     """Bytes of what travels besides the carried paths: tracked and untracked, not ignored."""
     names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -104,7 +112,7 @@ def main() -> None:
     args = ap.parse_args()
     tree = tree_bytes()
     inside = args.dst.resolve().is_relative_to(REPO)
-    if inside and (args.dst.exists() or not args.measure) and subprocess.run(["git", "check-ignore", "-q", str(args.dst)], cwd=REPO).returncode:
+    if inside and (args.dst.exists() or not args.measure) and _not_ignored(args.dst):
         raise SystemExit(f"{args.dst} is not ignored by git (it would travel twice): "
                          "echo /.gpu_data/ >> \"$(git rev-parse --git-path info/exclude)\"")
     if not args.measure:

@@ -190,6 +190,19 @@ def test_the_pack_fills_its_budget_in_a_fixed_order_losslessly(tmp_path):
             assert a.format == "WEBP" and a.tobytes() == b.convert("RGB").tobytes()
 
 
+def test_the_documented_exclude_line_lets_the_first_pack_run(tmp_path):
+    """docs/gpu-run.md's `echo /.gpu_data/ >> .git/info/exclude` before any pack: the folder
+    does not exist yet, and a directory-only pattern must still count as ignoring it."""
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    dst = tmp_path / ".gpu_data"
+    assert pack._not_ignored(dst, tmp_path)
+    with open(tmp_path / ".git" / "info" / "exclude", "a") as f:
+        f.write("/.gpu_data/\n")
+    assert not dst.exists() and not pack._not_ignored(dst, tmp_path)
+
+
 def test_the_tracked_tree_leaves_room_for_the_gpu_pack():
     """What travels with every device run besides .gpu_data. Past 20 MiB the pack (56 MiB in
     all) keeps under 60% of the 48.7 MiB of training photos: make room before adding more."""

@@ -96,3 +96,19 @@ def test_ray_example_command_line_writes_a_report(tmp_path, tiny_ckpt, ray_local
         ("bad.png", "failed"), ("p0.png", "done"), ("p1.png", "done"), ("p2.png", "done")]
     assert sorted(p.name for p in out.iterdir()) == ["p0.png", "p1.png", "p2.png"]
     assert ray_upscale.main([str(inp), str(out), "-s", "2", "--size", "4x4"]) == 2
+
+
+def test_ray_example_refuses_workers_that_leave_no_cpu_to_read(tmp_path, ray_local, capsys,
+                                                                monkeypatch):
+    """docs/cluster.md's `--workers 4` on a 2-CPU machine waited forever; now one line, exit 2."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(photo_like(8, 10)).save(inp / "p.png")
+    assert ray_upscale.main([str(inp), str(tmp_path / "out"), "-s", "2", "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Ray has 2 CPUs here" in err and "--workers 1 or fewer" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(Exception, match="too few"):
+        ray_upscale.check_room(1, 1, 1)
+    ray_upscale.check_room(5, 4, 1)  # four actors and a reader

@@ -1,6 +1,6 @@
 """Upscale a folder with Ray Data, driving liif-cli's library API (see docs/cluster.md).
 
-liif-cli plans the work (`plan_batch`: names, outputs, skips, collisions, an optional shard);
+liif-cli plans the work (`plan_batch`: names, outputs, skips, collisions);
 Ray reads the files to do as bytes (`read_binary_files`), and `map_batches` hands batches of
 them to `UpscaleActor` actors, one `liif_cli.Upscaler` (model, device, precision, decoder) per
 worker, made once in the actor's constructor. Bytes are decoded by liif-cli's own decoder
@@ -16,7 +16,9 @@ with the fields of a `liif batch --report` line.
 On a Ray cluster, set RAY_ADDRESS (or call `ray.init(address="auto")`); the folders must be
 visible to every node (shared file system), as for `liif batch --shard`. Leave Ray a CPU
 beyond workers × cpus-per-worker: its read tasks need one too, and with every CPU held by an
-actor the reads (and so the whole pipeline) wait forever.
+actor the reads (and so the whole pipeline) wait forever. On this machine (no RAY_ADDRESS) the
+script refuses such a plan with one line (exit 2); a cluster may grow, so there it is not
+checked.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from liif_cli.errors import LiifError, describe
+from liif_cli.errors import LiifError, UsageError, describe
 from liif_cli.io.images import read_image_bytes, write_image
 from liif_cli.runtime.sizing import size_request, target_size
 from liif_cli.tasks.batch import FileRecord, plan_batch, record_line
@@ -119,7 +121,8 @@ def upscale_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, 
         ds = ray.data.read_binary_files([str(item.input.resolve()) for item in todo],
                                         include_paths=True)
         results = ds.map_batches(
-            UpscaleActor, batch_size=batch_size, concurrency=workers, num_cpus=cpus_per_worker,
+            UpscaleActor, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=cpus_per_worker,
             num_gpus=gpus_per_worker or None,
             fn_constructor_args=(model, outputs),
             fn_constructor_kwargs=dict(size=spec, device=device, precision=precision,
@@ -133,6 +136,17 @@ def upscale_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, 
                 (int(row["in_w"]), int(row["in_h"])) if row["in_w"] else None,
                 (int(row["out_w"]), int(row["out_h"])) if row["out_w"] else None, "ray")
     return [records[str(item.input.resolve())] for item in plan.items]
+
+
+def check_room(cpus: float, workers: int, cpus_per_worker: float) -> None:
+    """Refuse a plan that would wait forever: Ray's read tasks need a CPU beyond the actors'."""
+    if workers * cpus_per_worker + 1 > cpus:
+        fit = max(0, int((cpus - 1) // cpus_per_worker)) if cpus_per_worker else 0
+        raise UsageError(f"Ray has {cpus:g} CPUs here: --workers {workers} × --cpus-per-worker "
+                         f"{cpus_per_worker:g} leaves none for reading the files, and the run "
+                         f"would wait forever; use --workers {fit} or fewer"
+                         if fit else f"Ray has {cpus:g} CPUs here: too few for --workers "
+                         f"{workers} × --cpus-per-worker {cpus_per_worker:g} and a reader")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
     try:
+        if not os.environ.get("RAY_ADDRESS"):  # a cluster may grow; this machine will not
+            check_room(ray.cluster_resources().get("CPU", 0), args.workers, args.cpus_per_worker)
         recs = upscale_folder(args.input_dir, args.output_dir, scale=args.scale, size=args.size,
                               model=args.model, workers=args.workers, batch_size=args.batch_size,
                               recursive=args.recursive, device=args.device,
