@@ -2,7 +2,7 @@
 
     mkdir -p /tmp/card
     liif eval --data ../shared/data/val/Set5/HR --lr-dir ../shared/data/val/Set5/LR_bicubic \\
-        --scales 2,3,4,6,8,12 --protocol benchmark --precision bf16 --json /tmp/card/Set5.json
+        --scales 2,3,4,6,8,12 --protocol benchmark --precision fp32 --json /tmp/card/Set5.json
     python scripts/card_tables.py /tmp/card/Set5.json /tmp/card/Set14.json /tmp/card/B100.json
 
 Prints one Markdown row per report (`liif_cli.data.cards`, which the tests also use to check

@@ -210,7 +210,8 @@ def test_bundled_weights_are_checked_against_their_sha256(tmp_path, monkeypatch)
 
 
 CARD_RERUN = ("Set5", (2, 4))  # a re-run the suite can afford (~10 s): Set5 at ×2 and ×4
-CARD_TOL_DB = 0.01  # the card prints 2 decimals; bf16 kernels may differ by CPU
+CARD_TOL_DB = 0.01  # the card prints 2 decimals; fp32 (as the cards were made: README) differs
+# by CPU in the last bits only, where bf16 would move a mean by about that much
 
 
 CLEAN_MODELS = [n for n in ("default", "fast") if n in BUNDLED]  # cards of clean-LR results
@@ -244,7 +245,7 @@ def test_model_card_numbers_are_what_liif_eval_prints_now(model):
     if not hr.is_dir():
         pytest.skip(f"{hr} not found (../shared is absent outside CI)")
     card = BUNDLED[model].metrics[name]
-    res = evaluate(model, hr, scales=scales, protocol="benchmark", lr_dir=lr, precision="bf16")
+    res = evaluate(model, hr, scales=scales, protocol="benchmark", lr_dir=lr, precision="fp32")
     for r in res.records:
         want = card[f"x{r.scale:g}"]["bicubic" if r.method == "bicubic" else "model"]
         assert abs(r.psnr - want) <= CARD_TOL_DB, (r, want)
