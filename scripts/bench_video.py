@@ -10,13 +10,15 @@
    (`--memory-frames`, N and 4N frames, 160×90 → ×2): bounded streaming means equal peaks.
 3. Static-window reuse (`tasks.video.reuse`), on and off: frames per second on a
    screen-recording-like clip (a still photo, a small box moving) and on the natural pan,
-   320×180 → ×2 (`--reuse-frames`, 8).
+   320×180 → ×2 (`--reuse-frames`, 30, after one untimed run); and one 640×480 frame to
+   1920×1080 with each model of `--models` whose left 30 / 50 / 70 % did not change since the
+   previous frame: seconds by windows against seconds whole, and the windows copied.
 4. Temporal stability, lossless (ffv1 bgr0) in and out, 160×90 ×2: a static scene must give
    bit-identical frames; on the slow pan, the mean frame-to-frame difference of the output
    next to bicubic's, raw and motion-compensated (a 1-px input pan is a 2-px output shift).
 
     python scripts/bench_video.py [--models fast,default] [--seconds 10] [--precision fp32]
-                                  [--memory-frames 25] [--reuse-frames 8]
+                                  [--memory-frames 25] [--reuse-frames 30]
                                   [--parts stability,memory,reuse,speed]
                                   [--json out.json]
 
@@ -39,8 +41,10 @@ import av
 import cv2
 import numpy as np
 
+from liif_cli.io.images import ImageData
 from liif_cli.runtime.upscaler import Upscaler
 from liif_cli.tasks.video import upscale_video
+from liif_cli.tasks.video.reuse import FrameMemory, render_frame
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "SunHays80" / "HR"
 FPS = 30
@@ -197,6 +201,8 @@ def reuse(args, tmp: Path) -> dict:
     clips = {"screen": make_screen(tmp / "screen.mkv", frames=args.reuse_frames, hw=(180, 320)),
              "pan": make_clip(tmp / "pan180.mkv", frames=args.reuse_frames, hw=(180, 320),
                               audio=False)}
+    upscale_video(clips["screen"], tmp / "reuse_out.mkv", scale=2, overwrite=True,
+                  device=args.device)  # untimed: the first run in a process warms up
     for name, clip in clips.items():
         for on in (True, False):
             t0 = time.perf_counter()
@@ -206,6 +212,27 @@ def reuse(args, tmp: Path) -> dict:
             key = f"{name} reuse {'on' if on else 'off'}"
             out[key] = {"fps": round(res.frames_rendered / wall, 3),
                         "reused": round(res.reused_share, 3)}
+            print(f"{key}: {out[key]}", flush=True)
+    frame = photo(480)[:, :640].copy()
+    for model in args.models.split(","):
+        up = Upscaler(model, device=args.device, precision=args.precision.split(",")[0])
+        first = FrameMemory()
+        render_frame(up, frame, (1080, 1920), first)  # the previous frame (and a warm-up)
+        for share in (0.3, 0.5, 0.7):
+            moved = frame.copy()  # the right part changes by one level
+            moved[:, int(640 * share):] = np.minimum(moved[:, int(640 * share):], 254) + 1
+            memory = FrameMemory(rgb=frame, out=first.out)
+            t0 = time.perf_counter()
+            by_windows = render_frame(up, moved, (1080, 1920), memory)
+            t1 = time.perf_counter()
+            whole = up.upscale_image(ImageData(moved), (1080, 1920)).image.pixels
+            t2 = time.perf_counter()
+            if not np.array_equal(by_windows, whole):
+                raise SystemExit(f"{model}: the frame rendered by windows differs from whole")
+            key = f"{model} frame {round(share * 100)}% static"
+            out[key] = {"windows_s": round(t1 - t0, 2), "whole_s": round(t2 - t1, 2),
+                        "speedup": round((t2 - t1) / (t1 - t0), 2),
+                        "copied": f"{memory.reused}/{memory.windows}"}
             print(f"{key}: {out[key]}", flush=True)
     return out
 
@@ -217,7 +244,7 @@ def main() -> None:
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16")
     p.add_argument("--device", default="auto")
     p.add_argument("--memory-frames", type=int, default=25)
-    p.add_argument("--reuse-frames", type=int, default=8)
+    p.add_argument("--reuse-frames", type=int, default=30)
     p.add_argument("--parts", default="stability,memory,reuse,speed", help="which of them")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
