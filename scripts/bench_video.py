@@ -12,7 +12,8 @@
    screen-recording-like clip (a still photo, a small box moving) and on the natural pan,
    320×180 → ×2 (`--reuse-frames`, 30, after one untimed run); and one 640×480 frame to
    1920×1080 with each model of `--models` whose left 30 / 50 / 70 % did not change since the
-   previous frame: seconds by windows against seconds whole, and the windows copied.
+   previous frame: seconds by windows against seconds whole, the windows copied, and the
+   output pixels a level off the whole render's (float rounding of other tile sizes).
 4. Temporal stability, lossless (ffv1 bgr0) in and out, 160×90 ×2: a static scene must give
    bit-identical frames; on the slow pan, the mean frame-to-frame difference of the output
    next to bicubic's, raw and motion-compensated (a 1-px input pan is a 2-px output shift).
@@ -227,12 +228,15 @@ def reuse(args, tmp: Path) -> dict:
             t1 = time.perf_counter()
             whole = up.upscale_image(ImageData(moved), (1080, 1920)).image.pixels
             t2 = time.perf_counter()
-            if not np.array_equal(by_windows, whole):
-                raise SystemExit(f"{model}: the frame rendered by windows differs from whole")
+            diff = np.abs(by_windows.astype(np.int32) - whole.astype(np.int32))
+            if diff.max() > 1:  # tiles of other sizes may round a level apart, no more
+                raise SystemExit(f"{model}: the frame rendered by windows differs from whole "
+                                 f"by {diff.max()} levels")
             key = f"{model} frame {round(share * 100)}% static"
             out[key] = {"windows_s": round(t1 - t0, 2), "whole_s": round(t2 - t1, 2),
                         "speedup": round((t2 - t1) / (t1 - t0), 2),
-                        "copied": f"{memory.reused}/{memory.windows}"}
+                        "copied": f"{memory.reused}/{memory.windows}",
+                        "pixels_a_level_off": int((diff > 0).sum())}
             print(f"{key}: {out[key]}", flush=True)
     return out
 

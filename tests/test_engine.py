@@ -318,3 +318,38 @@ def test_bench_reports_engine_against_oracle(tiny_ckpt):
     assert r.exit_code == 0 and "engine" in r.stdout and "oracle" not in r.stdout
     r = CliRunner().invoke(app, ["bench", "--size", "10"])
     assert r.exit_code == 2 and "--random-arch" in r.stderr
+
+
+@pytest.mark.parametrize("model_kind", ["liif", "lmf"])
+@pytest.mark.parametrize("window", [None, (7, 11, 40, 50)])
+def test_render_work_counts_what_render_encodes_and_decodes(model_kind, window):
+    """`render_work` counts, without rendering, the input pixels `render` encodes (tile halos
+    included), the latents its P is computed on and the output pixels it decodes; several
+    tiles here (a small budget), for the whole output and for a window of it."""
+    model = (random_model() if model_kind == "liif" else random_lmf()).eval()
+    dec = engine.make_decoder(model, torch.float32, torch.device("cpu"))
+    seen = {"calls": 0, "encoded": 0, "latents": 0}
+    encode, pmap = model.encode, dec.pmap
+
+    def counted_encode(x):
+        seen["calls"] += 1
+        seen["encoded"] += x.shape[-2] * x.shape[-1]
+        return encode(x)
+
+    def counted_pmap(feat, cell):
+        seen["latents"] += feat.shape[-2] * feat.shape[-1]
+        return pmap(feat, cell)
+
+    model.encode, dec.pmap = counted_encode, counted_pmap
+    in_hw, out_hw, budget = (45, 61), (100, 130), 2**20  # tiles of 18 latents
+    img = torch.rand(3, *in_hw)
+    with torch.inference_mode():
+        out = engine.render(model, img, out_hw, max_memory=budget, decoder=dec, window=window)
+    work = engine.render_work(model, dec, in_hw, out_hw, max_memory=budget, window=window)
+    assert seen["calls"] > 1  # the budget cut it into tiles
+    assert (work.encoded, work.latents, work.queries) == (
+        seen["encoded"], seen["latents"], out.shape[0] * out.shape[1])
+    per_latent, per_query = dec.work()
+    assert work.macs == (engine.encoder_macs_per_pixel(model) * work.encoded
+                         + per_latent * work.latents + per_query * work.queries)
+    assert per_latent > 0 and per_query > 0

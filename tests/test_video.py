@@ -416,6 +416,35 @@ def test_static_windows_are_reused_and_match_a_whole_render(tmp_path, tiny_ckpt,
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
+def test_a_frame_goes_by_windows_only_where_their_count_pays(tiny_model, monkeypatch):
+    """A changed corner: its window is rendered alone, the rest copied, equal to the frame
+    rendered whole. A kept corner (a few static windows): the changed windows' work alone would
+    come to more than the whole frame's, so it is rendered whole, nothing copied."""
+    import torch
+
+    from liif_cli.io.images import ImageData
+    from liif_cli.runtime.upscaler import Upscaler
+    from liif_cli.tasks.video import reuse
+
+    monkeypatch.setattr(reuse, "REUSE_WINDOW", 16)
+    up = Upscaler(tiny_model, device="cpu", precision="fp32")
+    first = photo_like(96, 128)
+    memory = reuse.FrameMemory()
+    reuse.render_frame(up, first, (192, 256), memory)
+    for kept, windows in (((slice(None), slice(4, None)), True),  # a corner changed
+                          ((slice(64, None), slice(88, None)), False)):  # a corner kept
+        nxt = 255 - first
+        nxt[kept] = first[kept]
+        m = reuse.FrameMemory(rgb=first, out=memory.out)
+        got = reuse.render_frame(up, nxt, (192, 256), m)
+        whole, each = reuse._work(up, (96, 128), (192, 256), reuse._spans(96, 192, 16),
+                                  reuse._spans(128, 256, 16), torch.float32, m)
+        assert (m.reused > 0) is windows and len(each) * len(each[0]) == 48
+        assert sum(map(sum, each)) > whole  # windows alone repeat their halos
+        expect = up.upscale_image(ImageData(nxt), (192, 256)).image.pixels
+        assert np.array_equal(got, expect)
+
+
 @pytest.mark.parametrize("codec", ["av1", "vp9", "hevc"])
 def test_other_codecs_join(clip, tmp_path, tiny_ckpt, codec):
     """Each codec's segments remux into one file (AV1's stream cannot be copied by PyAV from

@@ -236,44 +236,112 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
                   dec.decode(p_cols, rows, cols, areas_cols, buf, sched))
         return (j1 - j0) * (c1 - c0)
 
-    # the latents whose output pixels the window holds; tiles start at the first of them
-    lat_y, lat_x = (0, h), (0, w)
-    if window is not None:
-        lat_y = int(ay.owner[wy]), int(ay.owner[wy + wh - 1]) + 1
-        lat_x = int(ax.owner[wx]), int(ax.owner[wx + ww - 1]) + 1
     done, total = 0, wh * ww
-    for a0 in range(lat_y[0], lat_y[1], plan.tile):
-        a1 = min(lat_y[1], a0 + plan.tile)
+    for (r0, r1, t0, t1), region in _tiles(ay, ax, (h, w), plan.tile, (wy, wx, wh, ww)):
+        p = _tile_pmap(model, dec, img, region, halo, cell, encoder_dtype)
+        pieces = _pieces(dec, p, ax, ay, (t0, t1), (r0, r1), sched.col_piece, sched.chunk,
+                         region[2], region[0])
+        if sched.threads > 1:  # pieces side by side, one thread each
+            with ThreadPoolExecutor(sched.threads) as pool, _torch_threads(1):
+                counts = pool.map(decode_piece, list(pieces))
+                for n in counts:
+                    done += n
+                    if on_progress is not None:
+                        on_progress(done, total)
+        else:
+            for piece in pieces:
+                done += decode_piece(piece)
+                if on_progress is not None:
+                    on_progress(done, total)
+        del p, pieces  # before the next tile is encoded (make_plan counts on it)
+    return out
+
+
+Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), ends excluded
+
+
+def _tiles(ay: _Axis, ax: _Axis, hw: tuple[int, int], tile: int,
+           window: tuple[int, int, int, int]) -> Iterator[tuple[Box, Box]]:
+    """The latent tiles of a render of `window` (y0, x0, h, w) of the output: per tile, the
+    output rows and columns it decodes (r0, r1, t0, t1) and its P region (py0, py1, px0, px1),
+    the tile's latents and 2 more on each side, clipped to the h×w grid. Tiles start at the
+    first latent whose output pixels the window holds."""
+    h, w = hw
+    wy, wx, wh, ww = window
+    lat_y = int(ay.owner[wy]), int(ay.owner[wy + wh - 1]) + 1
+    lat_x = int(ax.owner[wx]), int(ax.owner[wx + ww - 1]) + 1
+    for a0 in range(lat_y[0], lat_y[1], tile):
+        a1 = min(lat_y[1], a0 + tile)
         r0, r1 = ay.span(a0, a1)
         r0, r1 = max(r0, wy), min(r1, wy + wh)
         if r0 >= r1:
             continue
-        for b0 in range(lat_x[0], lat_x[1], plan.tile):
-            b1 = min(lat_x[1], b0 + plan.tile)
+        for b0 in range(lat_x[0], lat_x[1], tile):
+            b1 = min(lat_x[1], b0 + tile)
             t0, t1 = ax.span(b0, b1)
             t0, t1 = max(t0, wx), min(t1, wx + ww)
             if t0 >= t1:
                 continue
-            # P region = latents [a0 - 2, a1 + 2) clipped to the image
-            py0, py1 = max(0, a0 - TILE_MARGIN + 1), min(h, a1 + TILE_MARGIN - 1)
-            px0, px1 = max(0, b0 - TILE_MARGIN + 1), min(w, b1 + TILE_MARGIN - 1)
-            p = _tile_pmap(model, dec, img, (py0, py1, px0, px1), halo, cell, encoder_dtype)
-            pieces = _pieces(dec, p, ax, ay, (t0, t1), (r0, r1), sched.col_piece, sched.chunk,
-                             px0, py0)
-            if sched.threads > 1:  # pieces side by side, one thread each
-                with ThreadPoolExecutor(sched.threads) as pool, _torch_threads(1):
-                    counts = pool.map(decode_piece, list(pieces))
-                    for n in counts:
-                        done += n
-                        if on_progress is not None:
-                            on_progress(done, total)
-            else:
-                for piece in pieces:
-                    done += decode_piece(piece)
-                    if on_progress is not None:
-                        on_progress(done, total)
-            del p, pieces  # before the next tile is encoded (make_plan counts on it)
-    return out
+            yield (r0, r1, t0, t1), (max(0, a0 - TILE_MARGIN + 1), min(h, a1 + TILE_MARGIN - 1),
+                                     max(0, b0 - TILE_MARGIN + 1), min(w, b1 + TILE_MARGIN - 1))
+
+
+def _crops(region: Box, halo: int, hw: tuple[int, int]) -> tuple[Box, Box]:
+    """For a tile's P region: the input crop its encoder pass reads (the region and `halo`
+    pixels around it) and the latents its P is computed from (one more on each side, for the
+    3×3 unfolding), both clipped to the h×w image, in image coordinates."""
+    py0, py1, px0, px1 = region
+    h, w = hw
+    crop = max(0, py0 - halo), min(h, py1 + halo), max(0, px0 - halo), min(w, px1 + halo)
+    fed = max(0, py0 - 1), min(h, py1 + 1), max(0, px0 - 1), min(w, px1 + 1)
+    return crop, fed
+
+
+def _area(box: Box) -> int:
+    return (box[1] - box[0]) * (box[3] - box[2])
+
+
+def encoder_macs_per_pixel(model: SRModel) -> int:
+    """Multiply-adds per input pixel of the encoder's convolutions (all stride 1, as in EDSR
+    and RDN without their upsampling tails)."""
+    return sum(m.weight.numel() for m in model.encoder.modules()
+               if isinstance(m, torch.nn.Conv2d))
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a render computes: input pixels encoded (tile halos included), latents of P,
+    output pixels decoded, and all of it in multiply-adds (`macs`)."""
+
+    encoded: int
+    latents: int
+    queries: int
+    macs: int
+
+
+def render_work(model: SRModel, decoder: Decoder, in_hw: tuple[int, int],
+                out_hw: tuple[int, int], *, max_memory: int = DEFAULT_MAX_MEMORY,
+                device: torch.device | str = "cpu",
+                window: tuple[int, int, int, int] | None = None) -> Work:
+    """The work `render` does on `device` for `window` (default: all) of an `out_hw` render
+    of an `in_hw` image under `max_memory`, counted tile by tile as it cuts them, without
+    rendering: what chooses between rendering a frame whole or by windows
+    (`tasks.video.reuse`)."""
+    H, W = out_hw
+    h, w = in_hw
+    window = (0, 0, H, W) if window is None else window
+    plan = make_plan(model, in_hw, max_memory=max_memory, device=device, dtype=decoder.dtype)
+    local = model.config.local_ensemble
+    ay, ax = _Axis(H, h, local, "cpu"), _Axis(W, w, local, "cpu")
+    halo = model.encoder.receptive_radius + TILE_MARGIN
+    encoded = latents = queries = 0
+    for (r0, r1, t0, t1), region in _tiles(ay, ax, in_hw, plan.tile, window):
+        crop, fed = _crops(region, halo, in_hw)
+        encoded, latents = encoded + _area(crop), latents + _area(fed)
+        queries += (r1 - r0) * (t1 - t0)
+    per_latent, per_query = decoder.work()
+    macs = encoder_macs_per_pixel(model) * encoded + per_latent * latents + per_query * queries
+    return Work(encoded, latents, queries, macs)
 
 
 def _tile_pmap(model: SRModel, dec: Decoder, img: torch.Tensor,
@@ -285,17 +353,14 @@ def _tile_pmap(model: SRModel, dec: Decoder, img: torch.Tensor,
     Only the crop is normalised (a whole-image copy per call would be 12 bytes per input
     pixel: 288 MB of a 24 MP photo for each of `liif view`'s tiles)."""
     py0, py1, px0, px1 = region
-    h, w = img.shape[-2:]
-    iy0, iy1 = max(0, py0 - halo), min(h, py1 + halo)
-    ix0, ix1 = max(0, px0 - halo), min(w, px1 + halo)
+    (iy0, iy1, ix0, ix1), fed = _crops(region, halo, tuple(img.shape[-2:]))
     crop = normalise(img[None, :, iy0:iy1, ix0:ix1].float())  # the official normalisation
     crop = crop.contiguous(memory_format=torch.channels_last)
     with _autocast(img.device, encoder_dtype):
         feat = model.encode(crop)  # (1, C, th, tw)
     feat = feat.float()
     # latents one beyond the P region feed its 3×3 unfolding; beyond the image: zeros
-    fy0, fy1 = max(0, py0 - 1) - iy0, min(h, py1 + 1) - iy0
-    fx0, fx1 = max(0, px0 - 1) - ix0, min(w, px1 + 1) - ix0
+    fy0, fy1, fx0, fx1 = fed[0] - iy0, fed[1] - iy0, fed[2] - ix0, fed[3] - ix0
     p = dec.pmap(feat[:, :, fy0:fy1, fx0:fx1], cell)  # (fy1-fy0, fx1-fx0, ...)
     del feat
     # crop P to the P region (the extra ring had wrong unfolding at crop borders)

@@ -43,6 +43,11 @@ class Decoder(Protocol):
         """Elements of the scratch buffer `decode` gets (0: none)."""
         ...
 
+    def work(self) -> tuple[int, int]:
+        """Multiply-adds (per latent of P, per output pixel with all its ensemble members):
+        what `engine.render_work` counts to weigh one way of rendering against another."""
+        ...
+
     def pmap(self, feat: torch.Tensor, rel_cell: torch.Tensor) -> torch.Tensor:
         """(1, C, h, w) latents and the image's relative cell (2,) -> P of those latents."""
         ...

@@ -52,6 +52,7 @@ class LiifDecoder:
         self.layers = [(m.weight.detach().to(dtype).contiguous(), m.bias.detach().to(dtype))
                        for m in lin[1:]]
         self.hidden = w0.shape[0]
+        self.members = 4 if cfg.local_ensemble else 1
         self.dtype = dtype
         self.linear_relu = linear_relu_fn(device, dtype)
 
@@ -66,6 +67,10 @@ class LiifDecoder:
 
     def buffer_numel(self, members: int, chunk: int) -> int:
         return members * chunk * self.hidden
+
+    def work(self) -> tuple[int, int]:
+        per_query = self.w_rel.numel() + sum(w.numel() for w, _ in self.layers)
+        return self.conv_w.numel(), self.members * per_query
 
     @staticmethod
     def crop(p: torch.Tensor, y0: int, ph: int, x0: int, pw: int) -> torch.Tensor:

@@ -68,6 +68,7 @@ class LmfDecoder:
         self.out_w = render[-1].weight.detach().to(dtype).contiguous()  # (out_dim, hidden)
         self.out_b = render[-1].bias.detach().to(dtype)[:, None]
         self.hidden = hd
+        self.members = 4 if cfg.local_ensemble else 1
         self.channels = self.channels_of(cfg)
         self.groups = self.channels // hd
         self.scale_group = 1 if cfg.mod_scale else None  # P group of layer 0's S
@@ -100,6 +101,15 @@ class LmfDecoder:
 
     def buffer_numel(self, members: int, chunk: int) -> int:
         return 0  # decode allocates per chunk: at most the gathered P, bounded by the plan
+
+    def work(self) -> tuple[int, int]:
+        per_latent = (self.h_conv.numel() + sum(w.numel() for w, _ in self.h_rest)
+                      + self.r_z.numel())
+        # per member: the offset terms, the hidden layers, the output layer, and a
+        # multiply-add per hidden unit and layer for the modulations
+        per_query = (self.w_rel.numel() + sum(w.numel() for w in self.layers)
+                     + self.out_w.numel() + self.hidden * self.cfg.render_depth)
+        return per_latent, self.members * per_query
 
     @staticmethod
     def crop(p: torch.Tensor, y0: int, ph: int, x0: int, pw: int) -> torch.Tensor:

@@ -8,11 +8,15 @@ output window is the previous frame's too, and is copied instead of rendered
 (`Upscaler.render(window=...)` renders the others). Screen recordings, animation and
 locked-off shots have large static areas.
 
-It is kept only where it pays, by counting work: each window rendered alone encodes its halo
-again, ((side + 2 halo) / side)² of its own work (fast: 1.45×, default: 2.5× for 128-pixel
-windows), so a frame is rendered by windows only when the static share saves more than that
-costs (and at least `MIN_STATIC_SHARE`), else whole; one identical to the previous frame is
-copied whole. On footage with nothing static the check is one comparison of the frames. The previous frame is per segment, so a resumed or sharded job renders the same.
+It is kept only where it pays, by counting work: `engine.render_work` counts, tile by tile as
+the engine cuts them, the multiply-adds of the frame rendered whole and of each window rendered
+alone (its encoder pass reads the window's halo again: 2.5× a 128-pixel window's own encoder
+work for `default`, 1.45× for `fast`, but at video scales the decoder's work per output pixel,
+which windows do not repeat, is most of a frame's). A frame is rendered by windows only when
+its changed windows come to at most `WINDOWS_PAY` of the whole frame's count, else whole; one
+identical to the previous frame is copied whole. On footage with nothing static the check is
+one comparison of the frames. The previous frame is per segment, so a resumed or sharded job
+renders the same.
 """
 
 from __future__ import annotations
@@ -22,11 +26,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from liif_cli.io.images import ImageData
-from liif_cli.runtime.engine import TILE_MARGIN
+from liif_cli.runtime.engine import TILE_MARGIN, render_work
 from liif_cli.runtime.upscaler import Upscaler, model_input
 
 REUSE_WINDOW = 128  # input pixels per window side: halos stay a modest share of each window
-MIN_STATIC_SHARE = 0.25  # below this share of static windows, render the frame whole
+# By windows only where the changed windows count at most this share of the whole frame's
+# work. The count is pessimistic for windows (their encoder convolutions run faster per
+# multiply-add than the decoder's narrow matmuls): all 20 windows of a 640×480 → 1080p frame
+# count 1.20× the frame whole, and took 0.91-0.96× its time with `fast`, 1.0-1.09× with
+# `default` (docs/benchmarks.md).
+WINDOWS_PAY = 1.0
 
 
 @dataclass
@@ -37,6 +46,7 @@ class FrameMemory:
     out: np.ndarray | None = None
     windows: int = 0  # windows seen (whole frames count as all their windows)
     reused: int = 0  # windows copied from the previous frame
+    work: tuple | None = None  # (key, the whole frame's count, each window's): `_work`
 
 
 def _spans(n_in: int, n_out: int, step: int) -> list[tuple[int, int, int, int]]:
@@ -67,14 +77,15 @@ def render_frame(up: Upscaler, rgb: np.ndarray, out_hw: tuple[int, int],
     m = up.model.encoder.receptive_radius + TILE_MARGIN
     static = [[bool(same[max(0, y0 - m):y1 + m, max(0, x0 - m):x1 + m].all())
                for x0, x1, *_ in xs] for y0, y1, *_ in ys]
-    count = sum(map(sum, static))
-    halo_cost = ((REUSE_WINDOW + 2 * m) / REUSE_WINDOW) ** 2  # a window's encoder work, alone
-    if count < max(MIN_STATIC_SHARE, 1 - 1 / halo_cost) * n:
+    dtype = up.render_dtype(16 if rgb.dtype == np.uint16 else 8)
+    whole, each = _work(up, (h, w), out_hw, ys, xs, dtype, memory)
+    changed = sum(c for c_row, s_row in zip(each, static) for c, keep in zip(c_row, s_row)
+                  if not keep)
+    if changed > WINDOWS_PAY * whole:
         return _whole(up, rgb, out_hw, memory)
-    memory.reused += count
+    memory.reused += sum(map(sum, static))
     out = np.empty_like(memory.out)
     img = model_input(ImageData(rgb), up.device)
-    dtype = up.render_dtype(16 if rgb.dtype == np.uint16 else 8)
     for (_, _, oy0, oy1), row in zip(ys, static):
         for (_, _, ox0, ox1), keep in zip(xs, row):
             if keep:
@@ -86,6 +97,21 @@ def render_frame(up: Upscaler, rgb: np.ndarray, out_hw: tuple[int, int],
                 out[oy0:oy1, ox0:ox1] = tile
     memory.out = out
     return out
+
+
+def _work(up: Upscaler, in_hw: tuple[int, int], out_hw: tuple[int, int], ys: list, xs: list,
+          dtype, memory: FrameMemory) -> tuple[int, list[list[int]]]:
+    """Multiply-adds of the frame rendered whole, and of each window rendered alone; counted
+    once per segment (the frames of a video share their size)."""
+    key = (in_hw, out_hw, dtype, up.max_memory)
+    if memory.work is None or memory.work[0] != key:
+        dec, kw = up.decoder(dtype), dict(max_memory=up.max_memory, device=up.device)
+        whole = render_work(up.model, dec, in_hw, out_hw, **kw).macs
+        each = [[render_work(up.model, dec, in_hw, out_hw, window=(oy0, ox0, oy1 - oy0,
+                                                                   ox1 - ox0), **kw).macs
+                 for *_, ox0, ox1 in xs] for *_, oy0, oy1 in ys]
+        memory.work = (key, whole, each)
+    return memory.work[1], memory.work[2]
 
 
 def _whole(up: Upscaler, rgb: np.ndarray, out_hw: tuple[int, int],
