@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -139,7 +140,11 @@ def test_bad_checkpoints_fail_the_cli_with_one_line_and_no_output(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
     for kind, (path, message) in _bad_files(tmp_path).items():
         out = tmp_path / f"out-{kind}.png"
-        res = runner.invoke(app, ["upscale", str(img), "-s", "2", "-m", str(path), "-o", str(out)])
+        with warnings.catch_warnings(record=True) as caught:  # a warning prints lines too
+            warnings.simplefilter("always")
+            res = runner.invoke(app, ["upscale", str(img), "-s", "2", "-m", str(path),
+                                      "-o", str(out)])
+        assert not caught, (kind, [str(w.message) for w in caught])
         assert res.exit_code == 1, (kind, res.output)
         assert message in res.output and "Traceback" not in res.output
         assert res.output.strip().count("\n") == 0, res.output

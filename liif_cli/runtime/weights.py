@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if path.suffix.lower() == SAFETENSORS_SUFFIX:
         return read_safetensors(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # its advice on pickle protocols is not for our users
+            warnings.filterwarnings("ignore", message="Detected pickle protocol",
+                                    category=UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for non-checkpoints; all mean the same
         if isinstance(e, MemoryError):
             raise
