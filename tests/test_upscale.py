@@ -145,6 +145,7 @@ def test_alpha_grey_and_layouts_kept(tiny_model):
         upscale(tiny_model, np.zeros((4, 4, 5), np.uint8), scale=2)
 
 
+@pytest.mark.filterwarnings("ignore::liif_cli.runtime.device.PrecisionWarning")  # no native bf16 here
 def test_16_bit_computed_at_full_precision(tiny_model):
     px16 = (photo_like(8, 9).astype(np.uint16) * 257 + 100)
     out = upscale(tiny_model, px16, scale=2, device="cpu", precision="bf16")  # fp32 anyway
@@ -161,6 +162,7 @@ def test_file_metadata_scaled_and_carried(tmp_path, tiny_model):
     assert img.dpi == pytest.approx((216, 288), abs=0.1) and img.icc_profile == icc
 
 
+@pytest.mark.filterwarnings("ignore::liif_cli.runtime.device.PrecisionWarning")  # no native bf16 here
 def test_bf16_close_to_fp32(tiny_model):
     px = photo_like(16, 16)
     fp32 = upscale(tiny_model, px, scale=4, device="cpu", precision="fp32").astype(float)
