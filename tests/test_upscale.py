@@ -479,3 +479,29 @@ def test_a_command_refused_before_any_work_draws_no_progress_bar(monkeypatch):
         on_progress(1, 4)
         on_progress(2, 4)
     assert len(started) == 1 and not started[0].live.is_started  # drawn once, then gone
+
+
+def test_another_packages_warning_is_one_note_line(tmp_path, tiny_ckpt, monkeypatch):
+    """A JPEG whose EXIF block is cut short: Pillow warns (Python's two lines, with its source
+    path); the command prints it as one `note: PIL: ...` line, none under --quiet, and with
+    LIIF_DEBUG the whole warning."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(photo_like(24, 32)).save(
+        buf, "JPEG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03")
+    src = tmp_path / "cut_exif.jpg"
+    src.write_bytes(buf.getvalue())
+    args = ["upscale", str(src), "-s", "2", "-m", str(tiny_ckpt), "--overwrite", "-o"]
+    r = runner.invoke(app, [*args, str(tmp_path / "a.png")])
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == "note: PIL: Corrupt EXIF data. Expecting to read 12 bytes but only got 4."
+    assert len(lines) == 2 and lines[1].startswith("wrote ") and (tmp_path / "a.png").exists()
+    r = runner.invoke(app, [*args, str(tmp_path / "b.png"), "--quiet"])
+    assert r.exit_code == 0 and r.stderr == ""
+    monkeypatch.setenv("LIIF_DEBUG", "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runner.invoke(app, [*args, str(tmp_path / "c.png"), "--quiet"])
+    assert any("Corrupt EXIF data" in str(w.message) for w in caught)

@@ -50,14 +50,32 @@ def _quiet() -> bool:
 
 
 def _notes(show_other):
-    """A `warnings.showwarning` that prints library warnings (`LiifWarning`) as one `note:`
-    line on stderr (nothing under --quiet) and hands any other warning to `show_other`."""
+    """A `warnings.showwarning` that prints each warning as one `note:` line on stderr
+    (nothing under --quiet): library warnings (`LiifWarning`) as they are, another package's
+    (Pillow's "Corrupt EXIF data", torch's) as that package's name and the message's first
+    line, not Python's two lines with a source path. With LIIF_DEBUG set, another package's
+    warning goes to `show_other` whole."""
     def show(message, category, filename, lineno, file=None, line=None):
-        if not issubclass(category, LiifWarning):
+        if issubclass(category, LiifWarning):
+            if not _quiet():
+                note_line(str(message))
+        elif os.environ.get("LIIF_DEBUG"):
             show_other(message, category, filename, lineno, file, line)
         elif not _quiet():
-            note_line(str(message))
+            note_line(_foreign_note(str(message), filename))
     return show
+
+
+def _foreign_note(message: str, filename: str) -> str:
+    """"PACKAGE: first line of the message" (spaces collapsed), the package being the folder
+    under site-packages in the warning's source path (no prefix from elsewhere)."""
+    first = next((ln for ln in message.splitlines() if ln.strip()), "a warning")
+    first = " ".join(first.split())
+    parts = re.split(r"[\\/]", filename or "")
+    for root in ("site-packages", "dist-packages"):
+        if root in parts[:-1]:
+            return f"{parts[parts.index(root) + 1]}: {first}"
+    return first
 
 
 def _usage_error(e: ClickException) -> typer.Exit:
