@@ -30,6 +30,7 @@ memory does not grow with the output beyond the output buffer itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -319,6 +320,12 @@ class Work:
     macs: int
 
 
+@functools.lru_cache(maxsize=8)
+def _cpu_axis(n_out: int, n_lat: int, local_ensemble: bool) -> _Axis:
+    """An `_Axis` on the CPU, kept: `render_work` counts many windows of one frame size."""
+    return _Axis(n_out, n_lat, local_ensemble, "cpu")
+
+
 def render_work(model: SRModel, decoder: Decoder, in_hw: tuple[int, int],
                 out_hw: tuple[int, int], *, max_memory: int = DEFAULT_MAX_MEMORY,
                 device: torch.device | str = "cpu",
@@ -332,7 +339,7 @@ def render_work(model: SRModel, decoder: Decoder, in_hw: tuple[int, int],
     window = (0, 0, H, W) if window is None else window
     plan = make_plan(model, in_hw, max_memory=max_memory, device=device, dtype=decoder.dtype)
     local = model.config.local_ensemble
-    ay, ax = _Axis(H, h, local, "cpu"), _Axis(W, w, local, "cpu")
+    ay, ax = _cpu_axis(H, h, local), _cpu_axis(W, w, local)
     halo = model.encoder.receptive_radius + TILE_MARGIN
     encoded = latents = queries = 0
     for (r0, r1, t0, t1), region in _tiles(ay, ax, in_hw, plan.tile, window):
