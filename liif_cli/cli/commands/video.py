@@ -44,7 +44,8 @@ ReportOpt = Annotated[Optional[Path], typer.Option(
     "liif batch's FILE.jsonl reports.")]
 ReuseOpt = Annotated[bool, typer.Option(
     help="Copy the parts of a frame whose input did not change since the previous frame "
-    "instead of rendering them again (screen recordings, still shots).")]
+    "instead of rendering them again, where that saves work (screen recordings, still "
+    "shots).")]
 AllowCorruptOpt = Annotated[bool, typer.Option(
     "--allow-corrupt", help="Keep going past frames the decoder reports damaged.")]
 
