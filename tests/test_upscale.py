@@ -483,8 +483,9 @@ def test_a_command_refused_before_any_work_draws_no_progress_bar(monkeypatch):
 
 def test_another_packages_warning_is_one_note_line(tmp_path, tiny_ckpt, monkeypatch):
     """A JPEG whose EXIF block is cut short: Pillow warns (Python's two lines, with its source
-    path); the command prints it as one `note: PIL: ...` line, none under --quiet, and with
-    LIIF_DEBUG the whole warning."""
+    path); the command prints it as one `note: FILE: PIL: ...` line, none under --quiet, and
+    with LIIF_DEBUG the whole warning. `liif batch` decodes on threads: its note names the
+    file too."""
     import io
 
     buf = io.BytesIO()
@@ -496,8 +497,17 @@ def test_another_packages_warning_is_one_note_line(tmp_path, tiny_ckpt, monkeypa
     r = runner.invoke(app, [*args, str(tmp_path / "a.png")])
     assert r.exit_code == 0, r.output
     lines = r.stderr.strip().splitlines()
-    assert lines[0] == "note: PIL: Corrupt EXIF data. Expecting to read 12 bytes but only got 4."
+    note = "PIL: Corrupt EXIF data. Expecting to read 12 bytes but only got 4."
+    assert lines[0] == f"note: {src}: {note}"
     assert len(lines) == 2 and lines[1].startswith("wrote ") and (tmp_path / "a.png").exists()
+    (tmp_path / "in").mkdir()
+    Image.fromarray(photo_like(24, 32)).save(tmp_path / "in" / "fine.png")
+    (tmp_path / "in" / "cut.jpg").write_bytes(buf.getvalue())
+    r = runner.invoke(app, ["batch", str(tmp_path / "in"), str(tmp_path / "out"), "-s", "2",
+                            "-m", str(tiny_ckpt)])
+    assert r.exit_code == 0, r.output
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("note:")] == [
+        f"note: {tmp_path / 'in' / 'cut.jpg'}: {note}"]
     r = runner.invoke(app, [*args, str(tmp_path / "b.png"), "--quiet"])
     assert r.exit_code == 0 and r.stderr == ""
     monkeypatch.setenv("LIIF_DEBUG", "1")

@@ -53,7 +53,8 @@ def _notes(show_other):
     """A `warnings.showwarning` that prints each warning as one `note:` line on stderr
     (nothing under --quiet): library warnings (`LiifWarning`) as they are, another package's
     (Pillow's "Corrupt EXIF data", torch's) as that package's name and the message's first
-    line, not Python's two lines with a source path. With LIIF_DEBUG set, another package's
+    line, not Python's two lines with a source path, after the image's name when it came while
+    this thread decoded one (`io.images.decoding`). With LIIF_DEBUG set, another package's
     warning goes to `show_other` whole."""
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, LiifWarning):
@@ -62,7 +63,10 @@ def _notes(show_other):
         elif os.environ.get("LIIF_DEBUG"):
             show_other(message, category, filename, lineno, file, line)
         elif not _quiet():
-            note_line(_foreign_note(str(message), filename))
+            images = sys.modules.get("liif_cli.io.images")  # loaded by then if it is decoding
+            source = images.decoding() if images is not None else None
+            note = _foreign_note(str(message), filename)
+            note_line(f"{source}: {note}" if source else note)
     return show
 
 

@@ -145,8 +145,26 @@ def _too_big(name: str, w: int, h: int, max_pixels: int) -> ImageReadError:
         "if you trust this file")
 
 
+_decoding = threading.local()
+
+
+def decoding() -> str | None:
+    """The name of the image this thread is decoding now, or None: what a warning raised inside
+    a decoder (Pillow's "Corrupt EXIF data") is about, for the CLI's note line (`liif batch`
+    decodes on several threads)."""
+    return getattr(_decoding, "name", None)
+
+
 def _decode(src: Path | bytes, name: str, max_pixels: int) -> ImageData:
     """Decode a file (Path) or an encoded file's bytes; `name` is what messages call it."""
+    before, _decoding.name = decoding(), name
+    try:
+        return _decode_named(src, name, max_pixels)
+    finally:
+        _decoding.name = before
+
+
+def _decode_named(src: Path | bytes, name: str, max_pixels: int) -> ImageData:
     try:
         with _pil_bomb_limit(None), Image.open(io.BytesIO(src) if isinstance(src, bytes)
                                                else src) as im:
