@@ -266,11 +266,14 @@ def _tiles(ay: _Axis, ax: _Axis, hw: tuple[int, int], tile: int,
     """The latent tiles of a render of `window` (y0, x0, h, w) of the output: per tile, the
     output rows and columns it decodes (r0, r1, t0, t1) and its P region (py0, py1, px0, px1),
     the tile's latents and 2 more on each side, clipped to the h×w grid. Tiles start at the
-    first latent whose output pixels the window holds."""
+    first latent whose output pixels the window holds (the grid's first for the whole
+    output)."""
     h, w = hw
     wy, wx, wh, ww = window
-    lat_y = int(ay.owner[wy]), int(ay.owner[wy + wh - 1]) + 1
-    lat_x = int(ax.owner[wx]), int(ax.owner[wx + ww - 1]) + 1
+    lat_y, lat_x = (0, h), (0, w)
+    if (wy, wx, wh, ww) != (0, 0, len(ay.owner), len(ax.owner)):  # a window: from its first
+        lat_y = int(ay.owner[wy]), int(ay.owner[wy + wh - 1]) + 1
+        lat_x = int(ax.owner[wx]), int(ax.owner[wx + ww - 1]) + 1
     for a0 in range(lat_y[0], lat_y[1], tile):
         a1 = min(lat_y[1], a0 + tile)
         r0, r1 = ay.span(a0, a1)
