@@ -238,7 +238,8 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
         return (j1 - j0) * (c1 - c0)
 
     done, total = 0, wh * ww
-    for (r0, r1, t0, t1), region in _tiles(ay, ax, (h, w), plan.tile, (wy, wx, wh, ww)):
+    for (r0, r1, t0, t1), region in _tiles(ay, ax, (h, w), plan.tile,
+                                           None if window is None else (wy, wx, wh, ww)):
         p = _tile_pmap(model, dec, img, region, halo, cell, encoder_dtype)
         pieces = _pieces(dec, p, ax, ay, (t0, t1), (r0, r1), sched.col_piece, sched.chunk,
                          region[2], region[0])
@@ -262,16 +263,18 @@ Box = tuple[int, int, int, int]  # (y0, y1, x0, x1), ends excluded
 
 
 def _tiles(ay: _Axis, ax: _Axis, hw: tuple[int, int], tile: int,
-           window: tuple[int, int, int, int]) -> Iterator[tuple[Box, Box]]:
-    """The latent tiles of a render of `window` (y0, x0, h, w) of the output: per tile, the
-    output rows and columns it decodes (r0, r1, t0, t1) and its P region (py0, py1, px0, px1),
-    the tile's latents and 2 more on each side, clipped to the h×w grid. Tiles start at the
-    first latent whose output pixels the window holds (the grid's first for the whole
-    output)."""
+           window: tuple[int, int, int, int] | None) -> Iterator[tuple[Box, Box]]:
+    """The latent tiles of a render of `window` (y0, x0, h, w) of the output (None: all of
+    it): per tile, the output rows and columns it decodes (r0, r1, t0, t1) and its P region
+    (py0, py1, px0, px1), the tile's latents and 2 more on each side, clipped to the h×w grid.
+    Tiles start at the grid's first latent, or for a window at the first latent whose output
+    pixels it holds."""
     h, w = hw
-    wy, wx, wh, ww = window
-    lat_y, lat_x = (0, h), (0, w)
-    if (wy, wx, wh, ww) != (0, 0, len(ay.owner), len(ax.owner)):  # a window: from its first
+    if window is None:
+        wy, wx, wh, ww = 0, 0, len(ay.owner), len(ax.owner)
+        lat_y, lat_x = (0, h), (0, w)
+    else:
+        wy, wx, wh, ww = window
         lat_y = int(ay.owner[wy]), int(ay.owner[wy + wh - 1]) + 1
         lat_x = int(ax.owner[wx]), int(ax.owner[wx + ww - 1]) + 1
     for a0 in range(lat_y[0], lat_y[1], tile):
@@ -339,7 +342,6 @@ def render_work(model: SRModel, decoder: Decoder, in_hw: tuple[int, int],
     (`tasks.video.reuse`)."""
     H, W = out_hw
     h, w = in_hw
-    window = (0, 0, H, W) if window is None else window
     plan = make_plan(model, in_hw, max_memory=max_memory, device=device, dtype=decoder.dtype)
     local = model.config.local_ensemble
     ay, ax = _cpu_axis(H, h, local), _cpu_axis(W, w, local)

@@ -11,8 +11,8 @@ locked-off shots have large static areas.
 It is kept only where it pays, by counting work: `engine.render_work` counts, tile by tile as
 the engine cuts them, the multiply-adds of the frame rendered whole and of each window rendered
 alone (its encoder pass reads the window's halo again: 2.5× a 128-pixel window's own encoder
-work for `default`, 1.45× for `fast`, but at video scales the decoder's work per output pixel,
-which windows do not repeat, is most of a frame's). A frame is rendered by windows only when
+work for `default`, 1.45× for `fast`; but the decoder's work per output pixel, which windows do
+not repeat, is most of `default`'s at video scales). A frame is rendered by windows only when
 its changed windows come to at most `WINDOWS_PAY` of the whole frame's count, else whole; one
 identical to the previous frame is copied whole. On footage with nothing static the check is
 one comparison of the frames. The previous frame is per segment, so a resumed or sharded job
