@@ -417,8 +417,8 @@ def test_static_windows_are_reused_and_match_a_whole_render(tmp_path, tiny_ckpt,
 
 
 def test_a_frame_goes_by_windows_only_where_their_count_pays(tiny_model, monkeypatch):
-    """A changed corner: its window is rendered alone, the rest copied, equal to the frame
-    rendered whole. A kept corner (a few static windows): the changed windows' work alone would
+    """A changed strip (4 columns): its windows are rendered alone, the rest copied, equal to
+    the frame rendered whole. A kept corner (a few static windows): the changed windows' work alone would
     come to more than the whole frame's, so it is rendered whole, nothing copied."""
     import torch
 
@@ -431,7 +431,7 @@ def test_a_frame_goes_by_windows_only_where_their_count_pays(tiny_model, monkeyp
     first = photo_like(96, 128)
     memory = reuse.FrameMemory()
     reuse.render_frame(up, first, (192, 256), memory)
-    for kept, windows in (((slice(None), slice(4, None)), True),  # a corner changed
+    for kept, windows in (((slice(None), slice(4, None)), True),  # a strip changed
                           ((slice(64, None), slice(88, None)), False)):  # a corner kept
         nxt = 255 - first
         nxt[kept] = first[kept]
