@@ -283,3 +283,24 @@ def test_the_fast_model_is_a_one_member_liif_with_a_narrow_mlp_on_a_short_encode
     assert fast.config.encoder == default.config.encoder
     assert fast.config.encoder_args == {**default.config.encoder_args, "n_resblocks": 4}
     assert len(fast.encoder.body) == 4 + 1  # the blocks and the closing conv
+
+
+def test_the_training_logs_new_machine_command_continues_the_committed_wip_on_its_plan():
+    """docs/default-model.md's resume command for a new machine (no runs/) must start the
+    committed default-wip.pth where its plan stands: --epochs and --lr-milestones are the plan's
+    less the epoch the wip was saved at, and the text names the wip's steps and epoch."""
+    import re
+
+    from conftest import REPO
+
+    wip = torch.load(REPO / "docs" / "weights" / "default-wip.pth", map_location="cpu",
+                     weights_only=False)["liif_cli"]
+    plan, epoch, steps = wip["config"], wip["epoch"], wip["steps"]
+    doc = (REPO / "docs" / "default-model.md").read_text()
+    assert f"`default-wip.pth` ({steps:,} steps, epoch {epoch} of the plan)" in doc
+    command = doc.split("liif train --init docs/weights/default-wip.pth", 1)[1].split("```", 1)[0]
+    assert int(re.search(r"--epochs (\d+)", command)[1]) == plan["epochs"] - epoch
+    milestones = [int(m) for m in re.search(r"--lr-milestones ([\d,]+)", command)[1].split(",")]
+    assert milestones == [m - epoch for m in plan["lr_milestones"] if m > epoch]
+    assert float(re.search(r"--ema ([\d.e-]+)", command)[1]) == plan["ema"]
+    assert float(re.search(r"--lr ([\d.e-]+)", command)[1]) == plan["lr"]
