@@ -219,7 +219,10 @@ def render(model: SRModel, img: torch.Tensor, out_hw: tuple[int, int],
     plan = make_plan(model, (h, w), max_memory=max_memory, tile=tile, chunk=chunk,
                      device=device, dtype=dtype)
     local = model.config.local_ensemble
-    ay, ax = _Axis(H, h, local, device), _Axis(W, w, local, device)
+    if device.type == "cpu":  # kept across calls: a video renders many windows of one size
+        ay, ax = _cpu_axis(H, h, local), _cpu_axis(W, w, local)
+    else:
+        ay, ax = _Axis(H, h, local, device), _Axis(W, w, local, device)
     dec = make_decoder(model, dtype, device) if decoder is None else decoder
     sched = dec.schedule(H, h, plan.chunk, device)
     # the official cell, ones * (2 / H) in float32, in latent cells of the whole grid
@@ -328,7 +331,8 @@ class Work:
 
 @functools.lru_cache(maxsize=8)
 def _cpu_axis(n_out: int, n_lat: int, local_ensemble: bool) -> _Axis:
-    """An `_Axis` on the CPU, kept: `render_work` counts many windows of one frame size."""
+    """An `_Axis` on the CPU, kept: `render` and `render_work` see many windows of one frame
+    size (a video's frames); its tensors are only read."""
     return _Axis(n_out, n_lat, local_ensemble, "cpu")
 
 
