@@ -348,6 +348,38 @@ def test_truncated_and_corrupt_say_which_frame(tmp_path, tiny_ckpt):
     assert "corrupt" in text or "cannot decode" in text or "does not decode" in text
 
 
+def test_cut_after_its_first_frame_is_truncated(clip, tmp_path):
+    """A file cut after its first frame is truncated too (it went through as a video of one
+    frame); a video of one frame is still one."""
+    with av.open(str(clip)) as c:
+        second = [p.pos for p in c.demux(c.streams.video[0]) if p.size][1]
+    (tmp_path / "cut.mkv").write_bytes(clip.read_bytes()[:second])
+    _fails(tmp_path, tmp_path / "cut.mkv", 1, "truncated: its video stops at frame 1 ")
+    for name in ("one.mkv", "one.mp4"):
+        assert probe(make_clip(tmp_path / name, frames=1, subs=False)).frames == 1
+
+
+def test_allow_corrupt_joins_past_a_segment_with_no_frame_left(tmp_path, tiny_ckpt,
+                                                               monkeypatch):
+    """--allow-corrupt past a damaged stretch that takes a whole segment's frames: that
+    segment's empty file is left out of the join (it failed the join, "cannot write OUT", on
+    every rerun)."""
+    from liif_cli.tasks.video import run as video_run
+
+    bad = bytearray(make_clip(tmp_path / "in.mkv").read_bytes())
+    for i in range(len(bad) // 3, len(bad) // 3 + 3000, 7):
+        bad[i] ^= 0x5A
+    (tmp_path / "damaged.mkv").write_bytes(bytes(bad))
+    sizes = []
+    join = video_run.join_segments
+    monkeypatch.setattr(video_run, "join_segments", lambda info, segs, *a, **kw: (
+        sizes.extend(p.stat().st_size for p in segs), join(info, segs, *a, **kw))[1])
+    out = tmp_path / "o.mkv"
+    res = upscale_video(tmp_path / "damaged.mkv", out, model=tiny_ckpt, scale=2,
+                        segment_seconds=0.5, allow_corrupt=True)
+    assert 0 in sizes and res.joined and 0 < len(frames(out)) < res.info.frames
+
+
 def test_bad_options(clip, tmp_path):
     _fails(tmp_path, clip, 2, "unknown --codec 'nope'", "--codec", "nope")
     _fails(tmp_path, clip, 2, "cannot encode --pix-fmt bgr0", "--pix-fmt", "bgr0")
@@ -356,6 +388,28 @@ def test_bad_options(clip, tmp_path):
     assert r.exit_code == 2 and "try .mkv" in r.output and not (tmp_path / "o.mp4").exists()
     r = run("video", clip, "-o", tmp_path / "o.xyz", "-s", "2")
     assert r.exit_code == 2 and "cannot tell the container" in r.output
+
+
+def test_a_failed_start_leaves_no_folder_to_refuse_the_fixed_command(clip, tmp_path, tiny_ckpt):
+    """A model that does not load, or a --join before any segment, leaves no work folder
+    behind (its job.json refused the corrected command as "segments of another job")."""
+    _fails(tmp_path, clip, 1, "model file not found", "-m", tmp_path / "nosuch.pth")
+    _fails(tmp_path, clip, 2, "cannot join bad_out.mkv yet: 1 of 1 segments", "-m", tiny_ckpt,
+           "--join")
+    r = run("video", clip, "-o", tmp_path / "bad_out.mkv", "-s", "2", "-m", tiny_ckpt)
+    assert r.exit_code == 0 and "wrote" in r.output, r.output
+
+
+def test_encoder_options_it_refuses_are_one_line_naming_them(clip, tmp_path, capfd):
+    """A --crf or --preset the encoder refuses: exit 2 naming it with the encoder's reason (it
+    was blamed on the container, "try .mkv", under x264's or x265's own line on stderr)."""
+    text = _fails(tmp_path, clip, 2, "libx264 cannot encode 64×48 yuv420p with --preset bogus: "
+                  "invalid preset 'bogus'", "--preset", "bogus")
+    _fails(tmp_path, clip, 2, "libx265 cannot encode 64×48 yuv420p with --crf 70: Valid "
+           "quality", "--codec", "hevc", "--crf", "70")
+    _fails(tmp_path, clip, 2, "libvpx-vp9 cannot encode 64×48 yuv420p with --crf 70: ",
+           "--codec", "vp9", "--crf", "70")
+    assert "try .mkv" not in text and "x26" not in capfd.readouterr().err
 
 
 def test_missing_pyav_is_one_line_naming_the_extra(clip, tmp_path, monkeypatch):
@@ -453,6 +507,21 @@ def test_other_codecs_join(clip, tmp_path, tiny_ckpt, codec):
     res = upscale_video(clip, out, model=tiny_ckpt, scale=3, codec=codec, segment_seconds=0.5)
     assert res.joined and res.segments == 4
     assert [t for t, _ in frames(out)] == [t for t, _ in frames(clip)]
+
+
+@pytest.mark.slow
+def test_av1_prints_no_banner(clip, tmp_path, tiny_ckpt):
+    """SVT-AV1's 20-line banner, printed each time an encoder opens (every segment), is kept
+    off the terminal. A process of its own: SVT-AV1 reads its log level once per process."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("SVT_LOG", None)
+    out = tmp_path / "av1.mkv"
+    p = subprocess.run([sys.executable, "-m", "liif_cli", "video", str(clip), "-o", str(out),
+                        "-s", "2", "-m", str(tiny_ckpt), "--codec", "av1", "-q",
+                        "--segment-seconds", "1"], env=env, capture_output=True, text=True,
+                       timeout=SUBPROCESS_TIMEOUT_S)
+    assert p.returncode == 0 and p.stdout == "" and p.stderr == "", p.stderr[-2000:]
+    assert probe(out).frames == 24
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ OutputOpt = Annotated[Optional[Path], typer.Option(
     show_default=False)]
 VideoModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Bundled or user model name, or a checkpoint path. Default: fast "
-    "(6× default's frames per second).", envvar="LIIF_MODEL", show_envvar=True,
+    "(4.5–8× default's frames per second on the CPUs measured).", envvar="LIIF_MODEL", show_envvar=True,
     show_default=False, callback=opt.from_env)]
 CodecOpt = Annotated[Optional[str], typer.Option(
     help="FFmpeg encoder: libx264 (h264, the default), libx265 (hevc), libvpx-vp9, libsvtav1 "

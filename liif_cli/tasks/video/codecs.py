@@ -11,14 +11,23 @@ Colour: frames are decoded to RGB with the input's matrix and range (`to_rgb`), 
 back with the same (`from_rgb`); primaries, transfer, matrix and range are tagged on the output
 as the input had them. `bgr0` (with ffv1) stores the model's RGB exactly.
 
+Before any work the encoder is opened once (`open_checked`): a --crf or --preset it refuses is
+a usage error with its own reason, which x264, x265 and SVT-AV1 print on stderr (kept off the
+terminal: the user reads one line).
+
 Segments are concatenated by remuxing (`join`), so their packets must be in presentation
 order: encoders that reorder frames (x264's and x265's B-frames) run without B-frames.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -150,6 +159,10 @@ def open_encoder(container, spec: EncodeSpec, info: VideoInfo, out_hw: tuple[int
     """A video stream on output `container` that encodes `spec` at `out_hw` in the input's
     time base (so every frame keeps its exact pts), colour-tagged as the input."""
     H, W = out_hw
+    if spec.codec == "libsvtav1":
+        # SVT-AV1 prints a banner of 20 lines each time it opens (every segment): errors only,
+        # unless the user set it (read once, at its first use in the process)
+        os.environ.setdefault("SVT_LOG", "1")
     stream = container.add_stream(spec.codec, options=spec.options())
     stream.width, stream.height, stream.pix_fmt = W, H, spec.pix_fmt
     stream.time_base = info.time_base
@@ -163,3 +176,41 @@ def open_encoder(container, spec: EncodeSpec, info: VideoInfo, out_hw: tuple[int
             if value:
                 setattr(cc, key, value)
     return stream
+
+
+def open_checked(stream, spec: EncodeSpec, out_hw: tuple[int, int]) -> None:
+    """Open `stream`'s encoder now: what it refuses (a --crf or --preset out of its range, a
+    size too small for it) is a `UsageError` naming the encoder's reason."""
+    av = require_av()
+    said: list[str] = []
+    try:
+        with _stderr_into(said):
+            stream.codec_context.open()
+    except (av.FFmpegError, ValueError) as e:
+        default_crf, default_preset = CODEC_DEFAULTS.get(spec.codec, (None, None))
+        given = [f"--{k} {v}" for k, v, d in (("crf", spec.crf, default_crf),
+                                                ("preset", spec.preset, default_preset))
+                 if v is not None and v != d]
+        errors = [line.split("]: ", 1)[-1].strip() for line in said if "error" in line.lower()]
+        reason = errors[-1] if errors else getattr(e, "strerror", None) or str(e)
+        H, W = out_hw
+        raise UsageError(f"{spec.codec} cannot encode {W}×{H} {spec.pix_fmt}"
+                         + (f" with {' '.join(given)}" if given else "") + f": {reason}"
+                         ) from None
+
+
+@contextmanager
+def _stderr_into(lines: list[str]) -> Iterator[None]:
+    """What the C libraries print on stderr (file descriptor 2) while the block runs, into
+    `lines` instead of the terminal."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(2)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            lines.extend(f.read().decode(errors="replace").splitlines())

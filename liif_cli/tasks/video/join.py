@@ -8,8 +8,8 @@ attachment streams are left out, with a note. The file is written to a temporary
 renamed when whole (`io.files.atomic_write`): nothing partial is ever at the output path.
 
 `check_container` makes the output's header in memory before any rendering, so an encoder or
-a stream the container cannot hold (ffv1 in MP4, SubRip subtitles in MP4) is a usage error at
-once, not after hours of work.
+a stream the container cannot hold (ffv1 in MP4, SubRip subtitles in MP4), or encoder options
+the encoder refuses (`codecs.open_checked`), is a usage error at once, not after hours of work.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Iterator
 
 from liif_cli.errors import LiifWarning, UsageError, VideoReadError
 from liif_cli.io.files import atomic_write
-from liif_cli.tasks.video.codecs import EncodeSpec, open_encoder
+from liif_cli.tasks.video.codecs import EncodeSpec, open_checked, open_encoder
 from liif_cli.tasks.video.probe import VideoInfo, av_error, open_input, require_av, video_stream
 
 # output extension -> FFmpeg muxer
@@ -97,7 +97,7 @@ def check_container(info: VideoInfo, output: Path, spec: EncodeSpec,
                 warnings.simplefilter("ignore", LiifWarning)  # said again when joining
                 o = open_encoder(out, spec, info, out_hw)
                 _add_copies(out, c, vs)
-            o.codec_context.open()
+            open_checked(o, spec, out_hw)  # the encoder's own refusal, named as such
             out.start_encoding()
     except (av.FFmpegError, ValueError) as e:
         raise UsageError(f"{output.suffix} ({fmt}) cannot hold this output ({spec.codec} "
@@ -147,6 +147,10 @@ def join_segments(info: VideoInfo, segments: list[Path], output: Path, spec: Enc
     """Remux `segments` (in order) with the input's audio and subtitles into `output`."""
     av = require_av()
     fmt = container_format(output)
+    # a segment none of whose frames decoded (--allow-corrupt) is an empty file: nothing to join
+    segments = [p for p in segments if p.stat().st_size]
+    if not segments:
+        raise VideoReadError(f"{info.path}: not one frame decodes")
 
     def write(tmp: str) -> None:
         with open_input(info.path) as c, av.open(segments[0].as_posix()) as first, \

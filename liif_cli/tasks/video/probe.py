@@ -175,9 +175,10 @@ def _check_complete(container, vs, path: Path, span: float, frames: int) -> None
             declared = int(h) * 3600 + int(m) * 60 + float(s)
         except ValueError:
             pass
-    if declared is None or frames < 2:
+    if declared is None:
         return
-    frame_s = span / frames
+    # one frame's length: a stream cut after its first frame is truncated too
+    frame_s = span / frames if span > 0 else 1 / float(vs.average_rate or vs.guessed_rate or 1)
     if span + max(TRUNCATED_SLACK_S, 2 * frame_s) < declared:
         raise VideoReadError(f"{path} is truncated: its video stops at frame {frames} "
                              f"({span:.2f} s) of the {declared:.2f} s its container declares")

@@ -39,7 +39,7 @@ from liif_cli.tasks.video.segments import (
     shard_segments,
 )
 
-DEFAULT_VIDEO_MODEL = "fast"  # 6.3× default's frames per second (README's Video section)
+DEFAULT_VIDEO_MODEL = "fast"  # 4.5–8.1× default's frames per second (README's Video section)
 JOIN_LISTED = 8  # the missing segments a --join refusal names
 
 VideoProgressFn = Callable[[int, int], None]  # (frames done, frames this process renders)
@@ -125,11 +125,6 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
     work.remove_stale_temps(mine)
     total = sum(s.frames for s in todo)
     done_frames = 0
-    if todo and up is None:
-        up = Upscaler(model if denoise is None else load_model(model, device=dev, denoise=denoise),
-                      device=dev, precision=dtype, max_memory=max_memory)
-    if on_progress is not None:
-        on_progress(0, total)
 
     def one_frame() -> None:
         nonlocal done_frames
@@ -139,6 +134,12 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
 
     windows = reused = 0
     try:
+        if todo and up is None:  # in here: a model that does not load leaves no folder behind
+            up = Upscaler(model if denoise is None else
+                          load_model(model, device=dev, denoise=denoise),
+                          device=dev, precision=dtype, max_memory=max_memory)
+        if on_progress is not None:
+            on_progress(0, total)
         for seg in todo:
             memory = FrameMemory() if reuse_static else None  # per segment: resumes agree
             atomic_write(work.segment_path(seg), lambda tmp, seg=seg, memory=memory:
@@ -147,16 +148,19 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
                          overwrite=True)
             if memory is not None:
                 windows, reused = windows + memory.windows, reused + memory.reused
+        waiting = [s.index for s in segments if not work.done(s)]
+        if waiting and join:
+            shown = ", ".join(map(str, waiting[:JOIN_LISTED])) + (
+                ", …" if len(waiting) > JOIN_LISTED else "")
+            raise UsageError(f"cannot join {dst.name} yet: {len(waiting)} of {len(segments)} "
+                             f"segments are not rendered ({shown}); run the shards that own "
+                             "them")
     except BaseException:
-        work.remove_if_unused()  # a first run that failed leaves nothing behind
+        # a first run that failed (a model that does not load, a --join with nothing rendered)
+        # leaves nothing behind: its folder would refuse the corrected command as another job
+        work.remove_if_unused()
         raise
-    waiting = [s.index for s in segments if not work.done(s)]
     joined = False
-    if waiting and join:
-        shown = ", ".join(map(str, waiting[:JOIN_LISTED])) + (
-            ", …" if len(waiting) > JOIN_LISTED else "")
-        raise UsageError(f"cannot join {dst.name} yet: {len(waiting)} of {len(segments)} "
-                         f"segments are not rendered ({shown}); run the shards that own them")
     if not waiting and work.claim_join(force=join):
         try:
             join_segments(info, [work.segment_path(s) for s in segments], dst, spec,
