@@ -405,11 +405,27 @@ def test_encoder_options_it_refuses_are_one_line_naming_them(clip, tmp_path, cap
     was blamed on the container, "try .mkv", under x264's or x265's own line on stderr)."""
     text = _fails(tmp_path, clip, 2, "libx264 cannot encode 64×48 yuv420p with --preset bogus: "
                   "invalid preset 'bogus'", "--preset", "bogus")
-    _fails(tmp_path, clip, 2, "libx265 cannot encode 64×48 yuv420p with --crf 70: Valid "
-           "quality", "--codec", "hevc", "--crf", "70")
-    _fails(tmp_path, clip, 2, "libvpx-vp9 cannot encode 64×48 yuv420p with --crf 70: ",
-           "--codec", "vp9", "--crf", "70")
+    _fails(tmp_path, clip, 2, "libx265 cannot encode 64×48 yuv420p with --preset bogus: ",
+           "--codec", "hevc", "--preset", "bogus")
+    _fails(tmp_path, clip, 2, "libsvtav1 cannot encode 64×48 yuv420p with --preset 14: ",
+           "--codec", "av1", "--preset", "14")
     assert "try .mkv" not in text and "x26" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("codec, crf, message", [
+    ("libx264", "99", "--crf 99 is outside libx264's range, 0 to 51"),  # x264 clamped it
+    ("hevc", "52", "--crf 52 is outside libx265's range, 0 to 51"),
+    ("vp9", "-1", "--crf -1 is outside libvpx-vp9's range, 0 to 63"),  # VP9 read it as unset
+    ("av1", "64", "--crf 64 is outside libsvtav1's range, 0 to 63"),
+])
+def test_crf_out_of_the_encoders_range_is_refused(clip, tmp_path, codec, crf, message):
+    _fails(tmp_path, clip, 2, message, "--codec", codec, "--crf", crf)
+
+
+def test_preset_for_an_encoder_without_presets_is_refused(clip, tmp_path):
+    for codec in ("vp9", "ffv1"):  # both ignored it without a word
+        _fails(tmp_path, clip, 2, f"--preset has no meaning for {codec.replace('vp9', 'libvpx-vp9')}",
+               "--codec", codec, "--preset", "fast")
 
 
 def test_missing_pyav_is_one_line_naming_the_extra(clip, tmp_path, monkeypatch):

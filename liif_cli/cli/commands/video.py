@@ -28,10 +28,11 @@ CodecOpt = Annotated[Optional[str], typer.Option(
     help="FFmpeg encoder: libx264 (h264, the default), libx265 (hevc), libvpx-vp9, libsvtav1 "
     "(av1), ffv1 (lossless).", show_default=False)]
 CrfOpt = Annotated[Optional[int], typer.Option(
-    help="Constant quality, lower is better (default: 18 x264, 20 x265, 30 vp9/av1).",
+    help="Constant quality, lower is better: 0-51 x264/x265 (default 18, 20), 0-63 "
+    "vp9/av1 (default 30).",
     show_default=False)]
 PresetOpt = Annotated[Optional[str], typer.Option(
-    help="Encoder speed preset (x264/x265: medium; svt-av1: 8).", show_default=False)]
+    help="Encoder speed preset (x264/x265: medium; svt-av1: 8; vp9 and ffv1 have none).", show_default=False)]
 PixFmtOpt = Annotated[Optional[str], typer.Option(
     help="FFmpeg pixel format: yuv420p (default; yuv420p10le for a 10-bit input), "
     "yuv420p10le, bgr0 (exact RGB, with ffv1).", show_default=False)]
