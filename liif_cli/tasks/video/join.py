@@ -8,7 +8,7 @@ attachment streams are left out, with a note. The file is written to a temporary
 renamed when whole (`io.files.atomic_write`): nothing partial is ever at the output path.
 
 `check_container` makes the output's header in memory before any rendering, so an encoder or
-a stream the container cannot hold (ffv1 in MP4, SubRip subtitles in MP4), or encoder options
+a stream the container cannot hold (H.264 in WebM, SubRip subtitles in MP4), or encoder options
 the encoder refuses (`codecs.open_checked`), is a usage error at once, not after hours of work.
 """
 
