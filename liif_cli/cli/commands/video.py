@@ -32,9 +32,11 @@ CrfOpt = Annotated[Optional[int], typer.Option(
     "vp9/av1 (default 30).",
     show_default=False)]
 PresetOpt = Annotated[Optional[str], typer.Option(
-    help="Encoder speed preset (x264/x265: medium; svt-av1: 8; vp9 and ffv1 have none).", show_default=False)]
+    help="Encoder speed preset (x264/x265: medium; svt-av1: 8; vp9 and ffv1 have none).",
+    show_default=False)]
 PixFmtOpt = Annotated[Optional[str], typer.Option(
-    help="FFmpeg pixel format: yuv420p (default; yuv420p10le for a 10-bit input), "
+    help="FFmpeg pixel format: yuv420p (default; yuv420p10le for a 10-bit input where the "
+    "codec has it), "
     "yuv420p10le, bgr0 (exact RGB, with ffv1).", show_default=False)]
 JoinOpt = Annotated[bool, typer.Option(
     "--join", help="Render nothing: assemble the output from the shards' finished segments.")]
