@@ -118,10 +118,13 @@ def test_train_bf16_on_an_emulating_cpu_trains_in_fp32(native, tmp_path, monkeyp
         Image.fromarray(photo_like(40, 44, seed=i)).save(data / f"{i}.png")
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"),
                       **{**TINY, "epochs": 1, "repeat": 1, "precision": "bf16"})
+    events = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert train(cfg)["stopped"] is None
+        assert train(cfg, on_event=events.append)["stopped"] is None
     notes = [w for w in caught if issubclass(w.category, PrecisionWarning)]
+    start = next(e.message for e in events if e.kind == "start")  # names the precision used
+    assert f", {'bf16' if native else 'fp32'}, world 1" in start, start
     if native:
         assert autocasts, "the training step ran no autocast region"
         assert set(autocasts) == {(torch.bfloat16, True)} and notes == []
@@ -308,7 +311,7 @@ def test_training_bf16_on_a_gpu_without_it_trains_fp16_with_loss_scaling(fake_gp
     run = _Run(cfg, torch.device("cuda", 0), 1, 1, None, None, None, None)  # rank 1: no files
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run.open_folder()
+        run.choose_precision()
     assert run.amp_dtype == torch.float16 and run.scaler is not None
     assert [str(w.message) for w in caught if issubclass(w.category, PrecisionWarning)] == [
         device.CUDA_BF16_FALLBACK_NOTE.format(cap="7.5")]

@@ -89,7 +89,7 @@ def test_training_on_an_old_mac_enters_no_autocast_region(old_mps):
     old_mps("2.4")
     run = _Run(TrainConfig(data="x", out="unused", precision="auto"), MPS, 1, 1,
                None, None, None, None)  # rank 1: no files
-    run.open_folder()
+    run.choose_precision()
     assert run.amp_dtype is None and run.scaler is None  # fp32: `_autocast` is a null context
 
 

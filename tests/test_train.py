@@ -25,7 +25,7 @@ from liif_cli.data.samples import (
     RandomScaleSamples,
     training_images,
 )
-from liif_cli.errors import TrainingError, UsageError
+from liif_cli.errors import DataError, TrainingError, UsageError
 from liif_cli.tasks.train import TrainConfig, config_from, train
 
 runner = CliRunner()
@@ -804,3 +804,119 @@ def test_bad_ema_values_are_refused(tmp_path):
         config_from(str(toml), {})
     assert config_from(None, {"data": "x", "ema": 0.999}).ema == 0.999
     assert "--ema" in runner.invoke(app, ["train", "--help"]).output
+
+
+def test_options_of_a_wrong_type_or_out_of_range_are_refused_before_any_work(tmp_path):
+    """A TOML value of the wrong type, or a value no run can use, is one line and exit 2 before
+    anything is decoded or trained (not a TypeError, nor a ZeroDivisionError after an epoch)."""
+    for key, value, msg in [
+        ("epochs", '"ten"', "epochs must be a whole number"),
+        ("epochs", "2.5", "epochs must be a whole number"),
+        ("batch_size", "true", "batch_size must be a whole number"),
+        ("lr", '"1e-4"', "lr must be a number"),
+        ("lr_milestones", "5", "lr_milestones must be a list of whole numbers"),
+        ("val_scales", '["x"]', "val_scales must be a list of numbers"),
+        ("hidden", "16", "hidden must be a list of whole numbers"),
+        ("encoder_args", "3", "encoder_args must be a table"),
+        ("device", "5", "device must be a string"),
+        ("freeze_encoder", '"yes"', "freeze_encoder must be true or false"),
+    ]:
+        toml = tmp_path / "c.toml"
+        toml.write_text(f'data = "x"\n{key} = {value}\n')
+        with pytest.raises(UsageError, match=msg):
+            config_from(str(toml), {})
+    for key, value, msg in [
+        ("val_every", 0, "--val-every must be at least 1"),
+        ("val_images", 0, "--val-images must be at least 1"),
+        ("workers", -1, "--workers must be 0"),
+        ("save_every", -1, "--save-every must be 0"),
+        ("seed", -1, "--seed must be"),
+        ("lr_gamma", 0.0, "--lr-gamma must be a positive number"),
+        ("lr_milestones", (0, 5), "--lr-milestones must be epochs"),
+        ("val_scales", (0.0,), "val_scales must be positive"),
+        ("hidden", (16, 0), "hidden widths must be at least 1"),
+    ]:
+        with pytest.raises(UsageError, match=msg):
+            config_from(None, {"data": "x", key: value})
+    # folders as Paths (a library caller's) are fine, kept as strings
+    assert config_from(None, {"data": tmp_path, "out": tmp_path / "r"}).data == str(tmp_path)
+    for args in (["--val-every", "0"], ["--workers", "-1"], ["--seed", "-1"]):
+        res = runner.invoke(app, ["train", "-q", "--data", str(tmp_path), "--out",
+                                  str(tmp_path / "r"), *args])
+        assert res.exit_code == 2 and res.output.startswith("error: --"), (args, res.output)
+        assert not (tmp_path / "r").exists()
+
+
+def test_a_validation_image_too_small_for_a_scale_is_refused_before_training(folder, tmp_path):
+    val = tmp_path / "val"
+    val.mkdir()
+    Image.fromarray(photo_like(40, 44)).save(val / "a.png")
+    Image.fromarray(photo_like(12, 30)).save(val / "b.png")  # ×2: 12 px, shaved 8 a side
+    events = []
+    cfg = TrainConfig(data=str(folder), val_data=str(val), out=str(tmp_path / "r"), **TINY)
+    with pytest.raises(DataError, match=r"validation image b\.png \(30×12\) is too small for "
+                                         r"×2 .*needs at least 17 px"):
+        train(cfg, on_event=events.append)
+    assert not any(e.kind == "step" for e in events)  # no epoch of work lost to it
+    train(replace(cfg, val_images=1))  # the first image alone is fine
+
+
+def test_resuming_a_finished_run_says_so_and_trains_nothing(folder, tmp_path):
+    out = tmp_path / "r"
+    train(TrainConfig(data=str(folder), out=str(out), **{**TINY, "epochs": 1}))
+    before = (out / "last.pth").read_bytes(), (out / "metrics.jsonl").read_bytes()
+    for epochs in ([], ["--epochs", "1"]):
+        res = runner.invoke(app, ["train", "--out", str(out), "--resume", *epochs],
+                            env={"COLUMNS": "200"})
+        assert res.exit_code == 0, res.output
+        assert f"nothing to do: {out} has trained 1 epoch (--epochs 1); give a larger " \
+               "--epochs to train on" in res.output, res.output
+        assert "done" not in res.output and "decoding" not in res.output
+    assert ((out / "last.pth").read_bytes(), (out / "metrics.jsonl").read_bytes()) == before
+    res = runner.invoke(app, ["train", "-q", "--out", str(out), "--resume", "--epochs", "2"])
+    assert res.exit_code == 0 and steps(out / "last.pth") == 6, res.output
+
+
+def test_init_records_its_architecture_and_refuses_another(folder, tmp_path):
+    """A fine-tune trains --init's network: the run records that architecture (so --resume and
+    the checkpoint's config tell the truth), and an option asking for another is refused."""
+    first = tmp_path / "first"
+    train(TrainConfig(data=str(folder), out=str(first), **{**TINY, "epochs": 1}))
+    arch = ("encoder_args", "hidden")
+    plain = {k: v for k, v in TINY.items() if k not in arch}  # the architecture left out
+    out = tmp_path / "ft"
+    cfg = TrainConfig(data=str(folder), out=str(out), init=str(first / "last.pth"),
+                      **{**plain, "epochs": 1})
+    train(cfg)
+    saved = torch.load(out / "last.pth", weights_only=True)["liif_cli"]["config"]
+    assert saved["encoder"] == "edsr-baseline" and saved["hidden"] == [16, 16]
+    assert saved["encoder_args"] == {"n_resblocks": 1, "n_feats": 8}
+    res = runner.invoke(app, ["train", "-q", "--out", str(out), "--resume", "--epochs", "2",
+                              "--encoder", "edsr-baseline"])
+    assert res.exit_code == 0, res.output
+    for change, name in [({"encoder": "rdn"}, "--encoder"), ({"hidden": (32, 32)}, "hidden"),
+                         ({"encoder_args": {"n_feats": 16}}, "encoder_args")]:
+        with pytest.raises(UsageError, match=rf"^{name} .* differs from --init"):
+            train(replace(cfg, out=str(tmp_path / f"x-{name}"), **change))
+        assert not (tmp_path / f"x-{name}").exists()
+
+
+def test_init_from_a_file_that_is_no_checkpoint_says_so(folder, tmp_path):
+    bad = tmp_path / "notes.pth"
+    bad.write_text("garbage\n")  # a text file: its first byte is no pickle opcode torch allows
+    res = runner.invoke(app, ["train", "-q", "--data", str(folder), "--out", str(tmp_path / "r"),
+                              "--init", str(bad), "--workers", "0"])
+    assert res.exit_code == 1
+    assert res.output.strip() == f"error: {bad} is not a readable PyTorch checkpoint " \
+        "(unrecognised content: not a torch.save file)", res.output
+
+
+def test_a_run_folder_that_cannot_be_made_is_refused_before_any_work(folder, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for out, msg in [(afile, f"--out {afile} is a file, not a folder"),
+                     (afile / "run", f"cannot make the run folder {afile / 'run'}: {afile} is a "
+                                     "file, not a folder")]:
+        res = runner.invoke(app, ["train", "-q", "--data", str(folder), "--out", str(out),
+                                  "--workers", "0"])
+        assert res.exit_code == 2 and res.output.strip() == f"error: {msg}", res.output

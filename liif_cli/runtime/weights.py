@@ -113,9 +113,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if isinstance(e, MemoryError):
             raise
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "weights_only" in reason or "Unsupported global" in reason:
+        if "Unsupported global" in str(e) or "Unsupported class" in str(e):
             reason = "it holds Python objects that could run code; refusing to load it"
-        elif len(reason) < 8:  # e.g. KeyError('101') for plain text: say what it means
+        elif len(reason) < 8 or "weights_only" in reason:
+            # e.g. KeyError('101') for plain text, or torch's safe unpickler meeting bytes
+            # that are no pickle at all ("Unsupported operand"): say what it means
             reason = "unrecognised content: not a torch.save file"
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason[:160]})"
                               ) from None

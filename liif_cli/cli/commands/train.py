@@ -143,8 +143,9 @@ def train(
             soft_wrap=True)
     with displays.train_display(quiet) as on_event:
         summary = run_training(cfg, resume=resume, on_event=on_event)
-    if summary["stopped"]:
-        displays.console.print(f"[yellow]{summary['stopped']}[/]", soft_wrap=True)
+    if summary["stopped"] or summary.get("nothing_to_do"):
+        displays.console.print(f"[yellow]{summary['stopped'] or summary['nothing_to_do']}[/]",
+                               soft_wrap=True)
     elif not quiet:
         best = summary["best_psnr"]
         val = (f"best val PSNR {best:.2f} dB" if math.isfinite(best) else

@@ -33,14 +33,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from liif_cli.data.metrics import get_protocol
 from liif_cli.data.samples import (
     EpochBatches,
     ImageCache,
     RandomScaleSamples,
+    hr_crop_size,
     load_rgb_uint8,
+    lr_size,
     training_images,
 )
-from liif_cli.errors import TrainingError, UsageError, signal_exit_code
+from liif_cli.errors import DataError, TrainingError, UsageError, signal_exit_code
 from liif_cli.model import LmfConfig, SRModel, build_model, normalise
 from liif_cli.model.ema import WeightAverage
 from liif_cli.runtime.device import resolve_device, resolve_precision, set_tf32, use_device
@@ -55,7 +58,10 @@ from liif_cli.runtime.weights import (
 from liif_cli.tasks.train.distributed import StopSignal
 from liif_cli.tasks.train.recipe import (  # TrainConfig and config_from: also public from here
     TrainConfig,
+    _plain,
+    _shown,
     check_new_run,
+    check_run_folder,
     config_from,
     make_config,
     resume_config,
@@ -70,6 +76,7 @@ LOG_EVERY = 10  # iterations between metrics.jsonl records
 # iterations between the checks that wait for the device (a finite loss, the loss shown) and,
 # under DDP, the ranks' agreement to stop: each is a host sync, which a GPU step should not have
 CHECK_EVERY = LOG_EVERY
+VAL_PROTOCOL = get_protocol("div2k")  # validation's PSNR (`validation.validate`)
 
 
 def _retune_schedule(opt: torch.optim.Optimizer, sched: Any, cfg: TrainConfig,
@@ -95,12 +102,26 @@ def decoder_of(model: SRModel) -> str:
 
 def _init_model(cfg: TrainConfig, init: SRModel) -> tuple[SRModel, TrainConfig]:
     """The model --init starts from: its own weights, or with another --decoder, its trained
-    encoder under a fresh decoder (e.g. `--decoder lmf --init default`)."""
-    if cfg.decoder is None or cfg.decoder == decoder_of(init):
-        return init, cfg
+    encoder under a fresh decoder (e.g. `--decoder lmf --init default`). `cfg` then records
+    --init's architecture (what a resume and the checkpoint's config say); an option that asks
+    for another (a different `encoder`, `encoder_args` or, keeping the decoder, `hidden`) is
+    refused rather than ignored."""
     enc = init.config
-    cfg = replace(cfg, encoder=enc.encoder, encoder_args={
-        k: v for k, v in enc.encoder_args.items() if k != "no_upsampling"})
+    arch = {"encoder": enc.encoder, "encoder_args": {
+        k: v for k, v in enc.encoder_args.items() if k != "no_upsampling"}}
+    same_decoder = cfg.decoder is None or cfg.decoder == decoder_of(init)
+    if same_decoder:  # LIIF's MLP widths are --init's too (an LM-LIIF has no `hidden`)
+        arch["hidden"] = tuple(getattr(enc, "hidden", TrainConfig.hidden))
+    for k, theirs in arch.items():
+        mine = getattr(cfg, k)
+        if _plain(mine) not in (_plain(theirs), _plain(getattr(TrainConfig(), k))):
+            name = "--encoder" if k == "encoder" else k  # the others are TOML keys only
+            raise UsageError(
+                f"{name} {_shown(mine)} differs from --init {cfg.init}'s {_shown(theirs)}: a "
+                f"fine-tune keeps --init's architecture, so leave {name} out (or drop --init)")
+    cfg = replace(cfg, **arch)
+    if same_decoder:
+        return init, cfg
     model = build_model(cfg.model_config())
     model.encoder.load_state_dict(init.encoder.state_dict(), strict=True)
     return model, cfg
@@ -147,9 +168,20 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     state, saved = None, {}
     if resume:
         cfg, state, saved = _resumed_config(cfg)
+        done = int(state.get("epoch", 0))
+        if done >= cfg.epochs:  # a finished run: say so, rather than "done" with no step
+            message = (f"nothing to do: {cfg.out} has trained {done} epoch"
+                       f"{'' if done == 1 else 's'} (--epochs {cfg.epochs}); give a larger "
+                       "--epochs to train on")
+            emit(Progress("stop", done, message=message))
+            return {"epochs_done": done, "seconds": 0.0, "out": str(cfg.out), "stopped": None,
+                    "best_psnr": float((state.get("train_state") or {}).get(
+                        "best_psnr", -math.inf)),
+                    "signal": None, "exit_code": 0, "nothing_to_do": message}
     else:
         check_new_run(cfg.out)
     run = _build_run(cfg, dev, rank=rank, world=world, state=state, saved=saved)
+    run.choose_precision()  # before the start line, which names the precision used
     data = _build_data(run, emit)
     run.open_folder()
     stopped, epoch, it = None, run.start_epoch, run.skip
@@ -206,6 +238,7 @@ def _start_device(cfg: TrainConfig, world: int) -> torch.device:
 def _resumed_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any], dict[str, Any]]:
     """(the resumed run's config, its last.pth, the config saved there)."""
     _, state, saved = saved_run(cfg.out)
+    check_run_folder(cfg.out)
     given = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)}
     return make_config(resume_config(saved, given, run=cfg.out)), state, saved
 
@@ -251,15 +284,22 @@ class _Run:
         """Optimizer steps of this run after `iteration` steps of (0-based) `epoch`."""
         return epoch * self.iters + iteration
 
-    def open_folder(self) -> None:
-        """The precision policy, then the run folder and its metrics log (rank 0)."""
-        # bf16 on a CPU without native bf16 trains in fp32 (emulated bf16 is 2-7x slower),
-        # with a note
+    def choose_precision(self) -> None:
+        """The precision policy: bf16 on a CPU without native bf16 trains in fp32 (emulated
+        bf16 is 2-7x slower), with a note."""
         amp_dtype = resolve_precision(self.cfg.precision, self.dev)
         self.amp_dtype = None if amp_dtype == torch.float32 else amp_dtype
         # fp16, asked for or bf16's fallback on a GPU without native bf16, needs loss scaling
         self.scaler = (torch.amp.GradScaler(self.dev.type) if amp_dtype == torch.float16
                        else None)
+
+    @property
+    def precision(self) -> str:
+        """The precision the steps run in (after `choose_precision`)."""
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
+    def open_folder(self) -> None:
+        """The run folder and its metrics log (rank 0)."""
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             self.log = open(self.out / "metrics.jsonl", "a")
@@ -418,7 +458,7 @@ def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
     val_imgs = {}
     if cfg.val_data and run.rank == 0:  # by path under --val-data (unique; the file name seeds)
         for p in training_images(cfg.val_data)[:cfg.val_images]:
-            val_imgs[p.relative_to(cfg.val_data).as_posix()] = load_rgb_uint8(p)
+            val_imgs[p.relative_to(cfg.val_data).as_posix()] = _val_image(p, cfg.val_scales)
     run.iters = len(dataset) // cfg.batch_size
     if run.iters == 0:
         raise UsageError(f"{len(dataset)} samples per epoch is less than one batch of "
@@ -428,9 +468,24 @@ def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
                   + (f" ({len(cache.skipped)} smaller than {round(cfg.patch_size * cfg.scale_max)}"
                      f"px skipped, e.g. {cache.skipped[0].name})" if cache.skipped else "")
                   + ", "
-                  f"{run.iters} iterations/epoch, device {run.dev}, {cfg.precision}, "
+                  f"{run.iters} iterations/epoch, device {run.dev}, {run.precision}, "
                   f"world {run.world}"))
     return _Data(dataset, val_imgs)
+
+
+def _val_image(path: Path, scales: tuple[float, ...]) -> np.ndarray:
+    """A validation image, checked now against every validation scale (as `liif eval` plans
+    its jobs): one too small would otherwise fail the first validation, an epoch later."""
+    img = load_rgb_uint8(path)
+    H, W = img.shape[:2]
+    for s in scales:
+        need = 2 * VAL_PROTOCOL.shave(s) + 1
+        h, w = lr_size((H, W), s)
+        if min(h, w) < 1 or min(hr_crop_size((h, w), s)) < need:
+            raise DataError(f"validation image {path.name} ({W}×{H}) is too small for ×{s:g} "
+                            f"under the {VAL_PROTOCOL.name} protocol (needs at least {need} px "
+                            "per side); remove it from --val-data, or lower --val-images")
+    return img
 
 
 def _train_epoch(run: _Run, data: _Data, epoch: int, stop: StopSignal,

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, as a package (pyproject: tomli)
     import tomli as tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from liif_cli.data.degrade import DEGRADE_RECIPES, RealRanges, parse_spec, real_ranges
-from liif_cli.errors import TrainingError, UsageError
+from liif_cli.errors import OutputPathError, TrainingError, UsageError
 
 if TYPE_CHECKING:
     from liif_cli.model import ModelConfig
@@ -184,10 +185,14 @@ def config_from(toml_path: str | None, overrides: dict[str, Any], *,
     option that differs from the run's is refused.
     """
     given = _read_toml(toml_path) if toml_path else {}
-    given.update({k: v for k, v in overrides.items() if v is not None})
+    # a folder or file may come as a Path (a library caller's): kept as the string TOML gives
+    given.update({k: os.fspath(v) if isinstance(v, os.PathLike) else v
+                  for k, v in overrides.items() if v is not None})
     unknown = sorted(set(given) - _FIELDS)
     if unknown:
         raise UsageError(f"unknown training option(s) in config: {', '.join(unknown)}")
+    for k, v in given.items():
+        _check_type(k, v)
     values = dict(given)
     if resume:
         out = given.get("out", TrainConfig.out)
@@ -196,6 +201,46 @@ def config_from(toml_path: str | None, overrides: dict[str, Any], *,
     cfg = make_config(values)
     _check(cfg)
     return cfg
+
+
+def _default(f: Any) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+# the type each option takes, by its default's (None: a string that may be left out); `ema` is
+# checked with its range in `_check`
+_DEFAULTS = {f.name: _default(f) for f in fields(TrainConfig)}
+_KINDS = {k: type(v) for k, v in _DEFAULTS.items() if k != "ema"}
+_ITEM_KINDS = {"lr_milestones": int, "hidden": int, "val_scales": float}
+
+
+def _is(v: Any, kind: type) -> bool:
+    """`v` is a value of `kind` as TOML writes it: a whole number is a number too, a bool is
+    neither."""
+    if kind is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if kind is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, kind)
+
+
+def _check_type(key: str, v: Any) -> None:
+    """A TOML file's (or a caller's) value of the wrong type: one line, before any work."""
+    kind = _KINDS.get(key)
+    if kind is None:
+        return
+    if kind is tuple:
+        item = _ITEM_KINDS[key]
+        if not (isinstance(v, (list, tuple)) and all(_is(x, item) for x in v)):
+            what = "whole numbers" if item is int else "numbers"
+            raise UsageError(f"{key} must be a list of {what}, e.g. {_shown(_DEFAULTS[key])}, "
+                             f"not {_shown(v)}")
+        return
+    ok = isinstance(v, (str, type(None))) if kind is type(None) else _is(v, kind)
+    if not ok:
+        what = {int: "a whole number", float: "a number", bool: "true or false",
+                dict: "a table", str: "a string", type(None): "a string"}[kind]
+        raise UsageError(f"{key} must be {what}, not {_shown(v)}")
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -216,9 +261,25 @@ def _check(cfg: TrainConfig) -> None:
         raise UsageError("hidden sets LIIF's MLP; the lmf decoder has the official sizes")
     if not (0 < cfg.scale_min <= cfg.scale_max):
         raise UsageError("need 0 < --scale-min <= --scale-max")
-    for name in ("epochs", "batch_size", "patch_size", "sample_q", "repeat"):
+    for name in ("epochs", "batch_size", "patch_size", "sample_q", "repeat", "val_every",
+                 "val_images"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.workers < 0:
+        raise UsageError("--workers must be 0 (load in this process) or more")
+    if cfg.save_every < 0:
+        raise UsageError("--save-every must be 0 (no epoch-N.pth snapshots) or more")
+    if not 0 <= cfg.seed < 2**32:
+        raise UsageError("--seed must be a whole number from 0 to 2**32 - 1")
+    if not (math.isfinite(cfg.lr_gamma) and cfg.lr_gamma > 0):
+        raise UsageError("--lr-gamma must be a positive number (the lr's factor at each "
+                         "milestone)")
+    if any(m < 1 for m in cfg.lr_milestones):
+        raise UsageError("--lr-milestones must be epochs, 1 or more")
+    if not all(math.isfinite(s) and s > 0 for s in cfg.val_scales):
+        raise UsageError("val_scales must be positive numbers, e.g. [2, 3, 4]")
+    if any(h < 1 for h in cfg.hidden):
+        raise UsageError("hidden widths must be at least 1")
     if cfg.precision not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"unknown precision {cfg.precision!r}: use fp32, bf16 or fp16")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
@@ -243,9 +304,24 @@ def _check(cfg: TrainConfig) -> None:
         parse_spec(cfg.val_degrade)
 
 
+def check_run_folder(out: str | Path) -> None:
+    """The run folder can be made and written, checked before any work (`io.files`' rule):
+    otherwise the first save would fail after the images were decoded and an epoch trained."""
+    out = Path(out)
+    here = out
+    while not os.path.lexists(here) and here != here.parent:  # the nearest existing ancestor
+        here = here.parent
+    if not here.is_dir():
+        raise OutputPathError(f"cannot make the run folder {out}: {here} is a file, not a folder"
+                              if here != out else f"--out {out} is a file, not a folder")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write the run folder {out}: {here} is not writable")
+
+
 def check_new_run(out: str | Path) -> None:
     """A new run may not start in a folder that holds one (its last.pth): it would overwrite
-    that run's checkpoints and append to its metrics."""
+    that run's checkpoints and append to its metrics. The folder must be one it can write."""
+    check_run_folder(out)
     if (Path(out) / "last.pth").exists():
         raise UsageError(f"{out} already holds a training run (last.pth): give --resume to "
                          "continue it, or another --out for a new run")
