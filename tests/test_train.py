@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -920,3 +921,19 @@ def test_a_run_folder_that_cannot_be_made_is_refused_before_any_work(folder, tmp
         res = runner.invoke(app, ["train", "-q", "--data", str(folder), "--out", str(out),
                                   "--workers", "0"])
         assert res.exit_code == 2 and res.output.strip() == f"error: {msg}", res.output
+
+
+def test_a_damaged_last_pth_names_the_snapshot_to_resume_from(folder, tmp_path):
+    """last.pth cut short: one line that names the newest snapshot; copying it over last.pth
+    resumes (from the snapshot's epoch)."""
+    out = tmp_path / "r"
+    train(TrainConfig(data=str(folder), out=str(out), **{**TINY, "epochs": 2, "save_every": 1}))
+    last = out / "last.pth"
+    last.write_bytes(last.read_bytes()[:5000])
+    res = runner.invoke(app, ["train", "--out", str(out), "--resume", "--epochs", "3"])
+    assert res.exit_code != 0 and res.output.count("\n") == 1, res.output
+    assert "last.pth is not a readable PyTorch checkpoint" in res.output
+    assert "copy epoch-2.pth over last.pth and --resume again" in res.output
+    shutil.copyfile(out / "epoch-2.pth", last)
+    res = runner.invoke(app, ["train", "-q", "--out", str(out), "--resume", "--epochs", "3"])
+    assert res.exit_code == 0 and steps(last) == 9, res.output

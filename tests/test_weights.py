@@ -96,7 +96,7 @@ def _bad_files(tmp_path, golden=None):
     good = checkpoint_dict(random_model())
     files = {}
     (tmp_path / "text.pth").write_text("this is not a checkpoint\n")
-    files["text"] = (tmp_path / "text.pth", "not a readable PyTorch checkpoint")
+    files["text"] = (tmp_path / "text.pth", "unrecognised content: not a torch.save file")
     (tmp_path / "zeros.pth").write_bytes(b"\0" * 4096)
     files["zeros"] = (tmp_path / "zeros.pth", "not a readable PyTorch checkpoint")
     (tmp_path / "empty.pth").write_bytes(b"")
@@ -120,8 +120,16 @@ def _bad_files(tmp_path, golden=None):
     torch.save(other, tmp_path / "other.pth")
     files["other"] = (tmp_path / "other.pth", "not a LIIF model")
     with open(tmp_path / "code.pth", "wb") as f:  # a pickle that would run code if trusted
-        pickle.dump({"model": np.random.default_rng(0)}, f)
-    files["code"] = (tmp_path / "code.pth", "not a readable PyTorch checkpoint")
+        pickle.dump({"model": np.random.default_rng(0)}, f, protocol=2)
+    files["code"] = (tmp_path / "code.pth", "could run code; refusing to load it")
+    with open(tmp_path / "p4.pth", "wb") as f:  # protocol 4's framing: torch's loader stops
+        pickle.dump({"model": np.random.default_rng(0)}, f, protocol=4)
+    files["p4"] = (tmp_path / "p4.pth", "a pickle that the safe loader cannot read")
+    torch.save(good, tmp_path / "whole.pth")  # a save cut short (a full disk, a stopped copy)
+    whole = (tmp_path / "whole.pth").read_bytes()
+    for n in (1000, len(whole) - 30):
+        (tmp_path / f"cut{n}.pth").write_bytes(whole[:n])
+        files[f"cut{n}"] = (tmp_path / f"cut{n}.pth", "damaged or cut short")
     return files
 
 

@@ -112,12 +112,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as e:  # torch raises many types for non-checkpoints; all mean the same
         if isinstance(e, MemoryError):
             raise
+        with open(path, "rb") as f:
+            head = f.read(4)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         if "Unsupported global" in str(e) or "Unsupported class" in str(e):
             reason = "it holds Python objects that could run code; refusing to load it"
-        elif len(reason) < 8 or "weights_only" in reason:
-            # e.g. KeyError('101') for plain text, or torch's safe unpickler meeting bytes
-            # that are no pickle at all ("Unsupported operand"): say what it means
+        elif head == b"PK\x03\x04":  # torch.save's zip, its end missing or its bytes changed
+            reason = "damaged or cut short: a torch.save file, but not whole"
+        elif head[:1] == b"\x80":  # a pickle (it starts with its protocol) torch's safe
+            # loader cannot read: e.g. protocol 4's framing, "Unsupported operand 149"
+            reason = ("a pickle that the safe loader cannot read; refusing to load it with "
+                      "pickle's code execution (re-save it with torch.save)")
+        else:  # neither torch.save's zip nor a pickle: torch says "pop from empty list",
+            # KeyError('101'), "Unsupported operand"
             reason = "unrecognised content: not a torch.save file"
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason[:160]})"
                               ) from None

@@ -160,9 +160,18 @@ def saved_run(out: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     last = Path(out) / "last.pth"
     if not last.exists():
         raise TrainingError(f"nothing to resume: {last} does not exist")
+    from liif_cli.errors import CheckpointError
     from liif_cli.runtime.weights import read_checkpoint
 
-    state = read_checkpoint(last)
+    try:
+        state = read_checkpoint(last)
+    except CheckpointError as e:  # cut short (a full disk, a copy stopped): say the way on
+        snaps = sorted(Path(out).glob("epoch-*.pth"),
+                       key=lambda p: int(p.stem[6:]) if p.stem[6:].isdigit() else -1)
+        other = snaps[-1].name if snaps else "best.pth" if (Path(out) / "best.pth").exists() \
+            else None
+        raise TrainingError(f"{e}; to go on from the run's newest snapshot, copy {other} over "
+                            "last.pth and --resume again" if other else str(e)) from None
     return last, state, (state.get("liif_cli") or {}).get("config") or {}
 
 
