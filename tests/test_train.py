@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -937,3 +938,24 @@ def test_a_damaged_last_pth_names_the_snapshot_to_resume_from(folder, tmp_path):
     shutil.copyfile(out / "epoch-2.pth", last)
     res = runner.invoke(app, ["train", "-q", "--out", str(out), "--resume", "--epochs", "3"])
     assert res.exit_code == 0 and steps(last) == 9, res.output
+
+
+def test_milestones_that_never_fire_are_a_note(folder, tmp_path):
+    """A fine-tune of 2 epochs under the paper's milestones (200, 400, ...) keeps its lr: one
+    note says so; a milestone inside the run gives none."""
+    toml = tmp_path / "tiny.toml"
+    toml.write_text("hidden = [16, 16]\npatch_size = 12\nscale_max = 2.0\nsample_q = 50\n"
+                    "batch_size = 2\nrepeat = 2\nworkers = 0\nepochs = 2\n"
+                    "[encoder_args]\nn_resblocks = 1\nn_feats = 8\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # pyproject's filter hides this note from the others
+        res = runner.invoke(app, ["train", "--config", str(toml), "--data", str(folder),
+                                  "--out", str(tmp_path / "a")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert res.output.count("note: no --lr-milestones epoch (200,400,600,800) falls in this "
+                            "run's epochs 1-2: the learning rate stays where it is") == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(TrainConfig(data=str(folder), out=str(tmp_path / "b"),
+                          **{**TINY, "lr_milestones": (1,)}))
+    assert not [w for w in caught if "lr-milestones" in str(w.message)]

@@ -43,7 +43,7 @@ from liif_cli.data.samples import (
     lr_size,
     training_images,
 )
-from liif_cli.errors import DataError, TrainingError, UsageError, signal_exit_code
+from liif_cli.errors import DataError, LiifWarning, TrainingError, UsageError, signal_exit_code
 from liif_cli.model import LmfConfig, SRModel, build_model, normalise
 from liif_cli.model.ema import WeightAverage
 from liif_cli.runtime.device import resolve_device, resolve_precision, set_tf32, use_device
@@ -180,6 +180,14 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                     "signal": None, "exit_code": 0, "nothing_to_do": message}
     else:
         check_new_run(cfg.out)
+    start = int(state.get("epoch", 0)) if state else 0
+    if rank == 0 and cfg.lr_milestones and not any(start < m < cfg.epochs
+                                                   for m in cfg.lr_milestones):
+        # e.g. a fine-tune of 50 epochs under the paper's 200/400/...: say the lr is constant
+        warnings.warn(LiifWarning(
+            f"no --lr-milestones epoch ({','.join(map(str, cfg.lr_milestones))}) falls in this "
+            f"run's epochs {start + 1}-{cfg.epochs}: the learning rate stays where it is "
+            "(give --lr-milestones to lower it)"), stacklevel=2)
     run = _build_run(cfg, dev, rank=rank, world=world, state=state, saved=saved)
     run.choose_precision()  # before the start line, which names the precision used
     data = _build_data(run, emit)
