@@ -959,3 +959,26 @@ def test_milestones_that_never_fire_are_a_note(folder, tmp_path):
         train(TrainConfig(data=str(folder), out=str(tmp_path / "b"),
                           **{**TINY, "lr_milestones": (1,)}))
     assert not [w for w in caught if "lr-milestones" in str(w.message)]
+
+
+def test_an_unreadable_training_image_is_skipped_with_the_small_ones(folder, tmp_path):
+    """A damaged photo in --data is left out and named in the start line (it stopped the run);
+    a wrong --val-data is named as such before any training image is decoded."""
+    good = (folder / "0.png").read_bytes()
+    (folder / "cut.png").write_bytes(good[:len(good) // 3])
+    events = []
+    train(TrainConfig(data=str(folder), out=str(tmp_path / "r"), **{**TINY, "epochs": 1}),
+          on_event=events.append)
+    start = next(e.message for e in events if e.kind == "start")
+    assert start.startswith("3 training images (1 smaller than 24px skipped, e.g. small.png) "
+                            "(1 unreadable skipped, e.g. cut.png)"), start
+    events.clear()
+    with pytest.raises(DataError, match=r"^--val-data: data folder not found: .*nope$"):
+        train(TrainConfig(data=str(folder), out=str(tmp_path / "v"), val_data=str(tmp_path / "nope"),
+                          **TINY), on_event=events.append)
+    assert not [e for e in events if e.kind == "load"]
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "cut.png").write_bytes(good[:100])
+    with pytest.raises(DataError, match=r"^no training image could be read \(cannot read image "):
+        train(TrainConfig(data=str(only_bad), out=str(tmp_path / "b"), **TINY))

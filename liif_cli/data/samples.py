@@ -128,10 +128,19 @@ class ImageCache:
                  on_progress: Callable[[int, int], None] | None = None):
         self.images: list[np.ndarray] = []
         self.files: list[Path] = []
-        self.skipped: list[Path] = []
+        self.skipped: list[Path] = []  # smaller than min_side
+        self.unreadable: list[Path] = []  # damaged or cut short: a scraped set has a few
+        first_error = ""
         for i, f in enumerate(files):
-            img = load_rgb_uint8(f)
-            if min(img.shape[:2]) < min_side:
+            try:
+                img = load_rgb_uint8(f)
+            except DataError as e:
+                self.unreadable.append(f)
+                first_error = first_error or str(e)
+                img = None
+            if img is None:
+                pass
+            elif min(img.shape[:2]) < min_side:
                 self.skipped.append(f)
             else:
                 self.images.append(img)
@@ -139,6 +148,8 @@ class ImageCache:
             if on_progress:
                 on_progress(i + 1, len(files))
         if not self.images:
+            if not self.skipped:
+                raise DataError(f"no training image could be read ({first_error})")
             raise DataError(f"no image is at least {min_side}px on its shorter side "
                             "(needed for the largest crop: patch size × scale max)")
 

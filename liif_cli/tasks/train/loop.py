@@ -456,6 +456,14 @@ class _Data:
 def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
     """Decode the training (and validation) images; say how the run starts."""
     cfg = run.cfg
+    val_imgs = {}
+    if cfg.val_data and run.rank == 0:  # by path under --val-data (unique; the file name seeds)
+        try:  # first: a wrong --val-data is found before the training images are decoded
+            val_files = training_images(cfg.val_data)[:cfg.val_images]
+        except DataError as e:
+            raise DataError(f"--val-data: {e}") from None
+        for p in val_files:
+            val_imgs[p.relative_to(cfg.val_data).as_posix()] = _val_image(p, cfg.val_scales)
     files = training_images(cfg.data)
     cache = ImageCache(files, min_side=round(cfg.patch_size * cfg.scale_max),
                        on_progress=lambda i, n: emit(Progress("load", run.start_epoch, i, n)))
@@ -463,10 +471,6 @@ def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
                                  scale_min=cfg.scale_min, scale_max=cfg.scale_max,
                                  sample_q=cfg.sample_q, seed=cfg.seed,
                                  degrade=cfg.degrade_ranges_obj())
-    val_imgs = {}
-    if cfg.val_data and run.rank == 0:  # by path under --val-data (unique; the file name seeds)
-        for p in training_images(cfg.val_data)[:cfg.val_images]:
-            val_imgs[p.relative_to(cfg.val_data).as_posix()] = _val_image(p, cfg.val_scales)
     run.iters = len(dataset) // cfg.batch_size
     if run.iters == 0:
         raise UsageError(f"{len(dataset)} samples per epoch is less than one batch of "
@@ -475,6 +479,8 @@ def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
                   f"{len(cache)} training images"
                   + (f" ({len(cache.skipped)} smaller than {round(cfg.patch_size * cfg.scale_max)}"
                      f"px skipped, e.g. {cache.skipped[0].name})" if cache.skipped else "")
+                  + (f" ({len(cache.unreadable)} unreadable skipped, e.g. "
+                     f"{cache.unreadable[0].name})" if cache.unreadable else "")
                   + ", "
                   f"{run.iters} iterations/epoch, device {run.dev}, {run.precision}, "
                   f"world {run.world}"))
