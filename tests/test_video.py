@@ -384,6 +384,8 @@ def test_bad_options(clip, tmp_path):
     _fails(tmp_path, clip, 2, "unknown --codec 'nope'", "--codec", "nope")
     _fails(tmp_path, clip, 2, "cannot encode --pix-fmt bgr0", "--pix-fmt", "bgr0")
     _fails(tmp_path, clip, 2, "--crf has no meaning for ffv1", "--codec", "ffv1", "--crf", "3")
+    for bad in ("0", "-1", "nan"):
+        _fails(tmp_path, clip, 2, "--segment-seconds must be positive", "--segment-seconds", bad)
     r = run("video", clip, "-o", tmp_path / "o.mp4", "-s", "2")  # SubRip cannot go in MP4
     assert r.exit_code == 2 and "try .mkv" in r.output and not (tmp_path / "o.mp4").exists()
     r = run("video", clip, "-o", tmp_path / "o.xyz", "-s", "2")

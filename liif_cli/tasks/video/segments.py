@@ -51,7 +51,7 @@ class Segment:
 
 def plan_segments(info: VideoInfo, seconds: float = SEGMENT_SECONDS) -> list[Segment]:
     """Cut `info`'s frames into segments of `seconds` each (at frame boundaries)."""
-    if seconds <= 0:
+    if not seconds > 0:  # nan too (inf is one segment: the whole video)
         raise UsageError(f"--segment-seconds must be positive, got {seconds:g}")
     firsts = [0]
     for i, t in enumerate(info.pts):
