@@ -322,6 +322,24 @@ def test_cli_table_reports_and_examples(hr_dir, tiny_ckpt, tmp_path):
     assert r.exit_code == 2 and "exists" in r.output and "--overwrite" in r.output
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_cli_json_and_csv_onto_one_file_is_refused_before_any_work(hr_dir, tiny_ckpt, tmp_path,
+                                                                    overwrite):
+    """Once the JSON was written and then the CSV refused (exit 2 after the work), or with
+    --overwrite the CSV replaced the JSON: now one usage line, and nothing is written."""
+    report = tmp_path / "report.txt"
+    if overwrite:
+        report.write_text("kept\n")
+    r = runner.invoke(app, ["eval", "--data", str(hr_dir), "--model", str(tiny_ckpt),
+                            "--scales", "2", "--device", "cpu", "--json", str(report),
+                            "--csv", str(tmp_path / "." / "report.txt")]
+                      + (["--overwrite"] if overwrite else []))
+    assert r.exit_code == 2, r.output
+    assert "--json and --csv name the same file" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+    assert (report.read_text() == "kept\n") if overwrite else not report.exists()
+
+
 @pytest.mark.parametrize("case, args, code, message", [
     ("missing", ["--data", "{tmp}/nope"], 1, "dataset folder not found"),
     ("empty", ["--data", "{tmp}/empty"], 1, "no images in"),
@@ -359,4 +377,8 @@ def test_library_errors_are_typed(tmp_path):
     with pytest.raises(DataError):
         ev.find_dataset(tmp_path / "missing")
     assert ev.parse_scales("2, 3,x4,2,2.5") == [2, 3, 4, 2.5]
+    assert ev.parse_scales("×2,3x,x4") == [2, 3, 4]
     assert isinstance(ev.parse_scales("2.0")[0], int)
+    assert ev.parse_scales(4) == [4]  # one number, as `scales=4`
+    with pytest.raises(UsageError, match="bad --scales '2x3'"):
+        ev.parse_scales("2x3")  # not ×23

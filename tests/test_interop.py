@@ -227,6 +227,21 @@ def test_safetensors_keeps_dtype_and_round_trips_to_pth(tmp_path):
     assert a["args"] == b["args"] and all(torch.equal(a["sd"][k], b["sd"][k]) for k in a["sd"])
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_export_of_a_changed_network_writes_its_weights_not_its_files(tmp_path, tiny_ckpt, fmt):
+    """A loaded network whose weights then changed (fine-tuned, `load_state_dict`) exports
+    those weights: once its file's stale ones were written, and read back "equal"."""
+    from liif_cli.tasks.export import export_model
+
+    model = load_model(str(tiny_ckpt), device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+    out = export_model(model, tmp_path / f"tuned.{fmt}", fmt=fmt).path
+    back, want = load_model(str(out), device="cpu").state_dict(), model.state_dict()
+    assert back.keys() == want.keys() and all(torch.equal(back[k], want[k]) for k in want)
+
+
 def test_models_folder_lists_and_loads_safetensors(tmp_path, tiny_st, monkeypatch):
     folder = tmp_path / "models"
     folder.mkdir()

@@ -45,9 +45,12 @@ def model_output(model, pixels: np.ndarray, out_hw, top=255) -> np.ndarray:
     ({"width": 114}, (62, 114)),
     ({"height": 62}, (62, 114)),
     ({"width": 100, "height": 7}, (7, 100)),
+    ({"width": 114.0}, (62, 114)),  # a whole float, as `w * 2` of a float scale gives
+    ({"size": (np.int64(10), np.int64(20))}, (20, 10)),
 ])
 def test_target_size(kw, expected):
-    assert target_size((31, 57), **kw) == expected
+    out = target_size((31, 57), **kw)
+    assert out == expected and all(type(v) is int for v in out)
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -65,6 +68,9 @@ def test_target_size(kw, expected):
     ({"scale": "2", "size": "10x10"}, "only one of --scale, --size"),
     ({"scale": "2", "width": 5}, "only one of --scale, --width"),
     ({"width": 0}, "--width must be at least 1"),
+    ({"width": 20.5}, "--width must be a whole number of pixels, got 20.5"),
+    ({"height": "62"}, "--height must be a whole number of pixels, got '62'"),
+    ({"size": (10.5, 20)}, "bad size"),
     ({"scale": "0.001"}, "output would be 0×0"),
     ({"scale": "1000"}, "over the 1,000.0 MP limit.*--max-output-pixels"),
 ])
@@ -143,6 +149,13 @@ def test_alpha_grey_and_layouts_kept(tiny_model):
         upscale(tiny_model, px.astype(np.float32), scale=2)
     with pytest.raises(UsageError, match="expected"):
         upscale(tiny_model, np.zeros((4, 4, 5), np.uint8), scale=2)
+
+
+@pytest.mark.parametrize("image", [Image.new("RGB", (4, 4)), [[0, 0], [0, 0]], b"in.png"],
+                         ids=["pil", "list", "bytes"])
+def test_an_image_of_another_type_is_a_usage_error(tiny_model, image):
+    with pytest.raises(UsageError, match="give a path, ImageData or a uint8/uint16 numpy array"):
+        upscale(tiny_model, image, scale=2, device="cpu")
 
 
 @pytest.mark.filterwarnings("ignore::liif_cli.runtime.device.PrecisionWarning")  # no native bf16 here

@@ -107,6 +107,18 @@ def test_output_is_engine_render_exactly():
             out, engine.render(model, img, (29, 40), np.empty_like(out), max_memory=2**20))
 
 
+@pytest.mark.parametrize("img, out_hw, message", [
+    (torch.rand(1, 3, 6, 8), (12, 16), r"\(3, h, w\) tensor .*got \(1, 3, 6, 8\)"),  # a batch
+    (torch.rand(1, 6, 8), (12, 16), r"got \(1, 6, 8\)"),  # grey: model_input repeats it
+    (np.zeros((3, 6, 8), np.float32), (12, 16), "got ndarray"),
+    (torch.rand(3, 6, 8), (0, 16), r"out_hw \(0, 16\)"),
+], ids=["batch", "grey", "numpy", "empty-output"])
+def test_render_refuses_what_it_cannot_take_in_one_line(img, out_hw, message):
+    up = Upscaler(random_model(), device="cpu")
+    with pytest.raises(UsageError, match=message):
+        up.render(img, out_hw)
+
+
 def test_the_decoder_is_built_once_across_renders(decoders_built):
     up = Upscaler(random_model(), device="cpu", precision="fp32")
     assert decoders_built == []  # built on first use

@@ -119,6 +119,13 @@ def _bad_files(tmp_path, golden=None):
     other["model"]["name"] = "metasr"
     torch.save(other, tmp_path / "other.pth")
     files["other"] = (tmp_path / "other.pth", "not a LIIF model")
+    for kind, field, value in (("args", "args", "edsr"), ("hidden", "hidden_list", ["a"])):
+        odd = checkpoint_dict(random_model())  # the right names, values of the wrong kind
+        spec = odd["model"] if field == "args" else odd["model"]["args"]["imnet_spec"]["args"]
+        spec[field] = value
+        torch.save(odd, tmp_path / f"odd-{kind}.pth")
+        files[f"odd-{kind}"] = (tmp_path / f"odd-{kind}.pth", f"odd-{kind}.pth: malformed model "
+                                "spec")
     with open(tmp_path / "code.pth", "wb") as f:  # a pickle that would run code if trusted
         pickle.dump({"model": np.random.default_rng(0)}, f, protocol=2)
     files["code"] = (tmp_path / "code.pth", "could run code; refusing to load it")

@@ -8,6 +8,7 @@ Halves round up, as the official demo and ImageMagick's geometry do. Only usage 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -21,6 +22,13 @@ def _finite_positive(x: float, what: str) -> float:
     if not math.isfinite(x) or x <= 0:
         raise UsageError(f"{what} must be a positive finite number, got {x}")
     return x
+
+
+def _is_whole(v: object) -> bool:
+    """A pixel count: an int (numpy's too), or a float with no fraction (`w * 2.0`)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return False
+    return isinstance(v, numbers.Integral) or float(v).is_integer()
 
 
 def parse_scale(text: str | float) -> tuple[float, float]:
@@ -116,14 +124,21 @@ def size_request(*, scale: str | float | tuple[float, float] | None = None,
             sy, sx = parse_scale(scale)
         return SizeRequest(scale=(sy, sx))
     if size is not None:
-        ow, oh = size if isinstance(size, tuple) else parse_size(size)
+        ow, oh = size if isinstance(size, tuple) and len(size) == 2 else parse_size(size)
+        if not (_is_whole(ow) and _is_whole(oh)):
+            raise UsageError(f"bad size {ow}x{oh}: width and height must be whole numbers "
+                             "of pixels")
         if ow < 1 or oh < 1:
             raise UsageError(f"bad size {ow}x{oh}: width and height must be at least 1")
         return SizeRequest(size=(int(ow), int(oh)), fit=fit or "fill")
     for v, n in ((width, "width"), (height, "height")):
+        if v is not None and not _is_whole(v):
+            shown = repr(v) if isinstance(v, str) else v
+            raise UsageError(f"--{n} must be a whole number of pixels, got {shown}")
         if v is not None and v < 1:
             raise UsageError(f"--{n} must be at least 1, got {v}")
-    return SizeRequest(width=width, height=height)
+    return SizeRequest(width=None if width is None else int(width),
+                       height=None if height is None else int(height))
 
 
 def target_size(in_hw: tuple[int, int], *, scale: str | float | tuple[float, float] | None = None,
@@ -158,11 +173,13 @@ def target_size(in_hw: tuple[int, int], *, scale: str | float | tuple[float, flo
     return out
 
 
-def parse_scales(scales: str | Iterable[float]) -> list[float]:
-    """'2,3,4' or [2, 3, 4] -> [2, 3, 4] (ints where whole); each must be > 1."""
-    if isinstance(scales, str):
-        parts = [p.strip() for p in scales.replace("×", "").replace("x", "").split(",")
-                 if p.strip()]
+def parse_scales(scales: str | float | Iterable[float]) -> list[float]:
+    """'2,3,4', 'x2,x3' or [2, 3, 4] (or one number) -> [2, 3, 4] (ints where whole); each
+    must be > 1."""
+    if isinstance(scales, numbers.Real):
+        scales = [scales]
+    if isinstance(scales, str):  # an × before or after a number only: '2x3' is no ×23
+        parts = [p.strip().strip("×x").strip() for p in scales.split(",") if p.strip()]
         try:
             values = [float(p) for p in parts]
         except ValueError:

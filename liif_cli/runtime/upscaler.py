@@ -137,6 +137,12 @@ class Upscaler:
         only that window of the output, into an (h, w, C) `out` (`engine.render`).
         On a GPU, out of memory is retried once at half the budget, kept from then on.
         """
+        if not (isinstance(img, torch.Tensor) and img.ndim == 3 and img.shape[0] == 3
+                and min(img.shape[1:]) >= 1):
+            shown = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+            raise UsageError(f"render takes one (3, h, w) tensor in [0, 1], got {shown}")
+        if len(out_hw) != 2 or min(out_hw) < 1:
+            raise UsageError(f"out_hw {tuple(out_hw)} must be (H, W), each at least 1 pixel")
         dtype = self.dtype if dtype is None else dtype
         dec = self.decoder(dtype)
         reached = 0

@@ -171,8 +171,12 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
 
 def model_from_spec(spec: dict[str, Any], *, source: str = "checkpoint") -> SRModel:
     """Build the model a spec describes (LIIF 'liif' or LM-LIIF 'lmliif'); load 'sd' strictly."""
-    config = config_from_spec(spec)
     try:
+        try:
+            config = config_from_spec(spec)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:  # names right, values not
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"malformed model spec ({first[:160]})") from None
         model = build_model(config)
     except CheckpointError as e:
         raise CheckpointError(f"{source}: {e}") from None

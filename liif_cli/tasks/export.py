@@ -130,14 +130,26 @@ def export_model(model: str | os.PathLike | SRModel | None, output: str | os.Pat
 
 
 def _checkpoint_of(net: SRModel) -> dict[str, Any]:
-    """The file's own checkpoint when there is one (its dtypes kept), else the model's."""
+    """The file's own checkpoint when it still holds the network's weights (its dtypes kept:
+    a half-precision .pth stays half), else the network's: weights changed since loading
+    (fine-tuned, `load_state_dict`) or a file changed since are not exported stale."""
     loaded = card_or_class(net)
     if loaded.path is not None:
         try:
-            return read_checkpoint(loaded.path)
+            ckpt = read_checkpoint(loaded.path)
         except LiifError:
-            pass
+            ckpt = None
+        if ckpt is not None and _same_weights(ckpt["model"]["sd"], net.state_dict()):
+            return ckpt
     return checkpoint_dict(net, liif_cli=dict(loaded.meta))
+
+
+def _same_weights(sd: Any, want: dict[str, torch.Tensor]) -> bool:
+    """A file's state dict holds `want`'s values (compared as the loader casts: to float32)."""
+    return (isinstance(sd, dict) and sd.keys() == want.keys()
+            and all(isinstance(sd[k], torch.Tensor) and sd[k].shape == v.shape
+                    and torch.equal(sd[k].float(), v.detach().cpu().float())
+                    for k, v in want.items()))
 
 
 def _check_checkpoint(tmp: str, back: dict[str, Any], ckpt: dict[str, Any]) -> str:

@@ -123,8 +123,12 @@ def upscale(model: ModelRef | Upscaler, image: str | os.PathLike | ImageData | n
         data = read_image(Path(image))
     elif isinstance(image, np.ndarray):
         data = _from_array(image)
-    else:
+    elif isinstance(image, ImageData):
         data = image
+    else:
+        raise UsageError(f"image is a {type(image).__name__}: give a path, ImageData or a "
+                         "uint8/uint16 numpy array (a PIL image: its file's path, or "
+                         "np.asarray(im.convert('RGB')))")
     out_hw = target_size((data.height, data.width), scale=scale, size=size, width=width,
                          height=height, fit=fit, max_pixels=max_output_pixels)
     res = upscale_image(model, data, out_hw=out_hw, device=device, precision=precision,

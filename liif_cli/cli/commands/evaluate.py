@@ -23,6 +23,7 @@ from liif_cli.cli.options import (
     own_the_process,
     parse_bytes,
 )
+from liif_cli.errors import UsageError
 
 DEFAULT_SCALES = "2,3,4,6,12,18,24,30"  # tasks.evaluate.DEFAULT_SCALES: the paper's Table 1
 OptionalPath = Optional[Path]
@@ -73,6 +74,9 @@ def eval_(
 
     reports = [(p.expanduser(), w) for p, w in ((json_path, write_json), (csv_path, write_csv))
                if p]
+    if len(reports) == 2 and reports[0][0].resolve() == reports[1][0].resolve():
+        raise UsageError(f"--json and --csv name the same file, {json_path}: give "
+                         "each its own")
     for path, _ in reports:
         check_output_path(path, overwrite=overwrite)
     with displays.progress_bar(f"eval {data.name}", quiet=quiet, unit_scale=1e-6) as progress:
