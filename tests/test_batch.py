@@ -131,6 +131,53 @@ def test_plan_fails_colliding_outputs_and_bad_options(tmp_path):
         size_request(scale="2", width=10)
 
 
+def test_colliding_outputs_say_what_tells_them_apart(tmp_path):
+    """A --suffix is added to every name, so it never separates two inputs of one stem: the
+    reason says what does (--format same where the formats differ, else renaming)."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _touch(inp, ["a.gif", "a.png", "b.jpg", "b.png"])
+    same = {i.rel: i.reason for i in plan_batch(inp, out, suffix="_x2").items}
+    assert "same output" in same["a.png"] and "--suffix" not in same["a.png"]
+    assert "--format same" not in same["a.png"] and "rename" in same["a.png"]
+    png = {i.rel: i.reason for i in plan_batch(inp, out, fmt="png").items}
+    assert "--format same" in png["b.png"] and "--suffix" not in png["b.png"]
+
+
+def test_output_folder_that_cannot_be_made_is_a_usage_error(tmp_path, tiny_ckpt):
+    """OUTPUT_DIR under a file: one line and exit 2 before any work (as `liif upscale -o` into a
+    missing folder), not every file computed and then failed as an internal error; a subfolder
+    that cannot be made fails its files alone, with the reason."""
+    inp = tmp_path / "in"
+    write_images(inp, ["a.png", "sub/b.png"], hw=(8, 10))
+    (tmp_path / "file").write_bytes(b"x")
+    r = runner.invoke(app, ["batch", str(inp), str(tmp_path / "file/out"), "-s", "2", "-m",
+                            str(tiny_ckpt)])
+    assert r.exit_code == 2 and r.output.startswith("error: ") and "file" in r.output, r.output
+    assert r.output.count("\n") == 1 and "internal error" not in r.output
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_bytes(b"not a folder")
+    r = runner.invoke(app, ["batch", str(inp), str(out), "-s", "2", "-r", "-m", str(tiny_ckpt)])
+    line = next(ln for ln in r.output.splitlines() if "b.png" in ln)
+    assert r.exit_code == 1 and line.startswith("failed:") and "internal error" not in line, line
+    assert (out / "a.png").exists()
+
+
+def test_report_inside_a_new_output_folder(tmp_path, tiny_ckpt):
+    """The README's `liif batch photos/ big/ … --report big/report.json`: on the first run big/
+    does not exist yet; it is made, not refused (a report folder elsewhere must exist)."""
+    inp, out = tmp_path / "photos", tmp_path / "big"
+    write_images(inp, ["a.png"], hw=(8, 10))
+    for name in ("report.json", "logs/r.jsonl"):
+        r = runner.invoke(app, ["batch", str(inp), str(out), "-s", "2", "-m", str(tiny_ckpt),
+                                "--report", str(out / name)])
+        assert r.exit_code == 0, r.output
+        assert (out / name).exists() and (out / "a.png").exists()
+    r = runner.invoke(app, ["batch", str(inp), str(tmp_path / "big2"), "-s", "2", "--dry-run",
+                            "-m", str(tiny_ckpt), "--report", str(tmp_path / "big2/r.json")])
+    assert r.exit_code == 0 and not (tmp_path / "big2").exists()  # a dry run makes nothing
+
+
 def test_shards_partition_the_files_stably(tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
     names = [f"img{i:03d}.png" for i in range(60)] + [f"sub/s{i}.png" for i in range(20)]
@@ -299,7 +346,8 @@ def test_cli_usage_errors_are_one_line(tmp_path, tiny_ckpt):
     cases = [([], 2, "say how big"), (["-s", "2", "--shard", "0/2"], 2, "shard"),
              (["-s", "2", "--format", "gif"], 2, "format"),
              (["-s", "2", "--precision", "fp16", "--device", "cpu"], 2, "fp16"),
-             (["-s", "2", "--report", str(tmp_path / "no/r.json")], 2, "report")]
+             (["-s", "2", "--report", str(tmp_path / "no/r.json")], 2, "report"),
+             (["-s", "2", "--report", str(tmp_path)], 2, "is a folder")]  # not after the work
     for argv, code, words in cases:
         r = runner.invoke(app, ["batch", str(inp), str(tmp_path / "out"), "-m", str(tiny_ckpt),
                                 *argv])

@@ -53,6 +53,30 @@ def test_palette_images(tmp_path):
     assert (pt.alpha == 0).any()
 
 
+def test_an_animation_says_only_its_first_frame_is_upscaled(tmp_path):
+    """An animated GIF (or APNG) becomes a still PNG: one note says so, and where all frames go
+    (`liif video`); a one-frame GIF says nothing."""
+    import warnings
+
+    from liif_cli.errors import LiifWarning
+
+    frames = [Image.fromarray(rgb(seed=k)) for k in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "still.gif")
+    for name in ("anim.gif", "anim.png", "still.gif"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            img = read_image(tmp_path / name)
+        said = [str(w.message) for w in caught if issubclass(w.category, LiifWarning)]
+        assert np.array_equal(img.pixels, rgb(seed=0))  # the first frame
+        if name.startswith("anim"):
+            assert len(said) == 1 and "3 frames: only the first" in said[0], said
+            assert "liif video" in said[0] and name in said[0]
+        else:
+            assert said == []
+
+
 def test_grey_and_bilevel_are_one_channel(tmp_path):
     px = rgb()[:, :, 0]
     Image.fromarray(px).save(tmp_path / "g.png")
@@ -266,6 +290,54 @@ def test_bytes_in_bytes_out(camera_jpeg):
         imageio.read_image_bytes(camera_jpeg.read_bytes()[:300], name="stdin")
 
 
+def test_a_pipe_named_as_the_input_is_read_not_called_empty(tmp_path):
+    """`liif upscale <(curl …)`: /dev/fd/63 is a pipe, whose size says 0; it is read whole (16
+    bits too), not refused as an empty file."""
+    import threading
+
+    for name, px in (("rgb.png", rgb()), ("deep.png", rgb().astype(np.uint16) * 257)):
+        fifo = tmp_path / f"fifo-{name}"
+        os.mkfifo(fifo)
+        blob = imageio.encode_image(ImageData(px), "png")
+        feeder = threading.Thread(target=fifo.write_bytes, args=(blob,), daemon=True)
+        feeder.start()
+        try:
+            back = read_image(fifo)
+        finally:
+            feeder.join(5)
+        assert np.array_equal(back.pixels, px)
+    fifo = tmp_path / "fifo-empty"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=fifo.write_bytes, args=(b"",), daemon=True)
+    feeder.start()
+    with pytest.raises(ImageReadError, match="input is empty"):
+        read_image(fifo)
+    feeder.join(5)
+
+
+def test_stdout_that_fails_or_is_closed_is_one_error(monkeypatch):
+    """A full disk behind `> out.png` is a failed write (exit 1), not an internal error; a closed
+    stdout (`>&-`) is refused before any work, as a terminal is."""
+    import io
+    import sys
+
+    from liif_cli.errors import OutputWriteError
+
+    class Full(io.BytesIO):
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(Full()))
+    with pytest.raises(OutputWriteError, match="cannot write to stdout: No space left"):
+        imageio.write_stdout(ImageData(rgb()))
+    monkeypatch.setattr(sys, "stdout", None)
+    with pytest.raises(UsageError, match="stdout is closed"):
+        imageio.check_stdout()
+    monkeypatch.setattr(sys, "stdin", None)
+    with pytest.raises(UsageError, match="stdin is closed"):
+        imageio.read_stdin()
+
+
 # ----------------------------------------------------------------------------------------------
 # writing
 
@@ -343,11 +415,13 @@ def test_written_files_get_normal_permissions(tmp_path):
 
 @pytest.mark.parametrize("name,message", [("out.xyz", "unknown output format '.xyz'"),
                                           ("out", "unknown output format '(no extension)'"),
+                                          ("sub/", "output is a folder"),  # -o existing_folder/
                                           ("missing/out.png", "output folder does not exist")])
 def test_unwritable_outputs_fail_before_work(tmp_path, name, message):
+    (tmp_path / "sub").mkdir()
     with pytest.raises(ImageWriteError, match=message.replace("(", r"\(").replace(")", r"\)")):
         imageio.check_output_path(tmp_path / name, overwrite=False)
-    assert listing(tmp_path) == []
+    assert listing(tmp_path) == ["sub"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,10 +21,12 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import struct
 import sys
 import tempfile
 import threading
+import warnings
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -34,7 +36,14 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, PngImagePlugin, TiffImagePlugin
 
-from liif_cli.errors import ImageReadError, ImageWriteError, OutputPathError, UsageError
+from liif_cli.errors import (
+    ImageReadError,
+    ImageWriteError,
+    LiifWarning,
+    OutputPathError,
+    OutputWriteError,
+    UsageError,
+)
 from liif_cli.io import files, png
 from liif_cli.io.formats import (  # noqa: F401 - also importable from here, as before
     FORMAT_NAMES,
@@ -113,6 +122,14 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_INPUT_P
         raise ImageReadError(f"input not found: {path}")
     if path.is_dir():
         raise ImageReadError(f"input is a folder, not an image: {path} (use `liif batch`)")
+    if stat.S_ISFIFO(path.stat().st_mode):  # `<(curl …)` is /dev/fd/63: no size, no seeking
+        try:
+            blob = path.read_bytes()
+        except OSError as e:
+            raise ImageReadError(f"cannot read {path}: {e.strerror or e}") from None
+        if not blob:
+            raise ImageReadError(f"input is empty (0 bytes): {path}")
+        return _decode(blob, str(path), max_pixels)
     if path.stat().st_size == 0:
         raise ImageReadError(f"input is empty (0 bytes): {path}")
     return _decode(path, str(path), max_pixels)
@@ -129,7 +146,10 @@ def read_image_bytes(blob: bytes, *, name: str = "image data",
 def read_stdin(*, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> ImageData:
     """Read one encoded image from standard input (the input name `-`)."""
     stream = sys.stdin
-    if stream is None or stream.isatty():
+    if stream is None:  # `<&-`
+        raise UsageError("input '-' reads an image from stdin, but stdin is closed: pipe one "
+                         "in, e.g. `liif upscale - -s 2 < photo.jpg > big.png`")
+    if stream.isatty():
         raise UsageError("input '-' reads an image from stdin, but stdin is a terminal: pipe "
                          "one in, e.g. `liif upscale - -s 2 < photo.jpg > big.png`")
     blob = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
@@ -172,8 +192,9 @@ def _decode_named(src: Path | bytes, name: str, max_pixels: int) -> ImageData:
             if w * h > max_pixels:
                 raise _too_big(name, w, h, max_pixels)
             rawmode = _rawmode(im)  # before load(), which clears the tile list
+            frames = getattr(im, "n_frames", 1) if getattr(im, "is_animated", False) else 1
             im.load()  # decodes everything: truncated or corrupt data fails here
-            return _from_pil(src, name, im, rawmode)
+            data = _from_pil(src, name, im, rawmode)
     except ImageReadError:
         raise
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for broken files
@@ -183,6 +204,11 @@ def _decode_named(src: Path | bytes, name: str, max_pixels: int) -> ImageData:
                 return _read_tiff(src, name, max_pixels)
             msg = "not an image file, or a format Pillow cannot read"
         raise ImageReadError(f"cannot read {name}: {msg}") from None
+    if frames > 1:  # an animated GIF, PNG or WebP (a multi-page TIFF): the first only
+        video = " (`liif video` upscales every frame)" if im.format != "TIFF" else ""
+        warnings.warn(f"{name} has {frames} frames: only the first is upscaled{video}",
+                      LiifWarning, stacklevel=4)
+    return data
 
 
 def _first_line(e: Exception) -> str:
@@ -412,6 +438,8 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
     """Fail early (before any compute) on an output that cannot or must not be written: an
     extension we cannot write, then the checks every output gets (`files.check_output_path`)."""
     path = Path(path)
+    if path.is_dir():  # `-o big/`: said as such, not as a missing extension
+        return files.check_output_path(path, overwrite=overwrite)
     if path.suffix.lower() not in FORMATS:
         raise OutputPathError(f"unknown output format {path.suffix or '(no extension)'!r} for "
                                f"{path}; use one of {', '.join(sorted(FORMATS))}")
@@ -472,7 +500,10 @@ def encode_image(data: ImageData, fmt: str = "png", *, quality: int = 95) -> byt
 def check_stdout() -> None:
     """Output '-' onto a terminal is a usage error, as input '-' from one is: binary image
     data would scroll across the screen."""
-    if sys.stdout is not None and sys.stdout.isatty():
+    if sys.stdout is None:  # `>&-`
+        raise UsageError("output '-' writes the image to stdout, but stdout is closed: "
+                         "redirect it, e.g. `liif upscale photo.jpg -s 2 -o - > big.png`")
+    if sys.stdout.isatty():
         raise UsageError("output '-' writes the image to stdout, but stdout is a terminal: "
                          "redirect it, e.g. `liif upscale photo.jpg -s 2 -o - > big.png`")
 
@@ -481,8 +512,13 @@ def write_stdout(data: ImageData, fmt: str = "png", *, quality: int = 95) -> int
     """Encode, then write the whole file to stdout at once (nothing on failure). Bytes written."""
     blob = encode_image(data, fmt, quality=quality)
     stream = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
-    stream.write(blob)
-    stream.flush()
+    try:
+        stream.write(blob)
+        stream.flush()
+    except BrokenPipeError:  # the reader went away (`| head`): the CLI ends quietly
+        raise
+    except OSError as e:  # `> file` on a full disk, a gone network mount: a failed write
+        raise OutputWriteError(f"cannot write to stdout: {e.strerror or e}") from None
     return len(blob)
 
 

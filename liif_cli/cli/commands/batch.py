@@ -112,17 +112,33 @@ def batch(
     spec = size_request(**sizes)
     if denoise is not None:  # the task blends the pair; a LIIF_MODEL may give way to it
         model = model_for_denoise(model)
-    if report is not None and not report.parent.is_dir():
+    if report is not None and report.is_dir():
+        raise UsageError(f"--report {report} is a folder; give a file name, e.g. "
+                         f"{report / 'report.jsonl'}")
+    if report is not None and not report.parent.is_dir() and not _inside(report.parent,
+                                                                         paths[1]):
         raise UsageError(f"--report folder does not exist: {report.parent}")
     listed = None if files_from is None else read_file_list(files_from)
     plan = plan_batch(paths[0], paths[1], recursive=recursive, pattern=glob, fmt=fmt,
                       suffix=suffix, overwrite=overwrite, shard=part.shard, files=listed)
     if dry_run:
         return displays.batch_plan(plan)
+    if report is not None:  # e.g. big/report.json, in an OUTPUT_DIR this run makes
+        try:
+            report.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot make the --report folder {report.parent}: "
+                             f"{e.strerror or e}") from None
     _run(plan, model, report=report, quiet=quiet, recursive=recursive, fail_fast=fail_fast,
          size=spec, max_output_pixels=max_output_pixels, devices=device, jobs=jobs,
          precision=precision, max_memory=budget, quality=quality,
          max_input_pixels=max_input_pixels, denoise=denoise)
+
+
+def _inside(folder: Path, output_dir: Path) -> bool:
+    """Whether `folder` is OUTPUT_DIR or under it (made by the run if missing)."""
+    folder, output_dir = folder.resolve(), output_dir.resolve()
+    return folder == output_dir or output_dir in folder.parents
 
 
 def _run(plan, model, *, report: Path | None, quiet: bool, recursive: bool, **options) -> None:

@@ -132,6 +132,7 @@ def plan_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
         raise UsageError(f"{input_dir} is a file, not a folder; use `liif upscale` for one image")
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"output {output_dir} is a file; give a folder (created if missing)")
+    _check_output_folder(output_dir)
     if "/" in suffix or os.sep in suffix or suffix in (".", ".."):
         raise UsageError(f"bad --suffix {suffix!r}: it is added to file names, no separators")
     output_ext("x.png", fmt)  # validates fmt
@@ -169,9 +170,12 @@ def plan_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
             continue
         src, dst = input_dir / rel, output_dir / o
         victim = inputs.get(out_res / o)
-        if first != rel:
-            action, reason = "fail", (f"same output {dst} as {input_dir / first}; use --format "
-                                      "same or a --suffix to tell them apart")
+        if first != rel:  # a --suffix goes on both names: only the formats can differ
+            apart = (fmt != SAME_FORMAT
+                     and output_ext(rel, SAME_FORMAT) != output_ext(first, SAME_FORMAT))
+            action, reason = "fail", (f"same output {dst} as {input_dir / first}; " + (
+                "use --format same to keep each input's format, or rename one" if apart else
+                "rename one, or leave one out with --glob"))
         elif files is not None and not is_image_name(rel):
             action, reason = "fail", (f"{src} is not an image by its name (listed in "
                                       "--files-from)")
@@ -187,6 +191,21 @@ def plan_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
         items.append(PlanItem(rel, src, dst, action, reason))
     return BatchPlan(input_dir, output_dir, items, overwrite, (i, n), other, ignored,
                      find_stale_temps(items))
+
+
+def _check_output_folder(output_dir: Path) -> None:
+    """A usage error, before any work, for a missing OUTPUT_DIR that cannot be made: its
+    nearest existing parent is a file or read-only (`liif upscale -o` is checked alike)."""
+    if output_dir.is_dir():
+        return
+    existing = next((p for p in output_dir.absolute().parents if os.path.lexists(p)), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        raise UsageError(f"cannot make the output folder {output_dir}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot make the output folder {output_dir}: {existing} is not "
+                         "writable")
 
 
 def find_stale_temps(items: list[PlanItem]) -> list[Path]:

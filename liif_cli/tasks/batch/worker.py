@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from liif_cli.errors import describe
+from liif_cli.errors import OutputWriteError, describe
 from liif_cli.io.images import read_image, write_image
 from liif_cli.model import LIIF, SRModel
 from liif_cli.runtime.device import PrecisionWarning, memory_budget, resolve_device
@@ -121,7 +121,11 @@ class _Worker:
                  "out_size": (res.out_hw[1], res.out_hw[0])}
         dst = Path(task[2])
         try:
-            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a file in the way, no permission: this file's reason
+                raise OutputWriteError(f"cannot make the folder {dst.parent}: "
+                                       f"{e.strerror or e}") from None
             write_image(dst, res.image, quality=self.cfg.quality, overwrite=self.cfg.overwrite)
         except Exception as e:
             seconds = spent + time.perf_counter() - t0
