@@ -34,7 +34,7 @@ from liif_cli.cli.options import (
     parse_bytes,
 )
 
-InputArg = Annotated[Path, typer.Argument(help="Image to upscale, or - to read stdin.",
+InputArg = Annotated[Path, typer.Argument(help="Image to upscale, or - to read stdin.", metavar="INPUT",
                                           show_default=False)]
 OutputOpt = Annotated[Optional[Path], typer.Option(
     "--output", "-o", help="Output file; format from its extension (png, jpg, webp, tif, bmp), "

@@ -15,7 +15,7 @@ from liif_cli.cli import options as opt
 from liif_cli.cli.commands.batch import ShardOpt, ShardsOpt
 from liif_cli.errors import UsageError
 
-InputArg = Annotated[Path, typer.Argument(help="Video to upscale (any FFmpeg reads).",
+InputArg = Annotated[Path, typer.Argument(help="Video to upscale (any FFmpeg reads).", metavar="INPUT",
                                           show_default=False)]
 OutputOpt = Annotated[Optional[Path], typer.Option(
     "--output", "-o", help="Output video: .mp4, .mkv, .mov, .webm, .avi or .nut.",
