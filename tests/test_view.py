@@ -107,6 +107,39 @@ def test_second_model_and_default_model_name(server, files):
     assert sorted(server.session._upscalers) == [("other", None), ("tiny", None)]  # once each
 
 
+def test_a_model_named_with_spaces_and_brackets_is_served(files, tmp_path):
+    """A downloaded checkpoint's name ("edsr (1).pth"): the page asks for the name it was
+    given in /api/info, and gets its tiles (was 400 "bad model" for every tile)."""
+    ckpt = tmp_path / "edsr (1).pth"
+    ckpt.write_bytes(files["tiny"].read_bytes())
+    srv = ViewServer(ViewSession([files["rgb"]], models=[str(ckpt)], device="cpu"),
+                     "127.0.0.1", 0)
+    srv.start()
+    try:
+        status, body = get(srv, "/api/info")
+        assert json.loads(body)["model"] == "edsr (1)"
+        whole = upscale(str(ckpt), files["rgb"], scale=2, device="cpu", precision="fp32").pixels
+        assert_within_one_level(tile(srv, image=0, scale=2, x=0, y=0, w=8, h=8,
+                                     model="edsr%20%281%29"), whole[:8, :8], "edsr (1)")
+        assert get(srv, "/api/tile", image=0, scale=2, x=0, y=0, w=8, h=8,
+                   model="edsr%20(2)")[0] == 404  # a name not in the list: unknown, as before
+    finally:
+        srv.stop()
+
+
+def test_real_at_the_strength_the_page_starts_at_is_loaded_once(files):
+    """`liif view --model real`: the page asks for real's tiles at denoise 1 (/api/info's
+    start), which is `real` itself, loaded at start: not a second copy (README: "loads each
+    model once")."""
+    session = ViewSession([files["rgb"]], models=["real"], device="cpu")
+    try:
+        start = session.denoise_models()["real"]
+        assert session.upscaler("real", start) is session.upscaler("real", None)
+        assert list(session._upscalers) == [("real", None)]
+    finally:
+        session.close()
+
+
 def test_bicubic_tile_is_opencv_bicubic(server, files):
     import cv2
 
@@ -261,6 +294,8 @@ def test_export_writes_next_to_the_image_and_never_overwrites_unasked(server, fi
     dst.write_bytes(b"mine")
     status, body = get(server, "/api/export", method="POST", image=0, scale=2, model="tiny")
     assert status == 409 and b"exists" in body and dst.read_bytes() == b"mine"
+    # how to replace it here: `liif view` has no --overwrite (the 409 said "pass --overwrite")
+    assert body.endswith(b"(pass overwrite=1 to replace it)\n"), body
     status, body = get(server, "/api/export", method="POST", image=0, scale=2, model="tiny",
                        overwrite=1)
     assert status == 200
@@ -311,6 +346,39 @@ def test_cli_prints_the_url_serves_and_stops_on_signals(files, signum, code, hos
     assert "stopped" in err and "Traceback" not in err
     if host is not None:
         assert "anyone who can reach this machine" in err
+
+
+def test_a_second_ctrl_c_while_stopping_lets_the_stop_finish():
+    """Ctrl-C twice: the second, while the server stops (a running export cancelling, the
+    tile being rendered finishing), changes nothing; it was a KeyboardInterrupt out of the
+    stop, and the interpreter then ended under the export's torch threads ("terminate called
+    without an active exception", SIGABRT), maybe with its temporary file left."""
+    from liif_cli.cli.commands.view import _serve_until_signal
+
+    class Server:
+        url, stopped = "http://127.0.0.1:1/?token=0", False
+
+        def start(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C
+
+        def stop(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the second, while stopping
+            time.sleep(0.2)  # its handler runs here
+            self.stopped = True
+
+    class Console:
+        def print(self, *args, **kwargs):
+            pass
+
+    server = Server()
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        code = _serve_until_signal(server, Console(), browser=False)
+    except KeyboardInterrupt:
+        code = None
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert server.stopped and code == 130
 
 
 @pytest.mark.slow

@@ -69,7 +69,9 @@ PATTERNS = {
     "image": r"[0-9]{1,6}",
     "x": r"[0-9]{1,9}", "y": r"[0-9]{1,9}", "w": r"[0-9]{1,4}", "h": r"[0-9]{1,4}",
     "scale": r"[0-9]{1,4}(\.[0-9]{1,6})?(x[0-9]{1,4}(\.[0-9]{1,6})?)?",
-    "model": r"[\w.@+-]{1,100}",  # a name from the list (\w: a file's stem may be "modèle")
+    # a name from the list, only ever looked up in it: a file's stem, which may be "modèle" or
+    # "edsr (1)" (any printable character but a path separator)
+    "model": r"[^/\\\x00-\x1f\x7f]{1,255}",
     "denoise": r"[01](\.[0-9]{1,6})?",
     "view": r"[A-Za-z0-9_-]{1,64}", "gen": r"[0-9]{1,12}",
     "job": r"[0-9]{1,9}", "overwrite": r"[01]",
@@ -337,8 +339,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(Refusal(HTTPStatus.CONFLICT, "stale: the page has moved on"))
         except NotFound as e:
             self._refuse(Refusal(HTTPStatus.NOT_FOUND, str(e)))
-        except OutputExistsError as e:
-            self._refuse(Refusal(HTTPStatus.CONFLICT, str(e)))
+        except OutputExistsError as e:  # its "pass --overwrite" is the CLI's
+            self._refuse(Refusal(HTTPStatus.CONFLICT,
+                                 f"output exists: {e.path} (pass overwrite=1 to replace it)"))
         except UsageError as e:
             self._refuse(Refusal(HTTPStatus.BAD_REQUEST, str(e)))
         except Unavailable as e:

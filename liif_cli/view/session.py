@@ -283,7 +283,7 @@ class ViewSession:
             self.cli_models.append(name)
         self.main_denoise = denoise
         # the command line's blend, kept for good (None when --denoise was not given)
-        self._main_key = (self.cli_models[0], None if denoise is None else round(denoise, 4))
+        self._main_key = self._key(self.cli_models[0], denoise)
         # load the command line's models now: their errors come before the URL is printed
         for i, name in enumerate(self.cli_models):
             self.upscaler(name, denoise if i == 0 else None)
@@ -361,13 +361,26 @@ class ViewSession:
 
         return memory_budget(self.device, sharers=RENDERERS)
 
+    def _key(self, name: str, denoise: float | None) -> tuple[str, float | None]:
+        """(name, denoise)'s place among the loaded models: a bundled model at the strength
+        `--model NAME` alone runs at (`real` at 1, which the page asks for) is that model, not
+        a second copy of it."""
+        from liif_cli.runtime.weights import BUNDLED
+
+        d = None if denoise is None else round(float(denoise), 4)
+        w = BUNDLED.get(name)
+        if (d is not None and w is not None and w.denoise_partner and d == w.denoise_default
+                and self._sources.get(name) == name):
+            d = None
+        return name, d
+
     def upscaler(self, name: str, denoise: float | None) -> Upscaler:
         """The Upscaler for (name, denoise), loaded once; of the denoise blends not given on
         the command line, only the `BLENDS_KEPT` most recently used stay loaded (a tile
         rendering with one that leaves keeps it until it is done)."""
         from liif_cli import Upscaler, load_model
 
-        key = (name, None if denoise is None else round(float(denoise), 4))
+        key = self._key(name, denoise)
         with self._lock:
             up = self._upscalers.get(key)
             if up is None:

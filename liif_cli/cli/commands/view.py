@@ -79,25 +79,27 @@ def view(
 
 def _serve_until_signal(server, console, *, browser: bool) -> int:
     """Serve until SIGINT or SIGTERM (the main thread waits; signals land there), then stop
-    the server; returns the signal's exit code."""
+    the server; returns the first signal's exit code. A second signal while it stops changes
+    nothing: the stop (an export cancelled, the tile being rendered finished) runs to its end,
+    not cut by a KeyboardInterrupt with torch's threads still at work."""
     from liif_cli.errors import signal_exit_code
     from liif_cli.runtime.process import on_stop_signals
 
     stop, got = threading.Event(), {}
 
     def on_signal(signum, frame):
-        got["signal"] = signum
+        got.setdefault("signal", signum)
         stop.set()
 
-    try:
-        with on_stop_signals(on_signal):
+    with on_stop_signals(on_signal):
+        try:
             server.start()
             if browser:
                 _open_browser(server.url, console)
             while not stop.wait(WAIT_S):
                 pass
-    finally:
-        server.stop()
+        finally:
+            server.stop()
     console.print("stopped")
     return signal_exit_code(got.get("signal"))
 

@@ -453,7 +453,7 @@
     if (L.denoise !== null) p.denoise = String(L.denoise);
     let [r, body] = await post("/api/export", p);
     if (r.status === 409 && /exists/.test(body)) {
-      if (!confirm(`${body.replace(/ \(pass --overwrite.*\)/, "")}. Replace it?`)) return;
+      if (!confirm(`${body.replace(/ \(pass overwrite.*\)/, "")}. Replace it?`)) return;
       [r, body] = await post("/api/export", { ...p, overwrite: 1 });
     }
     if (!r.ok) { showError(`export: ${body}`); return; }
