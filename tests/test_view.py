@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 from conftest import REPO, SUBPROCESS_TIMEOUT_S, photo_like, random_model
 from PIL import Image
+from typer.testing import CliRunner
 
 from liif_cli import upscale
 from liif_cli.runtime.weights import save_checkpoint
@@ -411,6 +413,22 @@ def test_cli_refuses_a_bad_model_before_printing_a_url(files):
                        capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT_S)
     assert r.returncode != 0 and r.stdout == ""
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_cannot_listen_says_which_option_to_change(files):
+    """A port in use points to --port; an address this machine does not have, to --host."""
+    from liif_cli.cli import app
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = CliRunner().invoke(app, ["view", str(files["rgb"]), "--model", "fast",
+                                     "--no-browser", "--port", str(port)])
+        assert r.exit_code == 2 and "(try another --port, or --port 0)" in r.output, r.output
+    r = CliRunner().invoke(app, ["view", str(files["rgb"]), "--model", "fast", "--no-browser",
+                                 "--host", "192.0.2.1", "--port", "0"])  # TEST-NET: not ours
+    assert r.exit_code == 2 and r.output.strip().endswith("(check --host)"), r.output
 
 
 @pytest.mark.slow

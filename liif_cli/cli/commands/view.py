@@ -7,6 +7,7 @@ export (its temporary file is removed) and returns.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -34,8 +35,9 @@ def view(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.",
                                         envvar=DEVICE_ENV, show_envvar=True)] = "auto",
     host: Annotated[Optional[str], typer.Option(
-        help="Address to listen on (default 127.0.0.1); anything but 127.0.0.1 lets others "
-        "who have the URL in. Given, requests may name the server by any host name.",
+        help="Address to listen on (default 127.0.0.1); an address other machines reach "
+        "(0.0.0.0, a LAN address) lets others who have the URL in. Given, requests may name "
+        "the server by any host name.",
         show_default=False)] = None,
     port: Annotated[int, typer.Option(min=0, max=65535,
                                       help="Port; 0 picks a free one.")] = 8765,
@@ -67,8 +69,9 @@ def view(
         server = ViewServer(session, host, port, check_host=check_host)
     except OSError as e:
         session.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e} "
-                         "(try another --port, or --port 0)") from None
+        in_use = getattr(e, "errno", None) in (errno.EADDRINUSE, errno.EACCES)
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}" + (
+            " (try another --port, or --port 0)" if in_use else " (check --host)")) from None
     if host not in LOOPBACK:
         console.print(f"note: listening on {host}: anyone who can reach this machine and has "
                       "the URL can use it", soft_wrap=True)
