@@ -24,6 +24,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from liif_cli import upscale
+from liif_cli.errors import UsageError
 from liif_cli.runtime.weights import save_checkpoint
 from liif_cli.view.server import ViewServer
 from liif_cli.view.session import RenderQueue, StaleRequest, ViewSession
@@ -478,3 +479,23 @@ def test_a_cancelled_export_leaves_nothing(files, tmp_path):
     session.close()  # as Ctrl-C does: cancels, waits for the temporary file to go
     assert job.state == "cancelled" and "nothing written" in job.message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
+
+
+def test_a_file_called_like_the_bundled_real_is_offered_no_denoise(files, tmp_path):
+    """`--model x/real.pth` (a user's file, no denoise partner): the page is not offered a
+    strength for it (its tiles were all refused, "--denoise needs a model with a partner")."""
+    mine = tmp_path / "real.pth"
+    save_checkpoint(random_model(seed=3), mine)
+    session = ViewSession([files["rgb"]], models=[str(mine)], device="cpu")
+    try:
+        assert "real" not in session.denoise_models()
+        with pytest.raises(UsageError, match="has no denoise partner"):
+            session.check_model("real", 1.0)
+        assert session.check_model("real", None) == "real"
+    finally:
+        session.close()
+    bundled = ViewSession([files["rgb"]], models=["fast"], device="cpu")
+    try:
+        assert bundled.denoise_models() == {"real": 1.0}
+    finally:
+        bundled.close()

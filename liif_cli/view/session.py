@@ -331,16 +331,22 @@ class ViewSession:
         (which may be the partner, `default`, as on `liif upscale`'s command line)."""
         from liif_cli.runtime.weights import BUNDLED
 
-        out = {w.name: w.denoise_default for w in BUNDLED.values() if w.denoise_partner}
+        out = {w.name: w.denoise_default for w in BUNDLED.values()
+               if w.denoise_partner and self._is_bundled(w.name)}
         if self.main_denoise is not None:
             out[self.cli_models[0]] = self.main_denoise
         return out
 
+    def _is_bundled(self, name: str) -> bool:
+        """`name` is the bundled model of that name, not a file of the command line's that is
+        called the same (`--model x/real.pth`), which has no denoise partner."""
+        return self._sources.get(name, name) == name
+
     def _blendable(self, name: str) -> bool:
         from liif_cli.runtime.weights import BUNDLED
 
-        return any(name in (w.name, w.denoise_partner) for w in BUNDLED.values()
-                   if w.denoise_partner)
+        return self._is_bundled(name) and any(name in (w.name, w.denoise_partner)
+                                              for w in BUNDLED.values() if w.denoise_partner)
 
     def check_model(self, model: str | None, denoise: float | None) -> str:
         """The model name to use (None: the first of the command line's), or NotFound/UsageError."""
@@ -370,7 +376,7 @@ class ViewSession:
         d = None if denoise is None else round(float(denoise), 4)
         w = BUNDLED.get(name)
         if (d is not None and w is not None and w.denoise_partner and d == w.denoise_default
-                and self._sources.get(name) == name):
+                and self._is_bundled(name)):
             d = None
         return name, d
 
