@@ -499,3 +499,17 @@ def test_a_file_called_like_the_bundled_real_is_offered_no_denoise(files, tmp_pa
         assert bundled.denoise_models() == {"real": 1.0}
     finally:
         bundled.close()
+
+
+def test_an_unreadable_file_in_the_models_folder_is_not_offered(files, tmp_path, monkeypatch):
+    """The page's model menu leaves out what `liif models` calls unreadable (picking it failed
+    every tile with a 500), and offers the readable ones."""
+    monkeypatch.setenv("LIIF_MODELS_DIR", str(tmp_path))
+    (tmp_path / "broken.pth").write_text("not a checkpoint")
+    save_checkpoint(random_model(seed=4), tmp_path / "mine.pth")
+    session = ViewSession([files["rgb"]], models=["fast"], device="cpu")
+    try:
+        names = session.model_names()
+        assert "mine" in names and "broken" not in names
+    finally:
+        session.close()

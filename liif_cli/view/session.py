@@ -318,8 +318,8 @@ class ViewSession:
             rows = list_models()
         except LiifError:  # a broken file in the models folder: offer what we have
             rows = []
-        for r in rows:
-            if r["name"] not in names and r["name"] != BICUBIC:
+        for r in rows:  # a file `liif models` lists as unreadable would fail every tile
+            if r["name"] not in names and r["name"] != BICUBIC and r["encoder"] != "unreadable":
                 names.append(r["name"])
                 self._sources.setdefault(r["name"], r["name"])
         self._names = names + [BICUBIC]
