@@ -16,6 +16,7 @@ from PIL import ExifTags, Image, ImageCms, ImageOps
 
 from liif_cli.errors import ImageReadError, ImageWriteError, UsageError
 from liif_cli.io import images as imageio
+from liif_cli.io import stdio
 from liif_cli.io.formats import FORMATS
 from liif_cli.io.images import ImageData, read_image, write_image
 
@@ -329,13 +330,13 @@ def test_stdout_that_fails_or_is_closed_is_one_error(monkeypatch):
 
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(Full()))
     with pytest.raises(OutputWriteError, match="cannot write to stdout: No space left"):
-        imageio.write_stdout(ImageData(rgb()))
+        stdio.write_stdout(ImageData(rgb()))
     monkeypatch.setattr(sys, "stdout", None)
     with pytest.raises(UsageError, match="stdout is closed"):
-        imageio.check_stdout()
+        stdio.check_stdout()
     monkeypatch.setattr(sys, "stdin", None)
     with pytest.raises(UsageError, match="stdin is closed"):
-        imageio.read_stdin()
+        stdio.read_stdin()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def test_help_version_and_usage_errors_never_import_torch(tmp_path):
     assert runs["--help"]["code"] == 0 and "upscale" in runs["--help"]["out"]
     assert runs["upscale --help"]["code"] == 0 and "--scale" in runs["upscale --help"]["out"]
     missing = runs["upscale"]
-    assert missing["code"] == 2 and missing["err"].startswith("error: Missing argument 'input'")
+    assert missing["code"] == 2 and missing["err"].startswith("error: Missing argument 'INPUT'")
     bad = runs["upscale in.png --no-such-option"]
     assert bad["code"] == 2 and "No such option: --no-such-option" in bad["err"]
     assert len(bad["err"].strip().splitlines()) == 1

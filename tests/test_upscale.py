@@ -304,7 +304,7 @@ BAD_INPUTS = {  # name -> (args after the input, exit code, message)
                   "over the 1.0 MP limit.*--max-output-pixels"),
     "bomb": (["--max-input-pixels", "100"], 1, "safety limit against decompression bombs"),
     "max memory": (["--max-memory", "1K"], 2, "--max-memory 1K is too small"),
-    "missing argument": (None, 2, "Missing argument 'input'"),
+    "missing argument": (None, 2, "Missing argument 'INPUT'"),
     "bad option": (["--bogus"], 2, "No such option: --bogus"),
     "bad quality": (["--quality", "0"], 2, "Invalid value for '--quality'"),
 }

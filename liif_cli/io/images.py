@@ -10,7 +10,8 @@ Pillow decodes and encodes everything except 16-bit colour, which it only handle
 profile, DPI, EXIF, XMP) is added to its output as PNG chunks; 16-bit grey+alpha PNGs, which
 neither library writes, get a small PNG encoder of our own. 16-bit TIFFs are written (and the
 grey+alpha ones Pillow cannot open are read) with tifffile, tags and all.
-Files can also come from bytes (`read_image_bytes`, stdin) and go to bytes (`encode_image`).
+Files can also come from bytes (`read_image_bytes`) and go to bytes (`encode_image`); stdin
+and stdout: `io.stdio`.
 Writes go through `files.atomic_write` (a temporary name in the target folder, renamed into
 place): a failed or interrupted write never leaves a partial file, and an existing file is only
 replaced when asked.
@@ -23,7 +24,6 @@ import os
 import re
 import stat
 import struct
-import sys
 import tempfile
 import threading
 import warnings
@@ -41,7 +41,6 @@ from liif_cli.errors import (
     ImageWriteError,
     LiifWarning,
     OutputPathError,
-    OutputWriteError,
     UsageError,
 )
 from liif_cli.io import files, png
@@ -64,7 +63,6 @@ EXIF_X_RESOLUTION, EXIF_Y_RESOLUTION = 0x011A, 0x011B
 EXIF_WRITTEN = ("PNG", "JPEG", "WEBP")  # formats we write EXIF to (TIFF: its own tags; BMP: none)
 XMP_WRITTEN = ("PNG", "JPEG", "WEBP", "TIFF")
 XMP_ORIENTATION = re.compile(rb'(tiff:Orientation\s*=\s*["\']|<tiff:Orientation>)\s*[2-8]')
-STDIO = "-"  # as an input or output name: stdin / stdout
 CONVERTED_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV")  # Pillow modes we convert to RGB on reading
 METRES_PER_INCH = 0.0254  # PNG pHYs stores pixels per metre
 
@@ -141,21 +139,6 @@ def read_image_bytes(blob: bytes, *, name: str = "image data",
     if not blob:
         raise ImageReadError(f"{name} is empty (0 bytes)")
     return _decode(bytes(blob), name, max_pixels)
-
-
-def read_stdin(*, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> ImageData:
-    """Read one encoded image from standard input (the input name `-`)."""
-    stream = sys.stdin
-    if stream is None:  # `<&-`
-        raise UsageError("input '-' reads an image from stdin, but stdin is closed: pipe one "
-                         "in, e.g. `liif upscale - -s 2 < photo.jpg > big.png`")
-    if stream.isatty():
-        raise UsageError("input '-' reads an image from stdin, but stdin is a terminal: pipe "
-                         "one in, e.g. `liif upscale - -s 2 < photo.jpg > big.png`")
-    blob = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
-    if not blob:
-        raise ImageReadError("no image on stdin: it was empty (0 bytes)")
-    return read_image_bytes(blob, name="stdin", max_pixels=max_pixels)
 
 
 def _too_big(name: str, w: int, h: int, max_pixels: int) -> ImageReadError:
@@ -495,31 +478,6 @@ def encode_image(data: ImageData, fmt: str = "png", *, quality: int = 95) -> byt
             raise ImageWriteError(f"cannot encode the image as {suffix[1:]}: {msg}") from None
         with open(tmp, "rb") as f:
             return f.read()
-
-
-def check_stdout() -> None:
-    """Output '-' onto a terminal is a usage error, as input '-' from one is: binary image
-    data would scroll across the screen."""
-    if sys.stdout is None:  # `>&-`
-        raise UsageError("output '-' writes the image to stdout, but stdout is closed: "
-                         "redirect it, e.g. `liif upscale photo.jpg -s 2 -o - > big.png`")
-    if sys.stdout.isatty():
-        raise UsageError("output '-' writes the image to stdout, but stdout is a terminal: "
-                         "redirect it, e.g. `liif upscale photo.jpg -s 2 -o - > big.png`")
-
-
-def write_stdout(data: ImageData, fmt: str = "png", *, quality: int = 95) -> int:
-    """Encode, then write the whole file to stdout at once (nothing on failure). Bytes written."""
-    blob = encode_image(data, fmt, quality=quality)
-    stream = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
-    try:
-        stream.write(blob)
-        stream.flush()
-    except BrokenPipeError:  # the reader went away (`| head`): the CLI ends quietly
-        raise
-    except OSError as e:  # `> file` on a full disk, a gone network mount: a failed write
-        raise OutputWriteError(f"cannot write to stdout: {e.strerror or e}") from None
-    return len(blob)
 
 
 def _encode_to(tmp: str, suffix: str, data: ImageData, quality: int) -> None:

@@ -23,16 +23,13 @@ from liif_cli.errors import LiifWarning, UsageError
 from liif_cli.io.formats import FORMATS, as_written, format_name, same_format_suffix
 from liif_cli.io.images import (
     DEFAULT_MAX_INPUT_PIXELS,
-    STDIO,
     ImageData,
     check_output_path,
-    check_stdout,
     output_suffix,
     read_image,
-    read_stdin,
     write_image,
-    write_stdout,
 )
+from liif_cli.io.stdio import STDIO, check_stdout, read_stdin, write_stdout
 from liif_cli.runtime import engine
 from liif_cli.runtime.device import resolve_device, resolve_precision
 from liif_cli.runtime.sizing import (

@@ -33,17 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from liif_cli.data.metrics import get_protocol
 from liif_cli.data.samples import (
     EpochBatches,
     ImageCache,
     RandomScaleSamples,
-    hr_crop_size,
-    load_rgb_uint8,
-    lr_size,
     training_images,
 )
-from liif_cli.errors import DataError, LiifWarning, TrainingError, UsageError, signal_exit_code
+from liif_cli.errors import TrainingError, UsageError, signal_exit_code
 from liif_cli.model import LmfConfig, SRModel, build_model, normalise
 from liif_cli.model.ema import WeightAverage
 from liif_cli.runtime.device import resolve_device, resolve_precision, set_tf32, use_device
@@ -64,10 +60,11 @@ from liif_cli.tasks.train.recipe import (  # TrainConfig and config_from: also p
     check_run_folder,
     config_from,
     make_config,
+    note_idle_milestones,
     resume_config,
     saved_run,
 )
-from liif_cli.tasks.train.validation import validate  # also public from here
+from liif_cli.tasks.train.validation import load_val_images, validate  # validate: public here
 from liif_cli.version import __version__
 
 __all__ = ["Progress", "TrainConfig", "config_from", "train", "validate"]
@@ -76,7 +73,6 @@ LOG_EVERY = 10  # iterations between metrics.jsonl records
 # iterations between the checks that wait for the device (a finite loss, the loss shown) and,
 # under DDP, the ranks' agreement to stop: each is a host sync, which a GPU step should not have
 CHECK_EVERY = LOG_EVERY
-VAL_PROTOCOL = get_protocol("div2k")  # validation's PSNR (`validation.validate`)
 
 
 def _retune_schedule(opt: torch.optim.Optimizer, sched: Any, cfg: TrainConfig,
@@ -180,14 +176,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
                     "signal": None, "exit_code": 0, "nothing_to_do": message}
     else:
         check_new_run(cfg.out)
-    start = int(state.get("epoch", 0)) if state else 0
-    if rank == 0 and cfg.lr_milestones and not any(start < m < cfg.epochs
-                                                   for m in cfg.lr_milestones):
-        # e.g. a fine-tune of 50 epochs under the paper's 200/400/...: say the lr is constant
-        warnings.warn(LiifWarning(
-            f"no --lr-milestones epoch ({','.join(map(str, cfg.lr_milestones))}) falls in this "
-            f"run's epochs {start + 1}-{cfg.epochs}: the learning rate stays where it is "
-            "(give --lr-milestones to lower it)"), stacklevel=2)
+    if rank == 0:
+        note_idle_milestones(cfg, int(state.get("epoch", 0)) if state else 0)
     run = _build_run(cfg, dev, rank=rank, world=world, state=state, saved=saved)
     run.choose_precision()  # before the start line, which names the precision used
     data = _build_data(run, emit)
@@ -456,14 +446,9 @@ class _Data:
 def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
     """Decode the training (and validation) images; say how the run starts."""
     cfg = run.cfg
-    val_imgs = {}
-    if cfg.val_data and run.rank == 0:  # by path under --val-data (unique; the file name seeds)
-        try:  # first: a wrong --val-data is found before the training images are decoded
-            val_files = training_images(cfg.val_data)[:cfg.val_images]
-        except DataError as e:
-            raise DataError(f"--val-data: {e}") from None
-        for p in val_files:
-            val_imgs[p.relative_to(cfg.val_data).as_posix()] = _val_image(p, cfg.val_scales)
+    # first: a wrong --val-data is found before the training images are decoded
+    val_imgs = load_val_images(cfg.val_data, cfg.val_images, cfg.val_scales) \
+        if cfg.val_data and run.rank == 0 else {}
     files = training_images(cfg.data)
     cache = ImageCache(files, min_side=round(cfg.patch_size * cfg.scale_max),
                        on_progress=lambda i, n: emit(Progress("load", run.start_epoch, i, n)))
@@ -485,21 +470,6 @@ def _build_data(run: _Run, emit: Callable[[Progress], None]) -> _Data:
                   f"{run.iters} iterations/epoch, device {run.dev}, {run.precision}, "
                   f"world {run.world}"))
     return _Data(dataset, val_imgs)
-
-
-def _val_image(path: Path, scales: tuple[float, ...]) -> np.ndarray:
-    """A validation image, checked now against every validation scale (as `liif eval` plans
-    its jobs): one too small would otherwise fail the first validation, an epoch later."""
-    img = load_rgb_uint8(path)
-    H, W = img.shape[:2]
-    for s in scales:
-        need = 2 * VAL_PROTOCOL.shave(s) + 1
-        h, w = lr_size((H, W), s)
-        if min(h, w) < 1 or min(hr_crop_size((h, w), s)) < need:
-            raise DataError(f"validation image {path.name} ({W}×{H}) is too small for ×{s:g} "
-                            f"under the {VAL_PROTOCOL.name} protocol (needs at least {need} px "
-                            "per side); remove it from --val-data, or lower --val-images")
-    return img
 
 
 def _train_epoch(run: _Run, data: _Data, epoch: int, stop: StopSignal,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 
 try:
     import tomllib
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from liif_cli.data.degrade import DEGRADE_RECIPES, RealRanges, parse_spec, real_ranges
-from liif_cli.errors import OutputPathError, TrainingError, UsageError
+from liif_cli.errors import LiifWarning, OutputPathError, TrainingError, UsageError
 
 if TYPE_CHECKING:
     from liif_cli.model import ModelConfig
@@ -311,6 +312,16 @@ def _check(cfg: TrainConfig) -> None:
     cfg.degrade_ranges_obj()  # checks the ranges
     if cfg.val_degrade is not None:
         parse_spec(cfg.val_degrade)
+
+
+def note_idle_milestones(cfg: TrainConfig, start: int) -> None:
+    """A note when no --lr-milestones epoch falls in the epochs left (`start` done): e.g. a
+    fine-tune of 50 epochs under the paper's 200/400/..., whose lr never halves."""
+    if cfg.lr_milestones and not any(start < m < cfg.epochs for m in cfg.lr_milestones):
+        warnings.warn(LiifWarning(
+            f"no --lr-milestones epoch ({','.join(map(str, cfg.lr_milestones))}) falls in this "
+            f"run's epochs {start + 1}-{cfg.epochs}: the learning rate stays where it is "
+            "(give --lr-milestones to lower it)"), stacklevel=3)
 
 
 def check_run_folder(out: str | Path) -> None:

@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from liif_cli.data.degrade import parse_spec, spec_text
-from liif_cli.data.metrics import psnr
-from liif_cli.data.samples import make_lr, predict_from_lr
+from liif_cli.data.metrics import get_protocol, psnr
+from liif_cli.data.samples import (
+    hr_crop_size,
+    load_rgb_uint8,
+    lr_size,
+    make_lr,
+    predict_from_lr,
+    training_images,
+)
+from liif_cli.errors import DataError
 from liif_cli.model import SRModel
 from liif_cli.runtime.upscaler import Upscaler
+
+PROTOCOL = get_protocol("div2k")  # validation's PSNR
+
+
+def load_val_images(folder: str | Path, count: int, scales: tuple[float, ...]
+                    ) -> dict[str, np.ndarray]:
+    """The first `count` images under `folder`, by path under it (unique; the file name seeds
+    a degradation), each checked now against every validation scale, as `liif eval` plans its
+    jobs: a wrong folder or an image too small would otherwise fail the first validation, an
+    epoch later."""
+    try:
+        files = training_images(folder)[:count]
+    except DataError as e:
+        raise DataError(f"--val-data: {e}") from None
+    images = {}
+    for path in files:
+        img = load_rgb_uint8(path)
+        H, W = img.shape[:2]
+        for s in scales:
+            need = 2 * PROTOCOL.shave(s) + 1
+            h, w = lr_size((H, W), s)
+            if min(h, w) < 1 or min(hr_crop_size((h, w), s)) < need:
+                raise DataError(f"validation image {path.name} ({W}×{H}) is too small for "
+                                f"×{s:g} under the {PROTOCOL.name} protocol (needs at least "
+                                f"{need} px per side); remove it from --val-data, or lower "
+                                "--val-images")
+        images[path.relative_to(folder).as_posix()] = img
+    return images
 
 
 def validate(model: SRModel, images: Mapping[str, np.ndarray] | Sequence[np.ndarray],
@@ -41,6 +77,6 @@ def validate(model: SRModel, images: Mapping[str, np.ndarray] | Sequence[np.ndar
             crop, lr = make_lr(hr, s)
             _, pred = predict_from_lr(up, lr, crop.shape[:2], degrade=steps,
                                       name=PurePosixPath(name).name, scale=s)
-            vals.append(psnr(pred, crop, protocol="div2k", scale=s))
+            vals.append(psnr(pred, crop, protocol=PROTOCOL.name, scale=s))
         res[f"x{s:g}" + (f" {spec_text(steps)}" if steps else "")] = float(np.mean(vals))
     return res

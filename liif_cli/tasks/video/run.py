@@ -150,30 +150,41 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
                 windows, reused = windows + memory.windows, reused + memory.reused
         waiting = [s.index for s in segments if not work.done(s)]
         if waiting and join:
-            shown = ", ".join(map(str, waiting[:JOIN_LISTED])) + (
-                ", …" if len(waiting) > JOIN_LISTED else "")
-            raise UsageError(f"cannot join {dst.name} yet: {len(waiting)} of {len(segments)} "
-                             f"segments are not rendered ({shown}); run the shards that own "
-                             "them")
+            raise _not_yet(dst, waiting, len(segments))
     except BaseException:
         # a first run that failed (a model that does not load, a --join with nothing rendered)
         # leaves nothing behind: its folder would refuse the corrected command as another job
         work.remove_if_unused()
         raise
-    joined = False
-    if not waiting and work.claim_join(force=join):
-        try:
-            join_segments(info, [work.segment_path(s) for s in segments], dst, spec,
-                          overwrite=overwrite)
-        finally:
-            work.release_join()
-        work.remove()
-        joined = True
+    joined = not waiting and _join(work, info, segments, dst, spec, overwrite=overwrite,
+                                   force=join)
     return VideoResult(Path(input), dst, info, out_hw, spec, str(name),
                        str(up.device) if up else "-", up.precision if up else "-", (i, n),
                        len(segments), len(todo), len(mine) - len(todo), done_frames,
                        time.perf_counter() - t0, joined, waiting, reused / max(windows, 1))
 
+
+def _not_yet(dst: Path, waiting: list[int], count: int) -> UsageError:
+    """--join while segments are missing: which (the first `JOIN_LISTED`)."""
+    shown = ", ".join(map(str, waiting[:JOIN_LISTED])) + (
+        ", …" if len(waiting) > JOIN_LISTED else "")
+    return UsageError(f"cannot join {dst.name} yet: {len(waiting)} of {count} segments are "
+                      f"not rendered ({shown}); run the shards that own them")
+
+
+def _join(work: WorkFolder, info, segments: list, dst: Path, spec, *, overwrite: bool,
+          force: bool) -> bool:
+    """Assemble the output when this process claims the join (one shard does); True if it
+    did, the work folder then removed."""
+    if not work.claim_join(force=force):
+        return False
+    try:
+        join_segments(info, [work.segment_path(s) for s in segments], dst, spec,
+                      overwrite=overwrite)
+    finally:
+        work.release_join()
+    work.remove()
+    return True
 
 
 def _check_model(model: ModelRef | Upscaler | None, denoise: float | None,
