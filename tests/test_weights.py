@@ -302,8 +302,9 @@ def test_the_fast_model_is_a_one_member_liif_with_a_narrow_mlp_on_a_short_encode
 
 def test_the_training_logs_new_machine_command_continues_the_committed_wip_on_its_plan():
     """docs/default-model.md's resume command for a new machine (no runs/) must start the
-    committed default-wip.pth where its plan stands: --epochs and --lr-milestones are the plan's
-    less the epoch the wip was saved at, and the text names the wip's steps and epoch."""
+    committed default-wip.pth where its plan stands: --epochs and the milestones still ahead
+    are the plan's less the epoch the wip was saved at, --lr the plan's after the halvings
+    passed, and the text names the wip's steps and epoch."""
     import re
 
     from conftest import REPO
@@ -318,4 +319,6 @@ def test_the_training_logs_new_machine_command_continues_the_committed_wip_on_it
     milestones = [int(m) for m in re.search(r"--lr-milestones ([\d,]+)", command)[1].split(",")]
     assert milestones == [m - epoch for m in plan["lr_milestones"] if m > epoch]
     assert float(re.search(r"--ema ([\d.e-]+)", command)[1]) == plan["ema"]
-    assert float(re.search(r"--lr ([\d.e-]+)", command)[1]) == plan["lr"]
+    passed = sum(m <= epoch for m in plan["lr_milestones"])  # halvings already made
+    lr = float(re.search(r"--lr ([\d.e-]+)", command)[1])
+    assert lr == pytest.approx(plan["lr"] * plan["lr_gamma"] ** passed)
