@@ -416,6 +416,26 @@ def test_cli_refuses_a_bad_model_before_printing_a_url(files):
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_an_empty_host_keeps_the_host_check(files, monkeypatch):
+    """`--host ""` listens on 127.0.0.1 as no --host does, and keeps its Host-header check (it
+    turned the check off)."""
+    from liif_cli.cli import app
+    from liif_cli.view import server as view_server
+
+    seen = {}
+
+    def fake(session, host, port, *, check_host):
+        seen.update(host=host, check_host=check_host)
+        raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(view_server, "ViewServer", fake)
+    for given in ([], ["--host", ""]):
+        r = CliRunner().invoke(app, ["view", str(files["rgb"]), "--model", "fast",
+                                     "--no-browser", *given])
+        assert r.exit_code == 2 and seen == {"host": "127.0.0.1", "check_host": True}, (
+            given, seen, r.output)
+
+
 def test_cli_cannot_listen_says_which_option_to_change(files):
     """A port in use points to --port; an address this machine does not have, to --host."""
     from liif_cli.cli import app

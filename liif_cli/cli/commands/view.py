@@ -63,8 +63,9 @@ def view(
 
     session = ViewSession(images, models=model, denoise=denoise, device=device,
                           output_dir=output_dir)
-    # without --host, a request must name 127.0.0.1 or localhost (DNS-rebinding defence)
-    check_host, host = host is None, host or "127.0.0.1"
+    # without --host (or with an empty one), a request must name 127.0.0.1 or localhost
+    # (DNS-rebinding defence)
+    check_host, host = not host, host or "127.0.0.1"
     try:
         server = ViewServer(session, host, port, check_host=check_host)
     except OSError as e:
