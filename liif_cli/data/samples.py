@@ -137,14 +137,12 @@ class ImageCache:
             except DataError as e:
                 self.unreadable.append(f)
                 first_error = first_error or str(e)
-                img = None
-            if img is None:
-                pass
-            elif min(img.shape[:2]) < min_side:
-                self.skipped.append(f)
             else:
-                self.images.append(img)
-                self.files.append(f)
+                if min(img.shape[:2]) < min_side:
+                    self.skipped.append(f)
+                else:
+                    self.images.append(img)
+                    self.files.append(f)
             if on_progress:
                 on_progress(i + 1, len(files))
         if not self.images:
