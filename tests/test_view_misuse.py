@@ -89,6 +89,24 @@ def test_http_servers_own_refusals_are_our_one_line_4xx(server):
         assert_one_line(*raw(server, data), want)
 
 
+def test_a_405_names_the_methods_the_path_is_served_with(server):
+    # HTTP requires an Allow header on a 405 (RFC 9110, 15.5.6)
+    def request(method: str, path: str) -> bytes:
+        return (f"{method} {path}?token={server.token} HTTP/1.1\r\n"
+                "Connection: close\r\n\r\n").encode()
+
+    for method, path, allow in (("GET", "/api/export", "POST"),  # a GET of a POST route
+                                ("POST", "/api/info", "GET"),
+                                ("PUT", "/api/cancel", "POST"),  # a method never served
+                                ("BREW", "/api/jobs", "GET"),  # one http.server does not know
+                                ("DELETE", "/nowhere", "GET, POST")):
+        status, headers, body = raw(server, request(method, path))
+        assert_one_line(status, headers, body, 405)
+        assert headers["Allow"] == allow, (method, path, headers)
+    status, headers, _ = raw(server, request("GET", "/nowhere"))
+    assert status == 404 and "Allow" not in headers
+
+
 def test_parameters_take_ascii_digits_only(server):
     # "٠" and "٣" (Arabic-Indic zero and three) match \d, and int() and float() take them
     for name, value in (("image", "%D9%A0"), ("x", "%D9%A3"), ("scale", "%D9%A3"),
@@ -269,6 +287,35 @@ def test_export_upscales_the_pixels_on_screen_named_as_upscale_names_them(files,
                                       device="cpu").output
             assert session.export_path(0, scale) == by_upscale, scale
             by_upscale.unlink()
+    finally:
+        session.close()
+
+
+def test_a_long_running_viewer_remembers_a_bounded_number_of_views_and_exports(
+        files, tmp_path, monkeypatch):
+    q = RenderQueue()
+    try:
+        for i in range(session_module.VIEWS_KEPT + 50):  # page loads over days
+            q.note(f"page{i}", 3)
+        q.note("page60", 4)  # heard from again: kept
+        for i in range(100):
+            q.note(f"tab{i}", 1)
+        assert len(q._latest) == session_module.VIEWS_KEPT
+        assert q._stale("page60", 3) and not q._stale("page59", 0)  # the oldest forgotten
+    finally:
+        q.close()
+    monkeypatch.setattr(session_module, "JOBS_KEPT", 3)
+    src = tmp_path / "small.png"
+    Image.fromarray(photo_like(6, 5, seed=1)).save(src)
+    session = ViewSession([src], models=[str(files["tiny"])], device="cpu")
+    try:
+        for i in range(5):
+            job = session.start_export(0, "2", overwrite=True)
+            wait_for(lambda: job.state != "running", "the export")
+            assert job.state == "done", job.message
+        assert sorted(session.jobs) == [3, 4, 5] and len(session._job_threads) <= 1
+        with pytest.raises(session_module.NotFound):
+            session.job(1)
     finally:
         session.close()
 

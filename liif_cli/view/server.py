@@ -99,9 +99,17 @@ HEADERS = (("Content-Security-Policy", CSP), ("Referrer-Policy", "no-referrer"),
 class Refusal(Exception):
     """A request answered with `status` and a one-line reason."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()):
         super().__init__(reason)
         self.status = status
+        self.headers = headers
+
+
+def _not_allowed(method: str, path: str) -> Refusal:
+    """405 with the Allow header HTTP requires: the methods `path` is served with."""
+    allowed = sorted(m for m, p in ROUTES if p == path) or ["GET", "POST"]
+    return Refusal(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} {path} is not served",
+                   (("Allow", ", ".join(allowed)),))
 
 
 def _static_files(token: str) -> dict[str, bytes]:
@@ -291,7 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _other(self):
         self.close_connection = True  # (a HEAD answer has no body: end the connection)
-        self._refuse(Refusal(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and POST are served"))
+        r = _not_allowed(self.command, urlsplit(self.path).path)
+        self._refuse(Refusal(r.status, "only GET and POST are served", r.headers))
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _other
 
@@ -322,7 +331,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):
             self.request_version = "HTTP/1.0"  # else the status line and headers are left out
         status = CLIENT_FAULT.get(code, code)
-        self._refuse(Refusal(status, (message or HTTPStatus(code).phrase)[:200]))
+        reason = (message or HTTPStatus(code).phrase)[:200]
+        headers = ()
+        if status == HTTPStatus.METHOD_NOT_ALLOWED:
+            headers = _not_allowed(self.command or "", urlsplit(getattr(self, "path", "")).path).headers
+        self._refuse(Refusal(status, reason, headers))
 
     # --------------------------------------------------------------------------------------
 
@@ -385,9 +398,9 @@ class _Handler(BaseHTTPRequestHandler):
                           "(with its ?token=)")
         route = ROUTES.get((method, parts.path))
         if route is None:
-            known = any(p == parts.path for _, p in ROUTES)
-            raise Refusal(HTTPStatus.METHOD_NOT_ALLOWED if known else HTTPStatus.NOT_FOUND,
-                          f"{method} {parts.path} is not served")
+            if any(p == parts.path for _, p in ROUTES):
+                raise _not_allowed(method, parts.path)
+            raise Refusal(HTTPStatus.NOT_FOUND, f"{method} {parts.path} is not served")
         name, allowed = route
         for k, v in params.items():
             if k not in allowed:
@@ -401,12 +414,13 @@ class _Handler(BaseHTTPRequestHandler):
             params["path"] = parts.path
         return name, params
 
-    def _send(self, status: int, body: bytes, ctype: str, *, cache: bool = False) -> None:
+    def _send(self, status: int, body: bytes, ctype: str, *, cache: bool = False,
+              headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "private, max-age=86400" if cache else "no-store")
-        for k, v in HEADERS:
+        for k, v in HEADERS + headers:
             self.send_header(k, v)
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -416,7 +430,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _refuse(self, r: Refusal) -> None:
         try:
             self._send(r.status, (str(r).splitlines() or [""])[0].encode() + b"\n",
-                       "text/plain; charset=utf-8")
+                       "text/plain; charset=utf-8", headers=r.headers)
         except OSError:  # the client has gone, or the watchdog cut it
             self.close_connection = True
 
@@ -471,7 +485,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(_job_json(job))
 
     def _jobs(self, p: dict[str, str]) -> None:
-        self._json([_job_json(j) for j in self.server.session.jobs.values()])
+        self._json([_job_json(j) for j in list(self.server.session.jobs.values())])
 
     def _moved(self, p: dict[str, str]) -> None:
         """The page moved on and needs nothing new: its queued tiles of older gens are stale."""

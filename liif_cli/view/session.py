@@ -58,6 +58,10 @@ ALIVE_POLL_S = 0.25  # while a tile waits, how often it looks whether its client
 # denoise blends kept loaded (each strength is its own model, ~6 MB for `real`; the page's
 # two layers and a few recent strengths stay instant, older ones are loaded again)
 BLENDS_KEPT = 4
+# what a long-running viewer remembers: the newest generation of this many page views (an
+# older view's tiles are then no longer dropped as stale) and this many finished exports
+VIEWS_KEPT = 256
+JOBS_KEPT = 100
 
 
 class StaleRequest(Exception):
@@ -162,7 +166,7 @@ class RenderQueue:
         self._heap: list = []
         self._seq = itertools.count()
         self._cv = threading.Condition()
-        self._latest: dict[str, int] = {}
+        self._latest: OrderedDict[str, int] = OrderedDict()  # least recently heard from first
         self._closed = False
         self.rendered = 0
         self.dropped = 0
@@ -174,6 +178,9 @@ class RenderQueue:
         if view is not None and gen is not None:
             with self._cv:
                 self._latest[view] = max(gen, self._latest.get(view, gen))
+                self._latest.move_to_end(view)
+                while len(self._latest) > VIEWS_KEPT:
+                    self._latest.popitem(last=False)
 
     def _stale(self, view: str | None, gen: int | None) -> bool:
         return view is not None and gen is not None and gen < self._latest.get(view, gen)
@@ -488,7 +495,10 @@ class ViewSession:
             if any(j.state == "running" for j in self.jobs.values()):
                 raise UsageError("an export is already running: wait for it or cancel it")
             job = Job(next(self._job_ids), index, scale, name, dst)
+            for old in list(self.jobs)[:max(0, len(self.jobs) + 1 - JOBS_KEPT)]:
+                del self.jobs[old]  # the oldest, all finished: one runs at a time
             self.jobs[job.id] = job
+            self._job_threads = [t for t in self._job_threads if t.is_alive()]
         t = threading.Thread(target=self._export, args=(job, out_hw, denoise, overwrite),
                              name=f"liif-view-export-{job.id}", daemon=True)
         self._job_threads.append(t)
