@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from liif_cli.errors import UsageError
+from liif_cli.errors import DataError, UsageError
 
 PROTOCOL_NAMES = ("auto", "div2k", "benchmark", "rgb")
 DIV2K_SHAVE_EXTRA = 6  # px beyond the scale shaved off each side, LIIF utils.calc_psnr
@@ -42,6 +42,17 @@ class Protocol:
 
     def shave(self, scale: float) -> int:
         return 0 if self.shave_extra is None else int(scale) + self.shave_extra
+
+    def check_size(self, what: str, size_wh: tuple[int, int], scale: float,
+                   lr_hw: tuple[int, int], hr_hw: tuple[int, int], *, min_kept: int = 1,
+                   hint: str = "") -> None:
+        """DataError unless the image `what` (`size_wh`), scored at `scale` as an `lr_hw`
+        input and an `hr_hw` ground truth, keeps `min_kept` px per side after the shave."""
+        need = 2 * self.shave(scale) + min_kept
+        if min(lr_hw) < 1 or min(hr_hw) < need:
+            raise DataError(f"{what} ({size_wh[0]}×{size_wh[1]}) is too small for ×{scale:g} "
+                            f"under the {self.name} protocol (needs at least {need} px per "
+                            f"side after cropping to a multiple of the scale){hint}")
 
 
 PROTOCOLS = {

@@ -181,11 +181,7 @@ def plan_jobs(dataset: Dataset, scales: Sequence[float], protocol: Protocol,
             else:
                 h, w = lr_size((H, W), s)
                 job = Job(hr, s, None, hr_crop_size((h, w), s), (h, w))
-            need = 2 * protocol.shave(s) + min_kept
-            if min(job.lr_hw) < 1 or min(job.hr_hw) < need:
-                raise DataError(f"{hr.name} ({W}×{H}) is too small for ×{s} under the "
-                                f"{protocol.name} protocol (needs at least {need} px per side "
-                                f"after cropping to a multiple of the scale)")
+            protocol.check_size(hr.name, (W, H), s, job.lr_hw, job.hr_hw, min_kept=min_kept)
             jobs.append(job)
     return jobs
 

@@ -40,13 +40,10 @@ def load_val_images(folder: str | Path, count: int, scales: tuple[float, ...]
         img = load_rgb_uint8(path)
         H, W = img.shape[:2]
         for s in scales:
-            need = 2 * PROTOCOL.shave(s) + 1
             h, w = lr_size((H, W), s)
-            if min(h, w) < 1 or min(hr_crop_size((h, w), s)) < need:
-                raise DataError(f"validation image {path.name} ({W}×{H}) is too small for "
-                                f"×{s:g} under the {PROTOCOL.name} protocol (needs at least "
-                                f"{need} px per side); remove it from --val-data, or lower "
-                                "--val-images")
+            PROTOCOL.check_size(f"validation image {path.name}", (W, H), s, (h, w),
+                                hr_crop_size((h, w), s), hint="; remove it from --val-data, "
+                                "or lower --val-images")
         images[path.relative_to(folder).as_posix()] = img
     return images
 
