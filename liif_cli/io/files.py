@@ -90,6 +90,22 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> Path:
     return path
 
 
+def check_folder_makeable(folder: str | os.PathLike, what: str, option: str) -> Path:
+    """Fail early (before any compute) on a folder that is a file, is missing and cannot be
+    made, or cannot be written: OutputPathError (exit 2) naming it as `what` ("the run
+    folder") and the argument that gave it as `option` ("--out")."""
+    folder = Path(folder)
+    here = folder
+    while not os.path.lexists(here) and here != here.parent:  # the nearest existing ancestor
+        here = here.parent
+    if not here.is_dir():
+        raise OutputPathError(f"cannot make {what} {folder}: {here} is a file, not a folder"
+                              if here != folder else f"{option} {folder} is a file, not a folder")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write {what} {folder}: {here} is not writable")
+    return folder
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], T], *,
                  overwrite: bool = False, durable: bool = False) -> T:
     """Make `path` by `write(tmp)`, which writes the whole file to the path `tmp`; returns what

@@ -18,7 +18,13 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from liif_cli.errors import ImageReadError, UsageError
-from liif_cli.io.files import matches_pattern, path_order, scan_images, temp_target
+from liif_cli.io.files import (
+    check_folder_makeable,
+    matches_pattern,
+    path_order,
+    scan_images,
+    temp_target,
+)
 from liif_cli.io.formats import FORMAT_NAMES, format_suffix, is_image_name, same_format_suffix
 from liif_cli.tasks.batch.shard import shard_of
 
@@ -132,7 +138,7 @@ def plan_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
         raise UsageError(f"{input_dir} is a file, not a folder; use `liif upscale` for one image")
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"output {output_dir} is a file; give a folder (created if missing)")
-    _check_output_folder(output_dir)
+    check_folder_makeable(output_dir, "the output folder", "OUTPUT_DIR")
     if "/" in suffix or os.sep in suffix or suffix in (".", ".."):
         raise UsageError(f"bad --suffix {suffix!r}: it is added to file names, no separators")
     output_ext("x.png", fmt)  # validates fmt
@@ -191,21 +197,6 @@ def plan_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
         items.append(PlanItem(rel, src, dst, action, reason))
     return BatchPlan(input_dir, output_dir, items, overwrite, (i, n), other, ignored,
                      find_stale_temps(items))
-
-
-def _check_output_folder(output_dir: Path) -> None:
-    """A usage error, before any work, for a missing OUTPUT_DIR that cannot be made: its
-    nearest existing parent is a file or read-only (`liif upscale -o` is checked alike)."""
-    if output_dir.is_dir():
-        return
-    existing = next((p for p in output_dir.absolute().parents if os.path.lexists(p)), None)
-    if existing is None:
-        return
-    if not existing.is_dir():
-        raise UsageError(f"cannot make the output folder {output_dir}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot make the output folder {output_dir}: {existing} is not "
-                         "writable")
 
 
 def find_stale_temps(items: list[PlanItem]) -> list[Path]:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from liif_cli.data.degrade import DEGRADE_RECIPES, RealRanges, parse_spec, real_ranges
-from liif_cli.errors import LiifWarning, OutputPathError, TrainingError, UsageError
+from liif_cli.errors import LiifWarning, TrainingError, UsageError
+from liif_cli.io.files import check_folder_makeable
 
 if TYPE_CHECKING:
     from liif_cli.model import ModelConfig
@@ -325,17 +326,9 @@ def note_idle_milestones(cfg: TrainConfig, start: int) -> None:
 
 
 def check_run_folder(out: str | Path) -> None:
-    """The run folder can be made and written, checked before any work (`io.files`' rule):
-    otherwise the first save would fail after the images were decoded and an epoch trained."""
-    out = Path(out)
-    here = out
-    while not os.path.lexists(here) and here != here.parent:  # the nearest existing ancestor
-        here = here.parent
-    if not here.is_dir():
-        raise OutputPathError(f"cannot make the run folder {out}: {here} is a file, not a folder"
-                              if here != out else f"--out {out} is a file, not a folder")
-    if not os.access(here, os.W_OK | os.X_OK):
-        raise OutputPathError(f"cannot write the run folder {out}: {here} is not writable")
+    """The run folder can be made and written, checked before any work: otherwise the first
+    save would fail after the images were decoded and an epoch trained."""
+    check_folder_makeable(out, "the run folder", "--out")
 
 
 def check_new_run(out: str | Path) -> None:
