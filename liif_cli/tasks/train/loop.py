@@ -54,8 +54,7 @@ from liif_cli.runtime.weights import (
 from liif_cli.tasks.train.distributed import StopSignal
 from liif_cli.tasks.train.recipe import (  # TrainConfig and config_from: also public from here
     TrainConfig,
-    _plain,
-    _shown,
+    check_init_architecture,
     check_new_run,
     check_run_folder,
     config_from,
@@ -108,13 +107,7 @@ def _init_model(cfg: TrainConfig, init: SRModel) -> tuple[SRModel, TrainConfig]:
     same_decoder = cfg.decoder is None or cfg.decoder == decoder_of(init)
     if same_decoder:  # LIIF's MLP widths are --init's too (an LM-LIIF has no `hidden`)
         arch["hidden"] = tuple(getattr(enc, "hidden", TrainConfig.hidden))
-    for k, theirs in arch.items():
-        mine = getattr(cfg, k)
-        if _plain(mine) not in (_plain(theirs), _plain(getattr(TrainConfig(), k))):
-            name = "--encoder" if k == "encoder" else k  # the others are TOML keys only
-            raise UsageError(
-                f"{name} {_shown(mine)} differs from --init {cfg.init}'s {_shown(theirs)}: a "
-                f"fine-tune keeps --init's architecture, so leave {name} out (or drop --init)")
+    check_init_architecture(cfg, arch)
     cfg = replace(cfg, **arch)
     if same_decoder:
         return init, cfg

@@ -136,6 +136,18 @@ def resume_config(saved: dict[str, Any], given: dict[str, Any], *, run: str | Pa
 _FIELDS = frozenset(f.name for f in fields(TrainConfig))
 
 
+def check_init_architecture(cfg: TrainConfig, arch: dict[str, Any]) -> None:
+    """A UsageError when an option asks for another architecture than --init's (`arch`: its
+    encoder, encoder_args and perhaps hidden) rather than its own or the default's."""
+    for k, theirs in arch.items():
+        mine = getattr(cfg, k)
+        if _plain(mine) not in (_plain(theirs), _plain(getattr(TrainConfig(), k))):
+            name = "--encoder" if k == "encoder" else k  # the others are TOML keys only
+            raise UsageError(
+                f"{name} {_shown(mine)} differs from --init {cfg.init}'s {_shown(theirs)}: a "
+                f"fine-tune keeps --init's architecture, so leave {name} out (or drop --init)")
+
+
 def _plain(v: Any) -> Any:
     """Tuples as lists, all the way down: a config read from TOML, a checkpoint or Python."""
     if isinstance(v, (list, tuple)):
