@@ -231,15 +231,24 @@ def test_safetensors_keeps_dtype_and_round_trips_to_pth(tmp_path):
 def test_export_of_a_changed_network_writes_its_weights_not_its_files(tmp_path, tiny_ckpt, fmt):
     """A loaded network whose weights then changed (fine-tuned, `load_state_dict`) exports
     those weights: once its file's stale ones were written, and read back "equal"."""
+    from liif_cli.runtime.weights import save_checkpoint
     from liif_cli.tasks.export import export_model
 
-    model = load_model(str(tiny_ckpt), device="cpu")
+    trained = tmp_path / "trained.pth"
+    save_checkpoint(load_model(str(tiny_ckpt)), trained,
+                    liif_cli={"steps": 7, "epoch": 1, "config": {"lr": 1e-4}, "mine": "kept"})
+    model = load_model(str(trained), device="cpu")
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(0.5)
     out = export_model(model, tmp_path / f"tuned.{fmt}", fmt=fmt).path
-    back, want = load_model(str(out), device="cpu").state_dict(), model.state_dict()
+    loaded = load_model(str(out), device="cpu")
+    back, want = loaded.state_dict(), model.state_dict()
     assert back.keys() == want.keys() and all(torch.equal(back[k], want[k]) for k in want)
+    # the file's training record is not these weights': `liif models` showed "7 steps"
+    meta = loaded.card.meta
+    assert not {"steps", "epoch", "config"} & meta.keys() and meta["mine"] == "kept", meta
+    assert meta["changed_from"] == "trained (7 steps)"
 
 
 def test_models_folder_lists_and_loads_safetensors(tmp_path, tiny_st, monkeypatch):

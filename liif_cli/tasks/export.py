@@ -141,7 +141,20 @@ def _checkpoint_of(net: SRModel) -> dict[str, Any]:
             ckpt = None
         if ckpt is not None and _same_weights(ckpt["model"]["sd"], net.state_dict()):
             return ckpt
-    return checkpoint_dict(net, liif_cli=dict(loaded.meta))
+    return checkpoint_dict(net, liif_cli=_changed_meta(loaded.name, loaded.meta))
+
+
+# what a file says about the training behind its weights: not true of weights changed since
+TRAINING_META = ("config", "epoch", "iteration", "steps", "source")
+
+
+def _changed_meta(name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The metadata of a network whose weights changed since it was loaded from `name`: its
+    file's, less the training behind those weights, with what they were changed from."""
+    steps = meta.get("steps")
+    kept = {k: v for k, v in meta.items() if k not in TRAINING_META}
+    return kept | {"version": __version__,
+                   "changed_from": f"{name} ({steps:,} steps)" if steps else name}
 
 
 def _same_weights(sd: Any, want: dict[str, torch.Tensor]) -> bool:
