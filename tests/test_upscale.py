@@ -85,6 +85,7 @@ def test_default_output_names():
 
     assert name(scale="7.5") == "photo_x7.5.jpg"
     assert name(scale="3X2.5") == "photo_x3x2.5.jpg"
+    assert name(scale=" 3 × 2.5 ") == "photo_x3x2.5.jpg"  # was "photo_x3 x 2.5.jpg"
     assert name(size="1920x1080") == "photo_1920x1080.jpg"
     # the three fits give three different files: each its own name
     assert name(size="1920x1080", fit="fill") == "photo_1920x1080.jpg"

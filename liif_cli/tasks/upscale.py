@@ -51,14 +51,16 @@ from liif_cli.runtime.weights import check_denoise_model, load_model
 
 def default_output_path(inp: str | os.PathLike, request: SizeRequest,
                         scale_text: str | None = None) -> Path:
-    """photo.jpg --scale 7.5 -> photo_x7.5.jpg; --size 1920x1080 -> photo_1920x1080.jpg
+    """photo.jpg --scale 7.5 -> photo_x7.5.jpg (as typed, less spaces: "3 x 2.5" ->
+    photo_x3x2.5.jpg); --size 1920x1080 -> photo_1920x1080.jpg
     (`--fit contain` or `cover`: photo_1920x1080_contain.jpg, photo_1920x1080_cover.jpg, whose
     sizes differ); --width 800 -> photo_800w.jpg: the input's format, in lower case
     (`same_format_suffix`: .png for one we cannot write)."""
     inp = Path(inp)
     if request.scale is not None:
         sy, sx = request.scale
-        tag = "x" + (scale_text.strip().lower().replace("×", "x") if scale_text else
+        typed = "".join(scale_text.split()).lower().replace("×", "x") if scale_text else ""
+        tag = "x" + (typed if typed else
                      f"{sx:g}" if sx == sy else f"{sx:g}x{sy:g}")
     elif request.size is not None:
         tag = f"{request.size[0]}x{request.size[1]}"
