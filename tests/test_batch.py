@@ -163,6 +163,24 @@ def test_output_folder_that_cannot_be_made_is_a_usage_error(tmp_path, tiny_ckpt)
     assert (out / "a.png").exists()
 
 
+def test_a_read_only_output_folder_is_a_usage_error_before_any_work(tmp_path, tiny_ckpt,
+                                                                     monkeypatch):
+    """An existing OUTPUT_DIR that cannot be written: one line, exit 2, before any work (every
+    file failed, one by one, after its upscale). Faked: the tests may run as root."""
+    from liif_cli.io import files
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_images(inp, ["a.png", "b.png"], hw=(8, 10))
+    out.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(files.os, "access", lambda p, mode, **kw: real_access(p, mode, **kw) and (
+        Path(p) != out or not mode & os.W_OK))
+    r = runner.invoke(app, ["batch", str(inp), str(out), "-s", "2", "-m", str(tiny_ckpt)])
+    assert r.exit_code == 2 and r.output == f"error: cannot write the output folder {out}: " \
+        f"{out} is not writable\n", r.output
+    assert list(out.iterdir()) == []
+
+
 def test_report_inside_a_new_output_folder(tmp_path, tiny_ckpt):
     """The README's `liif batch photos/ big/ … --report big/report.json`: on the first run big/
     does not exist yet; it is made, not refused (a report folder elsewhere must exist)."""
