@@ -143,6 +143,33 @@ def test_colliding_outputs_say_what_tells_them_apart(tmp_path):
     assert "--format same" in png["b.png"] and "--suffix" not in png["b.png"]
 
 
+def test_outputs_differing_only_in_case_collide_where_the_folder_ignores_case(tmp_path,
+                                                                              monkeypatch):
+    """On macOS's or Windows' own file systems `A.png` and `a.png` are one file: the second
+    input would overwrite the first's output (inputs from a Linux share, or `--format png` of
+    `a.jpg` and `A.png`)."""
+    from liif_cli.io import files
+    from liif_cli.tasks.batch import plan as plan_module
+
+    inp, out = tmp_path / "in", tmp_path / "Out"
+    _touch(inp, ["A.png", "a.png", "b.jpg", "B.png"])
+    assert all(i.action == "upscale" for i in plan_batch(inp, out).items)  # case matters here
+    monkeypatch.setattr(plan_module, "folds_case", lambda folder: True)
+    got = {i.rel: (i.action, i.reason) for i in plan_batch(inp, out, fmt="png").items}
+    assert got["A.png"][0] == got["B.png"][0] == "upscale", got
+    assert got["a.png"][0] == "fail" and "ignores case" in got["a.png"][1], got
+    assert got["b.jpg"][0] == "fail" and "--format same" in got["b.jpg"][1], got
+    # the probe: a folder reached by its name in another case is that folder
+    monkeypatch.undo()
+    out.mkdir()
+    assert not files.folds_case(out) and not files.folds_case(out / "new")
+    (tmp_path / "oUT").symlink_to(out)  # what a case-ignoring file system answers
+    assert files.folds_case(out) and files.folds_case(out / "new" / "123")
+    for platform, folds in (("darwin", True), ("win32", True), ("linux", False)):
+        monkeypatch.setattr(files.sys, "platform", platform)
+        assert files.folds_case("/") is folds
+
+
 def test_output_folder_that_cannot_be_made_is_a_usage_error(tmp_path, tiny_ckpt):
     """OUTPUT_DIR under a file: one line and exit 2 before any work (as `liif upscale -o` into a
     missing folder), not every file computed and then failed as an internal error; a subfolder

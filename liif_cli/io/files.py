@@ -24,6 +24,7 @@ import fnmatch
 import os
 import re
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, TypeVar
@@ -104,6 +105,21 @@ def check_folder_makeable(folder: str | os.PathLike, what: str, option: str) -> 
     if not os.access(here, os.W_OK | os.X_OK):
         raise OutputPathError(f"cannot write {what} {folder}: {here} is not writable")
     return folder
+
+
+def folds_case(folder: str | os.PathLike) -> bool:
+    """Whether file names in `folder` (made or not) ignore case, as on macOS's and Windows'
+    own file systems, where `A.png` and `a.png` are one file. Looked up on the nearest part of
+    its path whose name has letters (`Out` is `oUT` there); with none, the platform's
+    default."""
+    path = Path(folder).absolute()
+    for p in (path, *path.parents):
+        if p.name.swapcase() != p.name and os.path.lexists(p):
+            try:
+                return os.path.samefile(p, p.with_name(p.name.swapcase()))
+            except OSError:  # no such name: case matters there
+                return False
+    return sys.platform in ("darwin", "win32")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], T], *,

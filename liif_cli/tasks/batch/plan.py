@@ -20,6 +20,7 @@ from typing import Iterable
 from liif_cli.errors import ImageReadError, UsageError
 from liif_cli.io.files import (
     check_folder_makeable,
+    folds_case,
     matches_pattern,
     path_order,
     scan_images,
@@ -166,11 +167,13 @@ def plan_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
         produced = set(outs.values())
         rels = [r for r in rels if r not in produced]
     inputs = {in_res / r: r for r in rels}
-    writer_of: dict[str, str] = {}  # output rel -> first input rel writing it
+    # output rel (casefolded where the output folder ignores case) -> first input writing it
+    fold = folds_case(output_dir)
+    writer_of: dict[str, str] = {}
     items, other = [], 0
     for rel in rels:
         o = outs[rel]
-        first = writer_of.setdefault(o, rel)
+        first = writer_of.setdefault(o.casefold() if fold else o, rel)
         if n > 1 and shard_of(rel, n) != i:  # before any stat: other shards' files cost nothing
             other += 1
             continue
@@ -179,7 +182,8 @@ def plan_batch(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
         if first != rel:  # a --suffix goes on both names: only the formats can differ
             apart = (fmt != SAME_FORMAT
                      and output_ext(rel, SAME_FORMAT) != output_ext(first, SAME_FORMAT))
-            action, reason = "fail", (f"same output {dst} as {input_dir / first}; " + (
+            case = "" if outs[first] == o else f" (as {outs[first]}: this folder ignores case)"
+            action, reason = "fail", (f"same output {dst} as {input_dir / first}{case}; " + (
                 "use --format same to keep each input's format, or rename one" if apart else
                 "rename one, or leave one out with --glob"))
         elif files is not None and not is_image_name(rel):
