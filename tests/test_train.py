@@ -109,6 +109,27 @@ def test_tiny_run_trains_validates_resumes_and_upscales(folder, tmp_path):
     assert res.exit_code == 0 and (out / "curves.png").exists()
 
 
+def test_curves_smooth_the_loss_and_show_validation_as_gains():
+    """A long fine-tune gains hundredths of a dB: on an absolute axis shared with ×2's 30 dB
+    they were a flat line. Each scale is drawn as its gain since the first validation."""
+    from liif_cli.io.plot import curves, running_mean
+
+    assert running_mean([(0, 1.0), (1, 3.0), (2, 5.0), (3, 7.0)], 2) == [
+        (0, 1.0), (1, 2.0), (2, 4.0), (3, 6.0)]
+    recs = [{"kind": "step", "epoch": 1 + i // 4, "iteration": 1 + i % 4, "loss": 0.1 + i % 2}
+            for i in range(400)]
+    recs += [{"kind": "val", "epoch": e, "psnr": {"x2": 30.0 + e / 100, "x4": 26.0 + e / 200}}
+             for e in (8, 16, 24)]
+    panels = curves(recs)
+    assert len(panels["loss"]["loss"]) == 400
+    smooth = panels["loss"]["running mean of 10"]  # 400 points / 40
+    assert len(smooth) == 400 and all(abs(y - 0.6) < 1e-9 for _, y in smooth[10:])
+    assert list(panels["val"]) == ["x2 30.080 -> 30.240 dB", "x4 26.040 -> 26.120 dB"]
+    for pts, want in zip(panels["val"].values(), ((0, 0.08, 0.16), (0, 0.04, 0.08))):
+        assert [x for x, _ in pts] == [8, 16, 24]
+        assert all(abs(y - w) < 1e-9 for (_, y), w in zip(pts, want)), pts
+
+
 def test_interrupted_and_resumed_run_equals_uninterrupted(folder, tmp_path):
     base = dict(data=str(folder), **TINY)
     full = tmp_path / "full"
