@@ -260,6 +260,18 @@ def test_max_memory_auto_on_the_command_line():
     from liif_cli.cli.options import parse_bytes
 
     assert parse_bytes("auto") is None and parse_bytes("2G") == 2 * 2**30
+    for bad in ("nan", "inf", "-1G"):  # nan and inf were a ValueError / OverflowError traceback
+        with pytest.raises(UsageError, match="bad memory size|too small"):
+            parse_bytes(bad)
+
+
+def test_max_memory_in_the_library_is_checked_and_takes_text():
+    """`max_memory="1G"` failed deep in the engine (str // int); 0 and -5 were kept."""
+    assert device.memory_budget(CPU, "1G") == 2**30 and device.memory_budget(CPU, 2**20) == 2**20
+    assert device.memory_budget(CPU, "auto") == device.memory_budget(CPU)
+    for bad in (0, -5, "0", float("nan"), True, [1]):
+        with pytest.raises(UsageError, match="memory"):
+            device.memory_budget(CPU, bad)
 
 
 def test_batch_under_torchrun_puts_each_local_rank_on_its_own_gpu(fake_gpus, monkeypatch):

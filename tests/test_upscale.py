@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import listing, photo_like
+from conftest import listing, photo_like, random_model
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
@@ -39,7 +39,8 @@ def model_output(model, pixels: np.ndarray, out_hw, top=255) -> np.ndarray:
     ({"scale": 3.5}, (109, 200)),  # halves round up, as the official demo (golden 31×57 → ×3.5)
     ({"scale": "3x2.5"}, (78, 171)),  # WxH factors: width ×3, height ×2.5
     ({"scale": "0.5"}, (16, 29)),
-    ({"scale": (2.0, 1.0)}, (62, 57)),  # (vertical, horizontal)
+    ({"scale": (1.0, 2.0)}, (62, 57)),  # (horizontal, vertical), as "1x2" and size=(W, H)
+    ({"scale": [3, 2.5]}, (78, 171)),
     ({"size": "640x480"}, (480, 640)),
     ({"size": (10, 20)}, (20, 10)),
     ({"width": 114}, (62, 114)),
@@ -529,3 +530,75 @@ def test_another_packages_warning_is_one_note_line(tmp_path, tiny_ckpt, monkeypa
         warnings.simplefilter("always")
         runner.invoke(app, [*args, str(tmp_path / "c.png"), "--quiet"])
     assert any("Corrupt EXIF data" in str(w.message) for w in caught)
+
+
+# ----------------------------------------------------------------------------------------------
+# the library's own checks (the CLI's options were checked by typer alone)
+
+def test_library_calls_with_a_callers_mistake_are_one_line_usage_errors(tmp_path, tiny_ckpt,
+                                                                         tiny_model):
+    from liif_cli import Upscaler
+    from liif_cli.tasks.batch import plan_batch, run_batch
+
+    rgb = photo_like(6, 8)
+    src = tmp_path / "in.png"
+    Image.fromarray(rgb).save(src)
+    up = Upscaler(tiny_model, device="cpu")
+    for scale in ((2,), (2, "a"), (2, 3, 4)):  # `(2,)` was a bare ValueError from unpacking
+        with pytest.raises(UsageError, match=r"bad scale .*\(horizontal, vertical\)"):
+            upscale(up, rgb, scale=scale)
+    assert upscale(up, rgb, scale=(3, 2)).shape == upscale(up, rgb, scale="3x2").shape == (
+        12, 24, 3)
+    # quality: refused before the upscale (500 and "high" were written, -1 failed after it)
+    for quality in (0, 101, 500, "high", 9.5, True):
+        with pytest.raises(UsageError, match="--quality must be a whole number from 1 to 100"):
+            upscale_file(src, tmp_path / "out.jpg", model=up, scale=2, quality=quality)
+        with pytest.raises(UsageError, match="--quality"):
+            write_image(tmp_path / "out.webp", ImageData(rgb), quality=quality)
+    assert not list(tmp_path.glob("out*"))
+    with pytest.raises(UsageError, match="upscale_file reads a file"):
+        upscale_file(rgb, tmp_path / "o.png", model=up, scale=2)
+    # run_batch's size is a SizeRequest: size=2 failed every file as an internal error
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "imgs" / "a.png")
+    plan = plan_batch(tmp_path / "imgs", tmp_path / "outs")
+    for kw, message in ((dict(size=2), "size is a int: give a SizeRequest"),
+                        (dict(size=size_request(scale=2), quality=0), "--quality")):
+        with pytest.raises(UsageError, match=message):
+            run_batch(plan, str(tiny_ckpt), devices="cpu", **kw)
+    assert not (tmp_path / "outs").exists()
+    with pytest.raises(UsageError, match="not a LIIF model"):
+        Upscaler(torch.nn.Linear(2, 2), device="cpu")
+
+
+def test_a_big_endian_uint16_array_is_uint16():
+    """'>u2' (as read from a FITS or a raw big-endian file) was refused as "not uint16"."""
+    from liif_cli import Upscaler
+
+    deep = photo_like(6, 8).astype(np.uint16) * 257
+    up = Upscaler(random_model(), device="cpu", precision="fp32")
+    got = upscale(up, deep.astype(">u2"), scale=2)
+    assert got.dtype == np.uint16 and np.array_equal(got, upscale(up, deep, scale=2))
+
+
+def test_float_tiffs_are_read_as_0_to_1(tmp_path):
+    """A float TIFF in [0, 1] came out nearly black (grey, mode F, was clipped to 0-255 as
+    8-bit levels: values 0 to 6 of 255) or was refused (colour)."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    grey = rng.random((6, 5), dtype=np.float32)
+    Image.fromarray(grey, mode="F").save(tmp_path / "grey.tiff")
+    colour = rng.random((6, 5, 3), dtype=np.float32)
+    tifffile.imwrite(tmp_path / "colour.tiff", colour, photometric="rgb")
+    for path, want in ((tmp_path / "grey.tiff", grey[:, :, None]),
+                       (tmp_path / "colour.tiff", colour)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # all inside 0 to 1: no note
+            px = read_image(path).pixels
+        assert px.dtype == np.uint16 and px.shape == want.shape
+        assert np.abs(px / 65535 - want).max() <= 0.5 / 65535 + 1e-7
+    tifffile.imwrite(tmp_path / "hdr.tiff", colour * 2, photometric="rgb")
+    with pytest.warns(LiifWarning, match=r"hdr.tiff: .*% of its floating-point samples lie "
+                                         r"outside 0 to 1 .* clipped"):
+        assert read_image(tmp_path / "hdr.tiff").pixels.max() == 65535

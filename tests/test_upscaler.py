@@ -112,11 +112,55 @@ def test_output_is_engine_render_exactly():
     (torch.rand(1, 6, 8), (12, 16), r"got \(1, 6, 8\)"),  # grey: model_input repeats it
     (np.zeros((3, 6, 8), np.float32), (12, 16), "got ndarray"),
     (torch.rand(3, 6, 8), (0, 16), r"out_hw \(0, 16\)"),
-], ids=["batch", "grey", "numpy", "empty-output"])
+    (torch.rand(3, 6, 8), (12.5, 16), r"out_hw \(12.5, 16\) must be \(H, W\)"),
+    (torch.rand(3, 6, 8), 12, r"out_hw 12 must be"),
+    ((torch.rand(3, 6, 8) * 255).to(torch.uint8), (12, 16), r"floats in \[0, 1\].*uint8"),
+    (torch.full((3, 6, 8), float("nan")), (12, 16), "NaN"),  # came out as plausible pixels
+], ids=["batch", "grey", "numpy", "empty-output", "fractional-output", "one-number-output",
+        "uint8-input", "nan-input"])
 def test_render_refuses_what_it_cannot_take_in_one_line(img, out_hw, message):
     up = Upscaler(random_model(), device="cpu")
     with pytest.raises(UsageError, match=message):
         up.render(img, out_hw)
+
+
+@pytest.mark.parametrize("out, window, message", [
+    (np.zeros((5, 5, 3), np.uint8), None, r"\(12, 16, 3\) or \(12, 16, 1\) array, not uint8 "
+                                          r"\(5, 5, 3\)"),
+    (np.zeros((12, 16, 3), np.int32), None, "not int32"),  # it came back holding 0 and 1
+    (None, (8, 0, 8, 8), r"window \(8, 0, 8, 8\) is not inside the 12×16 output"),
+    (None, (0, 0, 4.5, 4), "whole pixels"),
+    (np.zeros((12, 16, 3), np.uint8), (0, 0, 4, 4), r"\(4, 4, 3\) or \(4, 4, 1\)"),
+])
+def test_render_refuses_an_out_or_window_it_cannot_fill(out, window, message):
+    up = Upscaler(random_model(), device="cpu")
+    with pytest.raises(UsageError, match=message):
+        up.render(torch.rand(3, 6, 8), (12, 16), out, window=window)
+
+
+def test_image_data_that_is_not_what_it_says_is_refused_in_one_line():
+    """ImageData built by hand: a torch error from deep inside, or float pixels divided by 255
+    again (values near 0, no error), or an alpha plane resized to fit."""
+    from liif_cli import upscale
+    from liif_cli.runtime.upscaler import check_image_data
+
+    up = Upscaler(random_model(), device="cpu")
+    rgb = photo_like(6, 8)
+    for bad, message in [
+            (ImageData(rgb[:, :, 0]), r"pixels must be .* not uint8 \(6, 8\)"),
+            (ImageData(rgb.tolist()), "not list"),
+            (ImageData(rgb.astype(np.float32) / 255), "not float32"),
+            (ImageData(np.dstack([rgb, rgb[:, :, :1]])), r"\(6, 8, 4\).*splits their alpha"),
+            (ImageData(rgb, alpha=np.zeros((5, 5), np.uint8)), r"alpha must be .* not uint8 "
+                                                                r"\(5, 5\)"),
+            (ImageData(rgb, alpha=np.zeros((6, 8), np.uint16)), "alpha must be")]:
+        with pytest.raises(UsageError, match=message):
+            check_image_data(bad)
+        with pytest.raises(UsageError, match=message):
+            upscale(up, bad, scale=2)
+        with pytest.raises(UsageError, match=message):
+            up.upscale_image(bad, (12, 16))
+    assert check_image_data(ImageData(rgb, alpha=rgb[:, :, 0].copy())).width == 8
 
 
 def test_the_decoder_is_built_once_across_renders(decoders_built):

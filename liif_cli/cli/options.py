@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from liif_cli.errors import LiifWarning, UsageError
-from liif_cli.runtime.options import DEVICE_ENV
+from liif_cli.runtime.options import DEVICE_ENV, parse_bytes  # noqa: F401 - the commands'
 
 DEFAULT_MAX_MEMORY = "auto"  # runtime.device.memory_budget: 512M on a CPU, a share of a GPU
 DEFAULT_QUALITY = 95  # JPEG/WebP quality, io.images.write_image's default
@@ -109,22 +109,6 @@ DenoiseOpt = Annotated[Optional[float], typer.Option(
     help="0 to 1: blend the default model (0, keeps grain and detail) into the real-world "
     "model (1, removes JPEG blocks and noise). Picks that pair; --model real alone runs at 1.",
     show_default=False)]
-
-
-def parse_bytes(text: str) -> int | None:
-    """'512M' -> 536870912; plain numbers are bytes; 'auto' -> None (the device's default,
-    `runtime.device.memory_budget`)."""
-    if text.strip().lower() == "auto":
-        return None
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
-    try:
-        n = float(t[:-1] if t[-1:] in "KMGT" else t) * mult
-    except ValueError:
-        raise UsageError(f"bad memory size {text!r}: use e.g. 512M or 2G") from None
-    if n < 16 * 2**20:
-        raise UsageError(f"--max-memory {text} is too small; give at least 16M")
-    return int(n)
 
 
 def check_options(*, precision: str | None = None, device: str | None = None,

@@ -20,6 +20,7 @@ replaced when asked.
 from __future__ import annotations
 
 import io
+import numbers
 import os
 import re
 import stat
@@ -43,7 +44,7 @@ from liif_cli.errors import (
     OutputPathError,
     UsageError,
 )
-from liif_cli.io import files, png
+from liif_cli.io import files, png, tiff
 from liif_cli.io.formats import (  # noqa: F401 - also importable from here, as before
     FORMAT_NAMES,
     FORMATS,
@@ -51,6 +52,14 @@ from liif_cli.io.formats import (  # noqa: F401 - also importable from here, as 
     as_written,
     format_suffix,
     is_image_name,
+)
+from liif_cli.io.tiff import (
+    TAG_ICC_PROFILE,
+    TAG_RESOLUTION_UNIT,
+    TAG_X_RESOLUTION,
+    TAG_XMP,
+    TAG_Y_RESOLUTION,
+    TIFF_BYTE,
 )
 
 # Decompression-bomb guard: refuse inputs above this many pixels unless the caller lifts it.
@@ -233,6 +242,8 @@ def _read_tiff(src: Path | bytes, name: str, max_pixels: int) -> ImageData:
         raise
     except Exception as e:  # noqa: BLE001 - tifffile raises many types for broken files
         raise ImageReadError(f"cannot read {name}: {_first_line(e)}") from None
+    if arr.dtype.kind == "f":
+        arr = tiff.float_samples(arr, name)
     if arr.ndim not in (2, 3) or arr.dtype not in (np.uint8, np.uint16) or (
             arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
         raise ImageReadError(f"cannot read {name}: unsupported TIFF layout {arr.shape} "
@@ -297,7 +308,7 @@ def _from_pil(src: Path | bytes, name: str, im: Image.Image, rawmode: str) -> Im
         else:
             data = _from_array(arr, bgr=True)
     else:
-        data = _from_array(_pil_to_array(im), bgr=False)
+        data = _from_array(_pil_to_array(im, name), bgr=False)
     if orientation != 1:
         data = _apply_orientation(data, orientation)
     return replace(data, icc_profile=icc, dpi=dpi, exif=_kept_exif(im),
@@ -363,7 +374,7 @@ def _read_16bit_cv2(src: Path | bytes, name: str) -> np.ndarray:
     return arr
 
 
-def _pil_to_array(im: Image.Image) -> np.ndarray:
+def _pil_to_array(im: Image.Image, name: str) -> np.ndarray:
     mode = im.mode
     if mode == "P" or mode == "PA":
         im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
@@ -375,8 +386,8 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
         return np.asarray(im).astype(np.uint16)
     elif mode == "I":
         return np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
-    elif mode == "F":
-        return np.clip(np.asarray(im), 0, 255).round().astype(np.uint8)
+    elif mode == "F":  # 32-bit float grey, as `_read_tiff` reads float colour: 0 to 1
+        return tiff.float_samples(np.asarray(im), name)
     elif mode == "RGBa":
         im = im.convert("RGBA")
     elif mode == "La":
@@ -435,6 +446,14 @@ def to_8bit(a: np.ndarray) -> np.ndarray:
     return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # rounded
 
 
+def check_quality(quality: int) -> int:
+    """JPEG/WebP quality (`--quality`): a whole number from 1 to 100."""
+    if isinstance(quality, bool) or not isinstance(quality, numbers.Integral) \
+            or not 1 <= quality <= 100:
+        raise UsageError(f"--quality must be a whole number from 1 to 100, not {quality!r}")
+    return int(quality)
+
+
 def write_image(path: str | os.PathLike, data: ImageData, *, quality: int = 95,
                 overwrite: bool = False) -> Path:
     """Encode `data` by the extension of `path`, atomically. Returns the path written.
@@ -443,6 +462,7 @@ def write_image(path: str | os.PathLike, data: ImageData, *, quality: int = 95,
     WebP stores grey as RGB and has no DPI. EXIF goes to PNG, JPEG and WebP, XMP to those and
     TIFF (see `EXIF_WRITTEN`, `XMP_WRITTEN`).
     """
+    check_quality(quality)
     path = check_output_path(path, overwrite=overwrite)
     try:
         files.atomic_write(path, lambda tmp: _encode_to(tmp, path.suffix.lower(), data, quality),
@@ -466,6 +486,7 @@ def output_suffix(fmt: str) -> str:
 
 def encode_image(data: ImageData, fmt: str = "png", *, quality: int = 95) -> bytes:
     """`data` encoded as a whole file of format `fmt` (as for `--format`), in memory."""
+    check_quality(quality)
     suffix = output_suffix(fmt)
     with tempfile.TemporaryDirectory(prefix="liif-") as folder:
         tmp = os.path.join(folder, "image" + suffix)
@@ -533,7 +554,7 @@ def _write_16bit(tmp: str, suffix: str, pixels: np.ndarray, alpha: np.ndarray | 
                  data: ImageData) -> None:
     """16-bit PNG (OpenCV or our encoder, then metadata chunks) or TIFF (tifffile)."""
     if suffix != ".png":
-        _write_tiff16(tmp, pixels, alpha, data)
+        tiff.write16(tmp, pixels, alpha, icc=data.icc_profile, dpi=data.dpi, xmp=data.xmp)
         return
     arr = pixels if alpha is None else np.dstack([pixels, alpha])
     # 16-bit grey+alpha: our own encoder (OpenCV has none)
@@ -552,31 +573,3 @@ def _write_16bit(tmp: str, suffix: str, pixels: np.ndarray, alpha: np.ndarray | 
                                  + data.xmp))
     with open(tmp, "wb") as f:
         f.write(png.insert_after_ihdr(blob, b"".join(chunks)))
-
-
-def _write_tiff16(tmp: str, pixels: np.ndarray, alpha: np.ndarray | None,
-                  data: ImageData) -> None:
-    """16-bit TIFF with tifffile: grey, grey+alpha, RGB or RGBA (unassociated alpha), deflate,
-    with the ICC profile, DPI and XMP as tags. (OpenCV writes no grey+alpha TIFF, and its
-    files needed the ICC and DPI tags patched in by hand.)"""
-    import tifffile
-
-    arr = pixels if alpha is None else np.dstack([pixels, alpha])
-    extratags = [(TAG_XMP, TIFF_BYTE, len(data.xmp), data.xmp, True)] if data.xmp else []
-    kwargs = {}
-    if data.dpi:
-        kwargs = {"resolution": tuple(round(d, 3) for d in data.dpi),
-                  "resolutionunit": "INCH"}
-    tifffile.imwrite(tmp, arr[:, :, 0] if arr.shape[2] == 1 else arr,
-                     photometric="rgb" if pixels.shape[2] == 3 else "minisblack",
-                     planarconfig="contig", extrasamples=None if alpha is None else ["unassalpha"],
-                     compression="zlib", iccprofile=data.icc_profile or None, metadata=None,
-                     extratags=extratags, **kwargs)
-
-
-# --- TIFF tags we read and write (TIFF 6.0; XMP: Adobe XMP spec part 3)
-
-TIFF_BYTE = 1  # field type
-TAG_X_RESOLUTION, TAG_Y_RESOLUTION, TAG_RESOLUTION_UNIT = 282, 283, 296
-TAG_XMP = 700
-TAG_ICC_PROFILE = 34675

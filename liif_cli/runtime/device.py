@@ -41,7 +41,7 @@ import warnings
 import torch
 
 from liif_cli.errors import DeviceError, LiifWarning, UsageError
-from liif_cli.runtime.options import DEVICE_HINT, check_precision
+from liif_cli.runtime.options import DEVICE_HINT, check_precision, parse_bytes
 from liif_cli.runtime.process import local_rank
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -199,7 +199,7 @@ def set_tf32(device: torch.device, enabled: bool = False) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
-def memory_budget(device: torch.device, max_memory: int | None = None, *,
+def memory_budget(device: torch.device, max_memory: int | str | None = None, *,
                   sharers: int = 1) -> int:
     """The working-memory budget (bytes) for tiles and chunks on `device`.
 
@@ -212,6 +212,7 @@ def memory_budget(device: torch.device, max_memory: int | None = None, *,
     the share, so together they stay within what `auto` promises (each asks when it starts,
     when the others' memory is already gone from the free memory: the sum only gets smaller).
     """
+    max_memory = parse_bytes(max_memory, least=1)  # bytes, or a text such as "2G"; checked
     if device.type != "cuda":
         return CPU_MAX_MEMORY if max_memory is None else max_memory
     free, _total = torch.cuda.mem_get_info(device)

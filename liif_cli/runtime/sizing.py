@@ -106,7 +106,9 @@ class SizeRequest:
 def size_request(*, scale: str | float | tuple[float, float] | None = None,
                  size: str | tuple[int, int] | None = None, width: int | None = None,
                  height: int | None = None, fit: str | None = None) -> SizeRequest:
-    """Check and parse the size options without looking at any image (usage errors only)."""
+    """Check and parse the size options without looking at any image (usage errors only).
+    A pair, as `scale` or `size`, is width first: (horizontal, vertical), as "3x2.5" and
+    "1920x1080" are."""
     if fit is not None and fit not in FITS:
         raise UsageError(f"unknown --fit {fit!r}: use contain, cover or fill")
     if fit is not None and size is None:
@@ -118,8 +120,11 @@ def size_request(*, scale: str | float | tuple[float, float] | None = None,
     if len(given) > 1 and set(given) != {"--width", "--height"}:
         raise UsageError(f"give only one of {', '.join(given)}")
     if scale is not None:
-        if isinstance(scale, tuple):
-            sy, sx = (_finite_positive(float(v), "scale") for v in scale)
+        if isinstance(scale, (tuple, list)):  # (horizontal, vertical): as "3x2.5" and size
+            if len(scale) != 2 or not all(isinstance(v, numbers.Real) for v in scale):
+                raise UsageError(f"bad scale {scale!r}: a pair of numbers is (horizontal, "
+                                 "vertical) factors, e.g. (3, 2.5)")
+            sx, sy = (_finite_positive(float(v), "scale") for v in scale)
         else:
             sy, sx = parse_scale(scale)
         return SizeRequest(scale=(sy, sx))

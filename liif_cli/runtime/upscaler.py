@@ -27,6 +27,7 @@ build, milliseconds); training's validation makes one per validation.
 from __future__ import annotations
 
 import copy
+import numbers
 import os
 import threading
 import time
@@ -138,11 +139,15 @@ class Upscaler:
         On a GPU, out of memory is retried once at half the budget, kept from then on.
         """
         if not (isinstance(img, torch.Tensor) and img.ndim == 3 and img.shape[0] == 3
-                and min(img.shape[1:]) >= 1):
-            shown = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
-            raise UsageError(f"render takes one (3, h, w) tensor in [0, 1], got {shown}")
-        if len(out_hw) != 2 or min(out_hw) < 1:
-            raise UsageError(f"out_hw {tuple(out_hw)} must be (H, W), each at least 1 pixel")
+                and min(img.shape[1:]) >= 1 and img.is_floating_point()):
+            shown = (f"{tuple(img.shape)} {img.dtype}" if isinstance(img, torch.Tensor)
+                     else type(img).__name__)
+            raise UsageError(f"render takes one (3, h, w) tensor of floats in [0, 1], got "
+                             f"{shown}")
+        if not torch.isfinite(img).all():  # NaN would come out as plausible pixels
+            raise UsageError("render's input has NaN or infinite values")
+        out_hw = _check_hw(out_hw)
+        _check_out(out, out_hw, window)
         dtype = self.dtype if dtype is None else dtype
         dec = self.decoder(dtype)
         reached = 0
@@ -179,8 +184,9 @@ class Upscaler:
         16-bit images are computed in float32 throughout whatever the precision.
         """
         t0 = time.perf_counter()
+        check_image_data(image)
+        H, W = _check_hw(out_hw)
         dtype = self.render_dtype(image.bit_depth)
-        H, W = out_hw
         rgb = model_input(image, self.device)
         out_px = np.empty((H, W, image.channels), dtype=image.pixels.dtype)
         self.render(rgb, (H, W), out_px, on_progress=on_progress, dtype=dtype)
@@ -196,6 +202,39 @@ class Upscaler:
                 f"precision={self.precision}, max_memory={self.max_memory})")
 
 
+def check_image_data(image: ImageData) -> ImageData:
+    """A UsageError unless `image` holds what `ImageData` says: (H, W, 1|3) uint8 or uint16
+    pixels and an (H, W) alpha of their dtype, or None (as `read_image` makes them)."""
+    if not isinstance(image, ImageData):
+        raise UsageError(f"image is a {type(image).__name__}, not ImageData")
+    px, alpha = image.pixels, image.alpha
+    if not (isinstance(px, np.ndarray) and px.ndim == 3 and px.shape[2] in (1, 3)
+            and px.dtype in (np.uint8, np.uint16) and min(px.shape[:2]) >= 1):
+        shown = (f"{px.dtype} {px.shape}" if isinstance(px, np.ndarray)
+                 else type(px).__name__)
+        raise UsageError(f"ImageData.pixels must be an (H, W, 1) or (H, W, 3) uint8 or uint16 "
+                         f"array, not {shown} (`upscale` takes (H, W, 2|4) arrays and splits "
+                         "their alpha off)")
+    if alpha is not None and not (isinstance(alpha, np.ndarray) and alpha.shape == px.shape[:2]
+                                  and alpha.dtype == px.dtype):
+        shown = (f"{alpha.dtype} {alpha.shape}" if isinstance(alpha, np.ndarray)
+                 else type(alpha).__name__)
+        raise UsageError(f"ImageData.alpha must be None or a {px.dtype} {px.shape[:2]} array "
+                         f"(the pixels' height, width and dtype), not {shown}")
+    return image
+
+
+def _check_hw(out_hw: tuple[int, int]) -> tuple[int, int]:
+    """(H, W): two whole numbers of pixels, each at least 1."""
+    if not (isinstance(out_hw, (tuple, list)) and len(out_hw) == 2 and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+            for v in out_hw)):
+        shown = tuple(out_hw) if isinstance(out_hw, (tuple, list)) else repr(out_hw)
+        raise UsageError(f"out_hw {shown} must be (H, W): two whole numbers of pixels, each at "
+                         "least 1")
+    return int(out_hw[0]), int(out_hw[1])
+
+
 def model_input(image: ImageData, device: torch.device | None = None) -> torch.Tensor:
     """`image`'s colour as the model takes it: (3, h, w) float32 in [0, 1] on `device` (default:
     the CPU), 8- or 16-bit levels scaled to 1, grey repeated (an expanded view)."""
@@ -206,6 +245,28 @@ def model_input(image: ImageData, device: torch.device | None = None) -> torch.T
     pixels = torch.from_numpy(px).to(device)  # (h, w, C), uint8 or float32
     rgb = pixels.permute(2, 0, 1).float() / maxval  # (C, h, w) in [0, 1]
     return rgb.expand(3, -1, -1) if rgb.shape[0] == 1 else rgb
+
+
+def _check_out(out: np.ndarray | None, out_hw: tuple[int, int],
+               window: tuple[int, int, int, int] | None) -> None:
+    """`render`'s `window` inside the output, and its `out` array of a kind it fills."""
+    H, W = out_hw
+    if window is not None:
+        if not (isinstance(window, (tuple, list)) and len(window) == 4 and all(
+                isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in window)):
+            raise UsageError(f"window must be (y0, x0, h, w) in whole pixels, not {window!r}")
+        y0, x0, h, w = window
+        if min(y0, x0) < 0 or min(h, w) < 1 or y0 + h > H or x0 + w > W:
+            raise UsageError(f"window {tuple(window)} is not inside the {H}×{W} output")
+        H, W = h, w
+    if out is None:
+        return
+    if not (isinstance(out, np.ndarray) and out.dtype in (np.uint8, np.uint16, np.float32)
+            and out.shape in ((H, W, 3), (H, W, 1))):
+        shown = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(
+            out).__name__
+        raise UsageError(f"out must be a uint8, uint16 or float32 ({H}, {W}, 3) or ({H}, {W}, "
+                         f"1) array, not {shown}")
 
 
 def _ready_on(model: SRModel, device: torch.device) -> bool:

@@ -285,6 +285,11 @@ def load_model(model: str | os.PathLike | None = None, *, device: str | torch.de
     `default` and `real` all mean that pair. Without it, such a model runs at its
     `denoise_default`.
     """
+    if not (model is None or isinstance(model, (str, os.PathLike))):
+        what = ("a network that is not a LIIF model (LIIF or LM-LIIF, as load_model returns)"
+                if isinstance(model, torch.nn.Module) else f"of type {type(model).__name__}")
+        raise UsageError(f"model is {what}: give a bundled or user model name, a checkpoint "
+                         "path, or a network load_model returned")
     device = resolve_device(device)
     if denoise is not None:
         return load_denoise_blend(model, denoise, device=device)

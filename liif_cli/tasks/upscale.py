@@ -25,6 +25,7 @@ from liif_cli.io.images import (
     DEFAULT_MAX_INPUT_PIXELS,
     ImageData,
     check_output_path,
+    check_quality,
     output_suffix,
     read_image,
     write_image,
@@ -42,6 +43,7 @@ from liif_cli.runtime.upscaler import (  # noqa: F401 - UpscaleResult, resize_pl
     ModelRef,
     Upscaler,
     UpscaleResult,
+    check_image_data,
     resize_plane,
 )
 from liif_cli.runtime.weights import check_denoise_model, load_model
@@ -91,7 +93,9 @@ def upscale_image(model: ModelRef | Upscaler, image: ImageData, *, out_hw: tuple
 
 def _from_array(arr: np.ndarray) -> ImageData:
     """(H, W) grey, (H, W, 1|2|3|4) grey/grey+alpha/RGB/RGBA uint8 or uint16 -> ImageData."""
-    if arr.dtype not in (np.uint8, np.uint16):
+    if arr.dtype.kind == "u" and arr.dtype.itemsize in (1, 2):  # big-endian '>u2' too
+        arr = arr.astype(arr.dtype.newbyteorder("="), copy=False)
+    else:
         raise UsageError(f"image array has dtype {arr.dtype}; give uint8 or uint16 values")
     a = arr[:, :, None] if arr.ndim == 2 else arr
     if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4) or min(a.shape[:2]) < 1:
@@ -110,7 +114,8 @@ def upscale(model: ModelRef | Upscaler, image: str | os.PathLike | ImageData | n
             precision: str = "auto", max_memory: int | None = None,
             max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
             on_progress: Callable[[int, int], None] | None = None):
-    """Upscale a file, ImageData or uint8/uint16 array by `scale`, to `size` (W, H), or to a
+    """Upscale a file, ImageData or uint8/uint16 array by `scale` (4, "3x2.5" or (3, 2.5):
+    horizontal first), to `size` (W, H), or to a
     `width` and/or `height` (one alone keeps the aspect ratio). `fit` says how `size` is met:
     "fill" (exactly, the default), "contain" (inside it) or "cover" (covering it).
 
@@ -123,7 +128,7 @@ def upscale(model: ModelRef | Upscaler, image: str | os.PathLike | ImageData | n
     elif isinstance(image, np.ndarray):
         data = _from_array(image)
     elif isinstance(image, ImageData):
-        data = image
+        data = check_image_data(image)
     else:
         raise UsageError(f"image is a {type(image).__name__}: give a path, ImageData or a "
                          "uint8/uint16 numpy array (a PIL image: its file's path, or "
@@ -194,7 +199,11 @@ def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = No
     device, input, output path, model. Nothing is written unless the whole job succeeds.
     """
     t0 = time.perf_counter()
+    if not isinstance(input, (str, os.PathLike)):
+        raise UsageError(f"input is a {type(input).__name__}: upscale_file reads a file (a path, "
+                         "or \"-\" for stdin); `upscale` takes arrays and ImageData")
     request = size_request(scale=scale, size=size, width=width, height=height, fit=fit)
+    check_quality(quality)
     suffix = None if fmt is None else output_suffix(fmt)
     up = model if isinstance(model, Upscaler) else None
     check_denoise_model(model, denoise)

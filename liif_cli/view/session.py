@@ -129,7 +129,7 @@ def output_hw(image: ViewImage, scale: str) -> tuple[tuple[float, float], tuple[
     if not (MIN_SCALE <= sy <= MAX_SCALE and MIN_SCALE <= sx <= MAX_SCALE):
         raise UsageError(f"scale {scale} is outside {MIN_SCALE:g} to {MAX_SCALE:g}")
     # only a window is ever allocated here: the whole output's size needs no limit
-    return (sy, sx), target_size((image.height, image.width), scale=(sy, sx),
+    return (sy, sx), target_size((image.height, image.width), scale=(sx, sy),
                                  max_pixels=math.inf)
 
 
@@ -488,7 +488,8 @@ class ViewSession:
             raise UsageError("export renders with a model: pick one other than bicubic")
         dst = self.export_path(index, scale)
         img = self.images[index]
-        out_hw = sizing.target_size((img.height, img.width), scale=output_hw(img, scale)[0],
+        (sy, sx), _ = output_hw(img, scale)  # within the viewer's caps
+        out_hw = sizing.target_size((img.height, img.width), scale=(sx, sy),
                                     max_pixels=sizing.DEFAULT_MAX_OUTPUT_PIXELS)  # upscale's
         check_output_path(dst, overwrite=overwrite)
         with self._lock:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from liif_cli.errors import LiifError, LiifWarning, UsageError
-from liif_cli.io.images import DEFAULT_MAX_INPUT_PIXELS
+from liif_cli.io.images import DEFAULT_MAX_INPUT_PIXELS, check_quality
 from liif_cli.model import SRModel
 from liif_cli.runtime.device import precision_name, resolve_device, resolve_precision
 from liif_cli.runtime.sizing import DEFAULT_MAX_OUTPUT_PIXELS, SizeRequest
@@ -96,6 +96,10 @@ def run_batch(plan: BatchPlan, model: SRModel | str | os.PathLike | None = None,
     bundled pair's weights blended at that strength (`weights.load_model`), once, here.
     """
     t_start = time.perf_counter()
+    if not isinstance(size, SizeRequest):  # else every file failed as an internal error
+        raise UsageError(f"size is a {type(size).__name__}: give a SizeRequest, e.g. "
+                         "liif_cli.runtime.sizing.size_request(scale=2)")
+    check_quality(quality)
     emit = on_event or (lambda e: None)
     record = on_record or (lambda r: None)
     stop = stop or threading.Event()
