@@ -320,6 +320,43 @@ def test_bench_reports_engine_against_oracle(tiny_ckpt):
     assert r.exit_code == 2 and "--random-arch" in r.stderr
 
 
+def test_bench_refuses_what_would_time_nothing_or_too_much(tmp_path):
+    """An empty --device or --precision list printed an empty table (exit 0); a scale of 1e300
+    was an internal error and 1e7 "out of memory"; fp16 in a list failed on the CPU that
+    `--device auto` always includes; an infinite PSNR was written as JSON's non-value
+    Infinity."""
+    import json
+    import math
+    import re
+
+    from typer.testing import CliRunner
+
+    from liif_cli.cli import app
+    from liif_cli.errors import LiifWarning
+    from liif_cli.io.files import json_text
+    from liif_cli.tasks.bench import run_bench
+
+    base = ["bench", "--random-arch", "edsr-baseline-small", "--size", "8", "--skip-oracle"]
+    for args, message in ((["--device", ","], "names no device"),
+                          (["--precision", ""], "names no precision"),
+                          (["--scale", "1e300"], r"output 8\.0e\+300×8\.0e\+300 is over"),
+                          (["--scale", "1e5"], "over the 1,000.0 MP limit"),
+                          (["--size", "20000"], "over 200.0 MP")):
+        r = CliRunner().invoke(app, base + args)
+        assert r.exit_code == 2 and re.match(f"error: .*{message}", r.output), (args, r.output)
+    with pytest.warns(LiifWarning, match="fp16 is for GPUs: not measured on the CPU"):
+        report = run_bench(random_model(), size=8, scale=2, devices="cpu",
+                           precisions="fp32,fp16", skip_oracle=True)
+    assert [r.precision for r in report.rows] == ["fp32"]
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(app, base + ["--precision", "fp32", "--json", str(out), "-q"])
+    assert r.exit_code == 0 and json.loads(out.read_text())["rows"][0]["precision"] == "fp32"
+    # what bench and eval write their JSON with: identical images' PSNR is null, not Infinity
+    assert json.loads(json_text({"rows": [{"psnr_vs_fp32": math.inf, "d": [-math.inf, 1.5],
+                                           "n": math.nan}]})) == {
+        "rows": [{"psnr_vs_fp32": None, "d": [None, 1.5], "n": None}]}
+
+
 @pytest.mark.parametrize("model_kind", ["liif", "lmf"])
 @pytest.mark.parametrize("window", [None, (7, 11, 40, 50)])
 def test_render_work_counts_what_render_encodes_and_decodes(model_kind, window):

@@ -382,3 +382,53 @@ def test_library_errors_are_typed(tmp_path):
     assert ev.parse_scales(4) == [4]  # one number, as `scales=4`
     with pytest.raises(UsageError, match="bad --scales '2x3'"):
         ev.parse_scales("2x3")  # not ×23
+
+
+def test_examples_are_written_only_when_everything_is_scored_under_unique_names(tmp_path,
+                                                                                tiny_model):
+    """`a.png` and `a.jpg` wrote one example name: the second was refused ("output exists") after
+    all the scoring, or with --overwrite replaced the first. A run that failed left the
+    examples made so far (and its folders), so the rerun was refused."""
+    hr = tmp_path / "set"
+    hr.mkdir()
+    Image.fromarray(photo_like(16, 20, seed=1)).save(hr / "a.png")
+    Image.fromarray(photo_like(16, 20, seed=2)).save(hr / "a.jpg", quality=95)
+    Image.fromarray(photo_like(16, 20, seed=3)).save(hr / "b.png")
+    ex = tmp_path / "new" / "ex"
+    res = ev.evaluate(tiny_model, hr, scales=[2], examples_dir=ex, device="cpu")
+    assert sorted(p.name for p in res.examples) == sorted(p.name for p in ex.iterdir()) == [
+        "set_a_jpg_x2.png", "set_a_png_x2.png", "set_b_x2.png"]
+    # a failure part way (b.png cut short): no example and no folder left behind
+    shutil.rmtree(tmp_path / "new")
+    (hr / "b.png").write_bytes((hr / "b.png").read_bytes()[:60])
+    with pytest.raises(Exception, match="b.png"):
+        ev.evaluate(tiny_model, hr, scales=[2], examples_dir=ex, device="cpu")
+    assert not (tmp_path / "new").exists()
+
+
+def test_examples_folder_and_data_that_cannot_be_are_usage_errors(hr_dir, tiny_ckpt, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for args, message in (
+            (["--save-examples", str(afile / "sub")], f"cannot make the examples folder "
+                                                      f"{afile / 'sub'}: {afile} is a file"),
+            (["--save-examples", ""], "--save-examples is empty"),
+            (["--data", ""], "--data is empty")):
+        r = runner.invoke(app, ["eval", "--data", str(hr_dir), "--scales", "2", "--model",
+                                str(tiny_ckpt), "--device", "cpu", *args])
+        assert r.exit_code == 2 and r.output.startswith(f"error: {message}"), r.output
+        assert r.output.count("\n") == 1
+
+
+def test_json_reports_are_strict_json_when_a_score_is_infinite(tmp_path, tiny_model):
+    """A flat image is predicted exactly: its PSNR is inf, which json.dumps wrote as Infinity
+    (not JSON: JavaScript's JSON.parse and jq refuse it). It is null."""
+    hr = tmp_path / "flat"
+    hr.mkdir()
+    Image.fromarray(np.full((24, 32, 3), 255, np.uint8)).save(hr / "white.png")
+    res = ev.evaluate(tiny_model, hr, scales=[2], device="cpu")
+    assert any(math.isinf(r.psnr) for r in res.records)  # bicubic's, at least
+    out = ev.write_json(tmp_path / "r.json", res.rows())
+    text = out.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert any(row["psnr"] is None for row in json.loads(text))

@@ -322,3 +322,38 @@ def test_the_training_logs_new_machine_command_continues_the_committed_wip_on_it
     passed = sum(m <= epoch for m in plan["lr_milestones"])  # halvings already made
     lr = float(re.search(r"--lr ([\d.e-]+)", command)[1])
     assert lr == pytest.approx(plan["lr"] * plan["lr_gamma"] ** passed)
+
+
+def test_unreadable_model_files_and_folders_are_one_line(tmp_path, tiny_ckpt, monkeypatch):
+    """A file or models folder this user may not read, or a dangling link in the folder: one
+    line, not "internal error: PermissionError" / "FileNotFoundError". (Permissions are faked:
+    the tests may run as root.)"""
+    from liif_cli.runtime import weights
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "gone.pth").symlink_to(tmp_path / "nowhere.pth")
+    tiny_ckpt.rename(folder / "mine.pth")
+    monkeypatch.setenv("LIIF_MODELS_DIR", str(folder))
+    r = runner.invoke(app, ["models", "--json"])
+    assert r.exit_code == 0, r.output
+    assert "gone" in r.output and "not found" in r.output
+
+    def locked(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(weights, "open", locked, raising=False)  # read_checkpoint's probe
+    with pytest.raises(CheckpointError, match=r"cannot read the model file .*mine\.pth: "
+                                              r"Permission denied"):
+        weights.read_checkpoint(folder / "mine.pth")
+    monkeypatch.undo()
+    monkeypatch.setenv("LIIF_MODELS_DIR", str(folder))
+    real_iterdir, real_exists = type(folder).iterdir, type(folder).exists
+    monkeypatch.setattr(type(folder), "iterdir", lambda p: locked(p) if p == folder
+                        else real_iterdir(p))
+    monkeypatch.setattr(type(folder), "exists", lambda p, **kw: locked(p) if p.parent == folder
+                        else real_exists(p, **kw))
+    for args in (["models"], ["export", "mine", "-o", str(tmp_path / "m.safetensors")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1 and r.output.strip() == (
+            f"error: cannot read the models folder {folder}: Permission denied"), r.output

@@ -100,6 +100,9 @@ MaxMemoryOpt = Annotated[str, typer.Option(
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 QuietOpt = Annotated[bool, typer.Option(
     "--quiet", "-q", help="No progress, notes or summary: errors only.")]
+# eval's and bench's results are their table: -q leaves it
+QuietTableOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="No progress or notes: the results table and errors only.")]
 QualityOpt = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.",
                                          envvar="LIIF_QUALITY", show_envvar=True,
                                          callback=from_env)]

@@ -21,13 +21,15 @@ starting with '.', our temporaries among them) skipped, symlinked folders not fo
 from __future__ import annotations
 
 import fnmatch
+import json
+import math
 import os
 import re
 import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from liif_cli.errors import OutputExistsError, OutputPathError, OutputWriteError
 from liif_cli.io.formats import is_image_name
@@ -155,6 +157,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool 
     """Write `data` to `path` atomically (see `atomic_write`); returns the path."""
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), overwrite=overwrite)
     return Path(path)
+
+
+def json_text(obj: Any) -> str:
+    """`obj` as strict JSON, indented, newline-ended: a float that is not finite (a PSNR of
+    identical images) is null, which every parser reads (JSON has no Infinity)."""
+    def finite(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(obj), indent=1, allow_nan=False) + "\n"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False,

@@ -114,6 +114,8 @@ class ImageData:
 
 def pixel_count(n: int) -> str:
     """12_345_678 -> "12.3 MP"; 3000 -> "3,000 pixels" (for messages)."""
+    if n >= 10**18:  # a scale of 1e300 asks for more than a float holds
+        return "over 10¹² MP"
     return f"{n / 1e6:,.1f} MP" if n >= 100_000 else f"{n:,} pixels"
 
 

@@ -63,6 +63,11 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _side(n: int) -> str:
+    """A side in pixels for a message: 1.0e+300, not three hundred digits (-s 1e300)."""
+    return str(n) if n < 10**12 else f"{n / 10**(len(str(n)) - 1):.1f}e+{len(str(n)) - 1}"
+
+
 def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
@@ -172,7 +177,8 @@ def target_size(in_hw: tuple[int, int], *, scale: str | float | tuple[float, flo
     if min(out) < 1:
         raise UsageError(f"output would be {out[1]}×{out[0]} pixels: ask for a larger size")
     if out[0] * out[1] > max_pixels:
-        raise UsageError(f"output {out[1]}×{out[0]} is {pixel_count(out[0] * out[1])}, over the "
+        raise UsageError(f"output {_side(out[1])}×{_side(out[0])} is "
+                         f"{pixel_count(out[0] * out[1])}, over the "
                          f"{pixel_count(max_pixels)} limit (each MP takes 3 MB of memory); "
                          "lift it with --max-output-pixels")
     return out

@@ -97,6 +97,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"model file not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"model path is a folder, not a checkpoint file: {path}")
+    try:
+        with open(path, "rb"):  # unreadable (permissions, a dangling link): said so, first
+            pass
+    except OSError as e:
+        raise CheckpointError(f"cannot read the model file {path}: "
+                              f"{e.strerror or type(e).__name__}") from None
     if path.stat().st_size == 0:
         raise CheckpointError(f"model file is empty: {path}")
     if path.suffix.lower() == ".onnx":
@@ -261,8 +267,12 @@ def resolve_model_path(model: str | os.PathLike | None) -> tuple[str, Path]:
         return path.stem, path
     for suffix in CHECKPOINT_SUFFIXES:
         candidate = user_models_dir() / f"{key}{suffix}"
-        if candidate.exists():
-            return key, candidate
+        try:
+            if candidate.exists():
+                return key, candidate
+        except OSError as e:  # a models folder this user cannot search
+            raise CheckpointError(f"cannot read the models folder {candidate.parent}: "
+                                  f"{e.strerror or type(e).__name__}") from None
     if model is None:
         raise CheckpointError("no bundled default model in this build; pass --model PATH to a "
                               "LIIF checkpoint (e.g. the official edsr-baseline-liif.pth)")
@@ -355,8 +365,13 @@ def list_models() -> list[dict[str, Any]]:
         rows.append({"name": w.name, "path": PACKAGE_WEIGHTS_DIR / w.file, "source": "bundled",
                      "description": w.description})
     folder = user_models_dir()
-    if folder.is_dir():
-        for p in sorted(folder.iterdir()):
+    try:
+        found = sorted(folder.iterdir()) if folder.is_dir() else []
+    except OSError as e:  # unreadable: its models cannot be loaded either
+        raise CheckpointError(f"cannot read the models folder {folder}: "
+                              f"{e.strerror or type(e).__name__}") from None
+    if found:
+        for p in found:
             if p.suffix.lower() in CHECKPOINT_SUFFIXES:
                 # a bundled name wins in --model: say so rather than hide the file
                 note = (f"hidden by the bundled {p.stem!r} (--model {p.stem} loads that): "
@@ -378,7 +393,10 @@ def list_models() -> list[dict[str, Any]]:
             row["params"] = 0
             row["trained"] = ""
             row["description"] = str(e)
-        row["bytes"] = row["path"].stat().st_size
+        try:
+            row["bytes"] = row["path"].stat().st_size
+        except OSError:  # a dangling link (said in its description)
+            row["bytes"] = 0
     return rows
 
 

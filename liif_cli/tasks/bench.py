@@ -22,6 +22,7 @@ import resource
 import sys
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 
 from liif_cli.data.metrics import psnr
-from liif_cli.errors import UsageError
+from liif_cli.errors import LiifWarning, UsageError
+from liif_cli.io.images import DEFAULT_MAX_INPUT_PIXELS, pixel_count
 from liif_cli.model import (
     LMLIIF,
     LiifConfig,
@@ -49,7 +51,7 @@ from liif_cli.runtime.device import (
     resolve_device,
     resolve_precision,
 )
-from liif_cli.runtime.sizing import target_size
+from liif_cli.runtime.sizing import DEFAULT_MAX_OUTPUT_PIXELS, target_size
 from liif_cli.runtime.upscaler import Upscaler
 
 OFFICIAL_BATCH = 30000  # queries per call in the official batched_predict (demo.py, test.py)
@@ -209,13 +211,24 @@ def _devices(spec: str) -> list[torch.device]:
     if spec == "auto":  # the CPU, and the GPU or Mac the one device policy picks
         other = resolve_device("auto")
         return [torch.device("cpu")] + ([other] if other.type != "cpu" else [])
-    return [resolve_device(d.strip()) for d in spec.split(",") if d.strip()]
+    devices = [resolve_device(d.strip()) for d in spec.split(",") if d.strip()]
+    if not devices:
+        raise UsageError(f"--device {spec!r} names no device: use auto, cpu, cuda, cuda:N or "
+                         "mps, or a list of them")
+    return devices
 
 
 def _precisions(spec: str, device: torch.device) -> list[torch.dtype]:
     names = [p.strip() for p in spec.split(",") if p.strip()]
+    if not names:
+        raise UsageError(f"--precision {spec!r} names no precision: use auto, or a list such "
+                         "as fp32,bf16")
     out = []
     for name in names:
+        if name == "fp16" and device.type == "cpu" and len(names) > 1:
+            warnings.warn("fp16 is for GPUs: not measured on the CPU", LiifWarning,
+                          stacklevel=2)
+            continue
         if name == "auto":
             dts = [torch.float32, torch.bfloat16] if device.type == "cpu" else [
                 torch.float32, resolve_precision("auto", device)]
@@ -252,8 +265,8 @@ def _sync(device: torch.device) -> None:
 def run_bench(model: SRModel, *, image: np.ndarray | None = None, size: int = 256,
               scale: float = 4.0, devices: str = "auto", precisions: str = "auto",
               skip_oracle: bool = False, max_memory: int | None = None,
-              model_name: str = "model", on_stage: Callable[[str], None] | None = None
-              ) -> BenchReport:
+              model_name: str = "model", on_stage: Callable[[str], None] | None = None,
+              max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS) -> BenchReport:
     """Time engine (each precision) and oracle (fp32) on each device for one input and scale.
 
     `image`: (h, w, 3) uint8; default a synthetic size×size one. Output round(h·s)×round(w·s).
@@ -263,9 +276,12 @@ def run_bench(model: SRModel, *, image: np.ndarray | None = None, size: int = 25
     if image is None:
         if size < 1:
             raise UsageError(f"--size must be at least 1, got {size}")
+        if size * size > DEFAULT_MAX_INPUT_PIXELS:
+            raise UsageError(f"--size {size} is over {pixel_count(DEFAULT_MAX_INPUT_PIXELS)}, "
+                             "`liif upscale`'s input limit")
         image = synthetic_image(size)
     h, w = image.shape[:2]
-    out_hw = target_size((h, w), scale=scale, max_pixels=math.inf)  # as `liif upscale` sizes
+    out_hw = target_size((h, w), scale=scale, max_pixels=max_output_pixels)  # as upscale does
     n_out = out_hw[0] * out_hw[1]
     report = BenchReport(model_name, (h, w), out_hw, torch.get_num_threads(),
                          cpu_bf16_native(),

@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import re
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -61,7 +61,13 @@ from liif_cli.data.samples import (
 )
 from liif_cli.data.samples import load_rgb_uint8 as load_rgb
 from liif_cli.errors import DataError, UsageError
-from liif_cli.io.files import atomic_write_text, check_output_path, find_images
+from liif_cli.io.files import (
+    atomic_write_text,
+    check_folder_makeable,
+    check_output_path,
+    find_images,
+    json_text,
+)
 from liif_cli.io.formats import READABLE_SUFFIXES
 from liif_cli.runtime.device import resolve_device, resolve_precision
 from liif_cli.runtime.sizing import parse_scales
@@ -114,6 +120,8 @@ class Dataset:
 
 def find_dataset(data: str | os.PathLike) -> Dataset:
     """A folder of HR images (or a folder with an HR/ subfolder); name from the folder."""
+    if not str(data).strip():  # Path("") is the current folder
+        raise UsageError("--data is empty: give a folder of HR images")
     folder = Path(data).expanduser()
     if not folder.exists():
         raise DataError(f"dataset folder not found: {folder}")
@@ -283,8 +291,7 @@ REPORT_FIELDS = ("dataset", "scale", "method", "psnr", "ssim", "images", "protoc
 
 def write_json(path: str | os.PathLike, rows: list[dict[str, Any]], *,
                overwrite: bool = False) -> Path:
-    return atomic_write_text(Path(path).expanduser(), json.dumps(rows, indent=1) + "\n",
-                             overwrite=overwrite)
+    return atomic_write_text(Path(path).expanduser(), json_text(rows), overwrite=overwrite)
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]], *,
@@ -302,8 +309,19 @@ def _fmt_scale(scale: float) -> str:
     return f"{scale:g}"
 
 
-def example_name(dataset: str, image: Path, scale: float) -> str:
-    return f"{dataset}_{image.stem}_x{_fmt_scale(scale)}.png"
+def example_name(dataset: str, image: Path, scale: float, *, with_suffix: bool = False) -> str:
+    """DATASET_STEM_xS.png; `with_suffix` (for images that share a stem, `a.png` and `a.jpg`):
+    DATASET_STEM_EXT_xS.png."""
+    stem = f"{image.stem}_{image.suffix[1:].lower()}" if with_suffix else image.stem
+    return f"{dataset}_{stem}_x{_fmt_scale(scale)}.png"
+
+
+def example_paths(folder: Path, ds: Dataset, images: Sequence[Path],
+                  scales: Sequence[float]) -> dict[tuple[Path, float], Path]:
+    """Each example's file, (image, scale) -> path: names apart for images of one stem."""
+    stems = Counter(p.stem for p in ds.images)
+    return {(img, s): folder / example_name(ds.name, img, s, with_suffix=stems[img.stem] > 1)
+            for img in images for s in scales}
 
 
 def example_panel(panels: Sequence[np.ndarray], labels: Sequence[str]) -> np.ndarray:
@@ -366,15 +384,18 @@ def evaluate(model: Any, data: str | os.PathLike, *,
     dtype = resolve_precision(precision, dev)  # the whole forward pass (runtime.upscaler)
 
     shown = ds.images[:max(0, examples)] if examples_dir is not None else ()
-    ex_dir = None
+    targets: dict[tuple[Path, float], Path] = {}
     if shown:
+        if not str(examples_dir).strip():
+            raise UsageError("--save-examples is empty: give a folder for the example crops")
         ex_dir = Path(examples_dir).expanduser()
         if ex_dir.exists() and not ex_dir.is_dir():
             raise UsageError(f"--save-examples must be a folder: {ex_dir}")
-        ex_dir.mkdir(parents=True, exist_ok=True)
-        for img in shown:
-            for s in scale_list:
-                check_output_path(ex_dir / example_name(ds.name, img, s), overwrite=overwrite)
+        check_folder_makeable(ex_dir, "the examples folder", "--save-examples")
+        targets = example_paths(ex_dir, ds, shown, scale_list)
+        if ex_dir.is_dir():
+            for target in targets.values():
+                check_output_path(target, overwrite=overwrite)
 
     if denoise is not None:
         model = load_model(model, device=dev, denoise=denoise)
@@ -387,6 +408,7 @@ def evaluate(model: Any, data: str | os.PathLike, *,
     done = 0
     scores: list[ImageScore] = []
     written: list[Path] = []
+    panels: list[tuple[Path, np.ndarray]] = []  # (file, crops) of the examples
     hr_cache: tuple[Path, np.ndarray] | None = None
     for job in jobs:
         if hr_cache is None or hr_cache[0] != job.hr:
@@ -415,10 +437,12 @@ def evaluate(model: Any, data: str | os.PathLike, *,
                 psnr(out, gt, protocol=proto, scale=job.scale),
                 ssim(out, gt, protocol=proto, scale=job.scale) if with_ssim else None, lr_kind,
                 degrade_name))
-        if ex_dir is not None and job.hr in shown:
-            panel = example_panel([bic, pred, gt_u8], [BICUBIC, name, "ground truth"])
-            target = ex_dir / example_name(ds.name, job.hr, job.scale)
-            written.append(write_image(target, ImageData(panel), overwrite=overwrite))
+        if (job.hr, job.scale) in targets:  # written once all is scored: a failure leaves none
+            panels.append((targets[job.hr, job.scale],
+                           example_panel([bic, pred, gt_u8], [BICUBIC, name, "ground truth"])))
+    for target, panel in panels:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written.append(write_image(target, ImageData(panel), overwrite=overwrite))
     return EvalResult(
         dataset=ds.name, protocol=proto.name, model=name, records=aggregate(scores, proto.name),
         per_image=scores, images=len(ds.images), seconds=time.perf_counter() - t0,

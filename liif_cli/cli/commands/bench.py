@@ -10,10 +10,12 @@ import typer
 from liif_cli.cli import displays
 from liif_cli.cli.options import (
     DEFAULT_MAX_MEMORY,
+    DEFAULT_MAX_OUTPUT_PIXELS,
     DEVICE_ENV,
     MaxMemoryOpt,
+    MaxOutOpt,
     OverwriteOpt,
-    QuietOpt,
+    QuietTableOpt,
     own_the_process,
     parse_bytes,
 )
@@ -39,22 +41,21 @@ def bench(
         "list such as cpu,cuda:0.", envvar=DEVICE_ENV, show_envvar=True)] = "auto",
     precision: Annotated[str, typer.Option(
         help="auto (fp32 and bf16 on CPU, fp32 and the GPU default on GPUs) or a list such "
-        "as fp32,bf16,fp16.")] = "auto",
+        "as fp32,bf16,fp16 (fp16 is measured on GPUs only).")] = "auto",
     skip_oracle: Annotated[bool, typer.Option(
         "--skip-oracle", help="Do not run the slow official forward; compare with fp32.")
     ] = False,
     max_memory: MaxMemoryOpt = DEFAULT_MAX_MEMORY,
+    max_output_pixels: MaxOutOpt = DEFAULT_MAX_OUTPUT_PIXELS,
     json_out: Annotated[Optional[Path], typer.Option(
         "--json", help="Also write the results to this JSON file.")] = None,
     overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
+    quiet: QuietTableOpt = False,
 ):
     """Time the engine against the official forward on the same weights.
 
     Example: liif bench --random-arch edsr-baseline --size 256 --scale 4
     """
-    import json
-
     from liif_cli.tasks.bench import random_model, run_bench
 
     if (model is None) == (random_arch is None):
@@ -75,13 +76,13 @@ def bench(
         name = net.card.name
     report = run_bench(net, image=image, size=size, scale=scale, devices=device,
                        precisions=precision, skip_oracle=skip_oracle, max_memory=budget,
-                       model_name=name,
+                       model_name=name, max_output_pixels=max_output_pixels,
                        on_stage=None if quiet else lambda s: displays.stage_line(f"running {s} …"))
     displays.bench_table(report, name)
     if json_out is not None:
-        from liif_cli.io.files import atomic_write_text
+        from liif_cli.io.files import atomic_write_text, json_text
 
-        atomic_write_text(json_out, json.dumps(report.as_dict(), indent=1), overwrite=overwrite)
+        atomic_write_text(json_out, json_text(report.as_dict()), overwrite=overwrite)
 
 
 def _rgb8(path: Path):

@@ -17,7 +17,7 @@ from liif_cli.cli.options import (
     ModelOpt,
     OverwriteOpt,
     PrecisionOpt,
-    QuietOpt,
+    QuietTableOpt,
     check_options,
     model_for_denoise,
     own_the_process,
@@ -30,8 +30,9 @@ OptionalPath = Optional[Path]
 
 
 def eval_(
-    data: Annotated[Path, typer.Option(help="Folder of HR images (or one with an HR/ subfolder).",
-                                       show_default=False)],
+    # text, not Path: Path("") would be the current folder
+    data: Annotated[str, typer.Option(help="Folder of HR images (or one with an HR/ subfolder).",
+                                      show_default=False)],
     model: ModelOpt = None,
     scales: Annotated[str, typer.Option(help="Comma-separated scales, each > 1.")
                       ] = DEFAULT_SCALES,
@@ -50,14 +51,14 @@ def eval_(
                          ] = None,
     csv_path: Annotated[OptionalPath, typer.Option("--csv", help="Write records as CSV.")
                         ] = None,
-    save_examples: Annotated[OptionalPath, typer.Option(
+    save_examples: Annotated[Optional[str], typer.Option(
         help="Folder for side-by-side crops (bicubic | model | ground truth).")] = None,
     degrade: Annotated[Optional[str], typer.Option(
         help="Degrade every LR input, in this order, seeded per image: e.g. jpeg=70, "
         "noise=5,jpeg=80, blur=1.5 (keys blur, noise, gray, poisson, jpeg).")] = None,
     denoise: DenoiseOpt = None, device: DeviceOpt = "auto", precision: PrecisionOpt = "fp32",
     max_memory: MaxMemoryOpt = DEFAULT_MAX_MEMORY, overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
+    quiet: QuietTableOpt = False,
 ):
     """PSNR (and SSIM) of a model on a folder of HR images, under the LIIF paper's protocols.
 
@@ -79,7 +80,7 @@ def eval_(
                          "each its own")
     for path, _ in reports:
         check_output_path(path, overwrite=overwrite)
-    with displays.progress_bar(f"eval {data.name}", quiet=quiet, unit_scale=1e-6) as progress:
+    with displays.progress_bar(f"eval {Path(data).name}", quiet=quiet, unit_scale=1e-6) as progress:
         res = evaluate(model, data, scales=scales, protocol=protocol, lr_dir=lr_dir,
                        bicubic=not no_bicubic, with_ssim=ssim, device=device,
                        precision=precision, max_memory=budget, examples_dir=save_examples,
