@@ -26,6 +26,15 @@ def signal_exit_code(signum: int | None) -> int:
     return EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop signal raised as Ctrl-C is (`liif video` takes SIGTERM, a cluster's preemption,
+    so); its exit code is the signal's: 143 for SIGTERM."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signum = signum
+
+
 class LiifError(Exception):
     """Base class: a problem the user can fix. Exit code 1 unless a subclass says otherwise."""
 
@@ -152,7 +161,7 @@ def describe(exc: BaseException, command: str | None = None) -> tuple[str, int]:
     if isinstance(exc, LiifError):
         return str(exc), exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted", EXIT_INTERRUPTED
+        return "interrupted", signal_exit_code(getattr(exc, "signum", None))
     if is_out_of_memory(exc):
         advice = OOM_ADVICE.get(command or "")
         return (OUT_OF_MEMORY if advice is None else f"out of memory; {advice}"), EXIT_FAILURE

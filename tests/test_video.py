@@ -155,9 +155,13 @@ def test_keeps_sound_subtitles_timing_and_tags(clip, tmp_path, tiny_ckpt):
 def test_variable_frame_rate_times_kept(tmp_path, tiny_ckpt):
     pts = [0, 40, 80, 200, 230, 500, 510, 520, 900, 1000, 1400, 1433]
     clip = make_clip(tmp_path / "vfr.mkv", frames=len(pts), pts=pts, audio=False, subs=False)
-    out = tmp_path / "vfr_out.mkv"
-    upscale_video(clip, out, model=tiny_ckpt, scale=2, segment_seconds=0.3)
-    assert [t for t, _ in frames(out)] == [Fraction(p, 1000) for p in pts]
+    for ext in ("mkv", "mp4"):
+        out = tmp_path / f"vfr_out.{ext}"
+        upscale_video(clip, out, model=tiny_ckpt, scale=2, segment_seconds=0.3)
+        assert [t for t, _ in frames(out)] == [Fraction(p, 1000) for p in pts]
+        # the last frame lasts as long as the input's (it lasted 1/average rate: the length
+        # of an MP4 is where its last frame ends)
+        assert probe(out).duration_s == probe(clip).duration_s, ext
 
 
 def test_lossless_frame_is_upscale_of_the_input_frame(clip, tmp_path, tiny_ckpt):
@@ -251,6 +255,20 @@ def test_three_shards_render_every_frame_once(clip, tmp_path, tiny_ckpt):
     assert out.read_bytes() == ref.read_bytes()
 
 
+def test_mpeg_ts_with_one_keyframe_cuts_into_segments(tmp_path, tiny_ckpt):
+    """MPEG-TS (.ts, a camcorder's .mts) seeks by bytes: past its last keyframe the seek found
+    no frame, and every segment after the first failed as "frame N does not decode"."""
+    ts = make_clip(tmp_path / "cam.ts", gop=1000, audio=False, subs=False)
+    outs = {}
+    for seconds in (0.5, 100):
+        outs[seconds] = tmp_path / f"o{seconds}.mkv"
+        upscale_video(ts, outs[seconds], model=tiny_ckpt, scale=2, segment_seconds=seconds,
+                      codec="ffv1")
+    cut, whole = frames(outs[0.5]), frames(outs[100])
+    assert len(cut) == len(whole) == 24
+    assert all(a[0] == b[0] and np.array_equal(a[1], b[1]) for a, b in zip(cut, whole))
+
+
 def test_join_waits_for_missing_segments(clip, tmp_path, tiny_ckpt):
     out = tmp_path / "o.mkv"
     kw = dict(model=tiny_ckpt, scale=2, segment_seconds=0.5)
@@ -261,6 +279,77 @@ def test_join_waits_for_missing_segments(clip, tmp_path, tiny_ckpt):
     assert not out.exists()
     res = upscale_video(clip, out, **kw, shard=(2, 2))
     assert res.joined and probe(out).frames == 24
+
+
+def test_a_join_lock_left_by_a_dead_joiner_is_taken_over(clip, tmp_path, tiny_ckpt):
+    """A joiner killed (SIGKILL, a reboot) left join.lock: the same command again said its
+    segments were done and wrote nothing, exit 0, for good; its .part stayed beside the output.
+    A lock of a live process, or of another machine, is left alone, and the summary says who
+    holds it."""
+    import socket
+
+    from liif_cli.io.files import temp_target
+
+    out = tmp_path / "o.mkv"
+    kw = dict(model=str(tiny_ckpt), scale=2, segment_seconds=0.5)  # the CLI's job, by name
+    upscale_video(clip, out, **kw, shard=(1, 2))
+    lock = work_folder(out) / "join.lock"
+    host = socket.gethostname()
+    for holder in (f"{host} {os.getpid()}", "elsewhere.example 12345"):
+        lock.write_text(holder + "\n")
+        res = upscale_video(clip, out, **kw, shard=(2, 2))
+        assert not res.joined and not res.waiting and res.joiner == holder and not out.exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(f"{host} {dead.pid}\n")
+    part = out.with_name(f".{out.name}.k1ll3d00.part")
+    part.write_bytes(b"a killed join's start")
+    assert temp_target(part.name) == out.name
+    r = run("video", clip, "-o", out, "-s", "2", "-m", tiny_ckpt, "--segment-seconds", "0.5",
+            "--shard", "2/2")
+    assert r.exit_code == 0 and "wrote" in r.output, r.output
+    assert probe(out).frames == 24 and not part.exists() and not work_folder(out).exists()
+
+
+def test_a_shard_that_leaves_the_join_reports_partial(clip, tmp_path, tiny_ckpt):
+    """A shard's line said "done" though it joined nothing: `liif batch --summary` counted the
+    video done (exit 0) with no file, or "done more than once" once the last shard joined."""
+    out, rep = tmp_path / "o.mkv", tmp_path / "r.jsonl"
+    base = ["video", clip, "-o", out, "-s", "2", "-m", tiny_ckpt, "--segment-seconds", "0.5",
+            "--report", rep]
+    assert run(*base, "--shard", "1/2").exit_code == 0
+    assert json.loads(rep.read_text().splitlines()[-1])["status"] == "partial"
+    r = run("batch", "--summary", rep)
+    assert r.exit_code == 1 and "partial" in r.output and "not done" in r.output, r.output
+    assert run(*base, "--shard", "2/2").exit_code == 0
+    assert json.loads(rep.read_text().splitlines()[-1])["status"] == "done"
+    r = run("batch", "--summary", rep)
+    assert r.exit_code == 0 and "more than once" not in r.output, r.output
+
+
+@pytest.mark.slow
+def test_sigterm_stops_as_ctrl_c_with_143_and_a_cancelled_line(tmp_path, tiny_ckpt):
+    """SIGTERM (a cluster's preemption) killed the process by the signal: no report line, and
+    a join it cut left its lock."""
+    clip = make_clip(tmp_path / "long.mkv", frames=48, hw=(48, 64))
+    out, rep = tmp_path / "o.mkv", tmp_path / "r.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.Popen([sys.executable, "-m", "liif_cli", "video", str(clip), "-o", str(out),
+                          "-s", "3", "-m", str(tiny_ckpt), "--segment-seconds", "0.5",
+                          "--device", "cpu", "--report", str(rep), "-q"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    work = work_folder(out)
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+    while not (work.is_dir() and list(work.glob("seg-*.nut"))):
+        assert p.poll() is None and time.monotonic() < deadline, "finished before the signal"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    output = p.communicate(timeout=SUBPROCESS_TIMEOUT_S)[0].decode()
+    assert p.returncode == 143, output
+    line = json.loads(rep.read_text().splitlines()[-1])
+    assert line["status"] == "cancelled" and line["reason"] == "interrupted"
+    assert not out.exists() and not list(tmp_path.glob(".*.part"))
+    assert not (work / "join.lock").exists()
 
 
 def test_other_options_are_another_job(clip, tmp_path, tiny_ckpt):
@@ -419,6 +508,8 @@ def test_encoder_options_it_refuses_are_one_line_naming_them(clip, tmp_path, cap
     ("hevc", "52", "--crf 52 is outside libx265's range, 0 to 51"),
     ("vp9", "-1", "--crf -1 is outside libvpx-vp9's range, 0 to 63"),  # VP9 read it as unset
     ("av1", "64", "--crf 64 is outside libsvtav1's range, 0 to 63"),
+    ("libx264rgb", "99", "--crf 99 is outside libx264rgb's range, 0 to 51"),  # was clamped too
+    ("mpeg4", "0", "--crf has no meaning for mpeg4 here; it is for libx264"),  # was ignored
 ])
 def test_crf_out_of_the_encoders_range_is_refused(clip, tmp_path, codec, crf, message):
     _fails(tmp_path, clip, 2, message, "--codec", codec, "--crf", crf)

@@ -256,12 +256,13 @@ def batch_plan(plan) -> None:
 
 def _status_table(title: str, caption: str, totals: dict[str, tuple[int, float, float, float]]
                   ) -> Table:
-    """status | files | input MP | output MP | seconds; cancelled only when there are any."""
+    """status | files | input MP | output MP | seconds; partial and cancelled only when there
+    are any."""
     table = Table(title=escape(title), caption=escape(caption))
     for col in BATCH_COLUMNS:
         table.add_column(col, justify="left" if col == "status" else "right")
     for status, (files, in_mp, out_mp, seconds) in totals.items():
-        if files or status != "cancelled":
+        if files or status not in ("partial", "cancelled"):
             table.add_row(status, str(files), f"{in_mp:.2f}", f"{out_mp:.2f}", f"{seconds:.1f}")
     return table
 
@@ -314,10 +315,10 @@ def reports_summary(res) -> None:
         console.print(f"[yellow]{len(res.done_twice)} file(s) done more than once[/] "
                       f"(overlapping shards, or reruns with --overwrite), e.g. "
                       f"{escape(res.done_twice[0])}", soft_wrap=True)
-    left = res.count("failed") + res.count("cancelled")
+    left = res.count("failed") + res.count("cancelled") + res.count("partial")
     if left:
-        console.print(f"[red]{left} file(s) not done[/] (failed or cancelled); rerun the "
-                      "tasks to resume", soft_wrap=True)
+        console.print(f"[red]{left} file(s) not done[/] (failed, cancelled, or a video's "
+                      "segments not yet joined); rerun the tasks to resume", soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,7 +371,8 @@ def video_summary(res) -> None:
     what = (f"wrote {res.output}" if res.joined else
             f"rendered {res.rendered_segments} segment(s) of {res.output.name}; "
             f"{len(res.waiting)} of {res.segments} left to other shards (then liif video "
-            "--join)" if res.waiting else f"segments of {res.output.name} done")
+            "--join)" if res.waiting else f"segments of {res.output.name} done; {res.joiner} "
+            "is joining them (if it is not running, rerun with --join)")
     console.print(f"{what}  {info.frames} frames {info.width}×{info.height} → {ow}×{oh}  "
                   f"{res.spec.describe()}  model {res.model}  {res.device} {res.precision}  "
                   f"{res.frames_rendered} rendered in {res.seconds:.1f}s ({res.fps:.2f} fps)"

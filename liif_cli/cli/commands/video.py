@@ -13,7 +13,7 @@ import typer
 from liif_cli.cli import displays
 from liif_cli.cli import options as opt
 from liif_cli.cli.commands.batch import ShardOpt, ShardsOpt
-from liif_cli.errors import UsageError
+from liif_cli.errors import Interrupted, UsageError
 
 InputArg = Annotated[Path, typer.Argument(help="Video to upscale (any FFmpeg reads).", metavar="INPUT",
                                           show_default=False)]
@@ -90,7 +90,12 @@ def video(
 
     if denoise is not None:  # as upscale's: --denoise wins over a LIIF_MODEL with no partner
         model = opt.model_for_denoise(model)
-    with _reported(report, input, output, part.shard) as record, \
+    from liif_cli.runtime.process import on_stop_signals
+
+    def on_signal(signum, frame):  # SIGTERM (preemption) stops as Ctrl-C does: exit 143
+        raise Interrupted(signum)
+
+    with on_stop_signals(on_signal), _reported(report, input, output, part.shard) as record, \
             displays.video_bar(f"upscaling {input.name}", quiet=quiet) as on_progress:
         res = upscale_video(input, output, model=model, denoise=denoise, **sizes, codec=codec,
                             crf=crf, preset=preset, pix_fmt=pix_fmt, device=device,
@@ -121,7 +126,7 @@ def _reported(report: Path | None, input: Path, output: Path, shard: tuple[int, 
     rec = FileRecord(str(input), str(output), "failed")
 
     def record(res) -> None:
-        rec.status = "done"
+        rec.status = "done" if res.joined else "partial"  # its segments: another joins the file
         rec.in_size = (res.info.width, res.info.height)
         rec.out_size = (res.out_hw[1], res.out_hw[0])
         rec.worker = f"{res.device} {res.precision}"

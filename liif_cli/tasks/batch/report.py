@@ -28,7 +28,7 @@ from liif_cli.io.files import atomic_write_text
 from liif_cli.tasks.batch.plan import BatchPlan
 from liif_cli.version import __version__
 
-STATUSES = ("done", "skipped", "failed", "cancelled")
+STATUSES = ("done", "skipped", "partial", "failed", "cancelled")
 
 
 
@@ -36,7 +36,7 @@ STATUSES = ("done", "skipped", "failed", "cancelled")
 class FileRecord:
     input: str
     output: str
-    status: str  # done | skipped | failed | cancelled
+    status: str  # done | skipped | partial (a video shard's segments) | failed | cancelled
     reason: str = ""
     seconds: float = 0.0  # decode + compute + encode time spent on this file
     in_size: tuple[int, int] | None = None  # (W, H)
@@ -107,7 +107,7 @@ class BatchResult:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
             "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
             "stopped_early": self.stopped_early,
-            "counts": {s: self.count(s) for s in STATUSES},
+            "counts": {s: self.count(s) for s in STATUSES if s != "partial"},  # (video's)
             "megapixels_out": round(self.megapixels(), 3),
             "files": [{**asdict(r), "seconds": round(r.seconds, 3)} for r in self.records],
         }
@@ -188,7 +188,9 @@ def _hostname() -> str:
 # ----------------------------------------------------------------------------------------------
 # merged reports: `liif batch --summary r*.jsonl`
 
-STATUS_RANK = {"done": 3, "skipped": 2, "failed": 1, "cancelled": 0}  # which line of a file wins
+# which line of a file wins: done, then skipped (an earlier run did it), then partial (a video
+# shard rendered its segments; another joins the file)
+STATUS_RANK = {"done": 4, "skipped": 3, "partial": 2, "failed": 1, "cancelled": 0}
 
 
 @dataclass
@@ -211,8 +213,9 @@ class ReportSummary:
 
     @property
     def exit_code(self) -> int:
-        """1 while any file is failed or cancelled (no run has finished it), else 0."""
-        return EXIT_FAILURE if self.count("failed") + self.count("cancelled") else 0
+        """1 while any file is failed, cancelled or partial (no run has finished it), else 0."""
+        return EXIT_FAILURE if self.count("failed") + self.count("cancelled") + self.count(
+            "partial") else 0
 
 
 def _megapixels(size) -> float:
@@ -221,7 +224,7 @@ def _megapixels(size) -> float:
 
 def summarize_reports(paths: Iterable[str | os.PathLike]) -> ReportSummary:
     """Merge `--report` files (JSON lines, or the one-document .json): for each input the best
-    status of its lines wins (done > skipped > failed > cancelled), so a file that failed or was
+    status of its lines wins (done > skipped > partial > failed > cancelled), so a file that failed or was
     cancelled and was done by a later run counts as done, once."""
     best: dict[str, dict[str, Any]] = {}
     done: Counter = Counter()

@@ -45,11 +45,13 @@ CODEC_DEFAULTS: dict[str, tuple[int | None, str | None]] = {
     "libsvtav1": (30, "8"), "ffv1": (None, None),
 }
 # --crf each encoder takes (x264 clamps and VP9 reads -1 as "unset" without a word: checked here)
+# (the others, mpeg4 or a hardware encoder, would ignore a crf: refused, not reported as used)
 CRF_RANGES: dict[str, tuple[int, int]] = {
-    "libx264": (0, 51), "libx265": (0, 51), "libvpx-vp9": (0, 63), "libsvtav1": (0, 63),
+    "libx264": (0, 51), "libx264rgb": (0, 51), "libx265": (0, 51), "libvpx-vp9": (0, 63),
+    "libsvtav1": (0, 63),
 }
 # encoders with a speed preset; the others (VP9, ffv1) would ignore one
-PRESET_CODECS = ("libx264", "libx265", "libsvtav1")
+PRESET_CODECS = ("libx264", "libx264rgb", "libx265", "libsvtav1")
 # RGB formats take no colour matrix: the model's pixels as they are
 RGB_FORMATS = ("bgr0", "rgb24", "bgr24", "gbrp", "gbrp10le", "gbrp12le", "rgb48le", "bgra")
 
@@ -112,12 +114,15 @@ def encode_spec(*, codec: str | None = None, pix_fmt: str | None = None, crf: in
     default_crf, default_preset = CODEC_DEFAULTS.get(name, (None, None))
     if crf is not None and name == "ffv1":
         raise UsageError("--crf has no meaning for ffv1, which is lossless")
+    if crf is not None and name not in CRF_RANGES:
+        raise UsageError(f"--crf has no meaning for {name} here; it is for "
+                         f"{', '.join(CRF_RANGES)}")
     lo, hi = CRF_RANGES.get(name, (None, None))
-    if crf is not None and lo is not None and not lo <= crf <= hi:
+    if crf is not None and not lo <= crf <= hi:
         raise UsageError(f"--crf {crf} is outside {name}'s range, {lo} to {hi} (lower is better)")
     if preset is not None and name not in PRESET_CODECS:
-        raise UsageError(f"--preset has no meaning for {name}; presets are for libx264, "
-                         "libx265 and libsvtav1")
+        raise UsageError(f"--preset has no meaning for {name}; presets are for "
+                         f"{', '.join(PRESET_CODECS)}")
     depth = max((c.bits for c in fmt.components), default=8)
     return EncodeSpec(name, pix_fmt, default_crf if crf is None else crf,
                       default_preset if preset is None else preset, 16 if depth > 8 else 8)

@@ -165,7 +165,12 @@ def join_segments(info: VideoInfo, segments: list[Path], output: Path, spec: Enc
             others = _packets(c, [c.streams[i] for i in mapping], str(info.path)) \
                 if mapping else iter(())
             merged = heapq.merge(_segment_packets(segments), others, key=lambda x: (x[0], x[1]))
+            shown = info.durations()  # the input's, frame by frame: the encoder knew a rate
             for _, src, pkt in merged:
+                if src == 1 and pkt.pts is not None:  # (the last one sets MP4's length)
+                    tb = Fraction(pkt.time_base)
+                    if (d := shown.get(pkt.pts * tb)) is not None:
+                        pkt.duration = max(1, round(d / tb))
                 pkt.stream = o if src == 1 else mapping[pkt.stream.index]
                 out.mux(pkt)
 

@@ -91,7 +91,8 @@ def _decode(info: VideoInfo, seg: Segment, bit_depth: int, allow_corrupt: bool, 
 
 def _frames_from(c, vs, start: int | None):
     """Decoded frames from the keyframe at or before pts `start` (None: from the beginning);
-    from the beginning after all when the container's seek lands past `start` (no index)."""
+    from the beginning after all when the container's seek lands past `start` (no index) or
+    where nothing decodes (MPEG-TS seeks by bytes: past its last keyframe it finds none)."""
     if start is None:
         yield from c.decode(vs)
         return
@@ -99,11 +100,12 @@ def _frames_from(c, vs, start: int | None):
     first = True
     for frame in c.decode(vs):
         if first and frame.pts is not None and frame.pts > start:
-            c.seek(0, stream=vs, backward=True)
-            yield from c.decode(vs)
-            return
+            break
         first = False
         yield frame
+    if first:  # the seek gave nothing usable: decode from the start, as a one-segment run
+        c.seek(0, stream=vs, backward=True)
+        yield from c.decode(vs)
 
 
 def _encode(path: str, info: VideoInfo, spec: EncodeSpec, out_hw: tuple[int, int],

@@ -68,6 +68,7 @@ class VideoInfo:
     colour: dict[str, int] = field(default_factory=dict)  # color_range, colorspace, ...
     rotation: float = 0.0  # display rotation, degrees counter-clockwise
     others: int = 0  # audio, subtitle and other streams, copied as they are
+    end: int | None = None  # where the last frame ends, in `time_base` units (None: unknown)
 
     @property
     def frames(self) -> int:
@@ -76,6 +77,13 @@ class VideoInfo:
     @property
     def fps(self) -> float:
         return float(self.rate) if self.rate else self.frames / max(self.duration_s, 1e-9)
+
+    def durations(self) -> dict[Fraction, Fraction]:
+        """Each frame's time on screen, by its start (seconds): until the next frame, the last
+        until the picture's end (left out where that is unknown)."""
+        tb = self.time_base
+        ends = self.pts[1:] + ([self.end] if self.end is not None else [])
+        return {a * tb: (b - a) * tb for a, b in zip(self.pts, ends) if b > a}
 
 
 def bit_depth_of(pix_fmt: str) -> int:
@@ -153,7 +161,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                   ("color_range", "colorspace", "color_primaries", "color_trc")}
         return VideoInfo(path, c.format.name, cc.width, cc.height, cc.name, pix_fmt,
                          bit_depth_of(pix_fmt), tb, vs.average_rate, pts, keys, span,
-                         colour, _rotation(c, vs), len(c.streams) - 1)
+                         colour, _rotation(c, vs), len(c.streams) - 1,
+                         ends if ends > pts[-1] else None)
 
 
 def is_still_image(demuxer: str, frames: int) -> bool:

@@ -20,8 +20,8 @@ from typing import Callable
 import torch
 
 from liif_cli.errors import UsageError
-from liif_cli.io.files import atomic_write, check_output_path
-from liif_cli.runtime.device import resolve_device, resolve_precision
+from liif_cli.io.files import atomic_write, check_output_path, temp_target
+from liif_cli.runtime.device import precision_name, resolve_device, resolve_precision
 from liif_cli.runtime.sizing import DEFAULT_MAX_OUTPUT_PIXELS, size_request, target_size
 from liif_cli.runtime.upscaler import ModelRef, Upscaler
 from liif_cli.runtime.weights import check_denoise_model, load_model
@@ -66,6 +66,7 @@ class VideoResult:
     joined: bool  # the output was assembled by this process
     waiting: list[int] = field(default_factory=list)  # segments not done yet (other shards)
     reused_share: float = 0.0  # of the output windows, copied from the previous frame
+    joiner: str = ""  # every segment done, joined by another: its "host pid" (the lock's)
 
     @property
     def fps(self) -> float:
@@ -117,8 +118,10 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
     check_container(info, dst, spec, out_hw)
     segments = plan_segments(info, segment_seconds)
     name = model_name or (up.name if up else None) or _model_label(model, denoise)
+    # the precision that renders too: bf16 and fp32 segments would differ where they meet
     key = job_key(info, out_hw=out_hw, spec=spec, model=str(name),
-                  segment_seconds=segment_seconds)
+                  segment_seconds=segment_seconds,
+                  precision=up.precision if up is not None else precision_name(dtype))
     work = WorkFolder(dst, key)
     mine = [] if join else shard_segments(segments, (i, n))
     todo = [s for s in mine if not work.done(s)]
@@ -158,10 +161,12 @@ def upscale_video(input: str | os.PathLike, output: str | os.PathLike, *,
         raise
     joined = not waiting and _join(work, info, segments, dst, spec, overwrite=overwrite,
                                    force=join)
+    joiner = "" if joined or waiting else work.join_holder() or "another process"
     return VideoResult(Path(input), dst, info, out_hw, spec, str(name),
                        str(up.device) if up else "-", up.precision if up else "-", (i, n),
                        len(segments), len(todo), len(mine) - len(todo), done_frames,
-                       time.perf_counter() - t0, joined, waiting, reused / max(windows, 1))
+                       time.perf_counter() - t0, joined, waiting, reused / max(windows, 1),
+                       joiner)
 
 
 def _not_yet(dst: Path, waiting: list[int], count: int) -> UsageError:
@@ -179,6 +184,9 @@ def _join(work: WorkFolder, info, segments: list, dst: Path, spec, *, overwrite:
     if not work.claim_join(force=force):
         return False
     try:
+        for p in dst.parent.iterdir():  # a killed join's temporary output
+            if temp_target(p.name) == dst.name and p.is_file():
+                p.unlink(missing_ok=True)
         join_segments(info, [work.segment_path(s) for s in segments], dst, spec,
                       overwrite=overwrite)
     finally:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def work_folder(output: Path) -> Path:
 
 def job_key(info: VideoInfo, **settings) -> dict:
     """What makes segments reusable: the same input file (path, size, mtime) and the same
-    settings (output size, encoding, model)."""
+    settings (output size, encoding, model, precision)."""
     st = os.stat(info.path)
     key = {"input": str(info.path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
            **{k: v for k, v in settings.items()}}
@@ -125,15 +126,26 @@ class WorkFolder:
 
     def claim_join(self, *, force: bool) -> bool:
         """True for the one process that assembles the output (the first to ask; `force`:
-        an explicit --join, which also takes over a lock a killed joiner left)."""
+        an explicit --join, which also takes over any lock). A lock left by a joiner of this
+        machine that no longer runs (killed, SIGTERM, a reboot) is taken over too: it names
+        its host and process."""
         lock = self.path / JOIN_LOCK
-        if force:
+        if force or _abandoned(lock):
             lock.unlink(missing_ok=True)
         try:
-            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
             return False
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}\n")
         return True
+
+    def join_holder(self) -> str:
+        """Who holds the join lock, as it says ("host pid"), or "" if none does."""
+        try:
+            return (self.path / JOIN_LOCK).read_text().strip()
+        except OSError:
+            return ""
 
     def release_join(self) -> None:
         (self.path / JOIN_LOCK).unlink(missing_ok=True)
@@ -145,3 +157,18 @@ class WorkFolder:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _abandoned(lock: Path) -> bool:
+    """A join lock whose process, on this machine, no longer runs (one of another machine, or
+    without its "host pid" line, is left alone)."""
+    try:
+        host, pid = lock.read_text().split()
+        if host != socket.gethostname():
+            return False
+        os.kill(int(pid), 0)  # signal 0: is it there?
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, OverflowError):  # none, unreadable, another's process
+        return False
+    return False
