@@ -144,7 +144,10 @@ class Upscaler:
                      else type(img).__name__)
             raise UsageError(f"render takes one (3, h, w) tensor of floats in [0, 1], got "
                              f"{shown}")
-        if not torch.isfinite(img).all():  # NaN would come out as plausible pixels
+        # NaN would come out as plausible pixels. Whole renders only: the scan is nothing
+        # beside encoding the whole input, but a window (a viewer's tile, a video's changed
+        # part) encodes a small part of it
+        if window is None and not torch.isfinite(img).all():
             raise UsageError("render's input has NaN or infinite values")
         out_hw = _check_hw(out_hw)
         _check_out(out, out_hw, window)
