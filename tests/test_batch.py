@@ -405,12 +405,13 @@ def test_cli_usage_errors_are_one_line(tmp_path, tiny_ckpt):
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tiny_ckpt):
     inp, out = tmp_path / "in", tmp_path / "out"
-    write_images(inp, ["a.png", "sub/b.png"], hw=(20, 24))
+    write_images(inp, ["a.png", "sub/b.png", "c:x:d.png"], hw=(20, 24))
     r = runner.invoke(app, ["batch", str(inp), str(out), "-s", "2", "-r", "--suffix", "_x2",
                             "--format", "webp", "--dry-run"])
     assert r.exit_code == 0, r.output
     assert f"{inp / 'sub/b.png'} → {out / 'sub/b_x2.webp'}" in r.output
-    assert re.search(r"\b2 to upscale", r.output) and not out.exists()
+    assert "c:x:d.png" in r.output  # as it is named (Rich printed "c❌d.png")
+    assert re.search(r"\b3 to upscale", r.output) and not out.exists()
 
 
 # ----------------------------------------------------------------------------------------------

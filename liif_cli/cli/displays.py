@@ -23,8 +23,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)  # results people may pipe: tables, listings
+# emoji=False: a file named "a:x:b.png" is printed as it is, not with ❌ in it
+console = Console(stderr=True, highlight=False, emoji=False)
+out = Console(highlight=False, emoji=False)  # results people may pipe: tables, listings
 BATCH_COLUMNS = ("status", "files", "input MP", "output MP", "seconds")
 
 
