@@ -414,8 +414,45 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tiny_ckpt):
     assert re.search(r"\b3 to upscale", r.output) and not out.exists()
 
 
+def _two_frame_gif(path: Path) -> None:
+    from PIL import Image
+
+    frames = [Image.fromarray(photo_like(12, 16, seed=i)) for i in range(2)]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+
+
+def test_quiet_batch_says_no_note_from_its_decoding_threads(tmp_path, tiny_ckpt):
+    """The decoders run in threads, which have no command context: their notes were printed
+    under --quiet ("errors only")."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _two_frame_gif(inp / "anim.gif")
+    for quiet, said in ((["-q"], False), ([], True)):
+        r = runner.invoke(app, ["batch", str(inp), str(tmp_path / f"out{len(quiet)}"), "-s",
+                                "2", "-m", str(tiny_ckpt), *quiet])
+        assert r.exit_code == 0, r.output
+        assert ("note: " in r.output and "has 2 frames" in r.output) is said, r.output
+
+
 # ----------------------------------------------------------------------------------------------
 # several workers: spawned processes, one model each
+
+@pytest.mark.slow
+def test_a_worker_process_note_is_one_line_and_quiet_under_quiet(tmp_path, tiny_ckpt):
+    """A spawned worker's warning was Python's two lines with a source path (even with -q)."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _two_frame_gif(inp / "anim.gif")
+    for quiet in ([], ["-q"]):
+        r = subprocess.run([sys.executable, "-m", "liif_cli", "batch", str(inp),
+                            str(tmp_path / f"o{len(quiet)}"), "-s", "2", "-m", str(tiny_ckpt),
+                            "--device", "cpu", "--jobs", "2", *quiet], capture_output=True,
+                           text=True, timeout=SUBPROCESS_TIMEOUT_S,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        assert r.returncode == 0, r.stderr
+        assert "LiifWarning" not in r.stderr and "worker.py" not in r.stderr, r.stderr
+        assert r.stderr.count("has 2 frames") == (0 if quiet else 1), r.stderr
+
 
 @pytest.mark.slow
 def test_two_cpu_workers_share_the_work(tmp_path, tiny_ckpt):
@@ -515,3 +552,15 @@ def test_ctrl_c_stops_cleanly_with_a_summary_and_exit_130(tmp_path, tiny_ckpt, s
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["interrupted"] and rep["counts"]["done"] == len(done)
     assert rep["counts"]["cancelled"] == len(names) - len(done)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_error_before_the_first_file_is_one_line_without_a_bar(tmp_path, tiny_ckpt):
+    """The progress bar started before the devices were checked: its stop printed a blank line
+    above the error."""
+    inp = tmp_path / "in"
+    write_images(inp, ["a.png"], hw=(8, 10))
+    r = runner.invoke(app, ["batch", str(inp), str(tmp_path / "out"), "-s", "2", "-m",
+                            str(tiny_ckpt), "--device", "cuda"])
+    assert r.exit_code == 1 and r.output.startswith("error: device cuda") and \
+        r.output.count("\n") == 1, repr(r.output)

@@ -363,3 +363,32 @@ def test_io_modules_import_each_other_one_way():
         return any(n == b or (n not in seen and reaches(n, b, (*seen, n)))
                    for n in graph.get(a, ()))
     assert [m for m in graph if reaches(m, m)] == []
+
+
+@pytest.mark.parametrize("ext", ["jpg", "webp", "tif", "png", "bmp"])
+def test_a_full_disk_under_any_encoder_is_a_failed_write(tmp_path, monkeypatch, ext):
+    """Pillow's JPEG encoder writes to the file descriptor itself and took a short write on a
+    full disk for success: a cut-short JPEG was "written", exit 0. Every 8-bit file now goes
+    through Python's own write, whose ENOSPC is an error (a 64 KiB tmpfs showed it)."""
+    from liif_cli.io import images
+
+    real_open = open
+
+    class Full:
+        def __init__(self, path, mode="r", *args, **kwargs):
+            self.f = real_open(path, mode, *args, **kwargs)
+
+        def write(self, data):
+            self.f.write(bytes(data)[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(images, "open", Full, raising=False)
+    with pytest.raises(OutputWriteError, match="No space left on device"):
+        images.write_image(tmp_path / f"out.{ext}", images.ImageData(photo_like(40, 60)))
+    assert listing(tmp_path) == []

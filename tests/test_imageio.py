@@ -249,6 +249,23 @@ def test_exif_kept_with_orientation_1_and_no_thumbnail(tmp_path, camera_jpeg, su
     assert b'tiff:Orientation="1"' in back.xmp and b"liif test" in back.xmp
 
 
+def test_exif_resolution_scales_with_the_pixels_where_only_the_exif_has_one(tmp_path):
+    """A WebP has no DPI of its own, only its EXIF's: upscaled ×2, the EXIF said 72 dpi still
+    (the print size doubled), though its pixel size tags were made true."""
+    exif = Image.Exif()
+    exif[0x011A], exif[0x011B], exif[0x0128] = 72.0, 72.0, 2  # X/Y resolution, inches
+    sub = exif.get_ifd(ExifTags.IFD.Exif)
+    sub[0xA002], sub[0xA003] = 8, 6
+    Image.fromarray(rgb()[:6, :8]).save(tmp_path / "in.webp", exif=exif.tobytes())
+    img = read_image(tmp_path / "in.webp")
+    assert img.dpi is None and img.exif
+    big = ImageData(np.repeat(np.repeat(img.pixels, 2, 0), 2, 1), exif=img.exif)
+    with Image.open(write_image(tmp_path / "out.webp", big)) as im:
+        back = im.getexif()
+        assert (back[0x011A], back[0x011B]) == (144.0, 144.0)
+        assert dict(back.get_ifd(ExifTags.IFD.Exif)) == {0xA002: 16, 0xA003: 12}
+
+
 @pytest.mark.parametrize("suffix,bits", [(".png", 8), (".jpg", 8), (".webp", 8), (".tif", 8),
                                          (".png", 16), (".tif", 16)])
 def test_xmp_carried(tmp_path, suffix, bits):

@@ -447,7 +447,7 @@ def test_cli_16bit_grey_alpha_round_trip(tmp_path, tiny_ckpt):
     ("RGBA", 8, "out.jpg", "RGB 8-bit", ["JPEG has no alpha channel"]),
     ("RGBA", 8, "out.bmp", "RGB 8-bit", ["BMP has no alpha channel"]),
     ("RGB", 16, "out.jpg", "RGB 8-bit", ["JPEG is 8-bit"]),
-    ("RGBA", 16, "out.webp", "RGB+alpha 8-bit", ["WEBP is 8-bit"]),
+    ("RGBA", 16, "out.webp", "RGB+alpha 8-bit", ["WebP is 8-bit"]),
     ("L", 8, "out.webp", "RGB 8-bit", []),  # WebP has no grey: RGB, nothing lost
     ("LA", 16, "out.png", "grey+alpha 16-bit", []),
     ("RGBA", 16, "out.tif", "RGB+alpha 16-bit", []),
@@ -469,6 +469,26 @@ def test_the_summary_describes_the_file_on_disk(tmp_path, tiny_ckpt, mode, bits,
     assert res.kind == kind == read_image(res.output).kind()
     said = [str(w.message) for w in caught if issubclass(w.category, LiifWarning)]
     assert len(said) == len(notes) and all(n in s for n, s in zip(notes, said)), said
+
+
+def test_metadata_a_format_cannot_hold_is_one_note(tmp_path, tiny_ckpt):
+    """EXIF into TIFF or BMP, XMP into BMP, DPI into WebP were dropped without the note the
+    README promises for what a format cannot hold."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010F] = "Camera"
+    Image.fromarray(photo_like(8, 10)).save(tmp_path / "in.jpg", exif=exif, dpi=(300, 300),
+                                            xmp=b"<x:xmpmeta xmlns:x='adobe:ns:meta/'/>")
+    for out, note in (("o.tif", "TIFF keeps no EXIF (camera, date, GPS): dropped"),
+                      ("o.bmp", "BMP keeps no EXIF (camera, date, GPS) and no XMP: dropped"),
+                      ("o.webp", "WebP keeps no DPI: dropped"), ("o.png", None)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            upscale_file(tmp_path / "in.jpg", tmp_path / out, model=tiny_ckpt, scale=2,
+                         device="cpu")
+        said = [str(w.message) for w in caught if issubclass(w.category, LiifWarning)]
+        assert said == ([] if note is None else [note + " (.png or .jpg keep them)"]), said
 
 
 def test_a_command_refused_before_any_work_draws_no_progress_bar(monkeypatch):
@@ -602,3 +622,19 @@ def test_float_tiffs_are_read_as_0_to_1(tmp_path):
     with pytest.warns(LiifWarning, match=r"hdr.tiff: .*% of its floating-point samples lie "
                                          r"outside 0 to 1 .* clipped"):
         assert read_image(tmp_path / "hdr.tiff").pixels.max() == 65535
+
+
+def test_a_bad_quality_typed_is_not_blamed_on_the_environment(tmp_path, monkeypatch):
+    """Click's range check said "Invalid value for '--quality' (env var: 'LIIF_QUALITY')" of a
+    value typed on the command line."""
+    src = tmp_path / "a.png"
+    Image.fromarray(photo_like(6, 8)).save(src)
+    monkeypatch.delenv("LIIF_QUALITY", raising=False)
+    for q in ("0", "101", "abc", "9.5"):
+        r = CliRunner().invoke(app, ["upscale", str(src), "-s", "2", "--quality", q])
+        assert r.exit_code == 2 and r.output == (
+            f"error: --quality must be a whole number from 1 to 100, not {q}\n"), r.output
+    monkeypatch.setenv("LIIF_QUALITY", "500")
+    r = CliRunner().invoke(app, ["upscale", str(src), "-s", "2"])
+    assert r.exit_code == 2 and "(LIIF_QUALITY=500, from the environment)" in r.output
+    assert not list(tmp_path.glob("a_x2*"))

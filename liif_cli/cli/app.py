@@ -44,9 +44,14 @@ DEBUG_HINT = " (rerun with LIIF_DEBUG=1 for the traceback, and please report it)
 
 
 def _quiet() -> bool:
-    """Whether the command running now was given --quiet."""
+    """Whether the command running now was given --quiet (in a thread of its own, which has
+    no command context, as its parsing recorded it)."""
     ctx = get_current_context(silent=True)
-    return bool(ctx is not None and ctx.params.get("quiet"))
+    if ctx is None:
+        from liif_cli.cli.options import QUIET
+
+        return QUIET["on"]
+    return bool(ctx.params.get("quiet"))
 
 
 def _notes(show_other):
@@ -139,6 +144,9 @@ class _App(TyperGroup):
             raise _usage_error(e) from None
 
     def invoke(self, ctx):  # noqa: D102
+        from liif_cli.cli.options import QUIET
+
+        QUIET["on"] = False  # until the command's --quiet is parsed
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _notes(warnings.showwarning)

@@ -211,14 +211,16 @@ def batch_display(quiet: bool) -> Iterator:
     if quiet:
         yield lambda ev: failure(ev, console)
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("batch", total=None, rate="")
-        t0, megapixels = time.perf_counter(), 0.0
-
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=console, transient=True)
+    task = bar.add_task("batch", total=None, rate="")
+    t0, megapixels = time.perf_counter(), 0.0
+    try:
         def on_event(ev) -> None:
             nonlocal t0, megapixels
+            if not bar.live.is_started:  # from the first event: an error before it (a
+                bar.start()  # device, the model) is its one line, no blank line of a bar
             if ev.kind == "start":
                 t0 = time.perf_counter()
                 bar.update(task, total=ev.total, description=f"batch on {ev.message}")
@@ -236,6 +238,9 @@ def batch_display(quiet: bool) -> Iterator:
                                   "written; Ctrl-C again quits at once[/]")
 
         yield on_event
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 def batch_plan(plan) -> None:

@@ -8,6 +8,7 @@ engine imports torch, so `DEFAULT_MAX_MEMORY` here is the text of the same 512 M
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Annotated, Optional
 
@@ -98,14 +99,39 @@ MaxMemoryOpt = Annotated[str, typer.Option(
     "half the free memory of a GPU (which also caps a size given).", envvar="LIIF_MAX_MEMORY",
     show_envvar=True, callback=from_env)]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+# --quiet as parsed, for the notes of threads that have no command context (batch's decoders):
+# `app._quiet` reads it there; each command's parsing sets it
+QUIET = {"on": False}
+
+
+def _remember_quiet(value: bool) -> bool:
+    QUIET["on"] = bool(value)
+    return value
+
+
 QuietOpt = Annotated[bool, typer.Option(
-    "--quiet", "-q", help="No progress, notes or summary: errors only.")]
+    "--quiet", "-q", help="No progress, notes or summary: errors only.",
+    callback=_remember_quiet)]
 # eval's and bench's results are their table: -q leaves it
 QuietTableOpt = Annotated[bool, typer.Option(
-    "--quiet", "-q", help="No progress or notes: the results table and errors only.")]
-QualityOpt = Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality.",
+    "--quiet", "-q", help="No progress or notes: the results table and errors only.",
+    callback=_remember_quiet)]
+def _quality(ctx: typer.Context, param: typer.CallbackParam, value):
+    """--quality checked here, not by Click's range: its refusal said "(env var:
+    'LIIF_QUALITY')" of a value typed on the command line. One given by LIIF_QUALITY is
+    named so by `cli.app`."""
+    value = from_env(ctx, param, value)
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not (re.fullmatch(r"[0-9]{1,3}", text) and 1 <= int(text) <= 100):
+        raise UsageError(f"--quality must be a whole number from 1 to 100, not {value}")
+    return int(text)
+
+
+QualityOpt = Annotated[str, typer.Option(help="JPEG/WebP quality, 1 to 100.",
                                          envvar="LIIF_QUALITY", show_envvar=True,
-                                         callback=from_env)]
+                                         callback=_quality)]
 MaxOutOpt = Annotated[int, typer.Option(help="Refuse outputs above this many pixels.")]
 MaxInOpt = Annotated[int, typer.Option(help="Refuse inputs above this many pixels.")]
 DenoiseOpt = Annotated[Optional[float], typer.Option(

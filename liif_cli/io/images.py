@@ -354,10 +354,16 @@ def _exif_for_output(data: ImageData) -> bytes | None:
         exif = Image.Exif()
         exif.load(data.exif)
         sub = exif.get_ifd(EXIF_IFD)
+        dpi = data.dpi
+        if dpi is None and EXIF_X_RESOLUTION in exif and EXIF_Y_RESOLUTION in exif and all(
+                float(sub.get(t) or 0) > 0 for t in (EXIF_PIXEL_X, EXIF_PIXEL_Y)):
+            # no DPI outside the EXIF (WebP): its resolution scaled as its pixel size was
+            dpi = (float(exif[EXIF_X_RESOLUTION]) * data.width / float(sub[EXIF_PIXEL_X]),
+                   float(exif[EXIF_Y_RESOLUTION]) * data.height / float(sub[EXIF_PIXEL_Y]))
         if EXIF_PIXEL_X in sub or EXIF_PIXEL_Y in sub:
             sub[EXIF_PIXEL_X], sub[EXIF_PIXEL_Y] = data.width, data.height
-        if data.dpi and EXIF_X_RESOLUTION in exif:
-            exif[EXIF_X_RESOLUTION], exif[EXIF_Y_RESOLUTION] = (round(d, 3) for d in data.dpi)
+        if dpi and EXIF_X_RESOLUTION in exif:
+            exif[EXIF_X_RESOLUTION], exif[EXIF_Y_RESOLUTION] = (round(d, 3) for d in dpi)
         return exif.tobytes()
     except Exception:  # noqa: BLE001 - keep the image, drop what we cannot rewrite
         return None
@@ -549,7 +555,13 @@ def _write_pil(tmp: str, fmt: str, pixels: np.ndarray, alpha: np.ndarray | None,
             kwargs["pnginfo"] = info
     if fmt in ("JPEG", "WEBP") and xmp:
         kwargs["xmp"] = xmp
-    im.save(tmp, format=fmt, **kwargs)
+    # encoded in memory, then written by Python: Pillow's encoders that write to the file's
+    # descriptor themselves (JPEG) ignore a short write, so a full disk left a cut-short file
+    # that "saved" without an error
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kwargs)
+    with open(tmp, "wb") as f:
+        f.write(buf.getbuffer())
 
 
 def _write_16bit(tmp: str, suffix: str, pixels: np.ndarray, alpha: np.ndarray | None,

@@ -23,6 +23,8 @@ from liif_cli.errors import LiifWarning, UsageError
 from liif_cli.io.formats import FORMATS, as_written, format_name, same_format_suffix
 from liif_cli.io.images import (
     DEFAULT_MAX_INPUT_PIXELS,
+    EXIF_WRITTEN,
+    XMP_WRITTEN,
     ImageData,
     check_output_path,
     check_quality,
@@ -165,15 +167,24 @@ class FileResult:
 
 def note_losses(image: ImageData, suffix: str) -> None:
     """One note (a `LiifWarning`) for each thing a `suffix` file cannot hold of `image`: its
-    alpha channel (JPEG, BMP), its 16 bits (JPEG, WebP, BMP)."""
-    name = FORMATS[suffix][0]
+    alpha channel (JPEG, BMP), its 16 bits (JPEG, WebP, BMP), its EXIF (TIFF, BMP), XMP (BMP)
+    and DPI (WebP)."""
+    name = FORMATS[suffix][0]  # Pillow's: "JPEG", "WEBP"
+    shown = "WebP" if name == "WEBP" else name
     _, alpha, bits = as_written(suffix, image.channels, image.alpha is not None, image.bit_depth)
     if image.alpha is not None and not alpha:
-        warnings.warn(f"{name} has no alpha channel: the transparency is dropped (.png, .webp "
+        warnings.warn(f"{shown} has no alpha channel: the transparency is dropped (.png, .webp "
                       "or .tif keep it)", LiifWarning, stacklevel=3)
     if bits < image.bit_depth:
-        warnings.warn(f"{name} is 8-bit: the 16-bit image is rounded to 8 bits (.png or .tif "
+        warnings.warn(f"{shown} is 8-bit: the 16-bit image is rounded to 8 bits (.png or .tif "
                       "keep 16)", LiifWarning, stacklevel=3)
+    lost = [what for what, present, kept in (
+        ("EXIF (camera, date, GPS)", image.exif, name in EXIF_WRITTEN),
+        ("XMP", image.xmp, name in XMP_WRITTEN), ("DPI", image.dpi, name != "WEBP"))
+        if present and not kept]
+    if lost:
+        warnings.warn(f"{shown} keeps no {' and no '.join(lost)}: dropped (.png or .jpg keep "
+                      "them)", LiifWarning, stacklevel=3)
 
 
 def upscale_file(input: str | os.PathLike, output: str | os.PathLike | None = None, *,

@@ -268,6 +268,8 @@ class _Dispatch:
             self.event("worker", message=f"{msg[1]} failed: {msg[2]}")
         elif kind == "exit" and msg[1] in self.live:
             self.worker_gone(msg[1], crashed=False)
+        elif kind == "note":  # a worker process's warning, said here as the others are
+            warnings.warn(msg[1], LiifWarning, stacklevel=2)
 
     def check_processes(self) -> None:
         """A worker process that died without saying so has crashed."""

@@ -68,7 +68,8 @@ class _Worker:
     """Runs tasks from `tasks` (a queue; None ends) and puts messages on `results`.
 
     Messages: ("ready", name, description), ("progress", name, pixels done, pixels),
-    ("record", index, FileRecord), ("fatal", name, reason), ("exit", name).
+    ("record", index, FileRecord), ("fatal", name, reason), ("exit", name), and from a worker
+    process ("note", text): its warnings, for the parent to say.
     """
 
     def __init__(self, cfg: _WorkerConfig, model: LIIF, tasks, results, stop,
@@ -186,6 +187,10 @@ def _process_main(cfg: _WorkerConfig, model_ref: str | LIIF, tasks, results, sto
     ignore_stop_signals()  # sent to the whole group: the parent decides
     # run_batch has already told the user (in the parent) about a precision fallback
     warnings.simplefilter("ignore", PrecisionWarning)
+
+    def forward(message, category, *args, **kwargs) -> None:  # to the parent, said there
+        results.put(("note", str(message)))
+    warnings.showwarning = forward
     keep_freed_memory()  # the process is the batch's own (see runtime/malloc.py)
     try:
         if cfg.torch_threads:
