@@ -1003,3 +1003,45 @@ def test_an_unreadable_training_image_is_skipped_with_the_small_ones(folder, tmp
     (only_bad / "cut.png").write_bytes(good[:100])
     with pytest.raises(DataError, match=r"^no training image could be read \(cannot read image "):
         train(TrainConfig(data=str(only_bad), out=str(tmp_path / "b"), **TINY))
+
+
+def test_recipes_that_could_only_fail_later_are_refused_first(folder, tmp_path):
+    """Each of these trained (an epoch at most), then failed as an internal error or silently
+    did less: more query pixels than the smallest crop holds (a crash at a random step), an
+    infinite scale, an empty --out (the current folder), no MLP widths, no validation scales."""
+    base = dict(data=str(folder), out=str(tmp_path / "r"), **TINY)
+    cases = [(dict(sample_q=145), r"--sample-q 145 is more than the 144 pixels of the smallest "
+                                  r"HR crop \(12·1 px a side\)"),
+             (dict(scale_min=0.01), "--sample-q 50 is more than the 0 pixels"),
+             (dict(scale_max=float("inf")), "both finite"),
+             (dict(out=""), "--out is empty"),
+             (dict(hidden=()), "hidden must list"),
+             (dict(val_data=str(folder), val_scales=()), "val_scales is empty")]
+    for kw, message in cases:
+        with pytest.raises(UsageError, match=message):
+            train(TrainConfig(**{**base, **kw}))
+    assert not (tmp_path / "r").exists() and not (Path.cwd() / "last.pth").exists()
+    bad = tmp_path / "latin.toml"
+    bad.write_bytes(b"# caf\xe9\nepochs = 2\n")
+    r = runner.invoke(app, ["train", "--config", str(bad), "--data", str(folder)])
+    assert r.exit_code == 2 and r.output == (f"error: cannot read config {bad}: not UTF-8 text "
+                                             "(a TOML file is)\n"), r.output
+
+
+def test_a_run_that_failed_before_saving_leaves_no_log_for_the_next_to_append_to(
+        folder, tmp_path):
+    out = tmp_path / "r"
+    cfg = TrainConfig(data=str(folder), out=str(out), **{**TINY, "lr": 1e30, "repeat": 20})
+    with pytest.raises(TrainingError, match="no checkpoint was saved yet") as e:
+        train(cfg)  # diverges in its first epoch
+    assert "last.pth" not in str(e.value) and not (out / "last.pth").exists()
+    train(replace(cfg, lr=1e-4, repeat=1, epochs=1))
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["lr"] < 1 for r in steps if r["kind"] == "step"), steps  # the new run's only
+    # --plot: a line cut short (a kill, a full disk) is left out; training options are refused
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "step", "epo')
+    r = runner.invoke(app, ["train", "--plot", str(out), "-q"])
+    assert r.exit_code == 0 and r.output == "" and (out / "curves.png").exists(), r.output
+    r = runner.invoke(app, ["train", "--plot", str(out), "--epochs", "5"])
+    assert r.exit_code == 2 and "leave out --epochs" in r.output, r.output

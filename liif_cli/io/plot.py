@@ -23,9 +23,21 @@ Series = list[tuple[float, float]]
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
+    if not path.is_file():
         raise DataError(f"no metrics.jsonl in {run_dir}: is it a `liif train` run folder?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    recs = []
+    for line in lines:
+        try:
+            rec = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:  # a line cut short (a kill, a full disk): left out
+            continue
+        if isinstance(rec, dict):
+            recs.append(rec)
+    return recs
 
 
 def running_mean(series: Series, n: int) -> Series:

@@ -124,9 +124,16 @@ def train(
     from liif_cli.tasks.train import check_new_run, config_from
 
     if plot is not None:
+        given = [k for k in ctx.params if k not in ("plot", "quiet") and getattr(
+            ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"]  # (not LIIF_DEVICE)
+        if given:
+            raise UsageError(f"--plot draws a run's curves from its metrics: leave out "
+                             f"--{given[0].replace('_', '-')}")
         from liif_cli.io.plot import plot_run
 
-        displays.console.print(f"[green]wrote[/] {plot_run(plot)}")
+        path = plot_run(plot)
+        if not quiet:
+            displays.console.print(f"[green]wrote[/] {path}")
         return
     overrides = {k: v for k, v in ctx.params.items() if k not in NOT_RECIPE}
     if lr_milestones is not None:
@@ -143,7 +150,7 @@ def train(
             soft_wrap=True)
     with displays.train_display(quiet) as on_event:
         summary = run_training(cfg, resume=resume, on_event=on_event)
-    if summary["stopped"] or summary.get("nothing_to_do"):
+    if summary["stopped"] or (summary.get("nothing_to_do") and not quiet):
         displays.console.print(f"[yellow]{summary['stopped'] or summary['nothing_to_do']}[/]",
                                soft_wrap=True)
     elif not quiet:

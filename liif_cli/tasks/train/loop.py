@@ -54,6 +54,7 @@ from liif_cli.runtime.weights import (
 from liif_cli.tasks.train.distributed import StopSignal
 from liif_cli.tasks.train.recipe import (  # TrainConfig and config_from: also public from here
     TrainConfig,
+    check_config,
     check_init_architecture,
     check_new_run,
     check_run_folder,
@@ -157,6 +158,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     state, saved = None, {}
     if resume:
         cfg, state, saved = _resumed_config(cfg)
+    check_config(cfg)  # a TrainConfig made in Python, too
+    if resume:
         done = int(state.get("epoch", 0))
         if done >= cfg.epochs:  # a finished run: say so, rather than "done" with no step
             message = (f"nothing to do: {cfg.out} has trained {done} epoch"
@@ -293,7 +296,9 @@ class _Run:
         """The run folder and its metrics log (rank 0)."""
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.log = open(self.out / "metrics.jsonl", "a")
+            # appended to by a resume; a new run's replaces a failed one's (which saved nothing)
+            resumed = (self.out / "last.pth").exists()
+            self.log = open(self.out / "metrics.jsonl", "a" if resumed else "w")
 
     def close(self) -> None:
         if self.log is not None:
@@ -526,10 +531,12 @@ def _train_epoch(run: _Run, data: _Data, epoch: int, stop: StopSignal,
                     shown["loss_teacher"] = loss_teacher.item()
                 if nonfinite.item():
                     now = loss.item()
+                    kept = (f"the last good checkpoint is kept ({run.last})" if
+                            Path(run.last).exists() else "no checkpoint was saved yet")
                     raise TrainingError(
                         f"loss became {now if not math.isfinite(now) else 'non-finite'} at "
-                        f"epoch {epoch + 1} (by iteration {it}); stopped, the last good "
-                        f"checkpoint is kept ({run.last}). Try a lower --lr or --precision fp32")
+                        f"epoch {epoch + 1} (by iteration {it}); stopped, {kept}. Try a lower "
+                        "--lr or --precision fp32")
             if it % LOG_EVERY == 0 or it == iters:  # `loss`: L1 to the ground truth, always
                 extra = {k: v for k, v in shown.items() if k == "loss_teacher"}
                 run.record(kind="step", epoch=epoch + 1, iteration=it,

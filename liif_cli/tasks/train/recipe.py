@@ -222,7 +222,7 @@ def config_from(toml_path: str | None, overrides: dict[str, Any], *,
         _, _, saved = saved_run(out)
         values = resume_config(saved, given, run=out)
     cfg = make_config(values)
-    _check(cfg)
+    check_config(cfg)
     return cfg
 
 
@@ -268,12 +268,15 @@ def _check_type(key: str, v: Any) -> None:
 
 def _read_toml(path: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UsageError(f"cannot read config {path}: {e}") from None
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        reason = "not UTF-8 text (a TOML file is)" if isinstance(e, UnicodeDecodeError) else e
+        raise UsageError(f"cannot read config {path}: {reason}") from None
 
 
-def _check(cfg: TrainConfig) -> None:
+def check_config(cfg: TrainConfig) -> None:
+    """A UsageError, before any work, for a recipe that cannot run (`config_from` and
+    `train` both ask)."""
     if not cfg.data:
         raise UsageError("say where the training images are: --data DIR")
     if cfg.encoder not in ENCODER_CHOICES:
@@ -282,12 +285,23 @@ def _check(cfg: TrainConfig) -> None:
         raise UsageError(f"unknown decoder {cfg.decoder!r}: use {', '.join(DECODER_CHOICES)}")
     if cfg.decoder == "lmf" and tuple(cfg.hidden) != TrainConfig.hidden:
         raise UsageError("hidden sets LIIF's MLP; the lmf decoder has the official sizes")
-    if not (0 < cfg.scale_min <= cfg.scale_max):
-        raise UsageError("need 0 < --scale-min <= --scale-max")
+    if not (0 < cfg.scale_min <= cfg.scale_max and math.isfinite(cfg.scale_max)):
+        raise UsageError("need 0 < --scale-min <= --scale-max, both finite")
     for name in ("epochs", "batch_size", "patch_size", "sample_q", "repeat", "val_every",
                  "val_images"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    smallest = round(cfg.patch_size * cfg.scale_min)  # side of the smallest HR crop
+    if cfg.sample_q > smallest ** 2:  # each crop gives sample_q of its pixels, none twice
+        raise UsageError(f"--sample-q {cfg.sample_q} is more than the {max(smallest, 0) ** 2} "
+                         f"pixels of the smallest HR crop ({cfg.patch_size}·{cfg.scale_min:g} "
+                         "px a side): lower it, or raise --patch-size or --scale-min")
+    if not cfg.out or not str(cfg.out).strip():
+        raise UsageError("--out is empty: give the run folder")
+    if not cfg.hidden and cfg.decoder != "lmf":
+        raise UsageError("hidden must list LIIF's MLP widths, e.g. [256, 256, 256, 256]")
+    if cfg.val_data and not cfg.val_scales:
+        raise UsageError("val_scales is empty: validation needs scales, e.g. [2, 3, 4]")
     if cfg.workers < 0:
         raise UsageError("--workers must be 0 (load in this process) or more")
     if cfg.save_every < 0:
