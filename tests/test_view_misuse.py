@@ -93,7 +93,7 @@ def test_a_405_names_the_methods_the_path_is_served_with(server):
     # HTTP requires an Allow header on a 405 (RFC 9110, 15.5.6)
     def request(method: str, path: str) -> bytes:
         return (f"{method} {path}?token={server.token} HTTP/1.1\r\n"
-                "Connection: close\r\n\r\n").encode()
+                f"Host: 127.0.0.1:{server.port}\r\nConnection: close\r\n\r\n").encode()
 
     for method, path, allow in (("GET", "/api/export", "POST"),  # a GET of a POST route
                                 ("POST", "/api/info", "GET"),
@@ -145,6 +145,11 @@ def test_host_must_name_the_server_unless_host_was_given(server, files):
                  f"127.0.0.1.evil.example:{server.port}"):
         status, body = with_host(server, host)
         assert status == 403 and b"--host" in body and body.count(b"\n") == 1, (host, body)
+    # no Host header at all (a browser always sends one): refused as well
+    status, headers, body = raw(server, f"GET /api/jobs?token={server.token} HTTP/1.1\r\n"
+                                        "Connection: close\r\n\r\n".encode())
+    assert_one_line(status, headers, body, 400)
+    assert body.startswith(b"no Host header")
     srv = ViewServer(server.session, "127.0.0.1", 0, check_host=False)  # as `--host` makes it
     srv.start()
     try:
@@ -347,3 +352,33 @@ def test_a_tile_that_gets_no_turn_in_time_is_answered_busy_and_dropped():
         assert ran == ["next"]  # the late one was dropped, not rendered for nobody
     finally:
         q.close()
+
+
+def test_an_omitted_denoise_is_the_command_lines_and_a_late_file_says_overwrite_1(
+        tmp_path, monkeypatch):
+    """Without `denoise` a tile of the command line's model was `default` at strength 0, not
+    `--denoise 0.5`'s blend; an export whose file appeared meanwhile said "--overwrite", an
+    option the viewer does not have."""
+    from liif_cli.errors import OutputExistsError
+    from liif_cli.io import images
+
+    src = tmp_path / "p.png"
+    Image.fromarray(photo_like(10, 12)).save(src)
+    session = ViewSession([src], denoise=0.5, device="cpu")
+    try:
+        def tile(**kw):
+            return session.tile(0, "2", 0, 0, 24, 20, **kw)
+
+        assert np.array_equal(tile(), tile(model=session.cli_models[0], denoise=0.5))
+        assert not np.array_equal(tile(), tile(model=session.cli_models[0], denoise=0.0))
+
+        def appeared(path, *args, **kwargs):
+            raise OutputExistsError(path)
+
+        monkeypatch.setattr(images, "write_image", appeared)
+        job = session.start_export(0, "2")
+        wait_for(lambda: job.state != "running", "the export")
+        assert job.state == "failed" and job.message == (
+            "output exists: p_x2.png (pass overwrite=1 to replace it)"), job.message
+    finally:
+        session.close()

@@ -377,7 +377,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body is never read
             raise Refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "requests carry no body")
         host = self.headers.get("Host")
-        if self.server.hosts is not None and host is not None and (
+        if self.server.hosts is not None and host is None:  # browsers always send one
+            raise Refusal(HTTPStatus.BAD_REQUEST, "no Host header: a request must name the "
+                          "server (127.0.0.1 or localhost)")
+        if self.server.hosts is not None and (
                 host.strip().lower() not in self.server.hosts):
             raise Refusal(HTTPStatus.FORBIDDEN, f"forbidden: Host {host[:80]!r} is not this "
                           "server's address (`liif view --host` allows other names)")

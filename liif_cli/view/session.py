@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from liif_cli.errors import LiifError, UsageError, describe
+from liif_cli.errors import LiifError, OutputExistsError, UsageError, describe
 from liif_cli.io import png
 from liif_cli.runtime.sizing import parse_scale
 
@@ -446,6 +446,8 @@ class ViewSession:
         come within `TILE_WAIT_S` or the viewer stops.
         """
         out_hw, window = self.check_tile(index, scale, x, y, w, h)
+        if model is None and denoise is None:  # the command line's model: its blend too
+            denoise = self.main_denoise
         name = self.check_model(model, denoise)
         img = self.images[index]
         if name == BICUBIC:
@@ -483,6 +485,8 @@ class ViewSession:
         from liif_cli.io.images import check_output_path
         from liif_cli.runtime import sizing
 
+        if model is None and denoise is None:  # the command line's model: its blend too
+            denoise = self.main_denoise
         name = self.check_model(model, denoise)
         if name == BICUBIC:
             raise UsageError("export renders with a model: pick one other than bicubic")
@@ -530,6 +534,9 @@ class ViewSession:
             job.state, job.message = "done", f"wrote {job.output}"
         except _Cancelled:
             job.state, job.message = "cancelled", "cancelled; nothing written"
+        except OutputExistsError as e:  # appeared meanwhile; the page's way to replace it
+            job.state, job.message = "failed", (f"output exists: {Path(e.path).name} (pass "
+                                                "overwrite=1 to replace it)")
         except Exception as e:  # noqa: BLE001 - reported to the page: the CLI's one line
             job.state, job.message = "failed", describe(e, "view")[0]
         job.seconds = time.perf_counter() - t0

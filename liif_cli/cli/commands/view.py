@@ -36,8 +36,8 @@ def view(
                                         envvar=DEVICE_ENV, show_envvar=True)] = "auto",
     host: Annotated[Optional[str], typer.Option(
         help="Address to listen on (default 127.0.0.1); an address other machines reach "
-        "(0.0.0.0, a LAN address) lets others who have the URL in. Given, requests may name "
-        "the server by any host name.",
+        "(0.0.0.0, a LAN address) lets others who have the URL in, under any host name; on a "
+        "loopback address (127.0.0.2, ::1) requests must still name it or localhost.",
         show_default=False)] = None,
     port: Annotated[int, typer.Option(min=0, max=65535,
                                       help="Port; 0 picks a free one.")] = 8765,
@@ -63,9 +63,9 @@ def view(
 
     session = ViewSession(images, models=model, denoise=denoise, device=device,
                           output_dir=output_dir)
-    # without --host (or with an empty one), a request must name 127.0.0.1 or localhost
-    # (DNS-rebinding defence)
-    check_host, host = not host, host or "127.0.0.1"
+    # without --host (or with an empty one, or a loopback address, which no other machine
+    # reaches), a request must name this address or localhost (DNS-rebinding defence)
+    check_host, host = not host or _loopback(host), host or "127.0.0.1"
     try:
         server = ViewServer(session, host, port, check_host=check_host)
     except OSError as e:
@@ -119,3 +119,15 @@ def _open_browser(url: str, console) -> None:
     import webbrowser
 
     threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+
+
+def _loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: only this machine reaches the server there."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
