@@ -241,6 +241,37 @@ def test_tiles_queued_at_shutdown_are_answered_503(files):
     assert head.startswith(b"HTTP/1.1 503") and body == b"the viewer is stopping\n", head + body
 
 
+def test_the_tile_rendering_at_stop_is_answered_before_stop_returns(files, monkeypatch):
+    """Its connection was closed without an answer, and the process could exit while the tile's
+    thread was still in torch or OpenCV: "terminate called without an active exception"
+    (SIGABRT, exit 134) in about half of the stops."""
+    srv = ViewServer(ViewSession([files["rgb"]], models=[str(files["tiny"])], device="cpu"))
+    srv.start()
+    started, gate = threading.Event(), threading.Event()
+    real_encode = server_module.encode_png
+
+    def slow_encode(px):  # the answer's last native step, held until stop has begun
+        started.set()
+        gate.wait(WAIT_S)
+        return real_encode(px)
+
+    monkeypatch.setattr(server_module, "encode_png", slow_encode)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT_S) as s:
+        s.sendall(tile_request(srv, close=True))
+        assert started.wait(WAIT_S)
+        stopper = threading.Thread(target=srv.stop)
+        stopper.start()
+        wait_for(lambda: srv.session.queue._closed, "the queue to close")
+        assert stopper.is_alive()  # waiting for the answer under way
+        gate.set()
+        stopper.join(WAIT_S)
+        assert not stopper.is_alive()
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 200") and b"image/png" in got, got[:200]
+
+
 def test_denoise_blends_are_kept_for_the_last_few_strengths_only(files, monkeypatch):
     loads = []
     real_load = liif_cli.load_model

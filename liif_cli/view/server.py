@@ -28,6 +28,7 @@ resets its connection is not worth a word on the terminal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -39,6 +40,7 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from typing import Iterator
 from urllib.parse import parse_qsl, urlsplit
 
 from liif_cli.errors import LiifError, OutputExistsError, UsageError, describe
@@ -49,6 +51,7 @@ MAX_FIELDS = 16  # query parameters
 IDLE_TIMEOUT_S = 60  # a kept-alive connection that sends nothing for this long is closed
 # from a request's first line to the end of its answer; above session.TILE_WAIT_S plus a tile
 REQUEST_TIMEOUT_S = 60
+STOP_WAIT_S = 30  # at stop, how long the requests under way get to finish their answers
 # connections open at once, each its own thread: a browser opens at most 6 to one host, and
 # an aborted tile's thread lingers up to session.ALIVE_POLL_S
 MAX_CONNECTIONS = 64
@@ -189,6 +192,8 @@ class ViewServer(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._open = 0  # connections with a thread now
         self._open_lock = threading.Lock()
+        self._busy = 0  # requests being answered now (not idle kept-alive connections)
+        self._busy_cv = threading.Condition()
         try:
             super().__init__((host, port), _Handler)
         except BaseException:
@@ -223,6 +228,23 @@ class ViewServer(ThreadingHTTPServer):
         self.server_close()
         self.watchdog.close()
         self.session.close()
+        # the requests being answered end now (queued tiles get their 503, the one rendering
+        # its pixels): the process must not exit while one is inside torch or OpenCV, whose
+        # threads' teardown then aborts it ("terminate called without an active exception")
+        with self._busy_cv:
+            self._busy_cv.wait_for(lambda: self._busy == 0, timeout=STOP_WAIT_S)
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Around a request's answer: `stop` waits for those under way."""
+        with self._busy_cv:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._busy_cv:
+                self._busy -= 1
+                self._busy_cv.notify_all()
 
     def process_request(self, request, client_address) -> None:
         """A thread for the connection, if one of `MAX_CONNECTIONS` is free; else 503."""
@@ -340,6 +362,10 @@ class _Handler(BaseHTTPRequestHandler):
     # --------------------------------------------------------------------------------------
 
     def _handle(self, method: str) -> None:
+        with self.server.busy():
+            self._answer(method)
+
+    def _answer(self, method: str) -> None:
         if self.server.watchdog.cut(self.connection):  # out of time: its headers may be cut
             self.close_connection = True
             return
