@@ -1045,3 +1045,17 @@ def test_a_run_that_failed_before_saving_leaves_no_log_for_the_next_to_append_to
     assert r.exit_code == 0 and r.output == "" and (out / "curves.png").exists(), r.output
     r = runner.invoke(app, ["train", "--plot", str(out), "--epochs", "5"])
     assert r.exit_code == 2 and "leave out --epochs" in r.output, r.output
+
+
+def test_sigterm_before_the_loop_stops_as_ctrl_c_does(folder, tmp_path, monkeypatch):
+    """SIGTERM while the images were decoded or --init loaded killed the process by the signal,
+    silently (Ctrl-C there said "interrupted", exit 130)."""
+    import liif_cli.tasks.train as train_pkg
+
+    def decoding(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # a cluster's preemption, before the first step
+        raise AssertionError("not stopped")
+
+    monkeypatch.setattr(train_pkg, "train", decoding)
+    r = runner.invoke(app, ["train", "--data", str(folder), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 143 and r.output.strip().endswith("interrupted"), r.output

@@ -148,7 +148,13 @@ def train(
         displays.console.print("[bold]liif train[/] " + "  ".join(
             f"{k}={v}" for k, v in cfg.as_dict().items() if v not in (None, {}, "")),
             soft_wrap=True)
-    with displays.train_display(quiet) as on_event:
+    from liif_cli.errors import Interrupted
+    from liif_cli.runtime.process import on_stop_signals
+
+    def before_the_loop(signum, frame):  # decoding, --init: SIGTERM as Ctrl-C (the loop
+        raise Interrupted(signum)  # has its own handler, which saves and stops)
+
+    with on_stop_signals(before_the_loop), displays.train_display(quiet) as on_event:
         summary = run_training(cfg, resume=resume, on_event=on_event)
     if summary["stopped"] or (summary.get("nothing_to_do") and not quiet):
         displays.console.print(f"[yellow]{summary['stopped'] or summary['nothing_to_do']}[/]",
