@@ -162,6 +162,8 @@ class WorkFolder:
 def _abandoned(lock: Path) -> bool:
     """A join lock whose process, on this machine, no longer runs (one of another machine, or
     without its "host pid" line, is left alone)."""
+    if os.name == "nt":  # os.kill there terminates the process: no asking
+        return False
     try:
         host, pid = lock.read_text().split()
         if host != socket.gethostname():
