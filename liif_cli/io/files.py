@@ -201,8 +201,8 @@ def _publish(tmp: Path, path: Path, *, overwrite: bool) -> None:
 
 
 def _fsync(path: Path, *, folder: bool = False) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    try:  # a file read-write: Windows' fsync (_commit) refuses a read-only handle
+        fd = os.open(path, os.O_RDONLY if folder else os.O_RDWR | getattr(os, "O_BINARY", 0))
     except OSError:
         if folder:  # folders cannot be opened everywhere (Windows): best effort
             return

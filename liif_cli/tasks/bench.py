@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import sys
 import threading
 import time
@@ -141,6 +140,10 @@ def _rss_bytes() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * PAGE_BYTES
     except OSError:  # not Linux: the lifetime peak is the best there is
+        try:
+            import resource  # POSIX only: none on Windows
+        except ImportError:
+            return 0
         scale = 1 if sys.platform == "darwin" else 1024
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 

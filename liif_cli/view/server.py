@@ -181,6 +181,9 @@ class ViewServer(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = MAX_CONNECTIONS  # a burst of connects waits for accept, not SYN retries
 
+    # SO_REUSEADDR lets a second server bind a port in use on Windows: no "address in use"
+    allow_reuse_address = sys.platform != "win32"
+
     def __init__(self, session: ViewSession, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None, *, check_host: bool = True):
         self.session = session

@@ -79,7 +79,9 @@ class _Worker:
         self.last_progress = 0.0  # time.monotonic() of the last progress message
 
     def aborted(self) -> bool:
-        orphaned = self.parent_pid is not None and os.getppid() != self.parent_pid
+        # a parent gone: re-parented (POSIX), or seen dead (Windows' getppid never changes)
+        orphaned = self.parent_pid is not None and (
+            os.getppid() != self.parent_pid or not _parent_alive())
         return self.stop.is_set() or orphaned
 
     def _check(self, done: int, total: int) -> None:  # engine progress callback
@@ -211,3 +213,11 @@ def _thread_main(worker: _Worker) -> None:
         worker.results.put(("fatal", worker.cfg.name, describe(e)[0]))
     finally:
         worker.results.put(("exit", worker.cfg.name))
+
+
+def _parent_alive() -> bool:
+    """Whether the process that spawned this one still runs (True where it cannot be known)."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    return parent is None or parent.is_alive()
