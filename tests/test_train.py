@@ -501,7 +501,7 @@ def test_the_loop_waits_for_the_device_only_every_few_steps(folder, tmp_path, mo
     spy("__bool__")
     steps = []
     cfg = TrainConfig(data=str(folder), out=str(tmp_path / "run"),
-                      **{**TINY, "epochs": 1, "repeat": 16, "val_images": 0})
+                      **{**TINY, "epochs": 1, "repeat": 16})  # (no --val-data: no validation)
     train(cfg, on_event=lambda e: steps.append(e.loss) if e.kind == "step" else None)
     assert len(steps) == 24 and all(isinstance(x, float) for x in steps)
     # checks at steps 1, 10, 20, 24: loss, finiteness (and nothing else per step)
@@ -519,7 +519,7 @@ def test_the_loaders_workers_are_forked_once_per_run(folder, tmp_path, monkeypat
 
     monkeypatch.setattr(torch.utils.data, "DataLoader", spy)
     cfg = TrainConfig(data=str(folder), out=str(tmp_path / "run"),
-                      **{**TINY, "epochs": 3, "workers": 1, "val_images": 0})
+                      **{**TINY, "epochs": 3, "workers": 1})
     train(cfg)
     assert made == [True]
 

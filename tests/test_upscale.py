@@ -308,7 +308,7 @@ BAD_INPUTS = {  # name -> (args after the input, exit code, message)
     "max memory": (["--max-memory", "1K"], 2, "--max-memory 1K is too small"),
     "missing argument": (None, 2, "Missing argument 'INPUT'"),
     "bad option": (["--bogus"], 2, "No such option: --bogus"),
-    "bad quality": (["--quality", "0"], 2, "Invalid value for '--quality'"),
+    "bad quality": (["--quality", "0"], 2, "--quality must be a whole number from 1 to 100"),
 }
 
 
