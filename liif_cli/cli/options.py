@@ -8,7 +8,6 @@ engine imports torch, so `DEFAULT_MAX_MEMORY` here is the text of the same 512 M
 
 from __future__ import annotations
 
-import re
 import warnings
 from typing import Annotated, Optional
 
@@ -120,13 +119,10 @@ def _quality(ctx: typer.Context, param: typer.CallbackParam, value):
     """--quality checked here, not by Click's range: its refusal said "(env var:
     'LIIF_QUALITY')" of a value typed on the command line. One given by LIIF_QUALITY is
     named so by `cli.app`."""
+    from liif_cli.io.formats import check_quality
+
     value = from_env(ctx, param, value)
-    if value is None:
-        return None
-    text = str(value).strip()
-    if not (re.fullmatch(r"[0-9]{1,3}", text) and 1 <= int(text) <= 100):
-        raise UsageError(f"--quality must be a whole number from 1 to 100, not {value}")
-    return int(text)
+    return None if value is None else check_quality(str(value))
 
 
 QualityOpt = Annotated[str, typer.Option(help="JPEG/WebP quality, 1 to 100.",

@@ -6,8 +6,11 @@ without importing each other's way round: images -> files -> formats, no cycle.
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path, PurePath
+
+from liif_cli.errors import UsageError
 
 # Each format we write, once: its `--format` name, its suffixes (the first is what the name
 # writes, e.g. `--format jpeg` -> .jpg; a file may have any), how Pillow names it, and whether
@@ -61,3 +64,14 @@ def same_format_suffix(path: str | os.PathLike) -> str:
     when we write that format, else FALLBACK_SUFFIX (photo.JPG -> .JPG, anim.gif -> .png)."""
     suffix = PurePath(path).suffix
     return suffix if suffix.lower() in FORMATS else FALLBACK_SUFFIX
+
+
+def check_quality(quality: object) -> int:
+    """JPEG/WebP quality (`--quality`, `quality=`): a whole number from 1 to 100. Torch- and
+    numpy-free: the command line checks it as it parses, the writers again."""
+    if isinstance(quality, str) and quality.strip().isascii() and quality.strip().isdigit():
+        quality = int(quality.strip())
+    if isinstance(quality, bool) or not isinstance(quality, numbers.Integral) \
+            or not 1 <= quality <= 100:
+        raise UsageError(f"--quality must be a whole number from 1 to 100, not {quality}")
+    return int(quality)

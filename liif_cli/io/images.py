@@ -20,7 +20,6 @@ replaced when asked.
 from __future__ import annotations
 
 import io
-import numbers
 import os
 import re
 import stat
@@ -50,6 +49,7 @@ from liif_cli.io.formats import (  # noqa: F401 - also importable from here, as 
     FORMATS,
     READABLE_SUFFIXES,
     as_written,
+    check_quality,
     format_suffix,
     is_image_name,
 )
@@ -452,14 +452,6 @@ def to_8bit(a: np.ndarray) -> np.ndarray:
     if a.dtype == np.uint8:
         return a
     return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # rounded
-
-
-def check_quality(quality: int) -> int:
-    """JPEG/WebP quality (`--quality`): a whole number from 1 to 100."""
-    if isinstance(quality, bool) or not isinstance(quality, numbers.Integral) \
-            or not 1 <= quality <= 100:
-        raise UsageError(f"--quality must be a whole number from 1 to 100, not {quality!r}")
-    return int(quality)
 
 
 def write_image(path: str | os.PathLike, data: ImageData, *, quality: int = 95,
